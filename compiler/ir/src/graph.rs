@@ -1,0 +1,249 @@
+//! The graph: a petgraph `StableDiGraph` of named nodes whose edges carry the operand slot, so that
+//! removing a node keeps every other id valid and operand order is explicit.
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use crate::op::Op;
+use crate::tensor::Tensor;
+
+/// A typed node id. Ids stay valid when other nodes are removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(NodeIndex);
+
+impl NodeId {
+    pub fn index(self) -> usize {
+        self.0.index()
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0.index())
+    }
+}
+
+/// One node: an op, its hierarchical name (the checkpoint key prefix of its parameters, e.g.
+/// `features.6.branch1.0.conv`), the block it belongs to (`inception_a.2`), and its parameters.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub block: String,
+    pub op: Op,
+    /// The parameter tensors in the order of [`Op::param_specs`]; empty while weights are unbound.
+    pub params: Vec<Tensor>,
+}
+
+impl Node {
+    /// The checkpoint key of the parameter with `role`: `<name>.<role>`.
+    pub fn param_key(&self, role: &str) -> String {
+        format!("{}.{}", self.name, role)
+    }
+
+    /// The bound parameter with `role`, if the op owns one and weights are bound.
+    pub fn param(&self, role: &str) -> Option<&Tensor> {
+        let index = self.op.param_specs().iter().position(|s| s.role == role)?;
+        self.params.get(index)
+    }
+}
+
+/// A network: nodes, operand edges (weighted by operand slot) and the list of outputs.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    /// The network's name (`inception-v4`); printed in dumps.
+    pub name: String,
+    g: StableDiGraph<Node, usize>,
+    outputs: Vec<NodeId>,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>) -> Graph {
+        Graph {
+            name: name.into(),
+            ..Graph::default()
+        }
+    }
+
+    /// Adds a node whose operands are `inputs`, in order.
+    pub fn add(
+        &mut self,
+        op: Op,
+        inputs: &[NodeId],
+        name: impl Into<String>,
+        block: impl Into<String>,
+    ) -> NodeId {
+        let id = NodeId(self.g.add_node(Node {
+            name: name.into(),
+            block: block.into(),
+            op,
+            params: Vec::new(),
+        }));
+        for (slot, input) in inputs.iter().enumerate() {
+            self.g.add_edge(input.0, id.0, slot);
+        }
+        id
+    }
+
+    /// Removes a node and its edges. Other ids stay valid. Outputs that named it are dropped.
+    pub fn remove(&mut self, id: NodeId) -> Option<Node> {
+        self.outputs.retain(|o| *o != id);
+        self.g.remove_node(id.0)
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.g[id.0]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.g[id.0]
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.g.contains_node(id.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.g.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.g.node_count() == 0
+    }
+
+    /// Every node id, in index order.
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.g.node_indices().map(NodeId)
+    }
+
+    /// The operands of `id`, ordered by slot.
+    pub fn inputs(&self, id: NodeId) -> Vec<NodeId> {
+        let mut edges: Vec<(usize, NodeId)> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| (*e.weight(), NodeId(e.source())))
+            .collect();
+        edges.sort();
+        edges.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// The operand slots of `id` as stored on its edges, sorted; the verifier checks that they are
+    /// `0..n`.
+    pub fn input_slots(&self, id: NodeId) -> Vec<usize> {
+        let mut slots: Vec<usize> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| *e.weight())
+            .collect();
+        slots.sort_unstable();
+        slots
+    }
+
+    /// The nodes that read `id` (each once, in index order).
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        let set: BTreeSet<NodeId> = self
+            .g
+            .edges_directed(id.0, Direction::Outgoing)
+            .map(|e| NodeId(e.target()))
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Makes every reader of `old` read `new` instead, and every output naming `old` name `new`.
+    pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
+        let edges: Vec<_> = self
+            .g
+            .edges_directed(old.0, Direction::Outgoing)
+            .map(|e| (e.id(), e.target(), *e.weight()))
+            .collect();
+        for (edge, target, slot) in edges {
+            self.g.remove_edge(edge);
+            self.g.add_edge(new.0, target, slot);
+        }
+        for o in &mut self.outputs {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    pub fn outputs(&self) -> &[NodeId] {
+        &self.outputs
+    }
+
+    pub fn set_outputs(&mut self, outputs: Vec<NodeId>) {
+        self.outputs = outputs;
+    }
+
+    /// The graph's `Input` nodes, in index order.
+    pub fn inputs_of_graph(&self) -> Vec<NodeId> {
+        self.node_ids()
+            .filter(|id| matches!(self.node(*id).op, Op::Input(_)))
+            .collect()
+    }
+
+    /// A node by its name.
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        self.node_ids().find(|id| self.node(*id).name == name)
+    }
+
+    /// A deterministic topological order: among the nodes whose operands are all placed, the one
+    /// with the smallest index comes first. `None` if the graph has a cycle.
+    ///
+    /// When node indices already form a topological order (as in a freshly built or parsed graph)
+    /// the result is exactly index order, which makes print → parse → print stable.
+    pub fn topo_order(&self) -> Option<Vec<NodeId>> {
+        let mut pending: HashMap<NodeIndex, usize> = self
+            .g
+            .node_indices()
+            .map(|n| (n, self.g.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: BTreeSet<NodeIndex> = pending
+            .iter()
+            .filter(|(_, k)| **k == 0)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut order = Vec::with_capacity(self.g.node_count());
+        while let Some(n) = ready.pop_first() {
+            order.push(NodeId(n));
+            for e in self.g.edges_directed(n, Direction::Outgoing) {
+                let k = pending.get_mut(&e.target())?;
+                *k -= 1;
+                if *k == 0 {
+                    ready.insert(e.target());
+                }
+            }
+        }
+        (order.len() == self.g.node_count()).then_some(order)
+    }
+
+    /// Block names in order of first appearance along [`Graph::topo_order`].
+    pub fn blocks(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        let mut blocks = Vec::new();
+        for id in self.topo_order().unwrap_or_default() {
+            let block = &self.node(id).block;
+            if seen.insert(block.clone()) {
+                blocks.push(block.clone());
+            }
+        }
+        blocks
+    }
+
+    /// Total trainable parameters of all nodes (see [`Op::trainable_parameters`]).
+    pub fn trainable_parameters(&self) -> u64 {
+        self.node_ids()
+            .map(|id| self.node(id).op.trainable_parameters())
+            .sum()
+    }
+
+    /// Whether every node that owns parameters has them bound.
+    pub fn is_bound(&self) -> bool {
+        self.node_ids().all(|id| {
+            let n = self.node(id);
+            n.params.len() == n.op.param_specs().len()
+        })
+    }
+}

@@ -1,0 +1,498 @@
+//! The reference interpreter: the numerical oracle for every pass and every generated kernel.
+//!
+//! Deliberately plain: NCHW tensors, nested loops that follow each op's definition, f64
+//! accumulation. The only concessions to speed are that a convolution computes the range of output
+//! columns that a kernel tap reaches instead of testing each one, and that output planes are
+//! computed in parallel.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+use crate::graph::{Graph, NodeId};
+use crate::op::*;
+use crate::shape::{infer_shapes, Shape, ShapeError};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Error)]
+pub enum InterpError {
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error("the graph must have exactly one input node, found {0}")]
+    Inputs(usize),
+    #[error("input tensor has shape {found:?}, expected [N, {channels}, H, W] with N, H, W ≥ 1")]
+    InputShape { found: Vec<usize>, channels: usize },
+    #[error("node `{0}` has no bound weights")]
+    Unbound(String),
+}
+
+/// Runs `graph` on `input` (NCHW) and returns the values of its outputs, in order.
+pub fn run(graph: &Graph, input: &Tensor) -> Result<Vec<Tensor>, InterpError> {
+    run_observed(graph, input, &mut |_, _| {})
+}
+
+/// Like [`run`], and calls `observe` with every node's value as soon as it is computed.
+pub fn run_observed(
+    graph: &Graph,
+    input: &Tensor,
+    observe: &mut dyn FnMut(NodeId, &Tensor),
+) -> Result<Vec<Tensor>, InterpError> {
+    let inputs = graph.inputs_of_graph();
+    let [input_id] = inputs.as_slice() else {
+        return Err(InterpError::Inputs(inputs.len()));
+    };
+    let Op::Input(input_attrs) = &graph.node(*input_id).op else {
+        return Err(InterpError::Inputs(0));
+    };
+    let dims = input.shape();
+    if dims.len() != 4 || dims[1] != input_attrs.channels || dims.contains(&0) {
+        return Err(InterpError::InputShape {
+            found: dims.to_vec(),
+            channels: input_attrs.channels,
+        });
+    }
+    if let Some(unbound) = graph.node_ids().find(|id| !graph_node_bound(graph, *id)) {
+        return Err(InterpError::Unbound(graph.node(unbound).name.clone()));
+    }
+    let shapes = infer_shapes(graph, dims[0], dims[2], dims[3])?;
+    let order = graph.topo_order().ok_or(ShapeError::Cycle)?;
+
+    // Remaining reads of each value (operand uses plus one per output), to free values early.
+    let mut remaining: HashMap<NodeId, usize> = HashMap::new();
+    for id in &order {
+        for i in graph.inputs(*id) {
+            *remaining.entry(i).or_default() += 1;
+        }
+    }
+    for o in graph.outputs() {
+        *remaining.entry(*o).or_default() += 1;
+    }
+    let mut values: HashMap<NodeId, Tensor> = HashMap::new();
+    for id in order {
+        let operands: Vec<NodeId> = graph.inputs(id);
+        let value = {
+            let args: Vec<(&Tensor, Shape)> =
+                operands.iter().map(|i| (&values[i], shapes[i])).collect();
+            if id == *input_id {
+                input.clone()
+            } else {
+                eval(graph, id, &args, shapes[&id])
+            }
+        };
+        observe(id, &value);
+        for i in operands {
+            if let Some(k) = remaining.get_mut(&i) {
+                *k -= 1;
+                if *k == 0 {
+                    values.remove(&i);
+                }
+            }
+        }
+        if remaining.get(&id).copied().unwrap_or(0) > 0 {
+            values.insert(id, value);
+        }
+    }
+    Ok(graph.outputs().iter().map(|o| values[o].clone()).collect())
+}
+
+fn graph_node_bound(graph: &Graph, id: NodeId) -> bool {
+    let node = graph.node(id);
+    node.params.len() == node.op.param_specs().len()
+}
+
+fn map_dims(shape: Shape) -> [usize; 4] {
+    match shape {
+        Shape::Map { n, c, h, w } => [n, c, h, w],
+        Shape::Vector { n, f } => [n, f, 1, 1],
+    }
+}
+
+/// Evaluates one node. Shapes were checked by [`infer_shapes`], so indexing is in bounds.
+fn eval(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape) -> Tensor {
+    let node = graph.node(id);
+    let p = |role: &str| node.param(role).map(Tensor::data);
+    let x = || args[0].0.data();
+    let data = match &node.op {
+        Op::Input(_) => x().to_vec(),
+        Op::Conv2d(a) => conv2d(
+            x(),
+            map_dims(args[0].1),
+            p("weight").unwrap_or_default(),
+            p("bias"),
+            a,
+            map_dims(out),
+        ),
+        Op::BatchNorm(a) | Op::BatchNorm1d(a) => batch_norm(
+            x(),
+            map_dims(args[0].1),
+            [
+                p("weight").unwrap_or_default(),
+                p("bias").unwrap_or_default(),
+                p("running_mean").unwrap_or_default(),
+                p("running_var").unwrap_or_default(),
+            ],
+            a.eps,
+        ),
+        Op::Relu => x().iter().map(|v| v.max(0.0)).collect(),
+        Op::Scale(s) => x().iter().map(|v| v * s.factor).collect(),
+        Op::Add => x()
+            .iter()
+            .zip(args[1].0.data())
+            .map(|(a, b)| a + b)
+            .collect(),
+        Op::MaxPool(w) => pool(x(), map_dims(args[0].1), w, map_dims(out), Pool::Max),
+        Op::AvgPool(a) => pool(
+            x(),
+            map_dims(args[0].1),
+            &a.window,
+            map_dims(out),
+            Pool::Avg {
+                count_include_pad: a.count_include_pad,
+            },
+        ),
+        Op::Concat => concat(args, map_dims(out)),
+        Op::GlobalAvgPool => global_avg_pool(x(), map_dims(args[0].1)),
+        Op::Linear(a) => linear(x(), p("weight").unwrap_or_default(), p("bias"), a),
+        Op::L2Normalize(a) => rows(x(), out.channels(), |row, y| {
+            let norm = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+            let d = norm.max(a.eps as f64);
+            for (o, v) in y.iter_mut().zip(row) {
+                *o = (*v as f64 / d) as f32;
+            }
+        }),
+        Op::Softmax => rows(x(), out.channels(), |row, y| {
+            let m = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
+            let sum: f64 = row.iter().map(|v| (*v as f64 - m).exp()).sum();
+            for (o, v) in y.iter_mut().zip(row) {
+                *o = ((*v as f64 - m).exp() / sum) as f32;
+            }
+        }),
+    };
+    Tensor::new(out.dims(), data).unwrap_or_else(|| Tensor::zeros(out.dims()))
+}
+
+/// The output positions `o` in `0..out_len` whose input position `o·stride + tap − pad` lies in
+/// `0..in_len`.
+fn reach(out_len: usize, in_len: usize, tap: usize, stride: usize, pad: usize) -> Range<usize> {
+    let lo = if tap >= pad {
+        0
+    } else {
+        (pad - tap).div_ceil(stride)
+    };
+    let hi = if in_len + pad > tap {
+        ((in_len - 1 + pad - tap) / stride + 1).min(out_len)
+    } else {
+        0
+    };
+    lo.min(hi)..hi
+}
+
+/// Direct convolution: `y[b,k,oy,ox] = bias[k] + Σ_{c,ky,kx} w[k,c,ky,kx] · x[b,c,oy·sh+ky−ph, ox·sw+kx−pw]`
+/// with zero outside the image.
+fn conv2d(
+    x: &[f32],
+    [_, c, h, w]: [usize; 4],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    a: &Conv2dAttrs,
+    [_, oc, oh, ow]: [usize; 4],
+) -> Vec<f32> {
+    let [kh, kw] = a.kernel;
+    let [sh, sw] = a.stride;
+    let [ph, pw] = a.padding;
+    let mut out = vec![0f32; x.len() / (c * h * w) * oc * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane, y)| {
+            let (b, k) = (plane / oc, plane % oc);
+            let mut acc = vec![bias.map_or(0.0, |bs| bs[k] as f64); oh * ow];
+            for ci in 0..c {
+                let xc = &x[(b * c + ci) * h * w..][..h * w];
+                for ky in 0..kh {
+                    let rows = reach(oh, h, ky, sh, ph);
+                    for kx in 0..kw {
+                        let cols = reach(ow, w, kx, sw, pw);
+                        let wv = weight[((k * c + ci) * kh + ky) * kw + kx] as f64;
+                        for oy in rows.clone() {
+                            let row = &xc[(oy * sh + ky - ph) * w..][..w];
+                            let acc_row = &mut acc[oy * ow..][..ow];
+                            for ox in cols.clone() {
+                                acc_row[ox] += wv * row[ox * sw + kx - pw] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            for (o, v) in y.iter_mut().zip(acc) {
+                *o = v as f32;
+            }
+        });
+    out
+}
+
+fn batch_norm(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    [g, b, m, v]: [&[f32]; 4],
+    eps: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for bi in 0..n {
+        for ci in 0..c {
+            let scale = g[ci] as f64 / (v[ci] as f64 + eps as f64).sqrt();
+            let start = (bi * c + ci) * h * w;
+            for i in start..start + h * w {
+                out[i] = ((x[i] as f64 - m[ci] as f64) * scale + b[ci] as f64) as f32;
+            }
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Pool {
+    Max,
+    Avg { count_include_pad: bool },
+}
+
+/// Max pooling ignores padded cells; average pooling divides by the in-image cells of the window,
+/// or with `count_include_pad` by its cells inside the padded image.
+fn pool(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    p: &PoolAttrs,
+    [_, _, oh, ow]: [usize; 4],
+    kind: Pool,
+) -> Vec<f32> {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [ph, pw] = p.padding;
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    for plane in 0..n * c {
+        let xc = &x[plane * h * w..][..h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                // Window in padded coordinates, clipped to the padded image.
+                let (y0, x0) = (oy * sh, ox * sw);
+                let (y1, x1) = ((y0 + kh).min(h + 2 * ph), (x0 + kw).min(w + 2 * pw));
+                let mut max = f32::NEG_INFINITY;
+                let mut sum = 0f64;
+                let mut inside = 0usize;
+                for py in y0..y1 {
+                    for px in x0..x1 {
+                        if py < ph || px < pw || py - ph >= h || px - pw >= w {
+                            continue;
+                        }
+                        let v = xc[(py - ph) * w + (px - pw)];
+                        max = max.max(v);
+                        sum += v as f64;
+                        inside += 1;
+                    }
+                }
+                out.push(match kind {
+                    Pool::Max => max,
+                    Pool::Avg { count_include_pad } => {
+                        let count = if count_include_pad {
+                            (y1 - y0) * (x1 - x0)
+                        } else {
+                            inside
+                        };
+                        (sum / count.max(1) as f64) as f32
+                    }
+                });
+            }
+        }
+    }
+    out
+}
+
+fn concat(args: &[(&Tensor, Shape)], [n, _, h, w]: [usize; 4]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(args.iter().map(|(t, _)| t.len()).sum());
+    for b in 0..n {
+        for (t, s) in args {
+            let per_batch = s.channels() * h * w;
+            out.extend_from_slice(&t.data()[b * per_batch..][..per_batch]);
+        }
+    }
+    out
+}
+
+fn global_avg_pool(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    (0..n * c)
+        .map(|plane| {
+            let s: f64 = x[plane * h * w..][..h * w].iter().map(|v| *v as f64).sum();
+            (s / (h * w) as f64) as f32
+        })
+        .collect()
+}
+
+fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, a: &LinearAttrs) -> Vec<f32> {
+    let (fi, fo) = (a.in_features, a.out_features);
+    let mut out = Vec::with_capacity(x.len() / fi * fo);
+    for row in x.chunks_exact(fi) {
+        for k in 0..fo {
+            let wk = &weight[k * fi..][..fi];
+            let dot: f64 = row.iter().zip(wk).map(|(a, b)| *a as f64 * *b as f64).sum();
+            out.push((dot + bias.map_or(0.0, |b| b[k] as f64)) as f32);
+        }
+    }
+    out
+}
+
+/// Applies `f` to each row of a `[N, F]` batch.
+fn rows(x: &[f32], features: usize, f: impl Fn(&[f32], &mut [f32])) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (row, y) in x.chunks_exact(features).zip(out.chunks_exact_mut(features)) {
+        f(row, y);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition of a convolution with a bounds test per tap, to check [`conv2d`]'s ranges.
+    fn conv_by_definition(
+        x: &[f32],
+        [n, c, h, w]: [usize; 4],
+        weight: &[f32],
+        a: &Conv2dAttrs,
+        [_, oc, oh, ow]: [usize; 4],
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; n * oc * oh * ow];
+        for b in 0..n {
+            for k in 0..oc {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0f64;
+                        for ci in 0..c {
+                            for ky in 0..a.kernel[0] {
+                                for kx in 0..a.kernel[1] {
+                                    let iy =
+                                        (oy * a.stride[0] + ky) as isize - a.padding[0] as isize;
+                                    let ix =
+                                        (ox * a.stride[1] + kx) as isize - a.padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    s += weight
+                                        [((k * c + ci) * a.kernel[0] + ky) * a.kernel[1] + kx]
+                                        as f64
+                                        * x[((b * c + ci) * h + iy as usize) * w + ix as usize]
+                                            as f64;
+                                }
+                            }
+                        }
+                        out[((b * oc + k) * oh + oy) * ow + ox] = s as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conv_tap_ranges_match_the_definition() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (kh, kw, sh, sw, ph, pw, h, w) in [
+            (3, 3, 1, 1, 1, 1, 5, 6),
+            (3, 3, 2, 2, 0, 0, 7, 9),
+            (1, 7, 1, 1, 0, 3, 4, 5),
+            (7, 1, 1, 1, 3, 0, 5, 3),
+            (5, 5, 2, 1, 2, 2, 6, 5),
+            (3, 1, 2, 2, 1, 0, 1, 2),
+        ] {
+            let (n, c, oc) = (2, 3, 5);
+            let a = Conv2dAttrs {
+                in_channels: c,
+                out_channels: oc,
+                kernel: [kh, kw],
+                stride: [sh, sw],
+                padding: [ph, pw],
+                bias: false,
+            };
+            let oh = crate::shape::window_output(h, kh, sh, ph).unwrap();
+            let ow = crate::shape::window_output(w, kw, sw, pw).unwrap();
+            let x: Vec<f32> = (0..n * c * h * w).map(|_| next()).collect();
+            let wt: Vec<f32> = (0..oc * c * kh * kw).map(|_| next()).collect();
+            let fast = conv2d(&x, [n, c, h, w], &wt, None, &a, [n, oc, oh, ow]);
+            let slow = conv_by_definition(&x, [n, c, h, w], &wt, &a, [n, oc, oh, ow]);
+            for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+                assert!(
+                    (f - s).abs() <= 1e-6,
+                    "{kh}x{kw}/{sh}x{sw} pad {ph}x{pw} on {h}x{w}: index {i}: {f} vs {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reach_covers_exactly_the_in_image_positions() {
+        for out_len in 1..6 {
+            for in_len in 1..8 {
+                for tap in 0..5 {
+                    for stride in 1..3 {
+                        for pad in 0..3 {
+                            let r = reach(out_len, in_len, tap, stride, pad);
+                            for o in 0..out_len {
+                                let i = (o * stride + tap) as isize - pad as isize;
+                                let inside = i >= 0 && i < in_len as isize;
+                                assert_eq!(
+                                    r.contains(&o),
+                                    inside,
+                                    "o={o} in={in_len} tap={tap} s={stride} p={pad}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn avg_pool_excludes_padding_from_the_divisor_unless_asked() {
+        // 2×2 image, 3×3 window, stride 1, padding 1: the corner window sees all four cells.
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let p = PoolAttrs {
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+        };
+        let exclude = pool(
+            &x,
+            [1, 1, 2, 2],
+            &p,
+            [1, 1, 2, 2],
+            Pool::Avg {
+                count_include_pad: false,
+            },
+        );
+        assert_eq!(exclude, vec![2.5; 4]);
+        let include = pool(
+            &x,
+            [1, 1, 2, 2],
+            &p,
+            [1, 1, 2, 2],
+            Pool::Avg {
+                count_include_pad: true,
+            },
+        );
+        assert_eq!(include, vec![10.0 / 9.0; 4]);
+        let max = pool(
+            &[-1.0, -2.0, -3.0, -4.0],
+            [1, 1, 2, 2],
+            &p,
+            [1, 1, 2, 2],
+            Pool::Max,
+        );
+        assert_eq!(max, vec![-1.0; 4], "padding must never win a max pool");
+    }
+}

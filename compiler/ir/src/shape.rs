@@ -1,0 +1,272 @@
+//! Shape inference: the concrete shape of every node for a given batch and input size, and the
+//! output size arithmetic that convolutions and pools share.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::graph::{Graph, NodeId};
+use crate::op::{Hw, Op};
+
+/// The shape of a value: a feature map `[N, C, H, W]` or a batch of vectors `[N, F]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shape {
+    Map {
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    },
+    Vector {
+        n: usize,
+        f: usize,
+    },
+}
+
+impl Shape {
+    pub fn dims(&self) -> Vec<usize> {
+        match *self {
+            Shape::Map { n, c, h, w } => vec![n, c, h, w],
+            Shape::Vector { n, f } => vec![n, f],
+        }
+    }
+
+    pub fn elements(&self) -> usize {
+        self.dims().iter().product()
+    }
+
+    pub fn batch(&self) -> usize {
+        match *self {
+            Shape::Map { n, .. } | Shape::Vector { n, .. } => n,
+        }
+    }
+
+    /// Channels of a map, features of a vector.
+    pub fn channels(&self) -> usize {
+        match *self {
+            Shape::Map { c, .. } => c,
+            Shape::Vector { f, .. } => f,
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.dims().iter().map(|d| d.to_string()).collect();
+        write!(f, "[{}]", dims.join(", "))
+    }
+}
+
+/// Why a shape could not be inferred. Each names the node.
+#[derive(Debug, Error, PartialEq)]
+pub enum ShapeError {
+    #[error("the graph has a cycle")]
+    Cycle,
+    #[error("node `{node}` ({op}) expects {expected} operand(s), found {found}")]
+    Arity {
+        node: String,
+        op: &'static str,
+        expected: String,
+        found: usize,
+    },
+    #[error("node `{node}` ({op}) expects {expected}, found {found}")]
+    Mismatch {
+        node: String,
+        op: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "input too small: node `{node}` ({op}) receives {h}×{w} but its {kh}×{kw} window with \
+         padding {ph}×{pw} needs at least {min_h}×{min_w}; use a larger image size"
+    )]
+    TooSmall {
+        node: String,
+        op: &'static str,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        ph: usize,
+        pw: usize,
+        min_h: usize,
+        min_w: usize,
+    },
+}
+
+/// Output size of a window op along one axis, `None` if the window does not fit:
+/// `⌊(size + 2·pad − kernel) / stride⌋ + 1`.
+pub fn window_output(size: usize, kernel: usize, stride: usize, pad: usize) -> Option<usize> {
+    let padded = size + 2 * pad;
+    (padded >= kernel && stride > 0).then(|| (padded - kernel) / stride + 1)
+}
+
+/// The shape of every node of `graph` when its input is `[batch, C, height, width]`.
+pub fn infer_shapes(
+    graph: &Graph,
+    batch: usize,
+    height: usize,
+    width: usize,
+) -> Result<HashMap<NodeId, Shape>, ShapeError> {
+    let order = graph.topo_order().ok_or(ShapeError::Cycle)?;
+    let mut shapes: HashMap<NodeId, Shape> = HashMap::with_capacity(order.len());
+    for id in order {
+        let operands: Vec<Shape> = graph.inputs(id).iter().map(|i| shapes[i]).collect();
+        let shape = node_shape(graph, id, &operands, [batch, height, width])?;
+        shapes.insert(id, shape);
+    }
+    Ok(shapes)
+}
+
+/// The shape of one node given its operands' shapes; `input` is `[batch, height, width]` of the
+/// graph's input.
+pub fn node_shape(
+    graph: &Graph,
+    id: NodeId,
+    operands: &[Shape],
+    input: [usize; 3],
+) -> Result<Shape, ShapeError> {
+    let node = graph.node(id);
+    let op = node.op.keyword();
+    let mismatch = |expected: String, found: String| ShapeError::Mismatch {
+        node: node.name.clone(),
+        op,
+        expected,
+        found,
+    };
+    if !node.op.arity().accepts(operands.len()) {
+        return Err(ShapeError::Arity {
+            node: node.name.clone(),
+            op,
+            expected: node.op.arity().to_string(),
+            found: operands.len(),
+        });
+    }
+    let map = |i: usize| match operands[i] {
+        Shape::Map { n, c, h, w } => Ok((n, c, h, w)),
+        other => Err(mismatch(
+            "a feature map [N, C, H, W]".into(),
+            other.to_string(),
+        )),
+    };
+    let vector = |i: usize| match operands[i] {
+        Shape::Vector { n, f } => Ok((n, f)),
+        other => Err(mismatch("a vector batch [N, F]".into(), other.to_string())),
+    };
+    let channels = |expected: usize, found: usize| {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(mismatch(
+                format!("{expected} input channels"),
+                format!("{found}"),
+            ))
+        }
+    };
+    let window = |h: usize, w: usize, kernel: Hw, stride: Hw, padding: Hw| match (
+        window_output(h, kernel[0], stride[0], padding[0]),
+        window_output(w, kernel[1], stride[1], padding[1]),
+    ) {
+        (Some(oh), Some(ow)) => Ok((oh, ow)),
+        _ => Err(ShapeError::TooSmall {
+            node: node.name.clone(),
+            op,
+            h,
+            w,
+            kh: kernel[0],
+            kw: kernel[1],
+            ph: padding[0],
+            pw: padding[1],
+            min_h: kernel[0].saturating_sub(2 * padding[0]).max(1),
+            min_w: kernel[1].saturating_sub(2 * padding[1]).max(1),
+        }),
+    };
+    Ok(match &node.op {
+        Op::Input(a) => Shape::Map {
+            n: input[0],
+            c: a.channels,
+            h: input[1],
+            w: input[2],
+        },
+        Op::Conv2d(a) => {
+            let (n, c, h, w) = map(0)?;
+            channels(a.in_channels, c)?;
+            let (oh, ow) = window(h, w, a.kernel, a.stride, a.padding)?;
+            Shape::Map {
+                n,
+                c: a.out_channels,
+                h: oh,
+                w: ow,
+            }
+        }
+        Op::BatchNorm(a) => {
+            let (_, c, _, _) = map(0)?;
+            channels(a.channels, c)?;
+            operands[0]
+        }
+        Op::BatchNorm1d(a) => {
+            let (_, f) = vector(0)?;
+            channels(a.channels, f)?;
+            operands[0]
+        }
+        Op::Relu | Op::Scale(_) => operands[0],
+        Op::MaxPool(p) | Op::AvgPool(crate::op::AvgPoolAttrs { window: p, .. }) => {
+            let (n, c, h, w) = map(0)?;
+            let (oh, ow) = window(h, w, p.kernel, p.stride, p.padding)?;
+            Shape::Map { n, c, h: oh, w: ow }
+        }
+        Op::Concat => {
+            let (n, _, h, w) = map(0)?;
+            let mut total = 0;
+            for (i, operand) in operands.iter().enumerate() {
+                let (ni, ci, hi, wi) = map(i)?;
+                if (ni, hi, wi) != (n, h, w) {
+                    return Err(mismatch(
+                        format!("operands of equal batch and size ({n}×?×{h}×{w})"),
+                        format!("operand {i} is {operand}"),
+                    ));
+                }
+                total += ci;
+            }
+            Shape::Map { n, c: total, h, w }
+        }
+        Op::Add => {
+            if operands[0] != operands[1] {
+                return Err(mismatch(
+                    format!("two operands of one shape ({})", operands[0]),
+                    operands[1].to_string(),
+                ));
+            }
+            operands[0]
+        }
+        Op::GlobalAvgPool => {
+            let (n, c, _, _) = map(0)?;
+            Shape::Vector { n, f: c }
+        }
+        Op::Linear(a) => {
+            let (n, f) = vector(0)?;
+            channels(a.in_features, f)?;
+            Shape::Vector {
+                n,
+                f: a.out_features,
+            }
+        }
+        Op::L2Normalize(_) | Op::Softmax => {
+            vector(0)?;
+            operands[0]
+        }
+    })
+}
+
+/// Multiply–accumulates of one node for the given operand shapes and its output shape: convolutions
+/// and linear layers; zero for everything else.
+pub fn node_macs(op: &Op, output: &Shape) -> u64 {
+    match (op, output) {
+        (Op::Conv2d(a), Shape::Map { n, c, h, w }) => {
+            (*n * *c * *h * *w) as u64 * (a.in_channels * a.kernel[0] * a.kernel[1]) as u64
+        }
+        (Op::Linear(a), Shape::Vector { n, f }) => (*n * *f) as u64 * a.in_features as u64,
+        _ => 0,
+    }
+}

@@ -1,0 +1,360 @@
+//! The `inceptc` command line: inspect a network (`info`), print its IR (`dump`) and run it with the
+//! reference interpreter (`interpret`).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use inceptc_graphs::{Model, Options, Weights};
+use inceptc_ir::text::PrintOptions;
+use inceptc_ir::{infer_shapes, Graph, Tensor};
+
+#[derive(Parser)]
+#[command(
+    name = "inceptc",
+    version,
+    about = "Ahead-of-time compiler for the Inception family of image networks",
+    after_help = "Example:\n  inceptc info --model inception-v4"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parameters, per-block multiply–accumulates and output shapes, input and output shapes.
+    #[command(
+        after_help = "Example:\n  inceptc info --model inception-resnet-v2 --image-size 299"
+    )]
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input height and width (default: the model's own).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+    },
+    /// Print the graph as IR text or Graphviz DOT.
+    #[command(
+        after_help = "Example:\n  inceptc dump --model inception-v4 --block inception_a.0\n  inceptc dump --model inception-v4 --format dot -o v4.dot && dot -Tsvg v4.dot -o v4.svg"
+    )]
+    Dump {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Print only this block (text format).
+        #[arg(long)]
+        block: Option<String>,
+        /// Annotate values with their shapes at this input size (default: the model's own).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Run the network on an .npy tensor with the reference interpreter.
+    #[command(
+        after_help = "Example:\n  inceptc interpret --model inception-v4 --weights inception_v4.safetensors --input x.npy --output y.npy\n\nx.npy is float32 NCHW [N, 3, S, S]; y.npy is float32 [N, K]: logits, or the embedding of inception-resnet-v1."
+    )]
+    Interpret {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input tensor: float32 [N, 3, H, W].
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the output tensor (float32 [N, K]).
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The network.
+    #[arg(long, value_enum)]
+    model: ModelArg,
+    /// A safetensors file with the model's PyTorch state_dict (default: seeded weights).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Seed of the generated weights when no --weights is given.
+    #[arg(long, default_value_t = inceptc_ir::init::DEFAULT_SEED)]
+    seed: u64,
+    /// inception-resnet-v1: output facenet's `logits` classifier instead of the embedding.
+    #[arg(long)]
+    classify: bool,
+    /// Classes of the classifier with seeded weights (a checkpoint's classifier decides otherwise).
+    #[arg(long, default_value_t = 1000)]
+    num_classes: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModelArg {
+    #[value(name = "inception-v4")]
+    InceptionV4,
+    #[value(name = "inception-resnet-v1")]
+    InceptionResnetV1,
+    #[value(name = "inception-resnet-v2")]
+    InceptionResnetV2,
+    #[value(name = "inception-resnet-v2-paper")]
+    InceptionResnetV2Paper,
+}
+
+impl From<ModelArg> for Model {
+    fn from(m: ModelArg) -> Model {
+        match m {
+            ModelArg::InceptionV4 => Model::InceptionV4,
+            ModelArg::InceptionResnetV1 => Model::InceptionResnetV1,
+            ModelArg::InceptionResnetV2 => Model::InceptionResnetV2,
+            ModelArg::InceptionResnetV2Paper => Model::InceptionResnetV2Paper,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Dot,
+}
+
+impl ModelArgs {
+    fn model(&self) -> Model {
+        self.model.into()
+    }
+
+    fn load(&self) -> Result<Graph> {
+        let options = Options {
+            classify: self.classify,
+            num_classes: self.num_classes,
+        };
+        let weights = match &self.weights {
+            Some(path) => Weights::File(path),
+            None => Weights::Seeded(self.seed),
+        };
+        log::info!(
+            "building {} ({})",
+            self.model(),
+            match &self.weights {
+                Some(p) => format!("weights {}", p.display()),
+                None => format!("seeded weights, seed {}", self.seed),
+            }
+        );
+        let graph = inceptc_graphs::load(self.model(), weights, &options)?;
+        inceptc_ir::verify(&graph)
+            .with_context(|| format!("the {} graph is malformed", self.model()))?;
+        Ok(graph)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Warn,
+        (false, 1) => log::LevelFilter::Info,
+        (false, _) => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("INCEPTC_LOG")
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Info {
+            model,
+            image_size,
+            batch,
+        } => info(&model, image_size, batch),
+        Command::Dump {
+            model,
+            format,
+            block,
+            image_size,
+            output,
+        } => dump(
+            &model,
+            format,
+            block.as_deref(),
+            image_size,
+            output.as_deref(),
+        ),
+        Command::Interpret {
+            model,
+            input,
+            output,
+        } => interpret(&model, &input, &output),
+    }
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn info(args: &ModelArgs, image_size: Option<usize>, batch: usize) -> Result<()> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let graph = args.load()?;
+    let size = image_size.unwrap_or(args.model().default_image_size());
+    let shapes = infer_shapes(&graph, batch, size, size)
+        .with_context(|| format!("{} at {size}×{size}", args.model()))?;
+    let stats = inceptc_ir::stats::block_stats(&graph, &shapes);
+    let total_macs: u64 = stats.iter().map(|s| s.macs).sum();
+    let output = graph.outputs().first().and_then(|o| shapes.get(o));
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "model        {}", args.model());
+    let _ = writeln!(
+        out,
+        "weights      {}",
+        match &args.weights {
+            Some(p) => p.display().to_string(),
+            None => format!("seeded (seed {})", args.seed),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "input        [{batch}, 3, {size}, {size}] float32 NCHW"
+    );
+    let _ = writeln!(
+        out,
+        "output       {} {}",
+        output.map(|s| s.to_string()).unwrap_or_default(),
+        args.model().output_kind(args.classify)
+    );
+    let _ = writeln!(out, "parameters   {}", group(graph.trainable_parameters()));
+    let _ = writeln!(out, "nodes        {}", graph.len());
+    let _ = writeln!(
+        out,
+        "MACs         {} ({:.2} GMAC)",
+        group(total_macs),
+        total_macs as f64 / 1e9
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:>22} {:>14} {:>16}",
+        "block", "output", "parameters", "MACs"
+    );
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>22} {:>14} {:>16}",
+            s.block,
+            s.output.map(|o| o.to_string()).unwrap_or_default(),
+            group(s.parameters),
+            group(s.macs)
+        );
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+fn dump(
+    args: &ModelArgs,
+    format: Format,
+    block: Option<&str>,
+    image_size: Option<usize>,
+    output: Option<&Path>,
+) -> Result<()> {
+    let graph = args.load()?;
+    if let Some(b) = block {
+        if !graph.blocks().iter().any(|x| x == b) {
+            bail!(
+                "{} has no block `{b}`; its blocks are: {}",
+                args.model(),
+                graph.blocks().join(", ")
+            );
+        }
+    }
+    let size = image_size.unwrap_or(args.model().default_image_size());
+    let shapes = infer_shapes(&graph, 1, size, size)
+        .with_context(|| format!("{} at {size}×{size}", args.model()))?;
+    let text = match format {
+        Format::Text => inceptc_ir::text::print_with(
+            &graph,
+            &PrintOptions {
+                shapes: Some(&shapes),
+                block,
+            },
+        ),
+        Format::Dot => inceptc_ir::dot::to_dot(&graph, Some(&shapes)),
+    };
+    match output {
+        Some(path) => write_atomically(path, text.as_bytes()),
+        None => Ok(std::io::stdout().write_all(text.as_bytes())?),
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".inceptc-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn interpret(args: &ModelArgs, input: &Path, output: &Path) -> Result<()> {
+    let x = inceptc_runtime::npy::read_f32(input)?;
+    if x.shape.len() != 4 || x.shape[1] != 3 || x.shape.contains(&0) {
+        bail!(
+            "{}: the input has shape {:?}; expected float32 NCHW [N, 3, H, W] with N, H, W ≥ 1",
+            input.display(),
+            x.shape
+        );
+    }
+    let graph = args.load()?;
+    let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
+    infer_shapes(&graph, n, h, w).with_context(|| {
+        format!(
+            "{}: {} cannot run at {h}×{w}",
+            input.display(),
+            args.model()
+        )
+    })?;
+    let tensor =
+        Tensor::new(x.shape.clone(), x.data).context("input size does not match its shape")?;
+    log::info!("interpreting {} on {:?}", args.model(), tensor.shape());
+    let outputs = inceptc_ir::interp::run(&graph, &tensor)?;
+    let y = outputs.first().context("the graph has no output")?;
+    inceptc_runtime::npy::write_f32(output, y.shape(), y.data())?;
+    log::info!("wrote {} {:?}", output.display(), y.shape());
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The Inception networks as IR graphs, and loading them with a checkpoint or seeded weights.
+//!
+//! | model | layout |
+//! |---|---|
+//! | `inception-v4` | timm `inception_v4` ([`inception_v4`]) |
+//! | `inception-resnet-v1` | facenet-pytorch `InceptionResnetV1` ([`inception_resnet_v1`]) |
+//! | `inception-resnet-v2` | timm `inception_resnet_v2` ([`inception_resnet_v2`]) |
+//! | `inception-resnet-v2-paper` | the paper's Fig. 15 ([`inception_resnet_v2_paper`]) |
+
+pub mod blocks;
+pub mod inception_resnet_v1;
+pub mod inception_resnet_v2;
+pub mod inception_resnet_v2_paper;
+pub mod inception_v4;
+
+use std::fmt;
+use std::path::Path;
+
+use inceptc_ir::weights::{bind, Checkpoint, WeightsError};
+use inceptc_ir::Graph;
+use thiserror::Error;
+
+/// One of the networks inceptc knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Model {
+    InceptionV4,
+    InceptionResnetV1,
+    InceptionResnetV2,
+    InceptionResnetV2Paper,
+}
+
+impl Model {
+    pub const ALL: [Model; 4] = [
+        Model::InceptionV4,
+        Model::InceptionResnetV1,
+        Model::InceptionResnetV2,
+        Model::InceptionResnetV2Paper,
+    ];
+
+    /// The name `--model` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::InceptionV4 => "inception-v4",
+            Model::InceptionResnetV1 => "inception-resnet-v1",
+            Model::InceptionResnetV2 => "inception-resnet-v2",
+            Model::InceptionResnetV2Paper => "inception-resnet-v2-paper",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Model> {
+        Model::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The input size the released weights were trained at.
+    pub fn default_image_size(self) -> usize {
+        match self {
+            Model::InceptionResnetV1 => 160,
+            _ => 299,
+        }
+    }
+
+    /// The classifier whose weight rows give the number of classes, if the model (with
+    /// `classify`) ends in one.
+    pub fn classifier(self, classify: bool) -> Option<&'static str> {
+        match self {
+            Model::InceptionV4 | Model::InceptionResnetV2Paper => Some("last_linear"),
+            Model::InceptionResnetV2 => Some("classif"),
+            Model::InceptionResnetV1 => classify.then_some("logits"),
+        }
+    }
+
+    /// What the output holds, for messages.
+    pub fn output_kind(self, classify: bool) -> &'static str {
+        match self.classifier(classify) {
+            Some(_) => "logits",
+            None => "L2-normalized embedding",
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How to build a model's head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Inception-ResNet-v1 only: end in facenet's `logits` classifier instead of the normalized
+    /// embedding.
+    pub classify: bool,
+    /// Classes of the classifier when no checkpoint says otherwise.
+    pub num_classes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            classify: false,
+            num_classes: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("--classify applies to inception-resnet-v1 only; {0} always ends in its classifier")]
+    ClassifyNotApplicable(Model),
+    #[error("the number of classes must be at least 1")]
+    NoClasses,
+    #[error(
+        "{}: --classify needs facenet's classifier, but the checkpoint has no `logits.weight` \
+         (it holds an embedding model; drop --classify)",
+        path.display()
+    )]
+    NoLogits { path: std::path::PathBuf },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// The graph of `model` with unbound weights.
+pub fn build(model: Model, options: &Options) -> Result<Graph, LoadError> {
+    if options.classify && model != Model::InceptionResnetV1 {
+        return Err(LoadError::ClassifyNotApplicable(model));
+    }
+    if options.num_classes == 0 {
+        return Err(LoadError::NoClasses);
+    }
+    let k = options.num_classes;
+    Ok(match model {
+        Model::InceptionV4 => inception_v4::build(k),
+        Model::InceptionResnetV1 => inception_resnet_v1::build(options.classify.then_some(k)),
+        Model::InceptionResnetV2 => inception_resnet_v2::build(k),
+        Model::InceptionResnetV2Paper => inception_resnet_v2_paper::build(k),
+    })
+}
+
+/// Where a model's weights come from.
+pub enum Weights<'a> {
+    /// A safetensors file holding the model's PyTorch `state_dict`.
+    File(&'a Path),
+    /// Deterministic seeded weights ([`inceptc_ir::init::seed_weights`]).
+    Seeded(u64),
+}
+
+/// Builds `model` and binds its weights. With a file, the number of classes comes from the
+/// classifier's weight shape in the file; tensors the graph does not use are an error, except
+/// `num_batches_tracked` and, for the embedding head of Inception-ResNet-v1, facenet's `logits`.
+pub fn load(model: Model, weights: Weights, options: &Options) -> Result<Graph, LoadError> {
+    match weights {
+        Weights::Seeded(seed) => {
+            let mut graph = build(model, options)?;
+            inceptc_ir::init::seed_weights(&mut graph, seed);
+            Ok(graph)
+        }
+        Weights::File(path) => {
+            let checkpoint = Checkpoint::load(path)?;
+            let mut options = *options;
+            if let Some(classifier) = model.classifier(options.classify) {
+                let key = format!("{classifier}.weight");
+                match checkpoint.shape(&key) {
+                    Some([classes, _]) if *classes > 0 => options.num_classes = *classes,
+                    None if options.classify => {
+                        return Err(LoadError::NoLogits {
+                            path: path.to_path_buf(),
+                        })
+                    }
+                    // A wrong shape or a missing classifier is reported by binding.
+                    _ => {}
+                }
+            }
+            let mut graph = build(model, &options)?;
+            let ignore_logits = model == Model::InceptionResnetV1 && !options.classify;
+            bind(&mut graph, &checkpoint, &|name| {
+                ignore_logits && name.starts_with("logits.")
+            })?;
+            Ok(graph)
+        }
+    }
+}

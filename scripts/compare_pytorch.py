@@ -1,0 +1,134 @@
+"""Checks `inceptc interpret` against PyTorch on the same random-weight checkpoint and input.
+
+For each public layout it builds the PyTorch model with He-normal convolutions, then sets every
+BatchNorm's running statistics to the statistics of a random batch, perturbed (so that activations
+stay in a sane range but no statistic is trivial), randomizes the affine BatchNorm parameters, and
+saves the state_dict as f32 and bf16 safetensors. PyTorch's output on the bf16 checkpoint is
+computed with the bf16-rounded weights in f32, which is what inceptc does with it.
+
+Prints one row per (model, dtype, batch): max |ours - torch| / max |torch|, and fails above 1e-4.
+Run it through scripts/compare-pytorch.sh, which sets up the virtual environment.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+TOLERANCE = 1e-4
+
+
+def timm_model(name):
+    import timm
+    return lambda: timm.create_model(name, pretrained=False)
+
+
+def facenet_model(classify):
+    def make():
+        from facenet_pytorch import InceptionResnetV1
+        if classify:
+            return InceptionResnetV1(classify=True, num_classes=100)
+        return InceptionResnetV1()
+    return make
+
+
+# (label, inceptc --model, extra inceptc flags, constructor, input size)
+CASES = [
+    ("inception_v4", "inception-v4", [], timm_model("inception_v4"), 299),
+    ("inception_resnet_v2", "inception-resnet-v2", [], timm_model("inception_resnet_v2"), 299),
+    ("facenet_embedding", "inception-resnet-v1", [], facenet_model(False), 160),
+    ("facenet_classify", "inception-resnet-v1", ["--classify"], facenet_model(True), 160),
+]
+
+
+def randomize(model, size, generator):
+    """He-normal convolutions and linears; BatchNorm statistics from a random batch, perturbed."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=generator)
+            if m.bias is not None:
+                torch.nn.init.uniform_(m.bias, -0.1, 0.1, generator=generator)
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: running stats = batch stats after one pass
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, size, size, generator=generator) * 2 - 1)
+    model.eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean += 0.1 * torch.randn(c, generator=generator) * m.running_var.sqrt()
+                m.running_var *= 0.75 + 0.5 * torch.rand(c, generator=generator)
+                m.weight.copy_(0.5 + torch.rand(c, generator=generator))
+                m.bias.copy_(0.2 * torch.randn(c, generator=generator))
+
+
+def run_inceptc(inceptc, model, flags, weights, x, work):
+    xin = os.path.join(work, "x.npy")
+    yout = os.path.join(work, "y.npy")
+    np.save(xin, x)
+    start = time.time()
+    subprocess.run(
+        [inceptc, "interpret", "--model", model, *flags, "--weights", weights, "--input", xin, "--output", yout],
+        check=True,
+    )
+    return np.load(yout), time.time() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inceptc", required=True)
+    parser.add_argument("--work", help="keep checkpoints and tensors here (default: a temporary directory)")
+    parser.add_argument("--models", help="comma-separated labels, default all: " + ",".join(c[0] for c in CASES))
+    args = parser.parse_args()
+    wanted = set(args.models.split(",")) if args.models else None
+    work = args.work or tempfile.mkdtemp(prefix="inceptc-compare-")
+    os.makedirs(work, exist_ok=True)
+    torch.set_grad_enabled(False)
+    rows, failed = [], False
+    for label, model_name, flags, make, size in CASES:
+        if wanted and label not in wanted:
+            continue
+        generator = torch.Generator().manual_seed(2016)
+        model = make()
+        randomize(model, size, generator)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        x2 = (torch.rand(2, 3, size, size, generator=generator) * 2 - 1).float()
+        for dtype in ("f32", "bf16"):
+            if dtype == "bf16":
+                state_d = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in state.items()}
+                model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_d.items()})
+            else:
+                state_d = state
+                model.load_state_dict(state)
+            weights = os.path.join(work, f"{label}.{dtype}.safetensors")
+            save_file(state_d, weights)
+            for batch in (1, 2):
+                x = x2[:batch].contiguous()
+                ref = model(x).numpy()
+                ours, seconds = run_inceptc(args.inceptc, model_name, flags, weights, x.numpy(), work)
+                if ours.shape != ref.shape:
+                    err = float("inf")
+                else:
+                    err = float(np.abs(ours - ref).max() / np.abs(ref).max())
+                ok = err <= TOLERANCE
+                failed |= not ok
+                rows.append((label, dtype, batch, list(ref.shape), float(np.abs(ref).max()), err, seconds, ok))
+                print(f"{label:22} {dtype:5} batch {batch}  rel err {err:.2e}  {'ok' if ok else 'FAIL'}", file=sys.stderr)
+    print(f"\n| model | weights | batch | output | max abs ref | max abs diff / max abs ref | inceptc s |")
+    print("|---|---|---|---|---|---|---|")
+    for label, dtype, batch, shape, mref, err, secs, ok in rows:
+        print(f"| {label} | {dtype} | {batch} | {shape} | {mref:.3g} | {err:.2e}{'' if ok else ' FAIL'} | {secs:.1f} |")
+    print(f"\ntolerance {TOLERANCE:g}; torch {torch.__version__}; work dir {work}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+//! Helpers shared by the integration tests in `tests/`: golden files that print a unified diff on
+//! mismatch and are rewritten with `BLESS=1`.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Compares `actual` with the golden file `path` (relative to the repository root).
+///
+/// With `BLESS=1` the file is (re)written instead. A missing file is written too, except under
+/// `CI=true`, where a missing snapshot is an error.
+pub fn check_golden(path: impl AsRef<Path>, actual: &str) -> Result<(), String> {
+    let path = root().join(path);
+    let bless = std::env::var_os("BLESS").is_some_and(|v| v != "0");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    match std::fs::read_to_string(&path) {
+        Ok(expected) if expected == actual => Ok(()),
+        Ok(_) | Err(_) if bless => write(&path, actual),
+        Err(_) if !ci => write(&path, actual),
+        Err(e) => Err(format!(
+            "golden file {} cannot be read ({e}); run with BLESS=1 to create it",
+            path.display()
+        )),
+        Ok(expected) => {
+            let diff = similar::TextDiff::from_lines(expected.as_str(), actual)
+                .unified_diff()
+                .context_radius(3)
+                .header("expected", "actual")
+                .to_string();
+            Err(format!(
+                "{} differs from the output (BLESS=1 rewrites it):\n{diff}",
+                path.display()
+            ))
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The `inceptc` binary of this build (`cargo test --workspace` builds it next to the test
+/// executables' `deps/` directory).
+pub fn inceptc_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let bin = profile_dir.join(format!("inceptc{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so that the binary is built",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `inceptc` with `args` and returns its exit code, standard output and standard error.
+pub fn run_inceptc<I, S>(args: I) -> (i32, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(inceptc_bin())
+        .args(args)
+        .output()
+        .expect("inceptc starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One tensor of a safetensors file to write: name, dtype, shape, raw little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// `values` encoded as `dtype` (F32, F16, BF16 or F64).
+    pub fn encode(
+        name: &str,
+        dtype: safetensors::Dtype,
+        shape: Vec<usize>,
+        values: &[f32],
+    ) -> RawTensor {
+        use safetensors::Dtype;
+        let bytes = match dtype {
+            Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            Dtype::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            Dtype::F64 => values
+                .iter()
+                .flat_map(|v| (*v as f64).to_le_bytes())
+                .collect(),
+            other => panic!("RawTensor::encode does not encode {other:?}"),
+        };
+        RawTensor {
+            name: name.to_string(),
+            dtype,
+            shape,
+            bytes,
+        }
+    }
+}
+
+/// Serializes tensors in the safetensors format.
+pub fn safetensors_bytes(tensors: &[RawTensor]) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|t| {
+            let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .expect("shape and bytes agree");
+            (t.name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serializable")
+}
+
+/// The graph's bound parameters as state_dict entries `(key, shape, values)`.
+pub fn state_dict(graph: &inceptc_ir::Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut entries = Vec::new();
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        for (spec, t) in node.op.param_specs().iter().zip(&node.params) {
+            entries.push((
+                node.param_key(spec.role),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            ));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
