@@ -21,15 +21,15 @@ pub struct Array {
 /// Why a `.npy` file could not be read or written. Every variant names the file.
 #[derive(Debug, Error)]
 pub enum NpyError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {cause}", path.display())]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: not a valid .npy file: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
@@ -41,9 +41,9 @@ pub enum NpyError {
 
 /// Reads a little-endian f32 array in C order.
 pub fn read_f32(path: &Path) -> Result<Array, NpyError> {
-    let read_err = |source| NpyError::Read {
+    let read_err = |cause| NpyError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let format = |reason: String| NpyError::Format {
         path: path.to_path_buf(),
@@ -103,9 +103,9 @@ pub fn read_f32(path: &Path) -> Result<Array, NpyError> {
 /// Writes an f32 array in C order, atomically: to a temporary file in the same directory, renamed
 /// into place once complete.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    let write_err = |source| NpyError::Write {
+    let write_err = |cause| NpyError::Write {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     if shape.iter().product::<usize>() != data.len() {
         return Err(write_err(std::io::Error::other(format!(

@@ -14,10 +14,10 @@ use crate::tensor::Tensor;
 /// Why weights could not be read or bound. Every variant names the file.
 #[derive(Debug, Error)]
 pub enum WeightsError {
-    #[error("cannot read weights file {}: {source}", path.display())]
+    #[error("cannot read weights file {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: not a valid safetensors file: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
@@ -137,9 +137,9 @@ fn format_error(path: &Path, e: SafeTensorError) -> WeightsError {
 impl Checkpoint {
     /// Reads and validates a safetensors file (header, offsets, sizes).
     pub fn load(path: &Path) -> Result<Checkpoint, WeightsError> {
-        let io = |source| WeightsError::Io {
+        let io = |cause| WeightsError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if path.is_dir() {
             return Err(io(std::io::Error::other("it is a directory, not a file")));

@@ -1,0 +1,412 @@
+//! The `inceptc` CLI on good and bad input: every bad checkpoint, tensor file or option gets a
+//! clear message naming the file, tensor or node, and exit code 1, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use inceptc_graphs::{load, Model, Options, Weights};
+use inceptc_suite::{run_inceptc, safetensors_bytes, state_dict, RawTensor};
+use safetensors::Dtype;
+
+/// facenet's InceptionResnetV1 with seeded weights, as f16 tensors plus the bookkeeping and the
+/// `logits` classifier that real facenet checkpoints carry.
+fn base_tensors() -> &'static Vec<RawTensor> {
+    static BASE: OnceLock<Vec<RawTensor>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let graph = load(
+            Model::InceptionResnetV1,
+            Weights::Seeded(5),
+            &Options::default(),
+        )
+        .unwrap();
+        let mut tensors: Vec<RawTensor> = state_dict(&graph)
+            .iter()
+            .map(|(name, shape, values)| RawTensor::encode(name, Dtype::F16, shape.clone(), values))
+            .collect();
+        tensors.push(RawTensor {
+            name: "conv2d_1a.bn.num_batches_tracked".into(),
+            dtype: Dtype::I64,
+            shape: vec![],
+            bytes: 7i64.to_le_bytes().to_vec(),
+        });
+        let logits: Vec<f32> = (0..512 * 7)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        tensors.push(RawTensor::encode(
+            "logits.weight",
+            Dtype::F32,
+            vec![7, 512],
+            &logits,
+        ));
+        tensors.push(RawTensor::encode(
+            "logits.bias",
+            Dtype::F32,
+            vec![7],
+            &[0.1; 7],
+        ));
+        tensors
+    })
+}
+
+/// Writes the base checkpoint after `edit` into a fresh temporary directory.
+fn checkpoint(edit: impl FnOnce(&mut Vec<RawTensor>)) -> (tempfile::TempDir, PathBuf) {
+    let mut tensors: Vec<RawTensor> = base_tensors()
+        .iter()
+        .map(|t| RawTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            bytes: t.bytes.clone(),
+        })
+        .collect();
+    edit(&mut tensors);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("facenet.safetensors");
+    std::fs::write(&path, safetensors_bytes(&tensors)).unwrap();
+    (dir, path)
+}
+
+fn tensor<'a>(tensors: &'a mut [RawTensor], name: &str) -> &'a mut RawTensor {
+    tensors.iter_mut().find(|t| t.name == name).unwrap()
+}
+
+/// Runs `inceptc` and checks that it failed cleanly with a message containing every `needle`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (code, _, stderr) = run_inceptc(args);
+    assert_eq!(code, 1, "exit code for {args:?}; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "expected `{needle}` in:\n{stderr}");
+    }
+}
+
+fn info_with(path: &Path, needles: &[&str]) {
+    let p = path.to_str().unwrap();
+    fails_with(
+        &["info", "--model", "inception-resnet-v1", "--weights", p],
+        needles,
+    );
+}
+
+fn write_npy(dir: &Path, name: &str, shape: &[usize]) -> PathBuf {
+    let path = dir.join(name);
+    let n = shape.iter().product();
+    inceptc_runtime::npy::write_f32(&path, shape, &vec![0.25; n]).unwrap();
+    path
+}
+
+#[test]
+fn a_facenet_checkpoint_with_logits_and_bookkeeping_binds() {
+    let (dir, path) = checkpoint(|_| {});
+    let (code, stdout, stderr) = run_inceptc([
+        "info",
+        "--model",
+        "inception-resnet-v1",
+        "--weights",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("parameters   23,482,624"), "{stdout}");
+    let x = write_npy(dir.path(), "x.npy", &[2, 3, 80, 80]);
+    let y = dir.path().join("y.npy");
+    let weights = path.to_str().unwrap();
+    let (code, _, stderr) = run_inceptc([
+        "interpret",
+        "--model",
+        "inception-resnet-v1",
+        "--weights",
+        weights,
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let out = inceptc_runtime::npy::read_f32(&y).unwrap();
+    assert_eq!(out.shape, vec![2, 512]);
+    // With --classify the same file yields the 7-way logits.
+    let (code, stdout, stderr) = run_inceptc([
+        "info",
+        "--model",
+        "inception-resnet-v1",
+        "--classify",
+        "--weights",
+        weights,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("[1, 7] logits"), "{stdout}");
+}
+
+#[test]
+fn a_missing_tensor_is_named_with_its_expected_shape() {
+    let (_dir, path) = checkpoint(|t| t.retain(|t| t.name != "repeat_1.0.conv2d.bias"));
+    info_with(
+        &path,
+        &[
+            "missing tensor `repeat_1.0.conv2d.bias` (expected shape [256])",
+            "facenet.safetensors",
+        ],
+    );
+}
+
+#[test]
+fn unexpected_tensors_are_listed() {
+    let (_dir, path) = checkpoint(|t| {
+        t.push(RawTensor::encode(
+            "extra.weight",
+            Dtype::F32,
+            vec![2],
+            &[1.0, 2.0],
+        ));
+        t.push(RawTensor::encode(
+            "head.fc.bias",
+            Dtype::F32,
+            vec![1],
+            &[1.0],
+        ));
+    });
+    info_with(
+        &path,
+        &[
+            "unexpected tensor `extra.weight` of shape [2]",
+            "unexpected tensor `head.fc.bias` of shape [1]",
+        ],
+    );
+}
+
+#[test]
+fn a_wrong_shape_names_the_tensor_expected_and_found() {
+    let (_dir, path) = checkpoint(|t| {
+        let w = tensor(t, "last_linear.weight");
+        w.shape = vec![512, 896, 2];
+    });
+    info_with(
+        &path,
+        &["tensor `last_linear.weight` has shape [512, 896, 2], expected [512, 1792]"],
+    );
+}
+
+#[test]
+fn an_unsupported_dtype_is_named() {
+    let (_dir, path) = checkpoint(|t| {
+        let w = tensor(t, "conv2d_1a.conv.weight");
+        w.dtype = Dtype::I16;
+    });
+    info_with(
+        &path,
+        &[
+            "tensor `conv2d_1a.conv.weight` has dtype I16",
+            "F32, F16, BF16 and F64",
+        ],
+    );
+}
+
+#[test]
+fn a_truncated_file_is_reported() {
+    let (_dir, path) = checkpoint(|_| {});
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    info_with(&path, &["not a valid safetensors file", "truncated"]);
+    std::fs::write(&path, &bytes[..5]).unwrap();
+    info_with(&path, &["not a valid safetensors file"]);
+    std::fs::write(&path, b"").unwrap();
+    info_with(&path, &["not a valid safetensors file"]);
+}
+
+#[test]
+fn a_corrupt_header_is_reported() {
+    let (_dir, path) = checkpoint(|_| {});
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..19].copy_from_slice(b"{\"x\": [1, 2");
+    std::fs::write(&path, &bytes).unwrap();
+    info_with(
+        &path,
+        &["facenet.safetensors: not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn nan_and_inf_weights_are_named() {
+    let (_dir, path) = checkpoint(|t| {
+        let w = tensor(t, "mixed_6a.branch0.conv.weight");
+        w.bytes[10..12].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    });
+    info_with(
+        &path,
+        &[
+            "tensor `mixed_6a.branch0.conv.weight` holds NaN at flat index 5",
+            "must be finite",
+        ],
+    );
+    let (_dir, path) = checkpoint(|t| {
+        let w = tensor(t, "last_bn.running_var");
+        w.bytes[0..2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    });
+    info_with(
+        &path,
+        &["tensor `last_bn.running_var` holds inf at flat index 0"],
+    );
+}
+
+#[test]
+fn missing_files_and_directories_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.safetensors");
+    info_with(&missing, &["cannot read weights file", "nope.safetensors"]);
+    info_with(dir.path(), &["cannot read weights file", "directory"]);
+}
+
+#[test]
+fn classify_needs_logits_and_applies_to_facenet_only() {
+    let (_dir, path) = checkpoint(|t| t.retain(|t| !t.name.starts_with("logits.")));
+    fails_with(
+        &[
+            "info",
+            "--model",
+            "inception-resnet-v1",
+            "--classify",
+            "--weights",
+            path.to_str().unwrap(),
+        ],
+        &[
+            "--classify needs facenet's classifier",
+            "no `logits.weight`",
+        ],
+    );
+    fails_with(
+        &["info", "--model", "inception-v4", "--classify"],
+        &["--classify applies to inception-resnet-v1 only"],
+    );
+}
+
+fn interpret_with(x: &Path, out: &Path, needles: &[&str]) {
+    fails_with(
+        &[
+            "interpret",
+            "--model",
+            "inception-resnet-v1",
+            "--input",
+            x.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        needles,
+    );
+    assert!(
+        !out.exists(),
+        "a failed run must not write {}",
+        out.display()
+    );
+}
+
+#[test]
+fn bad_input_tensors_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("y.npy");
+    let rank3 = write_npy(dir.path(), "rank3.npy", &[3, 80, 80]);
+    interpret_with(
+        &rank3,
+        &out,
+        &["rank3.npy: the input has shape [3, 80, 80]", "[N, 3, H, W]"],
+    );
+    let four = write_npy(dir.path(), "four.npy", &[1, 4, 80, 80]);
+    interpret_with(
+        &four,
+        &out,
+        &["four.npy: the input has shape [1, 4, 80, 80]"],
+    );
+    let small = write_npy(dir.path(), "small.npy", &[1, 3, 74, 74]);
+    interpret_with(
+        &small,
+        &out,
+        &[
+            "small.npy",
+            "cannot run at 74×74",
+            "input too small: node `",
+        ],
+    );
+    // float64 data: write a valid .npy by hand.
+    let f64_path = dir.path().join("f64.npy");
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 3, 2, 2), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let padded = format!("{header:<117}\n");
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    bytes.extend_from_slice(&[0u8; 8 * 12]);
+    std::fs::write(&f64_path, bytes).unwrap();
+    interpret_with(
+        &f64_path,
+        &out,
+        &["f64.npy: the array has dtype '<f8'", "float32"],
+    );
+    let missing = dir.path().join("missing.npy");
+    interpret_with(&missing, &out, &["cannot read", "missing.npy"]);
+    interpret_with(dir.path(), &out, &["cannot read", "directory"]);
+    std::fs::write(dir.path().join("junk.npy"), b"not numpy at all").unwrap();
+    interpret_with(
+        &dir.path().join("junk.npy"),
+        &out,
+        &["junk.npy: not a valid .npy file"],
+    );
+}
+
+#[test]
+fn an_unwritable_output_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = write_npy(dir.path(), "x.npy", &[1, 3, 75, 75]);
+    let out = dir.path().join("no/such/dir/y.npy");
+    interpret_with(&x, &out, &["cannot write", "y.npy"]);
+}
+
+#[test]
+fn every_command_help_shows_an_example() {
+    for command in [
+        vec!["--help"],
+        vec!["info", "--help"],
+        vec!["dump", "--help"],
+        vec!["interpret", "--help"],
+    ] {
+        let (code, stdout, _) = run_inceptc(&command);
+        assert_eq!(code, 0);
+        assert!(
+            stdout.contains("Example:\n  inceptc "),
+            "{command:?}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn dump_writes_text_dot_and_rejects_unknown_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let dot = dir.path().join("v1.dot");
+    let (code, _, stderr) = run_inceptc([
+        "dump",
+        "--model",
+        "inception-resnet-v1",
+        "--format",
+        "dot",
+        "-o",
+        dot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(&dot).unwrap();
+    assert!(text.starts_with("digraph \"inception-resnet-v1\""));
+    assert!(
+        text.contains("label=\"inception_resnet_b.3\""),
+        "blocks are clusters"
+    );
+    let (code, stdout, _) = run_inceptc(["dump", "--model", "inception-v4", "--block", "head"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("name=\"last_linear\""));
+    fails_with(
+        &[
+            "dump",
+            "--model",
+            "inception-v4",
+            "--block",
+            "inception_z.0",
+        ],
+        &["no block `inception_z.0`", "inception_a.0"],
+    );
+}
