@@ -410,3 +410,39 @@ fn dump_writes_text_dot_and_rejects_unknown_blocks() {
         &["no block `inception_z.0`", "inception_a.0"],
     );
 }
+
+#[test]
+fn info_prints_the_published_sizes() {
+    for (model, params, gmac) in [
+        ("inception-v4", "42,679,816", "convolutions 12.25 GMAC"),
+        (
+            "inception-resnet-v2",
+            "55,843,464",
+            "convolutions 13.15 GMAC",
+        ),
+        (
+            "inception-resnet-v1",
+            "23,482,624",
+            "convolutions 1.42 GMAC",
+        ),
+    ] {
+        let (code, stdout, stderr) = run_inceptc(["info", "--model", model]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stdout.contains(&format!("parameters   {params}\n")),
+            "{model}:\n{stdout}"
+        );
+        assert!(stdout.contains(gmac), "{model}:\n{stdout}");
+    }
+    let (_, stdout, _) = run_inceptc([
+        "info",
+        "--model",
+        "inception-v4",
+        "--batch",
+        "2",
+        "--image-size",
+        "331",
+    ]);
+    assert!(stdout.contains("input        [2, 3, 331, 331]"), "{stdout}");
+    assert!(stdout.contains("[2, 1536, 9, 9]"), "{stdout}");
+}

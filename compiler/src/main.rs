@@ -228,6 +228,16 @@ fn info(args: &ModelArgs, image_size: Option<usize>, batch: usize) -> Result<()>
         .with_context(|| format!("{} at {size}×{size}", args.model()))?;
     let stats = inceptc_ir::stats::block_stats(&graph, &shapes);
     let total_macs: u64 = stats.iter().map(|s| s.macs).sum();
+    let conv_macs: u64 = graph
+        .node_ids()
+        .filter(|id| matches!(graph.node(*id).op, inceptc_ir::Op::Conv2d(_)))
+        .filter_map(|id| {
+            Some(inceptc_ir::shape::node_macs(
+                &graph.node(id).op,
+                shapes.get(&id)?,
+            ))
+        })
+        .sum();
     let output = graph.outputs().first().and_then(|o| shapes.get(o));
     let mut out = String::new();
     use std::fmt::Write as _;
@@ -254,9 +264,10 @@ fn info(args: &ModelArgs, image_size: Option<usize>, batch: usize) -> Result<()>
     let _ = writeln!(out, "nodes        {}", graph.len());
     let _ = writeln!(
         out,
-        "MACs         {} ({:.2} GMAC)",
+        "MACs         {} ({:.2} GMAC; convolutions {:.2} GMAC)",
         group(total_macs),
-        total_macs as f64 / 1e9
+        total_macs as f64 / 1e9,
+        conv_macs as f64 / 1e9
     );
     let _ = writeln!(out);
     let _ = writeln!(
