@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests in `tests/`: golden files that print a unified diff on
-//! mismatch and are rewritten with `BLESS=1`.
+//! Helpers shared by the integration tests: golden files that print a unified diff on mismatch and
+//! are rewritten with `BLESS=1`, and safetensors checkpoints written from a graph's parameters.
 
 use std::path::{Path, PathBuf};
 
@@ -43,40 +43,6 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The `inceptc` binary of this build (`cargo test --workspace` builds it next to the test
-/// executables' `deps/` directory).
-pub fn inceptc_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps");
-    let bin = profile_dir.join(format!("inceptc{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so that the binary is built",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs `inceptc` with `args` and returns its exit code, standard output and standard error.
-pub fn run_inceptc<I, S>(args: I) -> (i32, String, String)
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let out = std::process::Command::new(inceptc_bin())
-        .args(args)
-        .output()
-        .expect("inceptc starts");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// One tensor of a safetensors file to write: name, dtype, shape, raw little-endian bytes.

@@ -1,5 +1,6 @@
-//! The `inceptc` command line: inspect a network (`info`), print its IR (`dump`) and run it with the
-//! reference interpreter (`interpret`).
+//! The `inceptc` command line: inspect a network (`info`), print its IR before or after any pass
+//! (`dump`), list the pass pipeline (`passes`) and run a network with the reference interpreter
+//! (`interpret`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ enum Command {
     },
     /// Print the graph as IR text or Graphviz DOT.
     #[command(
-        after_help = "Example:\n  inceptc dump --model inception-v4 --block inception_a.0\n  inceptc dump --model inception-v4 --format dot -o v4.dot && dot -Tsvg v4.dot -o v4.svg"
+        after_help = "Example:\n  inceptc dump --model inception-v4 --block inception_a.0 --after fold-batchnorm --stats\n  inceptc dump --model inception-v4 --format dot -o v4.dot && dot -Tsvg v4.dot -o v4.svg"
     )]
     Dump {
         #[command(flatten)]
@@ -63,7 +64,12 @@ enum Command {
         /// Write here instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        passes: PassArgs,
     },
+    /// List the optimization pipeline, one line per pass.
+    #[command(after_help = "Example:\n  inceptc passes")]
+    Passes,
     /// Run the network on an .npy tensor with the reference interpreter.
     #[command(
         after_help = "Example:\n  inceptc interpret --model inception-v4 --weights inception_v4.safetensors --input x.npy --output y.npy\n\nx.npy is float32 NCHW [N, 3, S, S]; y.npy is float32 [N, K]: logits, or the embedding of inception-resnet-v1."
@@ -77,7 +83,57 @@ enum Command {
         /// Where to write the output tensor (float32 [N, K]).
         #[arg(long)]
         output: PathBuf,
+        /// Run the graph after the whole optimization pipeline instead of the original.
+        #[arg(long)]
+        optimized: bool,
     },
+}
+
+#[derive(Args)]
+struct PassArgs {
+    /// Run the pipeline up to and including this pass first (see `inceptc passes`).
+    #[arg(long)]
+    after: Option<String>,
+    /// Print what each pass did (nodes before and after, rewrites, time) to standard error.
+    #[arg(long)]
+    stats: bool,
+}
+
+impl PassArgs {
+    /// Runs the pipeline up to `--after` (nothing without it) and prints `--stats`.
+    fn apply(&self, graph: &mut Graph) -> Result<()> {
+        let Some(after) = &self.after else {
+            return Ok(());
+        };
+        if inceptc::passes::find(after).is_none() {
+            bail!(
+                "there is no pass `{after}`; the pipeline is: {}",
+                inceptc::passes::names()
+            );
+        }
+        let reports = inceptc::passes::run_pipeline(graph, Some(after))?;
+        if self.stats {
+            print_stats(&reports);
+        }
+        Ok(())
+    }
+}
+
+fn print_stats(reports: &[inceptc::passes::PassReport]) {
+    eprintln!(
+        "{:<24} {:>8} {:>8} {:>9} {:>10}",
+        "pass", "before", "after", "rewrites", "time"
+    );
+    for r in reports {
+        eprintln!(
+            "{:<24} {:>8} {:>8} {:>9} {:>8.1}ms",
+            r.pass,
+            r.nodes_before,
+            r.nodes_after,
+            r.rewrites,
+            r.elapsed.as_secs_f64() * 1e3
+        );
+    }
 }
 
 #[derive(Args)]
@@ -191,18 +247,27 @@ fn run(command: Command) -> Result<()> {
             block,
             image_size,
             output,
+            passes,
         } => dump(
             &model,
+            &passes,
             format,
             block.as_deref(),
             image_size,
             output.as_deref(),
         ),
+        Command::Passes => {
+            for pass in inceptc::passes::PIPELINE {
+                println!("{:<22} {}", pass.name, pass.summary);
+            }
+            Ok(())
+        }
         Command::Interpret {
             model,
             input,
             output,
-        } => interpret(&model, &input, &output),
+            optimized,
+        } => interpret(&model, &input, &output, optimized),
     }
 }
 
@@ -291,12 +356,14 @@ fn info(args: &ModelArgs, image_size: Option<usize>, batch: usize) -> Result<()>
 
 fn dump(
     args: &ModelArgs,
+    passes: &PassArgs,
     format: Format,
     block: Option<&str>,
     image_size: Option<usize>,
     output: Option<&Path>,
 ) -> Result<()> {
-    let graph = args.load()?;
+    let mut graph = args.load()?;
+    passes.apply(&mut graph)?;
     if let Some(b) = block {
         if !graph.blocks().iter().any(|x| x == b) {
             bail!(
@@ -342,7 +409,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn interpret(args: &ModelArgs, input: &Path, output: &Path) -> Result<()> {
+fn interpret(args: &ModelArgs, input: &Path, output: &Path, optimized: bool) -> Result<()> {
     let x = inceptc_runtime::npy::read_f32(input)?;
     if x.shape.len() != 4 || x.shape[1] != 3 || x.shape.contains(&0) {
         bail!(
@@ -351,7 +418,10 @@ fn interpret(args: &ModelArgs, input: &Path, output: &Path) -> Result<()> {
             x.shape
         );
     }
-    let graph = args.load()?;
+    let mut graph = args.load()?;
+    if optimized {
+        inceptc::passes::run_pipeline(&mut graph, None)?;
+    }
     let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
     infer_shapes(&graph, n, h, w).with_context(|| {
         format!(

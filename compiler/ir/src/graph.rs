@@ -35,6 +35,9 @@ pub struct Node {
     pub op: Op,
     /// The parameter tensors in the order of [`Op::param_specs`]; empty while weights are unbound.
     pub params: Vec<Tensor>,
+    /// Names of the nodes that passes merged into this one (empty for an original node), so that
+    /// dumps and profiles can speak of what the user wrote.
+    pub origins: Vec<String>,
 }
 
 impl Node {
@@ -80,6 +83,7 @@ impl Graph {
             block: block.into(),
             op,
             params: Vec::new(),
+            origins: Vec::new(),
         }));
         for (slot, input) in inputs.iter().enumerate() {
             self.g.add_edge(input.0, id.0, slot);

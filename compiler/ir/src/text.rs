@@ -10,7 +10,8 @@
 //! }
 //! ```
 //!
-//! Values are numbered along [`Graph::topo_order`]. Everything after `#` outside a string is a
+//! Nodes that passes merged others into carry `origins="a,b"`. Values are numbered along
+//! [`Graph::topo_order`]. Everything after `#` outside a string is a
 //! comment; the printer puts the inferred shape there when it is given one.
 
 use std::collections::HashMap;
@@ -68,6 +69,9 @@ pub fn print_with(graph: &Graph, options: &PrintOptions) -> String {
             quote(&node.name),
             quote(&node.block)
         );
+        if !node.origins.is_empty() {
+            let _ = write!(line, " origins={}", quote(&node.origins.join(",")));
+        }
         if let Some(shape) = options.shapes.and_then(|s| s.get(id)) {
             let _ = write!(line, "  # {shape}");
         }
@@ -287,9 +291,15 @@ impl Parser {
                 let op = parse_op(op, &mut attrs)?;
                 let name = attrs.string("name")?;
                 let block = attrs.string("block")?;
+                let origins = match attrs.take("origins") {
+                    Ok(Token::Str(s)) => s.split(',').map(str::to_string).collect(),
+                    Ok(_) => return Err("attribute `origins` takes a quoted string".into()),
+                    Err(_) => Vec::new(),
+                };
                 attrs.finish()?;
                 let graph = self.graph.as_mut().ok_or("no graph")?;
                 let id = graph.add(op, &operands, name, block);
+                graph.node_mut(id).origins = origins;
                 self.values.insert(number, id);
                 Ok(())
             }

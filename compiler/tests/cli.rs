@@ -1,12 +1,30 @@
 //! The `inceptc` CLI on good and bad input: every bad checkpoint, tensor file or option gets a
-//! clear message naming the file, tensor or node, and exit code 1, never a panic.
+//! clear message naming the file, tensor or node, and exit code 1, never a panic. (These tests live
+//! in the `inceptc` package so that Cargo builds the binary for them.)
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use inceptc_graphs::{load, Model, Options, Weights};
-use inceptc_suite::{run_inceptc, safetensors_bytes, state_dict, RawTensor};
+use inceptc_suite::{safetensors_bytes, state_dict, RawTensor};
 use safetensors::Dtype;
+
+/// Runs this build's `inceptc` with `args`: exit code, standard output, standard error.
+fn run_inceptc<I, S>(args: I) -> (i32, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inceptc"))
+        .args(args)
+        .output()
+        .expect("inceptc starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// facenet's InceptionResnetV1 with seeded weights, as f16 tensors plus the bookkeeping and the
 /// `logits` classifier that real facenet checkpoints carry.
@@ -445,4 +463,69 @@ fn info_prints_the_published_sizes() {
     ]);
     assert!(stdout.contains("input        [2, 3, 331, 331]"), "{stdout}");
     assert!(stdout.contains("[2, 1536, 9, 9]"), "{stdout}");
+}
+
+#[test]
+fn passes_are_listed_dumpable_and_interpretable() {
+    let (code, stdout, _) = run_inceptc(["passes"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("fold-batchnorm "), "{stdout}");
+    let (code, stdout, stderr) = run_inceptc([
+        "dump",
+        "--model",
+        "inception-v4",
+        "--block",
+        "head",
+        "--after",
+        "fold-batchnorm",
+        "--stats",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("name=\"last_linear\""), "{stdout}");
+    assert!(
+        stderr.contains("fold-batchnorm") && stderr.contains("rewrites"),
+        "{stderr}"
+    );
+    fails_with(
+        &[
+            "dump",
+            "--model",
+            "inception-v4",
+            "--after",
+            "fuse-everything",
+        ],
+        &["there is no pass `fuse-everything`", "fold-batchnorm"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let x = write_npy(dir.path(), "x.npy", &[1, 3, 79, 83]);
+    let outputs: Vec<Vec<f32>> = [false, true]
+        .iter()
+        .map(|optimized| {
+            let y = dir.path().join(format!("y{optimized}.npy"));
+            let mut args = vec![
+                "interpret",
+                "--model",
+                "inception-resnet-v2",
+                "--input",
+                x.to_str().unwrap(),
+                "--output",
+                y.to_str().unwrap(),
+            ];
+            if *optimized {
+                args.push("--optimized");
+            }
+            let (code, _, stderr) = run_inceptc(&args);
+            assert_eq!(code, 0, "{stderr}");
+            inceptc_runtime::npy::read_f32(&y).unwrap().data
+        })
+        .collect();
+    let max_ref = outputs[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = outputs[0]
+        .iter()
+        .zip(&outputs[1])
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        max_diff / max_ref <= 1e-5,
+        "optimized differs: {max_diff} / {max_ref}"
+    );
 }

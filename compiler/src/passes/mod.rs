@@ -1,0 +1,96 @@
+//! The graph passes and the default pipeline, written out in one place ([`PIPELINE`]).
+//!
+//! Every pass is a function from a verified graph to a verified graph that computes the same
+//! outputs (checked against the reference interpreter in `tests/passes.rs`). [`run_pipeline`]
+//! verifies the graph after every pass and names the pass that broke an invariant.
+
+use std::time::{Duration, Instant};
+
+use inceptc_ir::Graph;
+use thiserror::Error;
+
+pub mod eliminate_dead;
+pub mod fold_batchnorm;
+pub mod fold_residual_scale;
+
+/// A pass: its kebab-case name, a one-line summary and its entry point, which returns how many
+/// rewrites it made.
+pub struct Pass {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub run: fn(&mut Graph) -> Result<usize, String>,
+}
+
+/// The default pipeline, in order.
+pub const PIPELINE: &[Pass] = &[
+    fold_batchnorm::PASS,
+    fold_residual_scale::PASS,
+    eliminate_dead::PASS,
+];
+
+/// A pass by name.
+pub fn find(name: &str) -> Option<&'static Pass> {
+    PIPELINE.iter().find(|p| p.name == name)
+}
+
+/// The names of the pipeline's passes, for messages.
+pub fn names() -> String {
+    PIPELINE
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A pass failed, or left a graph the verifier rejects.
+#[derive(Debug, Error)]
+#[error("pass `{pass}`: {message}")]
+pub struct PassError {
+    pub pass: &'static str,
+    pub message: String,
+}
+
+/// What one pass did.
+#[derive(Clone, Debug)]
+pub struct PassReport {
+    pub pass: &'static str,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub rewrites: usize,
+    pub elapsed: Duration,
+}
+
+/// Runs one pass and verifies its result.
+pub fn run_pass(pass: &Pass, graph: &mut Graph) -> Result<PassReport, PassError> {
+    let nodes_before = graph.len();
+    let start = Instant::now();
+    let rewrites = (pass.run)(graph).map_err(|message| PassError {
+        pass: pass.name,
+        message,
+    })?;
+    let elapsed = start.elapsed();
+    inceptc_ir::verify(graph).map_err(|e| PassError {
+        pass: pass.name,
+        message: format!("left a graph the verifier rejects: {e}"),
+    })?;
+    log::debug!("{}: {rewrites} rewrites in {elapsed:?}", pass.name);
+    Ok(PassReport {
+        pass: pass.name,
+        nodes_before,
+        nodes_after: graph.len(),
+        rewrites,
+        elapsed,
+    })
+}
+
+/// Runs the pipeline up to and including the pass named `until` (all of it for `None`).
+pub fn run_pipeline(graph: &mut Graph, until: Option<&str>) -> Result<Vec<PassReport>, PassError> {
+    let mut reports = Vec::new();
+    for pass in PIPELINE {
+        reports.push(run_pass(pass, graph)?);
+        if until == Some(pass.name) {
+            break;
+        }
+    }
+    Ok(reports)
+}
