@@ -116,3 +116,17 @@ pub fn state_dict(graph: &inceptc_ir::Graph) -> Vec<(String, Vec<usize>, Vec<f32
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     entries
 }
+
+/// A seeded `[n, 3, size, size]` tensor uniform in [-1, 1): the range of a preprocessed image.
+pub fn random_input(n: usize, size: usize, seed: u32) -> inceptc_ir::Tensor {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let data = (0..n * 3 * size * size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    inceptc_ir::Tensor::new(vec![n, 3, size, size], data).expect("sizes agree")
+}

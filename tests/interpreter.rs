@@ -7,20 +7,7 @@ use std::collections::HashMap;
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::interp::{run, run_observed};
 use inceptc_ir::{infer_shapes, Graph, NodeId, Tensor};
-
-fn input(n: usize, size: usize, seed: u32) -> Tensor {
-    // Uniform in [-1, 1): the range of a preprocessed image.
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    let data = (0..n * 3 * size * size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::new(vec![n, 3, size, size], data).unwrap()
-}
+use inceptc_suite::random_input;
 
 fn seeded(model: Model) -> Graph {
     load(
@@ -79,7 +66,7 @@ fn seeded_activations_stay_in_a_sane_range_through_every_block() {
     for model in Model::ALL {
         let g = seeded(model);
         let size = model.default_image_size();
-        let blocks = block_rms(&g, &input(1, size, 1));
+        let blocks = block_rms(&g, &random_input(1, size, 1));
         assert_eq!(
             blocks.len(),
             g.blocks().len(),
@@ -103,7 +90,7 @@ fn seeded_activations_stay_in_a_sane_range_through_every_block() {
 fn batch_rows_are_computed_independently() {
     for model in [Model::InceptionResnetV1, Model::InceptionV4] {
         let g = seeded(model);
-        let x = input(2, 96, 7);
+        let x = random_input(2, 96, 7);
         let both = &run(&g, &x).unwrap()[0];
         let per_row = x.len() / 2;
         let k = both.shape()[1];
@@ -130,7 +117,7 @@ fn batch_rows_are_computed_independently() {
 )]
 fn facenet_embeddings_have_unit_norm_and_logits_do_not() {
     let g = seeded(Model::InceptionResnetV1);
-    let y = &run(&g, &input(3, 160, 3)).unwrap()[0];
+    let y = &run(&g, &random_input(3, 160, 3)).unwrap()[0];
     assert_eq!(y.shape(), &[3, 512]);
     for row in y.data().chunks(512) {
         let norm = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
@@ -145,7 +132,7 @@ fn facenet_embeddings_have_unit_norm_and_logits_do_not() {
         },
     )
     .unwrap();
-    let y = &run(&classify, &input(1, 160, 3)).unwrap()[0];
+    let y = &run(&classify, &random_input(1, 160, 3)).unwrap()[0];
     assert_eq!(y.shape(), &[1, 10]);
     let norm = y
         .data()

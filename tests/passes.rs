@@ -7,23 +7,10 @@ use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::interp::run;
 use inceptc_ir::op::Op;
 use inceptc_ir::{text, Graph, Tensor};
-use inceptc_suite::{check_golden, root};
+use inceptc_suite::{check_golden, random_input, root};
 
 /// max |after − before| / max |before| allowed for a pass.
 const TOLERANCE: f64 = 1e-5;
-
-fn input(n: usize, size: usize, seed: u32) -> Tensor {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    let data = (0..n * 3 * size * size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::new(vec![n, 3, size, size], data).unwrap()
-}
 
 /// The largest relative error over all outputs of two graphs on one input.
 fn max_error(before: &Graph, after: &Graph, x: &Tensor) -> f64 {
@@ -73,7 +60,7 @@ fn golden_cases_of_every_pass() {
                 failures.push(e);
             }
             let x = {
-                let t = input(2, 9, 5);
+                let t = random_input(2, 9, 5);
                 let c = input_channels(&before);
                 Tensor::new(
                     vec![2, c, 9, 9],
@@ -109,7 +96,7 @@ fn the_pipeline_preserves_every_network() {
                 op.keyword()
             );
         }
-        let err = max_error(&before, &after, &input(2, 107, 9));
+        let err = max_error(&before, &after, &random_input(2, 107, 9));
         assert!(err <= TOLERANCE, "{model}: error {err:e}");
         eprintln!(
             "{model}: {} → {} nodes, error {err:.2e}",

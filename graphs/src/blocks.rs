@@ -223,6 +223,18 @@ impl Builder {
     }
 }
 
+/// The first layers of the TF-slim Inception-ResNet stems (paper Fig. 14; timm and facenet
+/// alike): `conv2d_1a` 3×3/2 valid 32 → `conv2d_2a` 3×3 valid 32 → `conv2d_2b` 3×3 64 →
+/// `maxpool_3a` → `conv2d_3b` 1×1 80 → `conv2d_4a` 3×3 valid 192.
+pub fn slim_stem(b: &mut Builder, x: NodeId) -> NodeId {
+    let x = b.conv_bn_relu(x, "conv2d_1a", 3, square(32, 3, 0).stride(2));
+    let x = b.conv_bn_relu(x, "conv2d_2a", 32, square(32, 3, 0));
+    let x = b.conv_bn_relu(x, "conv2d_2b", 32, square(64, 3, 1));
+    let x = b.max_pool_3x3_s2(x, "maxpool_3a");
+    let x = b.conv_bn_relu(x, "conv2d_3b", 64, pointwise(80));
+    b.conv_bn_relu(x, "conv2d_4a", 80, square(192, 3, 0))
+}
+
 /// Widths of an Inception-ResNet block: its branches (each a chain of convolutions whose first
 /// reads the block input) and the block input's width, which the 1×1 up-projection restores.
 pub struct ResidualSpec<'a> {

@@ -16,12 +16,7 @@ use crate::blocks::*;
 pub const EMBEDDING: usize = 512;
 
 fn stem(b: &mut Builder, x: NodeId) -> NodeId {
-    let x = b.conv_bn_relu(x, "conv2d_1a", 3, square(32, 3, 0).stride(2));
-    let x = b.conv_bn_relu(x, "conv2d_2a", 32, square(32, 3, 0));
-    let x = b.conv_bn_relu(x, "conv2d_2b", 32, square(64, 3, 1));
-    let x = b.max_pool_3x3_s2(x, "maxpool_3a");
-    let x = b.conv_bn_relu(x, "conv2d_3b", 64, pointwise(80));
-    let x = b.conv_bn_relu(x, "conv2d_4a", 80, square(192, 3, 0));
+    let x = slim_stem(b, x);
     b.conv_bn_relu(x, "conv2d_4b", 192, square(256, 3, 0).stride(2))
 }
 

@@ -9,14 +9,9 @@ use inceptc_ir::{Graph, NodeId};
 
 use crate::blocks::*;
 
-/// The TF-slim stem: `conv2d_1a` … `maxpool_5a`, then `mixed_5b` (320 channels).
+/// The TF-slim stem ([`slim_stem`]), `maxpool_5a`, then `mixed_5b` (320 channels).
 fn stem(b: &mut Builder, x: NodeId) -> NodeId {
-    let x = b.conv_bn_relu(x, "conv2d_1a", 3, square(32, 3, 0).stride(2));
-    let x = b.conv_bn_relu(x, "conv2d_2a", 32, square(32, 3, 0));
-    let x = b.conv_bn_relu(x, "conv2d_2b", 32, square(64, 3, 1));
-    let x = b.max_pool_3x3_s2(x, "maxpool_3a");
-    let x = b.conv_bn_relu(x, "conv2d_3b", 64, pointwise(80));
-    let x = b.conv_bn_relu(x, "conv2d_4a", 80, square(192, 3, 0));
+    let x = slim_stem(b, x);
     let x = b.max_pool_3x3_s2(x, "maxpool_5a");
     let (b0, _) = b.branch(x, "mixed_5b.branch0", 192, &[pointwise(96)]);
     let (b1, _) = b.branch(
