@@ -46,6 +46,11 @@ impl Node {
         format!("{}.{}", self.name, role)
     }
 
+    /// Whether the node's parameters are bound (trivially so for an op that owns none).
+    pub fn is_bound(&self) -> bool {
+        self.params.len() == self.op.param_specs().len()
+    }
+
     /// The bound parameter with `role`, if the op owns one and weights are bound.
     pub fn param(&self, role: &str) -> Option<&Tensor> {
         let index = self.op.param_specs().iter().position(|s| s.role == role)?;
@@ -245,9 +250,6 @@ impl Graph {
 
     /// Whether every node that owns parameters has them bound.
     pub fn is_bound(&self) -> bool {
-        self.node_ids().all(|id| {
-            let n = self.node(id);
-            n.params.len() == n.op.param_specs().len()
-        })
+        self.node_ids().all(|id| self.node(id).is_bound())
     }
 }

@@ -53,7 +53,7 @@ pub fn run_observed(
             channels: input_attrs.channels,
         });
     }
-    if let Some(unbound) = graph.node_ids().find(|id| !graph_node_bound(graph, *id)) {
+    if let Some(unbound) = graph.node_ids().find(|id| !graph.node(*id).is_bound()) {
         return Err(InterpError::Unbound(graph.node(unbound).name.clone()));
     }
     let shapes = infer_shapes(graph, dims[0], dims[2], dims[3])?;
@@ -95,11 +95,6 @@ pub fn run_observed(
         }
     }
     Ok(graph.outputs().iter().map(|o| values[o].clone()).collect())
-}
-
-fn graph_node_bound(graph: &Graph, id: NodeId) -> bool {
-    let node = graph.node(id);
-    node.params.len() == node.op.param_specs().len()
 }
 
 fn map_dims(shape: Shape) -> [usize; 4] {

@@ -31,7 +31,7 @@ fn run(graph: &mut Graph) -> Result<usize, String> {
         let mut origins = vec![graph.node(scale).name.clone()];
         origins.extend(graph.node(scale).origins.iter().cloned());
         let node = graph.node_mut(src);
-        if node.params.len() != node.op.param_specs().len() {
+        if !node.is_bound() {
             return Err(format!("node `{}` has no bound weights", node.name));
         }
         for p in &mut node.params {
