@@ -2,8 +2,6 @@
 //! round trip, golden dumps of one block of each kind, and shape inference at odd sizes.
 
 use inceptc_graphs::{build, load, Model, Options, Weights};
-use inceptc_ir::op::Op;
-use inceptc_ir::shape::node_macs;
 use inceptc_ir::{infer_shapes, text, verify, Graph, Shape, ShapeError};
 use inceptc_suite::check_golden;
 
@@ -13,11 +11,7 @@ fn graph(model: Model) -> Graph {
 
 fn conv_macs(graph: &Graph, size: usize) -> u64 {
     let shapes = infer_shapes(graph, 1, size, size).expect("shapes");
-    graph
-        .node_ids()
-        .filter(|id| matches!(graph.node(*id).op, Op::Conv2d(_)))
-        .map(|id| node_macs(&graph.node(id).op, &shapes[&id]))
-        .sum()
+    inceptc_ir::stats::conv_macs(graph, &shapes)
 }
 
 #[test]

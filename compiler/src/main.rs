@@ -293,16 +293,7 @@ fn info(args: &ModelArgs, image_size: Option<usize>, batch: usize) -> Result<()>
         .with_context(|| format!("{} at {size}×{size}", args.model()))?;
     let stats = inceptc_ir::stats::block_stats(&graph, &shapes);
     let total_macs: u64 = stats.iter().map(|s| s.macs).sum();
-    let conv_macs: u64 = graph
-        .node_ids()
-        .filter(|id| matches!(graph.node(*id).op, inceptc_ir::Op::Conv2d(_)))
-        .filter_map(|id| {
-            Some(inceptc_ir::shape::node_macs(
-                &graph.node(id).op,
-                shapes.get(&id)?,
-            ))
-        })
-        .sum();
+    let conv_macs = inceptc_ir::stats::conv_macs(&graph, &shapes);
     let output = graph.outputs().first().and_then(|o| shapes.get(o));
     let mut out = String::new();
     use std::fmt::Write as _;

@@ -18,6 +18,15 @@ pub struct BlockStats {
     pub output: Option<Shape>,
 }
 
+/// Multiply–accumulates of the graph's convolutions alone, the measure published sizes quote.
+pub fn conv_macs(graph: &Graph, shapes: &HashMap<NodeId, Shape>) -> u64 {
+    graph
+        .node_ids()
+        .filter(|id| matches!(graph.node(*id).op, crate::Op::Conv2d(_)))
+        .filter_map(|id| Some(node_macs(&graph.node(id).op, shapes.get(&id)?)))
+        .sum()
+}
+
 /// Statistics of every block, in the order of [`Graph::blocks`].
 pub fn block_stats(graph: &Graph, shapes: &HashMap<NodeId, Shape>) -> Vec<BlockStats> {
     let order = graph.topo_order().unwrap_or_default();
