@@ -18,6 +18,15 @@ fn summary(op: &Op) -> String {
             "conv {}×{}/{} → {}",
             a.kernel[0], a.kernel[1], a.stride[0], a.out_channels
         ),
+        Op::FusedConv(f) => format!(
+            "conv {}×{}/{} → {}{}{}",
+            f.conv.kernel[0],
+            f.conv.kernel[1],
+            f.conv.stride[0],
+            f.conv.out_channels,
+            if f.residual { " + residual" } else { "" },
+            if f.relu { ", relu" } else { "" }
+        ),
         Op::MaxPool(p) => format!("max pool {}×{}/{}", p.kernel[0], p.kernel[1], p.stride[0]),
         Op::AvgPool(a) => format!(
             "avg pool {}×{}/{}",
@@ -31,7 +40,7 @@ fn summary(op: &Op) -> String {
 
 fn color(op: &Op) -> &'static str {
     match op {
-        Op::Conv2d(_) | Op::Linear(_) => "#cfe2f3",
+        Op::Conv2d(_) | Op::FusedConv(_) | Op::Linear(_) => "#cfe2f3",
         Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool => "#d9ead3",
         Op::Concat => "#fff2cc",
         Op::Add | Op::Scale(_) => "#f4cccc",
@@ -54,10 +63,14 @@ pub fn to_dot(graph: &Graph, shapes: Option<&HashMap<NodeId, Shape>>) -> String 
             let node = graph.node(*id);
             let _ = writeln!(
                 out,
-                "    n{} [label=\"{}\\n{}\", fillcolor=\"{}\"];",
+                "    n{} [label=\"{}\\n{}{}\", fillcolor=\"{}\"];",
                 id.index(),
                 escape(&summary(&node.op)),
                 escape(&node.name),
+                node.origins
+                    .iter()
+                    .map(|o| format!("\\n+ {}", escape(o)))
+                    .collect::<String>(),
                 color(&node.op)
             );
         }

@@ -160,6 +160,21 @@ impl Graph {
         set.into_iter().collect()
     }
 
+    /// Replaces the operands of `id` with `inputs`, in order.
+    pub fn set_inputs(&mut self, id: NodeId, inputs: &[NodeId]) {
+        let edges: Vec<_> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
+        for edge in edges {
+            self.g.remove_edge(edge);
+        }
+        for (slot, input) in inputs.iter().enumerate() {
+            self.g.add_edge(input.0, id.0, slot);
+        }
+    }
+
     /// Makes every reader of `old` read `new` instead, and every output naming `old` name `new`.
     pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
         let edges: Vec<_> = self

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::graph::Graph;
-use crate::op::Op;
+use crate::op::{FusedConvAttrs, Op};
 use crate::tensor::Tensor;
 
 /// The seed used when the user gives none.
@@ -49,7 +49,7 @@ pub fn seed_weights(graph: &mut Graph, seed: u64) {
             let mut rng = stream(seed, &node.param_key(spec.role));
             let n: usize = spec.shape.iter().product();
             let values = match (&node.op, spec.role) {
-                (Op::Conv2d(a), "weight") => {
+                (Op::Conv2d(a) | Op::FusedConv(FusedConvAttrs { conv: a, .. }), "weight") => {
                     let fan_in = a.in_channels * a.kernel[0] * a.kernel[1];
                     normal(&mut rng, n, (2.0 / fan_in as f32).sqrt())
                 }

@@ -119,6 +119,28 @@ fn eval(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape) -> Ten
             a,
             map_dims(out),
         ),
+        // The same f32 steps as the unfused Conv2d → Add → Relu, so fusing changes no bit.
+        Op::FusedConv(f) => {
+            let mut y = conv2d(
+                x(),
+                map_dims(args[0].1),
+                p("weight").unwrap_or_default(),
+                p("bias"),
+                &f.conv,
+                map_dims(out),
+            );
+            if f.residual {
+                for (v, r) in y.iter_mut().zip(args[1].0.data()) {
+                    *v += r;
+                }
+            }
+            if f.relu {
+                for v in &mut y {
+                    *v = v.max(0.0);
+                }
+            }
+            y
+        }
         Op::BatchNorm(a) | Op::BatchNorm1d(a) => batch_norm(
             x(),
             map_dims(args[0].1),

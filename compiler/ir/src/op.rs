@@ -50,6 +50,16 @@ pub struct AvgPoolAttrs {
     pub count_include_pad: bool,
 }
 
+/// A convolution with its epilogue, made by the `fuse-epilogue` pass: the convolution (with its
+/// bias), then, with `residual`, plus a second operand of the output's shape, then, with `relu`,
+/// `max(0, ·)`. The operands are the input and, with `residual`, the residual.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedConvAttrs {
+    pub conv: Conv2dAttrs,
+    pub residual: bool,
+    pub relu: bool,
+}
+
 /// Multiplication by a constant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScaleAttrs {
@@ -75,6 +85,8 @@ pub struct L2NormalizeAttrs {
 pub enum Op {
     Input(InputAttrs),
     Conv2d(Conv2dAttrs),
+    /// Only after passes: a convolution with its epilogue.
+    FusedConv(FusedConvAttrs),
     BatchNorm(BatchNormAttrs),
     Relu,
     MaxPool(PoolAttrs),
@@ -137,6 +149,7 @@ impl Op {
         match self {
             Op::Input(_) => "input",
             Op::Conv2d(_) => "conv2d",
+            Op::FusedConv(_) => "fused_conv",
             Op::BatchNorm(_) => "batch_norm",
             Op::Relu => "relu",
             Op::MaxPool(_) => "max_pool",
@@ -157,14 +170,23 @@ impl Op {
             Op::Input(_) => Arity::Exactly(0),
             Op::Concat => Arity::AtLeast(1),
             Op::Add => Arity::Exactly(2),
+            Op::FusedConv(f) => Arity::Exactly(1 + f.residual as usize),
             _ => Arity::Exactly(1),
+        }
+    }
+
+    /// The convolution of a `Conv2d` or `FusedConv`.
+    pub fn conv(&self) -> Option<&Conv2dAttrs> {
+        match self {
+            Op::Conv2d(a) | Op::FusedConv(FusedConvAttrs { conv: a, .. }) => Some(a),
+            _ => None,
         }
     }
 
     /// The parameter tensors this op owns, in the order a [`crate::Node`] stores them.
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         match self {
-            Op::Conv2d(a) => {
+            Op::Conv2d(a) | Op::FusedConv(FusedConvAttrs { conv: a, .. }) => {
                 let mut specs = vec![ParamSpec::new(
                     "weight",
                     vec![a.out_channels, a.in_channels, a.kernel[0], a.kernel[1]],

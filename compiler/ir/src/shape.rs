@@ -7,7 +7,7 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::graph::{Graph, NodeId};
-use crate::op::{Hw, Op};
+use crate::op::{FusedConvAttrs, Hw, Op};
 
 /// The shape of a value: a feature map `[N, C, H, W]` or a batch of vectors `[N, F]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -200,6 +200,25 @@ pub fn node_shape(
                 w: ow,
             }
         }
+        Op::FusedConv(f) => {
+            let a = &f.conv;
+            let (n, c, h, w) = map(0)?;
+            channels(a.in_channels, c)?;
+            let (oh, ow) = window(h, w, a.kernel, a.stride, a.padding)?;
+            let out = Shape::Map {
+                n,
+                c: a.out_channels,
+                h: oh,
+                w: ow,
+            };
+            if f.residual && operands[1] != out {
+                return Err(mismatch(
+                    format!("a residual of the output's shape {out}"),
+                    operands[1].to_string(),
+                ));
+            }
+            out
+        }
         Op::BatchNorm(a) => {
             let (_, c, _, _) = map(0)?;
             channels(a.channels, c)?;
@@ -263,9 +282,10 @@ pub fn node_shape(
 /// and linear layers; zero for everything else.
 pub fn node_macs(op: &Op, output: &Shape) -> u64 {
     match (op, output) {
-        (Op::Conv2d(a), Shape::Map { n, c, h, w }) => {
-            (*n * *c * *h * *w) as u64 * (a.in_channels * a.kernel[0] * a.kernel[1]) as u64
-        }
+        (
+            Op::Conv2d(a) | Op::FusedConv(FusedConvAttrs { conv: a, .. }),
+            Shape::Map { n, c, h, w },
+        ) => (*n * *c * *h * *w) as u64 * (a.in_channels * a.kernel[0] * a.kernel[1]) as u64,
         (Op::Linear(a), Shape::Vector { n, f }) => (*n * *f) as u64 * a.in_features as u64,
         _ => 0,
     }

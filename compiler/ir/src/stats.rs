@@ -22,7 +22,7 @@ pub struct BlockStats {
 pub fn conv_macs(graph: &Graph, shapes: &HashMap<NodeId, Shape>) -> u64 {
     graph
         .node_ids()
-        .filter(|id| matches!(graph.node(*id).op, crate::Op::Conv2d(_)))
+        .filter(|id| graph.node(*id).op.conv().is_some())
         .filter_map(|id| Some(node_macs(&graph.node(id).op, shapes.get(&id)?)))
         .sum()
 }

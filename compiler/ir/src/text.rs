@@ -103,6 +103,17 @@ fn hw(v: Hw) -> String {
     format!("{}x{}", v[0], v[1])
 }
 
+fn conv_attributes(a: &Conv2dAttrs) -> Vec<(&'static str, String)> {
+    vec![
+        ("in", a.in_channels.to_string()),
+        ("out", a.out_channels.to_string()),
+        ("kernel", hw(a.kernel)),
+        ("stride", hw(a.stride)),
+        ("pad", hw(a.padding)),
+        ("bias", a.bias.to_string()),
+    ]
+}
+
 /// The attributes of an op in printing order.
 fn attributes(op: &Op) -> Vec<(&'static str, String)> {
     let window = |p: &PoolAttrs| {
@@ -114,14 +125,13 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
     };
     match op {
         Op::Input(a) => vec![("channels", a.channels.to_string())],
-        Op::Conv2d(a) => vec![
-            ("in", a.in_channels.to_string()),
-            ("out", a.out_channels.to_string()),
-            ("kernel", hw(a.kernel)),
-            ("stride", hw(a.stride)),
-            ("pad", hw(a.padding)),
-            ("bias", a.bias.to_string()),
-        ],
+        Op::Conv2d(a) => conv_attributes(a),
+        Op::FusedConv(f) => {
+            let mut v = conv_attributes(&f.conv);
+            v.push(("residual", f.residual.to_string()));
+            v.push(("relu", f.relu.to_string()));
+            v
+        }
         Op::BatchNorm(a) | Op::BatchNorm1d(a) => vec![
             ("channels", a.channels.to_string()),
             ("eps", format!("{:?}", a.eps)),
@@ -428,6 +438,17 @@ impl Attrs {
         parsed.ok_or_else(|| format!("attribute `{key}`: expected HxW like 3x3, found `{w}`"))
     }
 
+    fn conv(&mut self) -> Result<Conv2dAttrs, String> {
+        Ok(Conv2dAttrs {
+            in_channels: self.usize("in")?,
+            out_channels: self.usize("out")?,
+            kernel: self.hw("kernel")?,
+            stride: self.hw("stride")?,
+            padding: self.hw("pad")?,
+            bias: self.bool("bias")?,
+        })
+    }
+
     fn window(&mut self) -> Result<PoolAttrs, String> {
         Ok(PoolAttrs {
             kernel: self.hw("kernel")?,
@@ -449,13 +470,11 @@ fn parse_op(keyword: &str, a: &mut Attrs) -> Result<Op, String> {
         "input" => Op::Input(InputAttrs {
             channels: a.usize("channels")?,
         }),
-        "conv2d" => Op::Conv2d(Conv2dAttrs {
-            in_channels: a.usize("in")?,
-            out_channels: a.usize("out")?,
-            kernel: a.hw("kernel")?,
-            stride: a.hw("stride")?,
-            padding: a.hw("pad")?,
-            bias: a.bool("bias")?,
+        "conv2d" => Op::Conv2d(a.conv()?),
+        "fused_conv" => Op::FusedConv(FusedConvAttrs {
+            conv: a.conv()?,
+            residual: a.bool("residual")?,
+            relu: a.bool("relu")?,
         }),
         "batch_norm" | "batch_norm_1d" => {
             let attrs = BatchNormAttrs {

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use thiserror::Error;
 
 use crate::graph::{Graph, NodeId};
-use crate::op::{Hw, Op};
+use crate::op::{FusedConvAttrs, Hw, Op};
 use crate::shape::infer_shapes;
 
 /// An invariant the graph breaks; `node` is the offending node's name when there is one.
@@ -137,7 +137,7 @@ fn check_attributes(op: &Op) -> Result<(), String> {
     };
     match op {
         Op::Input(a) => positive("channels", a.channels),
-        Op::Conv2d(a) => {
+        Op::Conv2d(a) | Op::FusedConv(FusedConvAttrs { conv: a, .. }) => {
             positive("in channels", a.in_channels)?;
             positive("out channels", a.out_channels)?;
             check_window(a.kernel, a.stride, a.padding)

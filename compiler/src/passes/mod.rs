@@ -12,6 +12,7 @@ use thiserror::Error;
 pub mod eliminate_dead;
 pub mod fold_batchnorm;
 pub mod fold_residual_scale;
+pub mod fuse_epilogue;
 
 /// A pass: its kebab-case name, a one-line summary and its entry point, which returns how many
 /// rewrites it made.
@@ -25,6 +26,7 @@ pub struct Pass {
 pub const PIPELINE: &[Pass] = &[
     fold_batchnorm::PASS,
     fold_residual_scale::PASS,
+    fuse_epilogue::PASS,
     eliminate_dead::PASS,
 ];
 
