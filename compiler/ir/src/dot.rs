@@ -1,10 +1,12 @@
-//! Graphviz DOT output: one cluster per block, one box per node labelled with its op, attributes and
-//! name, edges from operand to user (labelled with the shape when shapes are given).
+//! Graphviz DOT output: one cluster per block, one box per node labelled with its op, attributes,
+//! name, the nodes fused into it, its concat tile and shared kernel (and any extra note, such as
+//! its place in the memory arena), edges from operand to user (labelled with the shape when shapes
+//! are given; a tile's edge from its destination is dashed).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::graph::{Graph, NodeId};
+use crate::graph::{Graph, NodeId, Tile};
 use crate::op::Op;
 use crate::shape::Shape;
 
@@ -48,8 +50,31 @@ fn color(op: &Op) -> &'static str {
     }
 }
 
-/// The graph in DOT, optionally with shapes on the edges.
-pub fn to_dot(graph: &Graph, shapes: Option<&HashMap<NodeId, Shape>>) -> String {
+/// The lines a node's label gets below its op: name, origins, tile, kernel and note.
+fn label_lines(node: &crate::Node, note: Option<&String>) -> String {
+    let mut lines = vec![node.name.clone()];
+    lines.extend(node.origins.iter().map(|o| format!("+ {o}")));
+    match node.tile {
+        Some(Tile {
+            offset,
+            new_buffer: Some(total),
+        }) => lines.push(format!("tile @{offset} of a new {total}-channel buffer")),
+        Some(Tile { offset, .. }) => lines.push(format!("tile @{offset} into its destination")),
+        None => {}
+    }
+    if let Some(k) = &node.shared_kernel {
+        lines.push(format!("kernel {k}"));
+    }
+    lines.extend(note.cloned());
+    lines.iter().map(|l| format!("\\n{}", escape(l))).collect()
+}
+
+/// The graph in DOT, optionally with shapes on the edges and a note per node.
+pub fn to_dot(
+    graph: &Graph,
+    shapes: Option<&HashMap<NodeId, Shape>>,
+    notes: Option<&HashMap<NodeId, String>>,
+) -> String {
     let order = graph
         .topo_order()
         .unwrap_or_else(|| graph.node_ids().collect());
@@ -63,26 +88,32 @@ pub fn to_dot(graph: &Graph, shapes: Option<&HashMap<NodeId, Shape>>) -> String 
             let node = graph.node(*id);
             let _ = writeln!(
                 out,
-                "    n{} [label=\"{}\\n{}{}\", fillcolor=\"{}\"];",
+                "    n{} [label=\"{}{}\", fillcolor=\"{}\"];",
                 id.index(),
                 escape(&summary(&node.op)),
-                escape(&node.name),
-                node.origins
-                    .iter()
-                    .map(|o| format!("\\n+ {}", escape(o)))
-                    .collect::<String>(),
+                label_lines(node, notes.and_then(|n| n.get(id))),
                 color(&node.op)
             );
         }
         out.push_str("  }\n");
     }
     for id in &order {
-        for input in graph.inputs(*id) {
-            let label = shapes
-                .and_then(|s| s.get(&input))
-                .map(|s| format!(" [label=\"{}\"]", s))
-                .unwrap_or_default();
-            let _ = writeln!(out, "  n{} -> n{}{};", input.index(), id.index(), label);
+        let inputs = graph.inputs(*id);
+        let own = graph.node(*id).own_operands(inputs.len());
+        for (k, input) in inputs.iter().enumerate() {
+            let mut attrs = Vec::new();
+            if let Some(s) = shapes.and_then(|s| s.get(input)) {
+                attrs.push(format!("label=\"{s}\""));
+            }
+            if k >= own {
+                attrs.push("style=dashed".to_string());
+            }
+            let attrs = if attrs.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", attrs.join(", "))
+            };
+            let _ = writeln!(out, "  n{} -> n{}{attrs};", input.index(), id.index());
         }
     }
     out.push_str("}\n");

@@ -38,6 +38,25 @@ pub struct Node {
     /// Names of the nodes that passes merged into this one (empty for an original node), so that
     /// dumps and profiles can speak of what the user wrote.
     pub origins: Vec<String>,
+    /// Set by `tile-concat`: the node writes its result into a channel range of a wider buffer
+    /// instead of a tensor of its own.
+    pub tile: Option<Tile>,
+    /// Set by `merge-sibling-1x1`: the name of the kernel this node shares with its siblings. All
+    /// members of a kernel read the same single operand and are computed by one generated function
+    /// that writes each member's channel range to that member's destination.
+    pub shared_kernel: Option<String>,
+}
+
+/// Where a tiled node's result goes: channels `offset .. offset + own channels` of a buffer.
+///
+/// The node's value is the whole buffer: with `new_buffer = Some(c)` a fresh buffer of `c`
+/// channels (zero outside the range) and no extra operand; with `None` the node's last operand is
+/// the destination, and the value is that operand with the range replaced. A chain of tiled nodes,
+/// each the destination of the next, computes a concatenation without copying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub offset: usize,
+    pub new_buffer: Option<usize>,
 }
 
 impl Node {
@@ -49,6 +68,16 @@ impl Node {
     /// Whether the node's parameters are bound (trivially so for an op that owns none).
     pub fn is_bound(&self) -> bool {
         self.params.len() == self.op.param_specs().len()
+    }
+
+    /// How many leading operands are the op's own (the rest is a tile destination).
+    pub fn own_operands(&self, operands: usize) -> usize {
+        match self.tile {
+            Some(Tile {
+                new_buffer: None, ..
+            }) => operands.saturating_sub(1),
+            _ => operands,
+        }
     }
 
     /// The bound parameter with `role`, if the op owns one and weights are bound.
@@ -89,6 +118,8 @@ impl Graph {
             op,
             params: Vec::new(),
             origins: Vec::new(),
+            tile: None,
+            shared_kernel: None,
         }));
         for (slot, input) in inputs.iter().enumerate() {
             self.g.add_edge(input.0, id.0, slot);
@@ -173,6 +204,18 @@ impl Graph {
         for (slot, input) in inputs.iter().enumerate() {
             self.g.add_edge(input.0, id.0, slot);
         }
+    }
+
+    /// Every node `id` depends on, directly or transitively (not `id` itself).
+    pub fn ancestors(&self, id: NodeId) -> BTreeSet<NodeId> {
+        let mut seen = BTreeSet::new();
+        let mut stack = self.inputs(id);
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.inputs(n));
+            }
+        }
+        seen
     }
 
     /// Makes every reader of `old` read `new` instead, and every output naming `old` name `new`.

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use crate::graph::{Graph, NodeId};
 use crate::op::*;
-use crate::shape::{infer_shapes, Shape, ShapeError};
+use crate::shape::{infer_shapes, own_shape, Shape, ShapeError};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Error)]
@@ -78,7 +78,7 @@ pub fn run_observed(
             if id == *input_id {
                 input.clone()
             } else {
-                eval(graph, id, &args, shapes[&id])
+                eval_node(graph, id, &args, shapes[&id], [dims[0], dims[2], dims[3]])?
             }
         };
         observe(id, &value);
@@ -104,7 +104,37 @@ fn map_dims(shape: Shape) -> [usize; 4] {
     }
 }
 
-/// Evaluates one node. Shapes were checked by [`infer_shapes`], so indexing is in bounds.
+/// Evaluates one node; a tiled node computes its op from its own operands and writes the result
+/// into its channel range of a copy of the destination (or of a zero buffer).
+fn eval_node(
+    graph: &Graph,
+    id: NodeId,
+    args: &[(&Tensor, Shape)],
+    out: Shape,
+    input: [usize; 3],
+) -> Result<Tensor, ShapeError> {
+    let node = graph.node(id);
+    let Some(tile) = node.tile else {
+        return Ok(eval(graph, id, args, out));
+    };
+    let own = node.own_operands(args.len());
+    let own_shapes: Vec<Shape> = args[..own].iter().map(|a| a.1).collect();
+    let part_shape = own_shape(graph, id, &own_shapes, input)?;
+    let part = eval(graph, id, &args[..own], part_shape);
+    let mut buffer = match tile.new_buffer {
+        Some(_) => vec![0.0; out.elements()],
+        None => args[own].0.data().to_vec(),
+    };
+    let [n, c, h, w] = map_dims(out);
+    let pc = part_shape.channels();
+    for b in 0..n {
+        let dst = &mut buffer[(b * c + tile.offset) * h * w..][..pc * h * w];
+        dst.copy_from_slice(&part.data()[b * pc * h * w..][..pc * h * w]);
+    }
+    Ok(Tensor::new(out.dims(), buffer).unwrap_or_else(|| Tensor::zeros(out.dims())))
+}
+
+/// Evaluates one node's op. Shapes were checked by [`infer_shapes`], so indexing is in bounds.
 fn eval(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape) -> Tensor {
     let node = graph.node(id);
     let p = |role: &str| node.param(role).map(Tensor::data);

@@ -14,7 +14,7 @@ pub mod text;
 pub mod verify;
 pub mod weights;
 
-pub use graph::{Graph, Node, NodeId};
+pub use graph::{Graph, Node, NodeId, Tile};
 pub use op::Op;
 pub use shape::{infer_shapes, Shape, ShapeError};
 pub use tensor::Tensor;

@@ -58,6 +58,9 @@ pub struct FusedConvAttrs {
     pub conv: Conv2dAttrs,
     pub residual: bool,
     pub relu: bool,
+    /// Set by `plan-memory`: the result overwrites the residual operand's storage (no other reader
+    /// of the residual runs after this conv).
+    pub in_place: bool,
 }
 
 /// Multiplication by a constant.

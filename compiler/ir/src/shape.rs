@@ -119,9 +119,66 @@ pub fn infer_shapes(
     Ok(shapes)
 }
 
-/// The shape of one node given its operands' shapes; `input` is `[batch, height, width]` of the
-/// graph's input.
+/// The shape of one node's value given its operands' shapes; `input` is `[batch, height, width]`
+/// of the graph's input. For a tiled node this is the whole buffer it writes into.
 pub fn node_shape(
+    graph: &Graph,
+    id: NodeId,
+    operands: &[Shape],
+    input: [usize; 3],
+) -> Result<Shape, ShapeError> {
+    let node = graph.node(id);
+    let own = node.own_operands(operands.len());
+    let shape = own_shape(graph, id, &operands[..own], input)?;
+    let Some(tile) = node.tile else {
+        return Ok(shape);
+    };
+    let mismatch = |expected: String, found: String| ShapeError::Mismatch {
+        node: node.name.clone(),
+        op: node.op.keyword(),
+        expected,
+        found,
+    };
+    let Shape::Map { n, c, h, w } = shape else {
+        return Err(mismatch(
+            "a feature map to tile into a buffer".into(),
+            shape.to_string(),
+        ));
+    };
+    let buffer = match (tile.new_buffer, operands.get(own)) {
+        (Some(total), _) => Shape::Map { n, c: total, h, w },
+        (None, Some(dest)) => *dest,
+        (None, None) => {
+            return Err(ShapeError::Arity {
+                node: node.name.clone(),
+                op: node.op.keyword(),
+                expected: "a destination operand after its own".into(),
+                found: operands.len(),
+            })
+        }
+    };
+    match buffer {
+        Shape::Map {
+            n: bn,
+            c: bc,
+            h: bh,
+            w: bw,
+        } if (bn, bh, bw) == (n, h, w) && tile.offset + c <= bc => Ok(buffer),
+        _ => Err(mismatch(
+            format!(
+                "a destination [{n}, ≥{}, {h}, {w}] for channels {}..{}",
+                tile.offset + c,
+                tile.offset,
+                tile.offset + c
+            ),
+            buffer.to_string(),
+        )),
+    }
+}
+
+/// The shape of what the node's op computes from its own operands (`operands` excludes a tile
+/// destination), before any tiling.
+pub fn own_shape(
     graph: &Graph,
     id: NodeId,
     operands: &[Shape],
@@ -278,14 +335,17 @@ pub fn node_shape(
     })
 }
 
-/// Multiply–accumulates of one node for the given operand shapes and its output shape: convolutions
-/// and linear layers; zero for everything else.
+/// Multiply–accumulates of one node given its value's shape: convolutions and linear layers; zero
+/// for everything else. (A tiled conv's value is its whole buffer; only its own channels count.)
 pub fn node_macs(op: &Op, output: &Shape) -> u64 {
     match (op, output) {
         (
             Op::Conv2d(a) | Op::FusedConv(FusedConvAttrs { conv: a, .. }),
-            Shape::Map { n, c, h, w },
-        ) => (*n * *c * *h * *w) as u64 * (a.in_channels * a.kernel[0] * a.kernel[1]) as u64,
+            Shape::Map { n, h, w, .. },
+        ) => {
+            (*n * a.out_channels * *h * *w) as u64
+                * (a.in_channels * a.kernel[0] * a.kernel[1]) as u64
+        }
         (Op::Linear(a), Shape::Vector { n, f }) => (*n * *f) as u64 * a.in_features as u64,
         _ => 0,
     }

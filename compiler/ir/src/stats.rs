@@ -1,4 +1,5 @@
-//! Per-block statistics for `inceptc info`: parameters, multiply–accumulates and output shape.
+//! Statistics for `inceptc info` and the tests: per-block parameters, multiply–accumulates and
+//! output shape, convolution MACs, kernel counts.
 
 use std::collections::HashMap;
 
@@ -25,6 +26,23 @@ pub fn conv_macs(graph: &Graph, shapes: &HashMap<NodeId, Shape>) -> u64 {
         .filter(|id| graph.node(*id).op.conv().is_some())
         .filter_map(|id| Some(node_macs(&graph.node(id).op, shapes.get(&id)?)))
         .sum()
+}
+
+/// The kernels a graph runs: every node but the input, with the members of a shared kernel
+/// (`merge-sibling-1x1`) counted once.
+pub fn kernel_count(graph: &Graph) -> usize {
+    let mut shared = std::collections::HashSet::new();
+    graph
+        .node_ids()
+        .filter(|id| {
+            let node = graph.node(*id);
+            !matches!(node.op, crate::Op::Input(_))
+                && node
+                    .shared_kernel
+                    .as_ref()
+                    .is_none_or(|k| shared.insert(k.clone()))
+        })
+        .count()
 }
 
 /// Statistics of every block, in the order of [`Graph::blocks`].

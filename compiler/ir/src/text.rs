@@ -10,7 +10,9 @@
 //! }
 //! ```
 //!
-//! Nodes that passes merged others into carry `origins="a,b"`. Values are numbered along
+//! Nodes that passes merged others into carry `origins="a,b"`; a node that writes into a channel
+//! range of a concatenation buffer carries `tile=OFFSET` (its last operand is the destination) or
+//! `tile=OFFSET/CHANNELS` (it starts a new buffer); members of a shared kernel carry `shared_kernel="…"`. Values are numbered along
 //! [`Graph::topo_order`]. Everything after `#` outside a string is a
 //! comment; the printer puts the inferred shape there when it is given one.
 
@@ -19,7 +21,7 @@ use std::fmt::Write as _;
 
 use thiserror::Error;
 
-use crate::graph::{Graph, NodeId};
+use crate::graph::{Graph, NodeId, Tile};
 use crate::op::*;
 use crate::shape::Shape;
 
@@ -71,6 +73,21 @@ pub fn print_with(graph: &Graph, options: &PrintOptions) -> String {
         );
         if !node.origins.is_empty() {
             let _ = write!(line, " origins={}", quote(&node.origins.join(",")));
+        }
+        match node.tile {
+            Some(Tile {
+                offset,
+                new_buffer: Some(total),
+            }) => {
+                let _ = write!(line, " tile={offset}/{total}");
+            }
+            Some(Tile { offset, .. }) => {
+                let _ = write!(line, " tile={offset}");
+            }
+            None => {}
+        }
+        if let Some(kernel) = &node.shared_kernel {
+            let _ = write!(line, " shared_kernel={}", quote(kernel));
         }
         if let Some(shape) = options.shapes.and_then(|s| s.get(id)) {
             let _ = write!(line, "  # {shape}");
@@ -130,6 +147,9 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             let mut v = conv_attributes(&f.conv);
             v.push(("residual", f.residual.to_string()));
             v.push(("relu", f.relu.to_string()));
+            if f.in_place {
+                v.push(("in_place", "true".into()));
+            }
             v
         }
         Op::BatchNorm(a) | Op::BatchNorm1d(a) => vec![
@@ -306,10 +326,19 @@ impl Parser {
                     Ok(_) => return Err("attribute `origins` takes a quoted string".into()),
                     Err(_) => Vec::new(),
                 };
+                let tile = attrs.tile()?;
+                let kernel = match attrs.take("shared_kernel") {
+                    Ok(Token::Str(s)) => Some(s),
+                    Ok(_) => return Err("attribute `shared_kernel` takes a quoted string".into()),
+                    Err(_) => None,
+                };
                 attrs.finish()?;
                 let graph = self.graph.as_mut().ok_or("no graph")?;
                 let id = graph.add(op, &operands, name, block);
-                graph.node_mut(id).origins = origins;
+                let node = graph.node_mut(id);
+                node.origins = origins;
+                node.tile = tile;
+                node.shared_kernel = kernel;
                 self.values.insert(number, id);
                 Ok(())
             }
@@ -430,6 +459,38 @@ impl Attrs {
         }
     }
 
+    /// A boolean that defaults to false when absent.
+    fn optional_bool(&mut self, key: &str) -> Result<bool, String> {
+        if self.0.iter().any(|(k, _)| k == key) {
+            self.bool(key)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// `tile=OFFSET` (the destination is the last operand) or `tile=OFFSET/CHANNELS` (a new
+    /// buffer), when present.
+    fn tile(&mut self) -> Result<Option<Tile>, String> {
+        if !self.0.iter().any(|(k, _)| k == "tile") {
+            return Ok(None);
+        }
+        let w = self.word("tile")?;
+        let number = |t: &str| t.parse::<usize>().ok();
+        let parsed = match w.split_once('/') {
+            Some((offset, total)) => number(offset).zip(number(total)).map(|(o, t)| Tile {
+                offset: o,
+                new_buffer: Some(t),
+            }),
+            None => number(&w).map(|o| Tile {
+                offset: o,
+                new_buffer: None,
+            }),
+        };
+        parsed.map(Some).ok_or_else(|| {
+            format!("attribute `tile`: expected OFFSET or OFFSET/CHANNELS, found `{w}`")
+        })
+    }
+
     fn hw(&mut self, key: &str) -> Result<Hw, String> {
         let w = self.word(key)?;
         let parsed = w
@@ -475,6 +536,7 @@ fn parse_op(keyword: &str, a: &mut Attrs) -> Result<Op, String> {
             conv: a.conv()?,
             residual: a.bool("residual")?,
             relu: a.bool("relu")?,
+            in_place: a.optional_bool("in_place")?,
         }),
         "batch_norm" | "batch_norm_1d" => {
             let attrs = BatchNormAttrs {

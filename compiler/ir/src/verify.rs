@@ -12,9 +12,15 @@
 //! 7. **types** — operand ranks and channel counts agree with every op (inferred at batch 1 and a
 //!    4096×4096 input, so that no window is too large for a sane network);
 //! 8. **parameters** — a node's parameters are either all unbound or all bound, with the shapes of
-//!    [`crate::Op::param_specs`] and finite values.
+//!    [`crate::Op::param_specs`] and finite values;
+//! 9. **storage** — only fused convs and pools are tiled; a tile's destination operand is itself a
+//!    tiled node that nothing else reads and that is no output (it is overwritten in place); an
+//!    `in_place` fused conv has a residual that is neither the graph's input nor an output, and
+//!    whose other readers all precede the conv in every schedule (they are its ancestors); the
+//!    members of a shared kernel are at least two 1×1, stride-1, unpadded fused convs without
+//!    residual that read the same single operand and have no tile destination.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use thiserror::Error;
 
@@ -63,6 +69,127 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         node: None,
         message: e.to_string(),
     })?;
+    for id in graph.node_ids() {
+        check_storage(graph, id)?;
+    }
+    check_kernels(graph)
+}
+
+fn check_storage(graph: &Graph, id: NodeId) -> Result<(), VerifyError> {
+    let node = graph.node(id);
+    let name = Some(node.name.as_str());
+    if let Some(tile) = node.tile {
+        if !matches!(node.op, Op::FusedConv(_) | Op::MaxPool(_) | Op::AvgPool(_)) {
+            return fail(
+                name,
+                format!("{} cannot write into a tile", node.op.keyword()),
+            );
+        }
+        if tile.new_buffer.is_none() {
+            let inputs = graph.inputs(id);
+            let dest = inputs[inputs.len() - 1];
+            let d = graph.node(dest);
+            if d.tile.is_none() {
+                return fail(
+                    name,
+                    format!("its tile destination `{}` is not a tiled node", d.name),
+                );
+            }
+            if graph.users(dest).len() != 1 || graph.outputs().contains(&dest) {
+                return fail(
+                    name,
+                    format!(
+                        "its tile destination `{}` is read elsewhere, but a tile overwrites it",
+                        d.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Op::FusedConv(f) = &node.op {
+        if f.in_place {
+            if !f.residual {
+                return fail(name, "in_place without a residual operand");
+            }
+            let inputs = graph.inputs(id);
+            let residual = inputs[1];
+            let r = graph.node(residual);
+            if residual == inputs[0] {
+                return fail(name, "in_place on its own input");
+            }
+            if matches!(r.op, Op::Input(_)) || graph.outputs().contains(&residual) {
+                return fail(
+                    name,
+                    format!("in_place on `{}`, the graph's input or an output", r.name),
+                );
+            }
+            let ancestors = graph.ancestors(id);
+            if let Some(u) = graph
+                .users(residual)
+                .into_iter()
+                .find(|u| *u != id && !ancestors.contains(u))
+            {
+                return fail(
+                    name,
+                    format!(
+                        "in_place on `{}`, which `{}` may still read afterwards",
+                        r.name,
+                        graph.node(u).name
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_kernels(graph: &Graph) -> Result<(), VerifyError> {
+    let mut kernels: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+    for id in graph.node_ids() {
+        if let Some(k) = &graph.node(id).shared_kernel {
+            kernels.entry(k.as_str()).or_default().push(id);
+        }
+    }
+    for (kernel, members) in kernels {
+        let first = graph.node(members[0]);
+        let name = Some(first.name.as_str());
+        if members.len() < 2 {
+            return fail(name, format!("kernel `{kernel}` has only one member"));
+        }
+        let operand = graph.inputs(members[0]);
+        for m in &members {
+            let node = graph.node(*m);
+            let ok = match &node.op {
+                Op::FusedConv(f) => {
+                    f.conv.kernel == [1, 1]
+                        && f.conv.stride == [1, 1]
+                        && f.conv.padding == [0, 0]
+                        && !f.residual
+                        && node.tile.is_none_or(|t| t.new_buffer.is_some())
+                }
+                _ => false,
+            };
+            if !ok {
+                return fail(
+                    Some(&node.name),
+                    format!(
+                        "member of kernel `{kernel}` but not a 1×1 stride-1 unpadded fused conv \
+                         without residual or tile destination"
+                    ),
+                );
+            }
+            if graph.inputs(*m) != operand || operand.len() != 1 {
+                return fail(
+                    Some(&node.name),
+                    format!(
+                        "member of kernel `{kernel}` but does not read the same single operand \
+                         as `{}`",
+                        first.name
+                    ),
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -89,13 +216,20 @@ fn check_node<'g>(
             format!("operand slots {slots:?} are not 0..{}", slots.len()),
         );
     }
-    if !node.op.arity().accepts(slots.len()) {
+    let needs_dest = node.tile.is_some_and(|t| t.new_buffer.is_none());
+    let own = slots.len().saturating_sub(needs_dest as usize);
+    if !node.op.arity().accepts(own) || (needs_dest && slots.is_empty()) {
         return fail(
             name,
             format!(
-                "{} takes {} operand(s), found {}",
+                "{} takes {} operand(s){}, found {}",
                 node.op.keyword(),
                 node.op.arity(),
+                if needs_dest {
+                    " plus a tile destination"
+                } else {
+                    ""
+                },
                 slots.len()
             ),
         );

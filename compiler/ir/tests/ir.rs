@@ -336,3 +336,92 @@ fn batch_norm_and_l2_normalize_follow_their_definitions() {
     let n = (4.5f64 * 4.5 + 16.0).sqrt();
     assert_eq!(out[1].data(), &[(4.5 / n) as f32, (4.0 / n) as f32]);
 }
+
+/// A graph in text form with the storage attributes that the last passes set.
+fn storage_graph(body: &str) -> Graph {
+    let f = "kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=true";
+    let text = format!(
+        "graph \"t\" {{\n  %0 = input channels=4 name=\"input\" block=\"b\"\n{}\n}}\n",
+        body.replace("$F", f)
+    );
+    text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+#[test]
+fn verifier_checks_tiles() {
+    let ok = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=2 $F name="a" block="b" tile=0/5
+  %2 = max_pool %0, %1 kernel=1x1 stride=1x1 pad=0x0 name="p" block="b" tile=1
+  output %2"#,
+    );
+    verify(&ok).unwrap();
+    // 1 + 4 pooled channels do not fit in 4.
+    let too_wide = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=2 $F name="a" block="b" tile=0/4
+  %2 = max_pool %0, %1 kernel=1x1 stride=1x1 pad=0x0 name="p" block="b" tile=1
+  output %2"#,
+    );
+    rejects(&too_wide, "for channels 1..5");
+    let read_elsewhere = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=2 $F name="a" block="b" tile=0/6
+  %2 = max_pool %0, %1 kernel=1x1 stride=1x1 pad=0x0 name="p" block="b" tile=2
+  output %2, %1"#,
+    );
+    rejects(&read_elsewhere, "is read elsewhere");
+    let untiled_dest = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=6 $F name="a" block="b"
+  %2 = max_pool %0, %1 kernel=1x1 stride=1x1 pad=0x0 name="p" block="b" tile=2
+  output %2"#,
+    );
+    rejects(&untiled_dest, "is not a tiled node");
+    let no_dest = storage_graph(
+        r#"  %1 = max_pool %0 kernel=1x1 stride=1x1 pad=0x0 name="p" block="b" tile=2
+  output %1"#,
+    );
+    rejects(&no_dest, "plus a tile destination");
+}
+
+#[test]
+fn verifier_checks_in_place_and_shared_kernels() {
+    let read_after = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=4 $F name="x" block="b"
+  %2 = fused_conv %1, %1 in=4 out=4 kernel=1x1 stride=1x1 pad=0x0 bias=true residual=true relu=true in_place=true name="r" block="b"
+  output %2"#,
+    );
+    rejects(&read_after, "in_place on its own input");
+    let later_reader = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=4 $F name="x" block="b"
+  %2 = fused_conv %0 in=4 out=4 $F name="y" block="b"
+  %3 = fused_conv %2, %1 in=4 out=4 kernel=1x1 stride=1x1 pad=0x0 bias=true residual=true relu=true in_place=true name="r" block="b"
+  %4 = fused_conv %1 in=4 out=4 $F name="z" block="b"
+  output %3, %4"#,
+    );
+    rejects(&later_reader, "which `z` may still read afterwards");
+    let lone = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=4 $F name="x" block="b" shared_kernel="k"
+  output %1"#,
+    );
+    rejects(&lone, "has only one member");
+    let different_inputs = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=4 $F name="x" block="b" shared_kernel="k"
+  %2 = fused_conv %1 in=4 out=4 $F name="y" block="b" shared_kernel="k"
+  output %2"#,
+    );
+    rejects(&different_inputs, "does not read the same single operand");
+    let not_1x1 = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=4 $F name="x" block="b" shared_kernel="k"
+  %2 = fused_conv %0 in=4 out=4 kernel=3x3 stride=1x1 pad=1x1 bias=true residual=false relu=true name="y" block="b" shared_kernel="k"
+  output %1, %2"#,
+    );
+    rejects(&not_1x1, "not a 1×1 stride-1 unpadded fused conv");
+    let merged = storage_graph(
+        r#"  %1 = fused_conv %0 in=4 out=4 $F name="x" block="b" shared_kernel="k"
+  %2 = fused_conv %0 in=4 out=3 $F name="y" block="b" shared_kernel="k" tile=0/5
+  output %1, %2"#,
+    );
+    verify(&merged).unwrap();
+    assert_eq!(
+        text::print(&text::parse(&text::print(&merged)).unwrap()),
+        text::print(&merged)
+    );
+}
