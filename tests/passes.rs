@@ -6,6 +6,7 @@ use inceptc::passes::{run_pass, run_pipeline, PIPELINE};
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::interp::run;
 use inceptc_ir::op::Op;
+use inceptc_ir::stats::kernel_count;
 use inceptc_ir::{text, Graph, Tensor};
 use inceptc_suite::{check_golden, random_input, root};
 
@@ -97,6 +98,7 @@ fn the_pipeline_preserves_every_network() {
                         | Op::Scale(_)
                         | Op::Relu
                         | Op::Add
+                        | Op::Concat
                         | Op::Conv2d(_)
                 ),
                 "{model}: `{}` ({}) survived the pipeline",
@@ -106,10 +108,26 @@ fn the_pipeline_preserves_every_network() {
         }
         let err = max_error(&before, &after, &random_input(2, 107, 9));
         assert!(err <= TOLERANCE, "{model}: error {err:e}");
+        let printed = text::print(&after);
+        let reparsed = text::parse(&printed).unwrap_or_else(|e| panic!("{model}: {e}"));
+        inceptc_ir::verify(&reparsed).unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert_eq!(
+            text::print(&reparsed),
+            printed,
+            "{model}: print → parse → print"
+        );
+        let shapes = |g: &Graph| inceptc_ir::infer_shapes(g, 1, 299, 299).unwrap();
+        assert_eq!(
+            inceptc_ir::stats::conv_macs(&before, &shapes(&before)),
+            inceptc_ir::stats::conv_macs(&after, &shapes(&after)),
+            "{model}: the pipeline changed the convolution work"
+        );
         eprintln!(
-            "{model}: {} → {} nodes, error {err:.2e}",
+            "{model}: {} → {} nodes, {} → {} kernels, error {err:.2e}",
             before.len(),
-            after.len()
+            after.len(),
+            kernel_count(&before),
+            kernel_count(&after)
         );
     }
 }

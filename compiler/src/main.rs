@@ -1,7 +1,8 @@
 //! The `inceptc` command line: inspect a network (`info`), print its IR before or after any pass
-//! (`dump`), list the pass pipeline (`passes`) and run a network with the reference interpreter
-//! (`interpret`).
+//! (`dump`), list the pass pipeline (`passes`), print the memory plan (`plan`) and run a network
+//! with the reference interpreter (`interpret`).
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use inceptc_graphs::{Model, Options, Weights};
 use inceptc_ir::text::PrintOptions;
-use inceptc_ir::{infer_shapes, Graph, Tensor};
+use inceptc_ir::{infer_shapes, Graph, NodeId, Tensor};
 
 #[derive(Parser)]
 #[command(
@@ -48,7 +49,7 @@ enum Command {
     },
     /// Print the graph as IR text or Graphviz DOT.
     #[command(
-        after_help = "Example:\n  inceptc dump --model inception-v4 --block inception_a.0 --after fold-batchnorm --stats\n  inceptc dump --model inception-v4 --format dot -o v4.dot && dot -Tsvg v4.dot -o v4.svg"
+        after_help = "Example:\n  inceptc dump --model inception-v4 --block inception_a.0 --after fold-batchnorm --stats\n  inceptc dump --model inception-v4 --format dot -o v4.dot && dot -Tsvg v4.dot -o v4.svg\n  inceptc dump --model inception-v4 --all-passes -o v4-passes/\n\nAfter plan-memory, DOT labels give each node's place in the arena (batch 1, --image-size)."
     )]
     Dump {
         #[command(flatten)]
@@ -61,11 +62,31 @@ enum Command {
         /// Annotate values with their shapes at this input size (default: the model's own).
         #[arg(long)]
         image_size: Option<usize>,
-        /// Write here instead of standard output.
+        /// Write here instead of standard output; with --all-passes, the directory to write into.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Write the graph before the pipeline and after every pass, one file per pass
+        /// (`00-input.txt`, `01-fold-batchnorm.txt`, …) into the directory given by -o.
+        #[arg(long, conflicts_with = "after", requires = "output")]
+        all_passes: bool,
         #[command(flatten)]
         passes: PassArgs,
+    },
+    /// Print the schedule's memory plan: every activation buffer with its arena offset, size and
+    /// lifetime, the arena size and its lower bound, for batch 1 and --batch.
+    #[command(after_help = "Example:\n  inceptc plan --model inception-resnet-v2 --batch 8")]
+    Plan {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input height and width (default: the model's own).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Batch size planned beside batch 1.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// List every buffer, not only the totals.
+        #[arg(long)]
+        buffers: bool,
     },
     /// List the optimization pipeline, one line per pass.
     #[command(after_help = "Example:\n  inceptc passes")]
@@ -100,6 +121,15 @@ struct PassArgs {
 }
 
 impl PassArgs {
+    /// Whether `--after` runs the pipeline through the pass `name`.
+    fn reached(&self, name: &str) -> bool {
+        let position = |n: &str| inceptc::passes::PIPELINE.iter().position(|p| p.name == n);
+        match (self.after.as_deref().and_then(position), position(name)) {
+            (Some(after), Some(pass)) => after >= pass,
+            _ => false,
+        }
+    }
+
     /// Runs the pipeline up to `--after` (nothing without it) and prints `--stats`.
     fn apply(&self, graph: &mut Graph) -> Result<()> {
         let Some(after) = &self.after else {
@@ -247,15 +277,25 @@ fn run(command: Command) -> Result<()> {
             block,
             image_size,
             output,
+            all_passes,
             passes,
-        } => dump(
-            &model,
-            &passes,
-            format,
-            block.as_deref(),
+        } => {
+            let view = View {
+                format,
+                block: block.as_deref(),
+                image_size,
+            };
+            match (all_passes, output) {
+                (true, Some(dir)) => dump_all_passes(&model, &view, &dir),
+                (_, output) => dump(&model, &passes, &view, output.as_deref()),
+            }
+        }
+        Command::Plan {
+            model,
             image_size,
-            output.as_deref(),
-        ),
+            batch,
+            buffers,
+        } => plan(&model, image_size, batch, buffers),
         Command::Passes => {
             for pass in inceptc::passes::PIPELINE {
                 println!("{:<22} {}", pass.name, pass.summary);
@@ -345,42 +385,149 @@ fn info(args: &ModelArgs, image_size: Option<usize>, batch: usize) -> Result<()>
     Ok(())
 }
 
-fn dump(
-    args: &ModelArgs,
-    passes: &PassArgs,
+/// How `dump` renders a graph.
+struct View<'a> {
     format: Format,
-    block: Option<&str>,
+    block: Option<&'a str>,
     image_size: Option<usize>,
-    output: Option<&Path>,
-) -> Result<()> {
-    let mut graph = args.load()?;
-    passes.apply(&mut graph)?;
-    if let Some(b) = block {
-        if !graph.blocks().iter().any(|x| x == b) {
-            bail!(
-                "{} has no block `{b}`; its blocks are: {}",
-                args.model(),
-                graph.blocks().join(", ")
-            );
+}
+
+impl View<'_> {
+    fn extension(&self) -> &'static str {
+        match self.format {
+            Format::Text => "txt",
+            Format::Dot => "dot",
         }
     }
-    let size = image_size.unwrap_or(args.model().default_image_size());
-    let shapes = infer_shapes(&graph, 1, size, size)
-        .with_context(|| format!("{} at {size}×{size}", args.model()))?;
-    let text = match format {
-        Format::Text => inceptc_ir::text::print_with(
-            &graph,
-            &PrintOptions {
-                shapes: Some(&shapes),
-                block,
-            },
-        ),
-        Format::Dot => inceptc_ir::dot::to_dot(&graph, Some(&shapes)),
-    };
+
+    /// The graph as text or DOT, with shapes at the view's image size (batch 1); DOT of a graph
+    /// that has been through plan-memory also gives each node's place in the arena.
+    fn render(&self, args: &ModelArgs, graph: &Graph, planned: bool) -> Result<String> {
+        if let Some(b) = self.block {
+            if !graph.blocks().iter().any(|x| x == b) {
+                bail!(
+                    "{} has no block `{b}`; its blocks are: {}",
+                    args.model(),
+                    graph.blocks().join(", ")
+                );
+            }
+        }
+        let size = self.image_size.unwrap_or(args.model().default_image_size());
+        let shapes = infer_shapes(graph, 1, size, size)
+            .with_context(|| format!("{} at {size}×{size}", args.model()))?;
+        Ok(match self.format {
+            Format::Text => inceptc_ir::text::print_with(
+                graph,
+                &PrintOptions {
+                    shapes: Some(&shapes),
+                    block: self.block,
+                },
+            ),
+            Format::Dot => {
+                let notes = if planned {
+                    let plan = inceptc::plan::plan(graph, 1, size, size)?;
+                    Some(arena_notes(&plan))
+                } else {
+                    None
+                };
+                inceptc_ir::dot::to_dot(graph, Some(&shapes), notes.as_ref())
+            }
+        })
+    }
+}
+
+/// One line per node: where in the arena it writes.
+fn arena_notes(plan: &inceptc::plan::MemoryPlan) -> HashMap<NodeId, String> {
+    plan.placements
+        .iter()
+        .map(|(id, p)| {
+            let b = &plan.buffers[p.buffer];
+            let note = if p.channels == b.shape.channels() {
+                format!(
+                    "arena @{} ({} B)",
+                    group(b.offset as u64),
+                    group(b.bytes as u64)
+                )
+            } else {
+                format!(
+                    "arena @{} ch {}..{} of {}",
+                    group(b.offset as u64),
+                    p.channel_offset,
+                    p.channel_offset + p.channels,
+                    b.shape.channels()
+                )
+            };
+            (*id, note)
+        })
+        .collect()
+}
+
+fn dump(args: &ModelArgs, passes: &PassArgs, view: &View, output: Option<&Path>) -> Result<()> {
+    let mut graph = args.load()?;
+    passes.apply(&mut graph)?;
+    let planned = passes.reached("plan-memory");
+    let text = view.render(args, &graph, planned)?;
     match output {
         Some(path) => write_atomically(path, text.as_bytes()),
         None => Ok(std::io::stdout().write_all(text.as_bytes())?),
     }
+}
+
+/// Writes the graph before the pipeline and after each pass into `dir`, one file each.
+fn dump_all_passes(args: &ModelArgs, view: &View, dir: &Path) -> Result<()> {
+    let mut graph = args.load()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ext = view.extension();
+    let mut files = vec![(
+        dir.join(format!("00-input.{ext}")),
+        view.render(args, &graph, false)?,
+    )];
+    for (i, pass) in inceptc::passes::PIPELINE.iter().enumerate() {
+        inceptc::passes::run_pass(pass, &mut graph)?;
+        let planned = pass.name == "plan-memory";
+        files.push((
+            dir.join(format!("{:02}-{}.{ext}", i + 1, pass.name)),
+            view.render(args, &graph, planned)?,
+        ));
+    }
+    for (path, text) in &files {
+        write_atomically(path, text.as_bytes())?;
+    }
+    log::info!("wrote {} files to {}", files.len(), dir.display());
+    Ok(())
+}
+
+fn plan(args: &ModelArgs, image_size: Option<usize>, batch: usize, buffers: bool) -> Result<()> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let mut graph = args.load()?;
+    inceptc::passes::run_pipeline(&mut graph, None)?;
+    let size = image_size.unwrap_or(args.model().default_image_size());
+    let mut batches = vec![1];
+    if batch > 1 {
+        batches.push(batch);
+    }
+    let mut out = String::new();
+    for n in batches {
+        let plan = inceptc::plan::plan(&graph, n, size, size)
+            .with_context(|| format!("{} at batch {n}, {size}×{size}", args.model()))?;
+        if let Some((a, b)) = plan.overlapping_buffers() {
+            bail!(
+                "internal error: buffers `{}` and `{}` overlap while both are live",
+                a.name,
+                b.name
+            );
+        }
+        if buffers {
+            out.push_str(&plan.to_string());
+        } else {
+            out.push_str(plan.to_string().lines().last().unwrap_or_default());
+            out.push('\n');
+        }
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it into place.

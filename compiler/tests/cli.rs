@@ -384,6 +384,7 @@ fn every_command_help_shows_an_example() {
         vec!["info", "--help"],
         vec!["dump", "--help"],
         vec!["interpret", "--help"],
+        vec!["plan", "--help"],
     ] {
         let (code, stdout, _) = run_inceptc(&command);
         assert_eq!(code, 0);
@@ -498,34 +499,117 @@ fn passes_are_listed_dumpable_and_interpretable() {
     );
     let dir = tempfile::tempdir().unwrap();
     let x = write_npy(dir.path(), "x.npy", &[1, 3, 79, 83]);
-    let outputs: Vec<Vec<f32>> = [false, true]
-        .iter()
-        .map(|optimized| {
-            let y = dir.path().join(format!("y{optimized}.npy"));
-            let mut args = vec![
-                "interpret",
-                "--model",
-                "inception-resnet-v2",
-                "--input",
-                x.to_str().unwrap(),
-                "--output",
-                y.to_str().unwrap(),
-            ];
-            if *optimized {
-                args.push("--optimized");
-            }
-            let (code, _, stderr) = run_inceptc(&args);
-            assert_eq!(code, 0, "{stderr}");
-            inceptc_runtime::npy::read_f32(&y).unwrap().data
-        })
+    for model in [
+        "inception-v4",
+        "inception-resnet-v1",
+        "inception-resnet-v2",
+        "inception-resnet-v2-paper",
+    ] {
+        let outputs: Vec<Vec<f32>> = [false, true]
+            .iter()
+            .map(|optimized| {
+                let y = dir.path().join(format!("{model}-{optimized}.npy"));
+                let mut args = vec![
+                    "interpret",
+                    "--model",
+                    model,
+                    "--input",
+                    x.to_str().unwrap(),
+                    "--output",
+                    y.to_str().unwrap(),
+                ];
+                if *optimized {
+                    args.push("--optimized");
+                }
+                let (code, _, stderr) = run_inceptc(&args);
+                assert_eq!(code, 0, "{model}: {stderr}");
+                inceptc_runtime::npy::read_f32(&y).unwrap().data
+            })
+            .collect();
+        let max_ref = outputs[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max_diff = outputs[0]
+            .iter()
+            .zip(&outputs[1])
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            max_diff / max_ref <= 1e-5,
+            "{model}: optimized differs: {max_diff} / {max_ref}"
+        );
+    }
+}
+
+#[test]
+fn all_passes_dumps_one_file_per_pass_and_dot_shows_the_arena() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v1-passes");
+    let (code, _, stderr) = run_inceptc([
+        "dump",
+        "--model",
+        "inception-resnet-v1",
+        "--all-passes",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    let max_ref = outputs[0].iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = outputs[0]
-        .iter()
-        .zip(&outputs[1])
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        max_diff / max_ref <= 1e-5,
-        "optimized differs: {max_diff} / {max_ref}"
+    files.sort();
+    let mut expected = vec!["00-input.txt".to_string()];
+    for (i, pass) in inceptc::passes::PIPELINE.iter().enumerate() {
+        expected.push(format!("{:02}-{}.txt", i + 1, pass.name));
+    }
+    assert_eq!(files, expected);
+    let tiled = std::fs::read_to_string(out.join(&expected[4])).unwrap();
+    assert!(expected[4].ends_with("tile-concat.txt") && tiled.contains(" tile=0/"));
+    assert!(!tiled.contains(" = concat "), "every concat is tiled");
+
+    let (code, stdout, stderr) = run_inceptc([
+        "dump",
+        "--model",
+        "inception-resnet-v1",
+        "--format",
+        "dot",
+        "--after",
+        "plan-memory",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("arena @"), "DOT gives arena offsets");
+    assert!(stdout.contains("tile @"), "DOT shows concat tiles");
+    assert!(stdout.contains("kernel repeat_1.0.1x1"), "{stdout}");
+    // A usage error: clap's exit code 2.
+    let (code, _, stderr) = run_inceptc(["dump", "--model", "inception-v4", "--all-passes"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--output"), "{stderr}");
+}
+
+#[test]
+fn plan_reports_the_arena_for_batch_one_and_n() {
+    let (code, stdout, stderr) = run_inceptc([
+        "plan",
+        "--model",
+        "inception-resnet-v1",
+        "--batch",
+        "3",
+        "--image-size",
+        "99",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("batch 1 at 99×99:"), "{stdout}");
+    assert!(lines[1].starts_with("batch 3 at 99×99:"), "{stdout}");
+    assert!(stdout.contains("lower bound"), "{stdout}");
+    let (code, stdout, _) = run_inceptc(["plan", "--model", "inception-v4", "--buffers"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("features.0.conv"), "{stdout}");
+    fails_with(
+        &["plan", "--model", "inception-v4", "--batch", "0"],
+        &["--batch must be at least 1"],
+    );
+    fails_with(
+        &["plan", "--model", "inception-v4", "--image-size", "60"],
+        &["input too small"],
     );
 }

@@ -68,6 +68,7 @@ fn run(graph: &mut Graph) -> Result<usize, String> {
             conv: attrs,
             residual: residual.is_some(),
             relu: relu.is_some(),
+            in_place: false,
         });
         node.origins.extend(origins);
         graph.replace_uses(tail, conv);

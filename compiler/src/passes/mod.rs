@@ -13,6 +13,9 @@ pub mod eliminate_dead;
 pub mod fold_batchnorm;
 pub mod fold_residual_scale;
 pub mod fuse_epilogue;
+pub mod merge_sibling_1x1;
+pub mod plan_memory;
+pub mod tile_concat;
 
 /// A pass: its kebab-case name, a one-line summary and its entry point, which returns how many
 /// rewrites it made.
@@ -27,7 +30,10 @@ pub const PIPELINE: &[Pass] = &[
     fold_batchnorm::PASS,
     fold_residual_scale::PASS,
     fuse_epilogue::PASS,
+    tile_concat::PASS,
+    merge_sibling_1x1::PASS,
     eliminate_dead::PASS,
+    plan_memory::PASS,
 ];
 
 /// A pass by name.

@@ -1,0 +1,443 @@
+//! The schedule and the activation memory plan of an optimized graph, for one batch size and input
+//! size.
+//!
+//! The schedule runs one kernel per step: a node, or all members of a shared kernel
+//! (`merge-sibling-1x1`) together; among the kernels whose operands are ready, the one with the
+//! smallest node index goes first, so branches run in the order the network lists them.
+//!
+//! Values share buffers where the graph says they may: a tiled node writes into its destination's
+//! buffer, an `in_place` fused conv into its residual's. Each buffer is an NHWC tensor with a zero
+//! halo as wide as the largest padding of any convolution that reads it, so that kernels need no
+//! bounds tests. A buffer lives from the step that first writes it to the last step that reads it
+//! (the graph's outputs live to the end); buffers whose lifetimes overlap never overlap in the
+//! arena. Offsets come from greedy placement (each buffer at the lowest 64-byte-aligned offset, or
+//! in the tightest gap, that is free for its whole lifetime) over a few visiting orders, improved
+//! by a seeded local search over the order until the arena meets the lower bound (the largest sum
+//! of live buffer sizes at one step) or the search budget is spent.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use rand::{Rng, SeedableRng};
+
+use inceptc_ir::op::Op;
+use inceptc_ir::{infer_shapes, Graph, NodeId, Shape, Tile};
+
+/// Alignment of every buffer in the arena, in bytes.
+pub const ALIGN: usize = 64;
+
+/// One buffer of the arena.
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    /// The name of the first value written into it.
+    pub name: String,
+    /// Its logical shape (for a concatenation buffer, the whole concatenation).
+    pub shape: Shape,
+    /// Zero rows above and below, zero columns left and right (feature maps only).
+    pub halo: [usize; 2],
+    /// Size in bytes, rounded up to [`ALIGN`].
+    pub bytes: usize,
+    /// Offset in the arena, a multiple of [`ALIGN`].
+    pub offset: usize,
+    /// First and last step (inclusive) at which the buffer is live.
+    pub live: [usize; 2],
+    /// The values stored in it, in schedule order.
+    pub values: Vec<NodeId>,
+}
+
+impl Buffer {
+    /// Whether two buffers' lifetimes intersect.
+    pub fn lives_with(&self, other: &Buffer) -> bool {
+        self.live[0] <= other.live[1] && other.live[0] <= self.live[1]
+    }
+
+    /// Whether two buffers' arena ranges intersect.
+    pub fn overlaps(&self, other: &Buffer) -> bool {
+        self.offset < other.offset + other.bytes && other.offset < self.offset + self.bytes
+    }
+}
+
+/// Where one node's result goes: its buffer and the channel range it writes (the whole buffer
+/// unless the node is a tile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub buffer: usize,
+    pub channel_offset: usize,
+    pub channels: usize,
+}
+
+/// The plan: schedule, buffers, where each value lives, and the arena size.
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    pub batch: usize,
+    pub image: [usize; 2],
+    /// The kernels in execution order; each step is one node or the members of a shared kernel.
+    pub steps: Vec<Vec<NodeId>>,
+    pub buffers: Vec<Buffer>,
+    pub placements: HashMap<NodeId, Placement>,
+    /// Bytes of the arena: the end of the highest buffer.
+    pub arena_bytes: usize,
+    /// The largest sum of sizes of the buffers live at one step: no arena for this schedule and
+    /// these buffers can be smaller.
+    pub lower_bound: usize,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Shape(#[from] inceptc_ir::ShapeError),
+    #[error("the graph has a cycle")]
+    Cycle,
+    #[error("node `{0}` reads the buffer it overwrites")]
+    Hazard(String),
+}
+
+/// The kernels of `graph` in execution order (see the module documentation).
+pub fn schedule(graph: &Graph) -> Result<Vec<Vec<NodeId>>, PlanError> {
+    // A unit is a kernel: its members, keyed by the smallest member.
+    let mut unit_of: HashMap<NodeId, NodeId> = HashMap::new();
+    let mut members: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    let mut by_kernel: HashMap<&str, NodeId> = HashMap::new();
+    for id in graph.node_ids() {
+        let key = match &graph.node(id).shared_kernel {
+            Some(k) => *by_kernel.entry(k.as_str()).or_insert(id),
+            None => id,
+        };
+        unit_of.insert(id, key);
+        members.entry(key).or_default().push(id);
+    }
+    let mut pending: HashMap<NodeId, usize> = HashMap::new();
+    for (key, ms) in &members {
+        let mut deps: Vec<NodeId> = ms
+            .iter()
+            .flat_map(|m| graph.inputs(*m))
+            .map(|i| unit_of[&i])
+            .filter(|u| u != key)
+            .collect();
+        deps.sort();
+        deps.dedup();
+        pending.insert(*key, deps.len());
+    }
+    let mut ready: std::collections::BTreeSet<NodeId> = pending
+        .iter()
+        .filter(|(_, k)| **k == 0)
+        .map(|(u, _)| *u)
+        .collect();
+    let mut steps = Vec::with_capacity(members.len());
+    while let Some(unit) = ready.pop_first() {
+        let ms = members[&unit].clone();
+        let mut next: Vec<NodeId> = ms
+            .iter()
+            .flat_map(|m| graph.users(*m))
+            .map(|u| unit_of[&u])
+            .filter(|u| *u != unit)
+            .collect();
+        next.sort();
+        next.dedup();
+        for u in next {
+            let k = pending.get_mut(&u).ok_or(PlanError::Cycle)?;
+            *k -= 1;
+            if *k == 0 {
+                ready.insert(u);
+            }
+        }
+        steps.push(ms);
+    }
+    if steps.len() != members.len() {
+        return Err(PlanError::Cycle);
+    }
+    Ok(steps)
+}
+
+/// Plans the arena of `graph` for input `[batch, C, height, width]`.
+pub fn plan(
+    graph: &Graph,
+    batch: usize,
+    height: usize,
+    width: usize,
+) -> Result<MemoryPlan, PlanError> {
+    let shapes = infer_shapes(graph, batch, height, width)?;
+    let steps = schedule(graph)?;
+
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut placements: HashMap<NodeId, Placement> = HashMap::new();
+    for (s, ms) in steps.iter().enumerate() {
+        for &id in ms {
+            let node = graph.node(id);
+            let inputs = graph.inputs(id);
+            let shared = match (&node.op, node.tile) {
+                (
+                    _,
+                    Some(Tile {
+                        new_buffer: None, ..
+                    }),
+                ) => inputs.last().map(|d| placements[d].buffer),
+                (Op::FusedConv(f), _) if f.in_place => Some(placements[&inputs[1]].buffer),
+                _ => None,
+            };
+            let buffer = match shared {
+                Some(b) => b,
+                None => {
+                    buffers.push(Buffer {
+                        name: node.name.clone(),
+                        shape: shapes[&id],
+                        halo: [0, 0],
+                        bytes: 0,
+                        offset: 0,
+                        live: [s, s],
+                        values: Vec::new(),
+                    });
+                    buffers.len() - 1
+                }
+            };
+            buffers[buffer].values.push(id);
+            let (channel_offset, channels) = match node.tile {
+                Some(t) => (t.offset, own_channels(graph, id, &shapes)),
+                None => (0, shapes[&id].channels()),
+            };
+            placements.insert(
+                id,
+                Placement {
+                    buffer,
+                    channel_offset,
+                    channels,
+                },
+            );
+        }
+    }
+
+    // Halos, hazards and lifetimes.
+    let end = steps.len();
+    for (s, ms) in steps.iter().enumerate() {
+        for &id in ms {
+            let node = graph.node(id);
+            let inputs = graph.inputs(id);
+            let own = node.own_operands(inputs.len());
+            if let Some(conv) = node.op.conv() {
+                let b = &mut buffers[placements[&inputs[0]].buffer];
+                b.halo = [
+                    b.halo[0].max(conv.padding[0]),
+                    b.halo[1].max(conv.padding[1]),
+                ];
+            }
+            let out = placements[&id].buffer;
+            let in_place_residual = match &node.op {
+                Op::FusedConv(f) if f.in_place => Some(inputs[1]),
+                _ => None,
+            };
+            for (k, i) in inputs.iter().enumerate() {
+                let b = placements[i].buffer;
+                let allowed = k >= own || Some(*i) == in_place_residual;
+                if b == out && !allowed {
+                    return Err(PlanError::Hazard(node.name.clone()));
+                }
+                buffers[b].live[1] = buffers[b].live[1].max(s);
+            }
+        }
+    }
+    for o in graph.outputs() {
+        buffers[placements[o].buffer].live[1] = end;
+    }
+    for b in &mut buffers {
+        b.bytes = buffer_bytes(b.shape, b.halo).next_multiple_of(ALIGN);
+    }
+
+    let lower_bound = (0..=end)
+        .map(|s| {
+            buffers
+                .iter()
+                .filter(|b| b.live[0] <= s && s <= b.live[1])
+                .map(|b| b.bytes)
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+    let arena_bytes = place(&mut buffers, lower_bound);
+    Ok(MemoryPlan {
+        batch,
+        image: [height, width],
+        steps,
+        buffers,
+        placements,
+        arena_bytes,
+        lower_bound,
+    })
+}
+
+/// Channels a tiled node computes itself: its op's output before tiling.
+fn own_channels(graph: &Graph, id: NodeId, shapes: &HashMap<NodeId, Shape>) -> usize {
+    match &graph.node(id).op {
+        Op::FusedConv(f) => f.conv.out_channels,
+        // Pools keep their input's channels.
+        _ => shapes[&graph.inputs(id)[0]].channels(),
+    }
+}
+
+fn buffer_bytes(shape: Shape, halo: [usize; 2]) -> usize {
+    let elements = match shape {
+        Shape::Map { n, c, h, w } => n * c * (h + 2 * halo[0]) * (w + 2 * halo[1]),
+        Shape::Vector { n, f } => n * f,
+    };
+    elements * std::mem::size_of::<f32>()
+}
+
+/// Where each buffer goes in the gaps left by the buffers placed before it that live at the same
+/// time.
+#[derive(Clone, Copy, Debug)]
+enum Fit {
+    /// The lowest free offset.
+    First,
+    /// The smallest free gap that holds it (else on top).
+    Best,
+}
+
+/// Iterations of the local search over placement orders when no greedy order reaches the lower
+/// bound.
+const SEARCH_STEPS: usize = 3000;
+
+/// Places every buffer and returns the arena size. Starts from greedy orders (largest first,
+/// largest size × lifetime first, first written first), then improves the best order by a seeded
+/// local search (swapping two buffers in the order) until the arena meets `lower_bound` or the
+/// search budget is spent. Deterministic.
+fn place(buffers: &mut [Buffer], lower_bound: usize) -> usize {
+    let n = buffers.len();
+    let b = &*buffers;
+    let by = |key: &dyn Fn(&Buffer) -> (std::cmp::Reverse<usize>, usize)| {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|i| key(&b[*i]));
+        order
+    };
+    let starts = [
+        by(&|x| (std::cmp::Reverse(x.bytes), x.live[0])),
+        by(&|x| {
+            let duration = x.live[1] - x.live[0] + 1;
+            (std::cmp::Reverse(x.bytes * duration), x.live[0])
+        }),
+        by(&|x| (std::cmp::Reverse(usize::MAX - x.live[0]), x.live[1])),
+    ];
+    let mut best: Option<(usize, Vec<usize>, Fit)> = None;
+    for order in starts {
+        for fit in [Fit::First, Fit::Best] {
+            let arena = place_in_order(buffers, &order, fit);
+            if best.as_ref().is_none_or(|(a, _, _)| arena < *a) {
+                best = Some((arena, order.clone(), fit));
+            }
+        }
+    }
+    let Some((mut arena, mut order, mut fit)) = best else {
+        return 0;
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2016);
+    for _ in 0..SEARCH_STEPS {
+        if arena <= lower_bound || n < 2 {
+            break;
+        }
+        let mut candidate = order.clone();
+        let (i, j) = (rng.gen_range(0..n), rng.gen_range(0..n));
+        candidate.swap(i, j);
+        for f in [Fit::First, Fit::Best] {
+            let a = place_in_order(buffers, &candidate, f);
+            if a <= arena {
+                (arena, order, fit) = (a, candidate.clone(), f);
+            }
+        }
+    }
+    let arena_final = place_in_order(buffers, &order, fit);
+    log::debug!("memory plan: {arena_final} bytes, lower bound {lower_bound}");
+    arena_final
+}
+
+/// Places the buffers in `order`, each as `fit` says; returns the arena size.
+fn place_in_order(buffers: &mut [Buffer], order: &[usize], fit: Fit) -> usize {
+    let mut arena = 0;
+    for (k, &i) in order.iter().enumerate() {
+        let mut taken: Vec<(usize, usize)> = order[..k]
+            .iter()
+            .filter(|p| buffers[**p].lives_with(&buffers[i]))
+            .map(|p| (buffers[*p].offset, buffers[*p].offset + buffers[*p].bytes))
+            .collect();
+        taken.sort_unstable();
+        let size = buffers[i].bytes;
+        // Free gaps between the taken ranges, (start, length); above the last one all is free.
+        let mut gaps = Vec::new();
+        let mut cursor = 0;
+        for (start, stop) in taken {
+            if start > cursor {
+                gaps.push((cursor, start - cursor));
+            }
+            cursor = cursor.max(stop.next_multiple_of(ALIGN));
+        }
+        let fits = gaps.into_iter().filter(|(_, len)| *len >= size);
+        let offset = match fit {
+            Fit::Best => fits.min_by_key(|(_, len)| *len).map(|(o, _)| o),
+            Fit::First => fits.map(|(o, _)| o).next(),
+        }
+        .unwrap_or(cursor);
+        buffers[i].offset = offset;
+        arena = arena.max(offset + size);
+    }
+    arena
+}
+
+impl MemoryPlan {
+    /// Two buffers that are live at the same step and share arena bytes, if any.
+    pub fn overlapping_buffers(&self) -> Option<(&Buffer, &Buffer)> {
+        for (i, a) in self.buffers.iter().enumerate() {
+            for b in &self.buffers[i + 1..] {
+                if a.lives_with(b) && a.overlaps(b) {
+                    return Some((a, b));
+                }
+            }
+        }
+        None
+    }
+
+    /// The arena size over the lower bound.
+    pub fn ratio(&self) -> f64 {
+        self.arena_bytes as f64 / self.lower_bound.max(1) as f64
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>12} {:>10} {:>9}  {:<26} {:>6}  buffer",
+            "offset", "bytes", "live", "shape", "halo"
+        )?;
+        let mut order: Vec<&Buffer> = self.buffers.iter().collect();
+        order.sort_by_key(|b| (b.live[0], b.offset));
+        for b in order {
+            writeln!(
+                f,
+                "{:>12} {:>10} {:>9}  {:<26} {:>6}  {}{}",
+                b.offset,
+                b.bytes,
+                format!("{}-{}", b.live[0], b.live[1]),
+                b.shape.to_string(),
+                format!("{}x{}", b.halo[0], b.halo[1]),
+                b.name,
+                if b.values.len() > 1 {
+                    format!(" (+{} values)", b.values.len() - 1)
+                } else {
+                    String::new()
+                }
+            )?;
+        }
+        writeln!(
+            f,
+            "batch {} at {}×{}: {} steps, {} buffers, arena {} bytes ({:.2} MiB), lower bound {} \
+             bytes, ratio {:.3}",
+            self.batch,
+            self.image[0],
+            self.image[1],
+            self.steps.len(),
+            self.buffers.len(),
+            self.arena_bytes,
+            self.arena_bytes as f64 / (1 << 20) as f64,
+            self.lower_bound,
+            self.ratio()
+        )
+    }
+}

@@ -1,0 +1,180 @@
+//! The schedule and memory plan: no two live buffers share bytes, the arena stays within 1.1× the
+//! lower bound on every network, shared buffers (tiles, in-place residuals) are what the graph says,
+//! and a small graph's plan is the one worked out by hand.
+
+use inceptc::passes::run_pipeline;
+use inceptc::plan::{plan, schedule, MemoryPlan};
+use inceptc_graphs::{load, Model, Options, Weights};
+use inceptc_ir::op::Op;
+use inceptc_ir::{text, Graph};
+
+/// The arena may exceed the lower bound by this factor at most.
+const SLACK: f64 = 1.1;
+
+fn optimized(model: Model) -> Graph {
+    let mut g = load(model, Weights::Seeded(1), &Options::default()).unwrap();
+    run_pipeline(&mut g, None).unwrap();
+    g
+}
+
+/// Checks what every plan must satisfy and returns a description of the first violation.
+fn check(graph: &Graph, p: &MemoryPlan) -> Result<(), String> {
+    if let Some((a, b)) = p.overlapping_buffers() {
+        return Err(format!("`{}` and `{}` overlap while live", a.name, b.name));
+    }
+    for b in &p.buffers {
+        if b.offset % inceptc::plan::ALIGN != 0 || b.offset + b.bytes > p.arena_bytes {
+            return Err(format!("`{}` is misaligned or outside the arena", b.name));
+        }
+    }
+    let scheduled: usize = p.steps.iter().map(Vec::len).sum();
+    if scheduled != graph.len() || p.placements.len() != graph.len() {
+        return Err("not every node is scheduled and placed".into());
+    }
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        let inputs = graph.inputs(id);
+        let place = p.placements[&id];
+        let same = |other| p.placements[&other].buffer == place.buffer;
+        if node.tile.is_some_and(|t| t.new_buffer.is_none()) && !same(*inputs.last().unwrap()) {
+            return Err(format!(
+                "tile `{}` is not in its destination's buffer",
+                node.name
+            ));
+        }
+        if matches!(&node.op, Op::FusedConv(f) if f.in_place) && !same(inputs[1]) {
+            return Err(format!(
+                "in-place `{}` is not in its residual's buffer",
+                node.name
+            ));
+        }
+        if same(inputs.first().copied().unwrap_or(id)) && !inputs.is_empty() {
+            return Err(format!("`{}` overwrites the buffer it reads", node.name));
+        }
+    }
+    if p.arena_bytes < p.lower_bound || p.ratio() > SLACK {
+        return Err(format!(
+            "arena {} against lower bound {}",
+            p.arena_bytes, p.lower_bound
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "whole networks run in release mode: cargo test --release"
+)]
+fn every_network_plans_within_slack_of_the_lower_bound() {
+    for model in Model::ALL {
+        let g = optimized(model);
+        let size = model.default_image_size();
+        for batch in [1, 2] {
+            let p = plan(&g, batch, size, size).unwrap();
+            check(&g, &p).unwrap_or_else(|e| panic!("{model} batch {batch}: {e}"));
+            eprintln!(
+                "{model} batch {batch}: arena {} B, lower bound {} B",
+                p.arena_bytes, p.lower_bound
+            );
+        }
+    }
+}
+
+#[test]
+fn overlap_check_catches_two_live_buffers_on_the_same_bytes() {
+    let g = text::parse(
+        r#"graph "t" {
+  %0 = input channels=4 name="input" block="b"
+  %1 = fused_conv %0 in=4 out=4 kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=true name="a" block="b"
+  %2 = fused_conv %1 in=4 out=4 kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=true name="b" block="b"
+  output %2
+}"#,
+    )
+    .unwrap();
+    let mut p = plan(&g, 1, 8, 8).unwrap();
+    check(&g, &p).unwrap();
+    // `a` and `b` are both live while `b` runs; put them on the same bytes.
+    let (ia, ib) = (
+        p.placements[&g.find("a").unwrap()].buffer,
+        p.placements[&g.find("b").unwrap()].buffer,
+    );
+    p.buffers[ib].offset = p.buffers[ia].offset;
+    assert!(p.overlapping_buffers().is_some());
+}
+
+#[test]
+fn a_conv_chain_needs_two_buffers_and_halos_follow_padding() {
+    // input → a (1×1) → b (3×3, pad 1) → c (1×1): at most two values are live at once.
+    let g = text::parse(
+        r#"graph "t" {
+  %0 = input channels=4 name="input" block="b"
+  %1 = fused_conv %0 in=4 out=4 kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=true name="a" block="b"
+  %2 = fused_conv %1 in=4 out=4 kernel=3x3 stride=1x1 pad=1x1 bias=true residual=false relu=true name="b" block="b"
+  %3 = fused_conv %2 in=4 out=4 kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=true name="c" block="b"
+  output %3
+}"#,
+    )
+    .unwrap();
+    let p = plan(&g, 1, 8, 8).unwrap();
+    check(&g, &p).unwrap();
+    let buffer = |name: &str| &p.buffers[p.placements[&g.find(name).unwrap()].buffer];
+    // `a` is read by the padded 3×3: one zero row and column on each side, 4·10·10 floats.
+    assert_eq!(buffer("a").halo, [1, 1]);
+    assert_eq!(buffer("a").bytes, 4 * 10 * 10 * 4);
+    assert_eq!(buffer("b").bytes, 4 * 8 * 8 * 4);
+    assert_eq!(buffer("a").live, [1, 2]);
+    assert_eq!(buffer("c").live, [3, 4], "an output lives to the end");
+    // The peak is while `b` runs: a (1600 B) and b (1024 B).
+    assert_eq!(p.lower_bound, 1600 + 1024);
+    assert_eq!(p.arena_bytes, p.lower_bound);
+}
+
+#[test]
+fn shared_kernels_run_as_one_step_and_tiles_share_their_buffer() {
+    let source = std::fs::read_to_string(
+        inceptc_suite::root().join("tests/ir/merge-sibling-1x1/siblings.out.txt"),
+    )
+    .unwrap();
+    let g = text::parse(&source).unwrap();
+    let steps = schedule(&g).unwrap();
+    let kernel: Vec<_> = steps
+        .iter()
+        .find(|s| s.len() > 1)
+        .expect("a step with the shared kernel")
+        .iter()
+        .map(|id| g.node(*id).name.clone())
+        .collect();
+    assert_eq!(
+        kernel,
+        ["m.branch0.conv", "m.branch1.0.conv", "m.branch2.0.conv"]
+    );
+    let p = plan(&g, 2, 9, 9).unwrap();
+    check(&g, &p).unwrap();
+    let place = |name: &str| p.placements[&g.find(name).unwrap()];
+    assert_eq!(
+        place("m.branch4.conv").buffer,
+        place("m.branch0.conv").buffer
+    );
+    assert_eq!(
+        (
+            place("m.branch3.conv").channel_offset,
+            place("m.branch3.conv").channels
+        ),
+        (2, 2)
+    );
+}
+
+#[test]
+fn in_place_residuals_reuse_the_block_input() {
+    let source = std::fs::read_to_string(
+        inceptc_suite::root().join("tests/ir/plan-memory/residual.out.txt"),
+    )
+    .unwrap();
+    let g = text::parse(&source).unwrap();
+    let p = plan(&g, 1, 7, 7).unwrap();
+    check(&g, &p).unwrap();
+    let buffer = |name: &str| p.placements[&g.find(name).unwrap()].buffer;
+    assert_eq!(buffer("stem"), buffer("r0.conv2d"));
+    assert_eq!(buffer("stem"), buffer("r1.conv2d"));
+}
