@@ -1,0 +1,614 @@
+//! Cranelift IR for each [`Kernel`]: one function `(arena, weights, begin, end)` that computes
+//! work items `begin .. end` with every shape, stride and offset baked in, f32x4 SIMD with
+//! explicit `fma`.
+//!
+//! The convolution's register tile (up to [`TILE_PIXELS`] output pixels × 8 output channels, two
+//! f32x4 accumulators per pixel) is computed by [`conv_tile`], the one place that knows how a tile
+//! is formed; the loops around it, packing and epilogue do not.
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
+};
+use cranelift_codegen::isa::{CallConv, TargetIsa};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+
+use super::lower::{
+    ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel,
+    CONV_LANES, LINEAR_LANES,
+};
+use inceptc_runtime::layout::{MapLayout, VecLayout};
+
+/// Output pixels of a full convolution register tile.
+pub const TILE_PIXELS: usize = 6;
+
+const F32: i64 = 4;
+const VEC: i64 = 16;
+
+/// The signature every kernel has: `extern "C" fn(arena: *mut u8, weights: *const u8, begin: u64,
+/// end: u64)`.
+pub fn kernel_signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+/// Builds the Cranelift function of `kernel`, the `index`-th function of its module.
+pub fn function(kernel: &Kernel, isa: &dyn TargetIsa, index: u32) -> Function {
+    let mut func = Function::with_name_signature(
+        UserFuncName::user(0, index),
+        kernel_signature(isa.default_call_conv()),
+    );
+    let mut ctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut func, &mut ctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let mut e = Emitter {
+            b,
+            arena: params[0],
+            weights: params[1],
+        };
+        let (begin, end) = (params[2], params[3]);
+        match kernel {
+            Kernel::Conv(k) => conv(&mut e, k, begin, end),
+            Kernel::Pool(k) => pool(&mut e, k, begin, end),
+            Kernel::GlobalPool(k) => global_pool(&mut e, k, begin, end),
+            Kernel::Linear(k) => linear(&mut e, k, begin, end),
+            Kernel::L2Norm(k) => l2_norm(&mut e, k, begin, end),
+        }
+        e.b.ins().return_(&[]);
+        e.b.seal_all_blocks();
+        e.b.finalize(isa.frontend_config());
+    }
+    func
+}
+
+/// Memory accesses of kernels: into the arena or the weights, never trapping (the plan keeps every
+/// address inside its buffer); alignment is not promised.
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+struct Emitter<'a> {
+    b: FunctionBuilder<'a>,
+    arena: Value,
+    weights: Value,
+}
+
+impl Emitter<'_> {
+    fn int(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    /// `base + offset` for a compile-time offset.
+    fn offset(&mut self, base: Value, offset: i64) -> Value {
+        if offset == 0 {
+            base
+        } else {
+            self.b.ins().iadd_imm_s(base, offset)
+        }
+    }
+
+    /// `base + index · scale`.
+    fn scaled(&mut self, base: Value, index: Value, scale: i64) -> Value {
+        let s = self.b.ins().imul_imm_s(index, scale);
+        self.b.ins().iadd(base, s)
+    }
+
+    fn load(&mut self, ty: types::Type, addr: Value, offset: i64) -> Value {
+        self.b.ins().load(ty, flags(), addr, offset as i32)
+    }
+
+    fn store(&mut self, v: Value, addr: Value, offset: i64) {
+        self.b.ins().store(flags(), v, addr, offset as i32);
+    }
+
+    fn var(&mut self, ty: types::Type, init: Value) -> Variable {
+        let v = self.b.declare_var(ty);
+        self.b.def_var(v, init);
+        v
+    }
+
+    fn zero(&mut self, ty: types::Type) -> Value {
+        let z = self.b.ins().f32const(0.0);
+        if ty == types::F32 {
+            z
+        } else {
+            self.b.ins().splat(ty, z)
+        }
+    }
+
+    fn f32s(&mut self, ty: types::Type, v: f32) -> Value {
+        let s = self.b.ins().f32const(v);
+        if ty == types::F32 {
+            s
+        } else {
+            self.b.ins().splat(ty, s)
+        }
+    }
+
+    /// `for i in (start .. end).step_by(step)`, top-tested; `body` gets `i`.
+    fn for_range(
+        &mut self,
+        start: Value,
+        end: Value,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value),
+    ) {
+        let i = self.var(types::I64, start);
+        let header = self.b.create_block();
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let iv = self.b.use_var(i);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, iv, end);
+        self.b.ins().brif(more, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        body(self, iv);
+        let iv = self.b.use_var(i);
+        let next = self.b.ins().iadd_imm_s(iv, step);
+        self.b.def_var(i, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+    }
+
+    /// [`Emitter::for_range`] over compile-time bounds; nothing when the range is empty.
+    fn for_const(&mut self, start: i64, end: i64, step: i64, body: impl FnOnce(&mut Self, Value)) {
+        if start >= end {
+            return;
+        }
+        let (s, e) = (self.int(start), self.int(end));
+        self.for_range(s, e, step, body);
+    }
+
+    /// Address of logical pixel (0, 0), channel `channel_offset`, of image `n` of a map.
+    fn map_origin(&mut self, m: &MapLayout, n: Value) -> Value {
+        let base = self.offset(self.arena, m.address(0, 0, 0, 0) as i64);
+        self.scaled(base, n, m.image_stride() as i64)
+    }
+
+    /// Address of feature `feature_offset` of row `n` of a vector batch.
+    fn vec_row(&mut self, v: &VecLayout, n: Value) -> Value {
+        let base = self.offset(self.arena, v.address(0, 0) as i64);
+        self.scaled(base, n, v.row_stride() as i64)
+    }
+
+    /// Stores the first `lanes` lanes of `v` at `addr + offset`, one float each (all four as one
+    /// store when `lanes` is 4).
+    fn store_lanes(&mut self, v: Value, lanes: usize, addr: Value, offset: i64) {
+        if lanes == 4 {
+            self.store(v, addr, offset);
+            return;
+        }
+        for lane in 0..lanes {
+            let x = self.b.ins().extractlane(v, lane as u8);
+            self.store(x, addr, offset + lane as i64 * F32);
+        }
+    }
+
+    /// Splits `item` into (image, row) for maps of `rows` rows.
+    fn image_and_row(&mut self, item: Value, rows: usize) -> (Value, Value) {
+        let n = self.b.ins().udiv_imm_u(item, rows as i64);
+        let start = self.b.ins().imul_imm_s(n, rows as i64);
+        let row = self.b.ins().isub(item, start);
+        (n, row)
+    }
+}
+
+/// Per-pixel base addresses of one tile of output pixels.
+struct TileBases {
+    /// Input pixel of the tile's first output pixel at tap (0, 0).
+    input: Value,
+    /// Output pixel of the tile's first pixel, channel 0 of the range, one per range.
+    outputs: Vec<Value>,
+    residual: Option<Value>,
+}
+
+fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
+    let input = k.input;
+    e.for_range(begin, end, 1, |e, item| {
+        let (n, oy) = e.image_and_row(item, k.out_h);
+        // Input row of output row `oy`, tap row 0: oy·stride − padding (inside the halo).
+        let origin = e.map_origin(&input, n);
+        let shift = -(k.padding[0] as i64) * input.row_stride() as i64
+            - (k.padding[1] as i64) * input.pixel_stride() as i64;
+        let origin = e.offset(origin, shift);
+        let in_row = e.scaled(origin, oy, (k.stride[0] * input.row_stride()) as i64);
+        let out_rows: Vec<Value> = k
+            .ranges
+            .iter()
+            .map(|r| {
+                let o = e.map_origin(&r.out, n);
+                e.scaled(o, oy, r.out.row_stride() as i64)
+            })
+            .collect();
+        let res_row = k.residual.map(|res| {
+            let o = e.map_origin(&res, n);
+            e.scaled(o, oy, res.row_stride() as i64)
+        });
+        let full = (k.out_w / TILE_PIXELS * TILE_PIXELS) as i64;
+        let tile_at = |e: &mut Emitter, ox: Value, pixels: usize| {
+            let bases = TileBases {
+                input: e.scaled(in_row, ox, (k.stride[1] * input.pixel_stride()) as i64),
+                outputs: k
+                    .ranges
+                    .iter()
+                    .zip(&out_rows)
+                    .map(|(r, row)| e.scaled(*row, ox, r.out.pixel_stride() as i64))
+                    .collect(),
+                residual: k
+                    .residual
+                    .zip(res_row)
+                    .map(|(res, row)| e.scaled(row, ox, res.pixel_stride() as i64)),
+            };
+            conv_ranges(e, k, &bases, pixels);
+        };
+        e.for_const(0, full, TILE_PIXELS as i64, |e, ox| {
+            tile_at(e, ox, TILE_PIXELS)
+        });
+        let rest = k.out_w % TILE_PIXELS;
+        if rest > 0 {
+            let ox = e.int(full);
+            tile_at(e, ox, rest);
+        }
+    });
+}
+
+/// Every output channel block of every range for one tile of `pixels` output pixels.
+fn conv_ranges(e: &mut Emitter, k: &ConvKernel, bases: &TileBases, pixels: usize) {
+    for (r, range) in k.ranges.iter().enumerate() {
+        let full_blocks = (range.channels / CONV_LANES) as i64;
+        e.for_const(0, full_blocks, 1, |e, block| {
+            conv_block(e, k, range, bases, r, pixels, block, CONV_LANES)
+        });
+        let rest = range.channels % CONV_LANES;
+        if rest > 0 {
+            let block = e.int(full_blocks);
+            conv_block(e, k, range, bases, r, pixels, block, rest);
+        }
+    }
+}
+
+/// One register tile: `pixels` output pixels × `lanes` (≤ 8) output channels of block `block` of
+/// range `r`, then its epilogue.
+#[allow(clippy::too_many_arguments)]
+fn conv_block(
+    e: &mut Emitter,
+    k: &ConvKernel,
+    range: &ConvRange,
+    bases: &TileBases,
+    r: usize,
+    pixels: usize,
+    block: Value,
+    lanes: usize,
+) {
+    let vectors = lanes.div_ceil(4);
+    let taps = k.kernel[0] * k.kernel[1];
+    let block_bytes = (taps * k.input.channels * CONV_LANES) as i64 * F32;
+    let wbase = e.offset(e.weights, range.weights as i64);
+    let wptr = e.scaled(wbase, block, block_bytes);
+    let bbase = e.offset(e.weights, range.bias as i64);
+    let bias = e.scaled(bbase, block, CONV_LANES as i64 * F32);
+    let acc = conv_tile(e, k, bases.input, wptr, bias, pixels, vectors);
+
+    // Epilogue: residual, ReLU, store (channel block `block` of each pixel).
+    let channel = e.b.ins().imul_imm_s(block, CONV_LANES as i64 * F32);
+    let out = e.b.ins().iadd(bases.outputs[r], channel);
+    let residual = bases.residual.map(|res| e.b.ins().iadd(res, channel));
+    let zero = e.zero(types::F32X4);
+    for (p, row) in acc.iter().enumerate() {
+        for (j, a) in row.iter().enumerate() {
+            let mut v = e.b.use_var(*a);
+            let valid = (lanes - 4 * j).min(4);
+            let off_out = (p * range.out.pixel_stride()) as i64 + j as i64 * VEC;
+            if let (Some(res_addr), Some(res)) = (residual, k.residual) {
+                let off = (p * res.pixel_stride()) as i64 + j as i64 * VEC;
+                let rv = if valid == 4 {
+                    e.load(types::F32X4, res_addr, off)
+                } else {
+                    let mut rv = e.zero(types::F32X4);
+                    for lane in 0..valid {
+                        let x = e.load(types::F32, res_addr, off + lane as i64 * F32);
+                        rv = e.b.ins().insertlane(rv, x, lane as u8);
+                    }
+                    rv
+                };
+                v = e.b.ins().fadd(v, rv);
+            }
+            if range.relu {
+                v = e.b.ins().fmax(v, zero);
+            }
+            e.store_lanes(v, valid, out, off_out);
+        }
+    }
+}
+
+/// The micro-kernel seam: accumulates a `pixels` × (4·`vectors`) register tile over all taps and
+/// input channels, starting from the bias, and returns the accumulator variables
+/// `[pixel][vector]`. `input` is the tile's first input pixel at tap (0, 0); `wptr` the block's
+/// packed weights.
+fn conv_tile(
+    e: &mut Emitter,
+    k: &ConvKernel,
+    input: Value,
+    wptr: Value,
+    bias: Value,
+    pixels: usize,
+    vectors: usize,
+) -> Vec<Vec<Variable>> {
+    let ic = k.input.channels;
+    let unroll = [4, 3, 2, 1].into_iter().find(|u| ic.is_multiple_of(*u)).unwrap_or(1);
+    let pixel_step = (k.stride[1] * k.input.pixel_stride()) as i64;
+    let mut acc = Vec::with_capacity(pixels);
+    for _ in 0..pixels {
+        let mut row = Vec::with_capacity(vectors);
+        for j in 0..vectors {
+            let b0 = e.load(types::F32X4, bias, j as i64 * VEC);
+            row.push(e.var(types::F32X4, b0));
+        }
+        acc.push(row);
+    }
+    let w = e.var(types::I64, wptr);
+    for ky in 0..k.kernel[0] {
+        for kx in 0..k.kernel[1] {
+            let tap = (ky * k.input.row_stride() + kx * k.input.pixel_stride()) as i64;
+            let start = e.offset(input, tap);
+            let stop = e.offset(start, ic as i64 * F32);
+            e.for_range(start, stop, unroll as i64 * F32, |e, x| {
+                let wv = e.b.use_var(w);
+                for u in 0..unroll {
+                    let weights: Vec<Value> = (0..vectors)
+                        .map(|j| {
+                            e.load(
+                                types::F32X4,
+                                wv,
+                                (u * CONV_LANES) as i64 * F32 + j as i64 * VEC,
+                            )
+                        })
+                        .collect();
+                    for (p, row) in acc.iter().enumerate() {
+                        let s = e.load(types::F32, x, p as i64 * pixel_step + u as i64 * F32);
+                        let s = e.b.ins().splat(types::F32X4, s);
+                        for (j, a) in row.iter().enumerate() {
+                            let old = e.b.use_var(*a);
+                            let new = e.b.ins().fma(s, weights[j], old);
+                            e.b.def_var(*a, new);
+                        }
+                    }
+                }
+                let next = e.b.ins().iadd_imm_s(wv, (unroll * CONV_LANES) as i64 * F32);
+                e.b.def_var(w, next);
+            });
+        }
+    }
+    acc
+}
+
+fn pool(e: &mut Emitter, k: &PoolKernel, begin: Value, end: Value) {
+    let (input, out, win) = (k.input, k.out, &k.window);
+    let ty_init = |e: &mut Emitter, ty| match k.average {
+        None => e.f32s(ty, f32::NEG_INFINITY),
+        Some(_) => e.zero(ty),
+    };
+    e.for_range(begin, end, 1, |e, item| {
+        let (n, oy) = e.image_and_row(item, out.h);
+        let in_origin = e.map_origin(&input, n);
+        let out_origin = e.map_origin(&out, n);
+        let out_row = e.scaled(out_origin, oy, out.row_stride() as i64);
+        // Window rows inside the image: ky in [max(0, −y0), min(kh, H − y0)), y0 = oy·s − p.
+        let y0 = e.b.ins().imul_imm_s(oy, win.stride[0] as i64);
+        let y0 = e.b.ins().iadd_imm_s(y0, -(win.padding[0] as i64));
+        let (ky_lo, ky_hi) = clamp_window(e, y0, win.kernel[0], input.h);
+        e.for_const(0, out.w as i64, 1, |e, ox| {
+            let x0 = e.b.ins().imul_imm_s(ox, win.stride[1] as i64);
+            let x0 = e.b.ins().iadd_imm_s(x0, -(win.padding[1] as i64));
+            let (kx_lo, kx_hi) = clamp_window(e, x0, win.kernel[1], input.w);
+            // Window origin (may lie in or beyond the halo; only in-image taps are read).
+            let wy = e.scaled(in_origin, y0, input.row_stride() as i64);
+            let window = e.scaled(wy, x0, input.pixel_stride() as i64);
+            let out_px = e.scaled(out_row, ox, out.pixel_stride() as i64);
+            let scale = match k.average {
+                None => None,
+                Some(true) => {
+                    Some(e.f32s(types::F32, 1.0 / (win.kernel[0] * win.kernel[1]) as f32))
+                }
+                Some(false) => {
+                    let h = e.b.ins().isub(ky_hi, ky_lo);
+                    let w = e.b.ins().isub(kx_hi, kx_lo);
+                    let count = e.b.ins().imul(h, w);
+                    let count = e.b.ins().fcvt_from_sint(types::F32, count);
+                    let one = e.f32s(types::F32, 1.0);
+                    Some(e.b.ins().fdiv(one, count))
+                }
+            };
+            let channels = input.channels;
+            let pool_lanes = |e: &mut Emitter, c: Value, ty: types::Type| {
+                let init = ty_init(e, ty);
+                let acc = e.var(ty, init);
+                let base = e.b.ins().iadd(window, c);
+                e.for_range(ky_lo, ky_hi, 1, |e, ky| {
+                    let row = e.scaled(base, ky, input.row_stride() as i64);
+                    e.for_range(kx_lo, kx_hi, 1, |e, kx| {
+                        let px = e.scaled(row, kx, input.pixel_stride() as i64);
+                        let v = e.load(ty, px, 0);
+                        let a = e.b.use_var(acc);
+                        let r = match k.average {
+                            None => e.b.ins().fmax(a, v),
+                            Some(_) => e.b.ins().fadd(a, v),
+                        };
+                        e.b.def_var(acc, r);
+                    });
+                });
+                let mut r = e.b.use_var(acc);
+                if let Some(s) = scale {
+                    let s = if ty == types::F32 {
+                        s
+                    } else {
+                        e.b.ins().splat(ty, s)
+                    };
+                    r = e.b.ins().fmul(r, s);
+                }
+                let dst = e.b.ins().iadd(out_px, c);
+                e.store(r, dst, 0);
+            };
+            let vec_end = (channels / 4 * 4) as i64 * F32;
+            e.for_const(0, vec_end, VEC, |e, c| pool_lanes(e, c, types::F32X4));
+            e.for_const(vec_end, channels as i64 * F32, F32, |e, c| {
+                pool_lanes(e, c, types::F32)
+            });
+        });
+    });
+}
+
+/// `[max(0, −origin), min(kernel, size − origin))` for a window starting at `origin`.
+fn clamp_window(e: &mut Emitter, origin: Value, kernel: usize, size: usize) -> (Value, Value) {
+    let zero = e.int(0);
+    let neg = e.b.ins().ineg(origin);
+    let lo = e.b.ins().smax(zero, neg);
+    let k = e.int(kernel as i64);
+    let s = e.int(size as i64);
+    let room = e.b.ins().isub(s, origin);
+    let hi = e.b.ins().smin(k, room);
+    (lo, hi)
+}
+
+fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, end: Value) {
+    let (input, out) = (k.input, k.out);
+    e.for_range(begin, end, 1, |e, n| {
+        let origin = e.map_origin(&input, n);
+        let dst = e.vec_row(&out, n);
+        let inv = 1.0 / (input.h * input.w) as f32;
+        let lanes = |e: &mut Emitter, c: Value, ty: types::Type| {
+            let init = e.zero(ty);
+            let acc = e.var(ty, init);
+            let base = e.b.ins().iadd(origin, c);
+            e.for_const(0, input.h as i64, 1, |e, y| {
+                let row = e.scaled(base, y, input.row_stride() as i64);
+                e.for_const(0, input.w as i64, 1, |e, x| {
+                    let px = e.scaled(row, x, input.pixel_stride() as i64);
+                    let v = e.load(ty, px, 0);
+                    let a = e.b.use_var(acc);
+                    let s = e.b.ins().fadd(a, v);
+                    e.b.def_var(acc, s);
+                });
+            });
+            let a = e.b.use_var(acc);
+            let scale = e.f32s(ty, inv);
+            let mean = e.b.ins().fmul(a, scale);
+            let at = e.b.ins().iadd(dst, c);
+            e.store(mean, at, 0);
+        };
+        let vec_end = (input.channels / 4 * 4) as i64 * F32;
+        e.for_const(0, vec_end, VEC, |e, c| lanes(e, c, types::F32X4));
+        e.for_const(vec_end, input.channels as i64 * F32, F32, |e, c| {
+            lanes(e, c, types::F32)
+        });
+    });
+}
+
+fn linear(e: &mut Emitter, k: &LinearKernel, begin: Value, end: Value) {
+    let (input, out) = (k.input, k.out);
+    let inputs = input.features;
+    e.for_range(begin, end, 1, |e, n| {
+        let x = e.vec_row(&input, n);
+        let y = e.vec_row(&out, n);
+        let block = |e: &mut Emitter, b: Value, lanes: usize| {
+            let init = match k.bias {
+                Some(off) => {
+                    let base = e.offset(e.weights, off as i64);
+                    let at = e.scaled(base, b, VEC);
+                    e.load(types::F32X4, at, 0)
+                }
+                None => e.zero(types::F32X4),
+            };
+            let acc = e.var(types::F32X4, init);
+            let wbase = e.offset(e.weights, k.weights as i64);
+            let w0 = e.scaled(wbase, b, (inputs * LINEAR_LANES) as i64 * F32);
+            let w = e.var(types::I64, w0);
+            let stop = e.offset(x, inputs as i64 * F32);
+            e.for_range(x, stop, F32, |e, xp| {
+                let s = e.load(types::F32, xp, 0);
+                let s = e.b.ins().splat(types::F32X4, s);
+                let wv = e.b.use_var(w);
+                let wt = e.load(types::F32X4, wv, 0);
+                let a = e.b.use_var(acc);
+                let r = e.b.ins().fma(s, wt, a);
+                e.b.def_var(acc, r);
+                let next = e.b.ins().iadd_imm_s(wv, VEC);
+                e.b.def_var(w, next);
+            });
+            let r = e.b.use_var(acc);
+            let at = e.scaled(y, b, VEC);
+            e.store_lanes(r, lanes, at, 0);
+        };
+        let full = (out.features / LINEAR_LANES) as i64;
+        e.for_const(0, full, 1, |e, b| block(e, b, LINEAR_LANES));
+        let rest = out.features % LINEAR_LANES;
+        if rest > 0 {
+            let b = e.int(full);
+            block(e, b, rest);
+        }
+    });
+}
+
+fn l2_norm(e: &mut Emitter, k: &L2NormKernel, begin: Value, end: Value) {
+    let (input, out) = (k.input, k.out);
+    let f = input.features;
+    let vec_end = (f / 4 * 4) as i64 * F32;
+    e.for_range(begin, end, 1, |e, n| {
+        let x = e.vec_row(&input, n);
+        let y = e.vec_row(&out, n);
+        let zv = e.zero(types::F32X4);
+        let acc = e.var(types::F32X4, zv);
+        e.for_const(0, vec_end, VEC, |e, c| {
+            let at = e.b.ins().iadd(x, c);
+            let v = e.load(types::F32X4, at, 0);
+            let a = e.b.use_var(acc);
+            let r = e.b.ins().fma(v, v, a);
+            e.b.def_var(acc, r);
+        });
+        let a = e.b.use_var(acc);
+        let mut sum = e.b.ins().extractlane(a, 0);
+        for lane in 1..4u8 {
+            let l = e.b.ins().extractlane(a, lane);
+            sum = e.b.ins().fadd(sum, l);
+        }
+        let total = e.var(types::F32, sum);
+        e.for_const(vec_end, f as i64 * F32, F32, |e, c| {
+            let at = e.b.ins().iadd(x, c);
+            let v = e.load(types::F32, at, 0);
+            let t = e.b.use_var(total);
+            let r = e.b.ins().fma(v, v, t);
+            e.b.def_var(total, r);
+        });
+        let t = e.b.use_var(total);
+        let norm = e.b.ins().sqrt(t);
+        let eps = e.f32s(types::F32, k.eps);
+        // max(norm, eps) that keeps a NaN norm NaN.
+        let small = e.b.ins().fcmp(FloatCC::LessThan, norm, eps);
+        let d = e.b.ins().select(small, eps, norm);
+        let one = e.f32s(types::F32, 1.0);
+        let inv = e.b.ins().fdiv(one, d);
+        let invv = e.b.ins().splat(types::F32X4, inv);
+        e.for_const(0, vec_end, VEC, |e, c| {
+            let at = e.b.ins().iadd(x, c);
+            let v = e.load(types::F32X4, at, 0);
+            let r = e.b.ins().fmul(v, invv);
+            let to = e.b.ins().iadd(y, c);
+            e.store(r, to, 0);
+        });
+        e.for_const(vec_end, f as i64 * F32, F32, |e, c| {
+            let at = e.b.ins().iadd(x, c);
+            let v = e.load(types::F32, at, 0);
+            let r = e.b.ins().fmul(v, inv);
+            let to = e.b.ins().iadd(y, c);
+            e.store(r, to, 0);
+        });
+    });
+}

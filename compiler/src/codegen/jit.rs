@@ -1,0 +1,92 @@
+//! Compiling a [`Program`] in process with cranelift-jit, for tests and for measuring kernels
+//! without linking an executable.
+
+use cranelift_codegen::Context;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+use inceptc_runtime::exec::{self, KernelFn};
+
+use super::{emit, isa, kernel_name, CodegenError, Program};
+
+/// A program whose kernels are compiled into this process.
+pub struct JitProgram {
+    pub program: Program,
+    kernels: Vec<Option<KernelFn>>,
+    module: Option<JITModule>,
+}
+
+impl JitProgram {
+    pub fn new(program: Program) -> Result<JitProgram, CodegenError> {
+        let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
+        let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
+        let mut module = JITModule::new(builder);
+        let call_conv = module.isa().default_call_conv();
+        let mut ctx = Context::new();
+        let mut ids = Vec::with_capacity(program.steps.len());
+        for (i, step) in program.steps.iter().enumerate() {
+            let Some(kernel) = &step.kernel else {
+                ids.push(None);
+                continue;
+            };
+            let name = kernel_name(i, &step.nodes[0]);
+            let id = module
+                .declare_function(&name, Linkage::Local, &emit::kernel_signature(call_conv))
+                .map_err(|e| err(&e))?;
+            ctx.func = emit::function(kernel, module.isa(), i as u32);
+            module
+                .define_function(id, &mut ctx)
+                .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
+            module.clear_context(&mut ctx);
+            ids.push(Some(id));
+        }
+        module.finalize_definitions().map_err(|e| err(&e))?;
+        let kernels = ids
+            .into_iter()
+            .map(|id| {
+                id.map(|id| {
+                    let code = module.get_finalized_function(id);
+                    // SAFETY: every kernel is emitted with `emit::kernel_signature`, which is
+                    // this C signature.
+                    unsafe { std::mem::transmute::<*const u8, KernelFn>(code) }
+                })
+            })
+            .collect();
+        Ok(JitProgram {
+            program,
+            kernels,
+            module: Some(module),
+        })
+    }
+
+    /// The runnable model; it borrows this program's code and weights.
+    pub fn model(&self) -> exec::Model<'_> {
+        let p = &self.program;
+        exec::Model {
+            arena_bytes: p.arena_bytes,
+            weights: &p.weights,
+            input: p.input,
+            outputs: p.outputs.clone(),
+            steps: p
+                .steps
+                .iter()
+                .zip(&self.kernels)
+                .map(|(s, k)| exec::Step {
+                    kernel: *k,
+                    items: s.kernel.as_ref().map_or(0, |k| k.items()),
+                    block: s.block,
+                    clear_halos: s.clear_halos.clone(),
+                })
+                .collect(),
+            blocks: p.blocks.clone(),
+        }
+    }
+}
+
+impl Drop for JitProgram {
+    fn drop(&mut self) {
+        if let Some(module) = self.module.take() {
+            // SAFETY: the kernels are only reachable through `self`, which is going away.
+            unsafe { module.free_memory() };
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The Cranelift backend: lowering a planned graph to kernels ([`lower`]), emitting each kernel as
+//! a Cranelift function ([`emit`]), and compiling them in process ([`jit`]) or into an object.
+//!
+//! Code is generated for x86-64 with the ISA flags set explicitly (AVX2 and FMA, 128-bit vectors),
+//! at `opt_level = none`: the kernels are written register-blocked already, and the optimizer's
+//! rematerialization spilled accumulators in measurements (DESIGN.md §6).
+
+pub mod emit;
+pub mod jit;
+pub mod lower;
+
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+
+pub use lower::{Kernel, Program, Step};
+
+/// Why a graph could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Shape(#[from] inceptc_ir::ShapeError),
+    #[error(
+        "node `{node}`: the backend has no kernel for `{op}`; run the whole pass pipeline first"
+    )]
+    Unsupported { node: String, op: &'static str },
+    #[error("node `{0}` has no bound weights")]
+    Unbound(String),
+    #[error("node `{node}`: expected {expected}, found {found}")]
+    Layout {
+        node: String,
+        expected: String,
+        found: String,
+    },
+    #[error("the graph has no input node")]
+    NoInput,
+    #[error("Cranelift: {0}")]
+    Cranelift(String),
+}
+
+/// The x86-64 feature flags generated code uses; the runtime checks the CPU for the same set.
+pub const X86_FLAGS: &[&str] = &[
+    "has_sse3",
+    "has_ssse3",
+    "has_sse41",
+    "has_sse42",
+    "has_popcnt",
+    "has_avx",
+    "has_avx2",
+    "has_fma",
+    "has_bmi1",
+    "has_bmi2",
+    "has_lzcnt",
+];
+
+/// The target: x86-64 System V with [`X86_FLAGS`]; position-independent when `pic` (objects for
+/// executables), absolute for in-process code.
+pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
+    let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
+    let mut shared = settings::builder();
+    shared.set("opt_level", "none").map_err(|e| err(&e))?;
+    shared
+        .set("is_pic", if pic { "true" } else { "false" })
+        .map_err(|e| err(&e))?;
+    shared
+        .set("use_colocated_libcalls", "false")
+        .map_err(|e| err(&e))?;
+    let mut builder =
+        cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu").map_err(|e| err(&e))?;
+    for flag in X86_FLAGS {
+        builder.enable(flag).map_err(|e| err(&e))?;
+    }
+    builder
+        .finish(settings::Flags::new(shared))
+        .map_err(|e| err(&e))
+}
+
+/// A symbol-safe name for step `index` running `node`: `k<index>_<node with dots as _>`.
+pub fn kernel_name(index: usize, node: &str) -> String {
+    let clean: String = node
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("k{index}_{clean}")
+}

@@ -1,0 +1,280 @@
+//! Running a compiled model: the arena, the input conversion (NCHW f32 → the input buffer's NHWC
+//! with halo), clearing halos, calling every step's kernel over its work items on the thread pool,
+//! and reading the outputs back out. The same code serves the emitted executable and the
+//! in-process (JIT) path of the compiler's tests.
+
+use std::time::{Duration, Instant};
+
+use crate::layout::{Layout, MapLayout};
+use crate::pool::ThreadPool;
+
+/// A generated kernel: computes work items `begin .. end` reading and writing the arena and reading
+/// the packed weights.
+pub type KernelFn = unsafe extern "C" fn(arena: *mut u8, weights: *const u8, begin: u64, end: u64);
+
+/// One step of a model.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// `None` for the step that stands for the graph's input.
+    pub kernel: Option<KernelFn>,
+    pub items: usize,
+    pub block: usize,
+    /// Halos to zero before the step runs.
+    pub clear_halos: Vec<MapLayout>,
+}
+
+/// Everything needed to run a compiled model.
+#[derive(Clone, Debug)]
+pub struct Model<'a> {
+    pub arena_bytes: usize,
+    pub weights: &'a [u8],
+    pub input: MapLayout,
+    pub outputs: Vec<Layout>,
+    pub steps: Vec<Step>,
+    pub blocks: Vec<String>,
+}
+
+/// Why a model cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the input has {found} values, the model takes [{n}, {c}, {h}, {w}] = {expected}")]
+    InputSize {
+        found: usize,
+        expected: usize,
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    },
+    #[error("the arena of {0} bytes cannot be allocated")]
+    Arena(usize),
+    #[error(
+        "this CPU lacks {0}, which the generated code uses (it needs x86-64 with AVX2 and FMA)"
+    )]
+    Cpu(&'static str),
+}
+
+/// The CPU features generated code needs, checked before anything runs.
+pub fn check_cpu() -> Result<(), RunError> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, present) in [
+            ("SSE4.2", std::is_x86_feature_detected!("sse4.2")),
+            ("AVX", std::is_x86_feature_detected!("avx")),
+            ("AVX2", std::is_x86_feature_detected!("avx2")),
+            ("FMA", std::is_x86_feature_detected!("fma")),
+        ] {
+            if !present {
+                return Err(RunError::Cpu(name));
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Err(RunError::Cpu("x86-64"))
+}
+
+/// A zeroed, 64-byte-aligned block of memory.
+pub struct Arena {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// The arena is plain memory; the executor hands disjoint work items to threads.
+unsafe impl Send for Arena {}
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    pub fn new(bytes: usize) -> Result<Arena, RunError> {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64)
+            .map_err(|_| RunError::Arena(bytes))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(RunError::Arena(bytes));
+        }
+        Ok(Arena { ptr, layout })
+    }
+
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn floats_mut(&mut self, offset: usize, count: usize) -> &mut [f32] {
+        assert!(offset.is_multiple_of(4) && offset + 4 * count <= self.layout.size());
+        // SAFETY: in bounds (checked), aligned to 4 (the arena is 64-aligned, offset checked),
+        // and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset) as *mut f32, count) }
+    }
+
+    fn floats(&self, offset: usize, count: usize) -> &[f32] {
+        assert!(offset.is_multiple_of(4) && offset + 4 * count <= self.layout.size());
+        // SAFETY: as in `floats_mut`, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(offset) as *const f32, count) }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// Per-block wall time of one run, in block order.
+pub type BlockTimes = Vec<Duration>;
+
+impl Model<'_> {
+    /// Runs the model on `input` (NCHW f32) and returns each output, flattened: maps as NCHW,
+    /// vectors as `[N, F]`.
+    pub fn run(
+        &self,
+        arena: &mut Arena,
+        input: &[f32],
+        pool: &ThreadPool,
+    ) -> Result<Vec<Vec<f32>>, RunError> {
+        self.run_timed(arena, input, pool, None)
+    }
+
+    /// [`Model::run`], adding each step's wall time to its block in `times` when given.
+    pub fn run_timed(
+        &self,
+        arena: &mut Arena,
+        input: &[f32],
+        pool: &ThreadPool,
+        mut times: Option<&mut BlockTimes>,
+    ) -> Result<Vec<Vec<f32>>, RunError> {
+        let m = self.input;
+        let expected = m.n * m.channels * m.h * m.w;
+        if input.len() != expected {
+            return Err(RunError::InputSize {
+                found: input.len(),
+                expected,
+                n: m.n,
+                c: m.channels,
+                h: m.h,
+                w: m.w,
+            });
+        }
+        if arena.layout.size() < self.arena_bytes {
+            *arena = Arena::new(self.arena_bytes)?;
+        }
+        if let Some(t) = times.as_deref_mut() {
+            t.clear();
+            t.resize(self.blocks.len(), Duration::ZERO);
+        }
+        for step in &self.steps {
+            let start = Instant::now();
+            for halo in &step.clear_halos {
+                clear_halo(arena, halo);
+            }
+            if step.kernel.is_none() {
+                write_map(arena, &self.input, input);
+            }
+            if let Some(kernel) = step.kernel {
+                let base = arena.as_mut_ptr() as usize;
+                let weights = self.weights.as_ptr() as usize;
+                pool.run(step.items, &|begin, end| {
+                    zero_upper();
+                    // SAFETY: the kernel was generated for this arena and weight layout; work
+                    // items write disjoint memory.
+                    unsafe {
+                        kernel(
+                            base as *mut u8,
+                            weights as *const u8,
+                            begin as u64,
+                            end as u64,
+                        )
+                    }
+                });
+            }
+            if let Some(t) = times.as_deref_mut() {
+                t[step.block] += start.elapsed();
+            }
+        }
+        Ok(self.outputs.iter().map(|o| read(arena, o)).collect())
+    }
+}
+
+/// Clears the upper halves of the YMM registers: generated SSE/AVX-128 code runs many times slower
+/// when the caller left them dirty.
+fn zero_upper() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        unsafe fn vzeroupper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        if std::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is present.
+            unsafe { vzeroupper() }
+        }
+    }
+}
+
+/// Zeroes the halo rows and columns of every image of `m`.
+fn clear_halo(arena: &mut Arena, m: &MapLayout) {
+    let row_floats = m.row_stride() / 4;
+    let c = m.c_total;
+    for n in 0..m.n {
+        let image = m.offset + n * m.image_stride();
+        let rows = m.h + 2 * m.halo[0];
+        for r in 0..rows {
+            let row = arena.floats_mut(image + r * m.row_stride(), row_floats);
+            if r < m.halo[0] || r >= m.h + m.halo[0] {
+                row.fill(0.0);
+            } else {
+                row[..m.halo[1] * c].fill(0.0);
+                row[(m.halo[1] + m.w) * c..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Writes an NCHW tensor into the channel range of map `m`.
+pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32]) {
+    for n in 0..m.n {
+        for y in 0..m.h {
+            let row = arena.floats_mut(
+                m.address(n, y as isize, 0, 0),
+                (m.w - 1) * m.c_total + m.channels,
+            );
+            for x in 0..m.w {
+                for c in 0..m.channels {
+                    row[x * m.c_total + c] = nchw[((n * m.channels + c) * m.h + y) * m.w + x];
+                }
+            }
+        }
+    }
+}
+
+/// Reads an output: a map as NCHW, a vector batch as `[N, F]`.
+pub fn read(arena: &Arena, layout: &Layout) -> Vec<f32> {
+    match layout {
+        Layout::Map(m) => {
+            let mut out = vec![0.0; m.n * m.channels * m.h * m.w];
+            for n in 0..m.n {
+                for y in 0..m.h {
+                    let row = arena.floats(
+                        m.address(n, y as isize, 0, 0),
+                        (m.w - 1) * m.c_total + m.channels,
+                    );
+                    for x in 0..m.w {
+                        for c in 0..m.channels {
+                            out[((n * m.channels + c) * m.h + y) * m.w + x] =
+                                row[x * m.c_total + c];
+                        }
+                    }
+                }
+            }
+            out
+        }
+        Layout::Vector(v) => {
+            let mut out = Vec::with_capacity(v.n * v.features);
+            for n in 0..v.n {
+                out.extend_from_slice(arena.floats(v.address(n, 0), v.features));
+            }
+            out
+        }
+    }
+}

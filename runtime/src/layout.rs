@@ -1,0 +1,90 @@
+//! How values sit in the arena: feature maps are NHWC with a zero halo, vectors are `[N, F]` rows.
+//! Every address a kernel computes comes from here.
+
+/// A feature map's storage: `n` images of `(h + 2·halo[0]) × (w + 2·halo[1])` pixels of `c_total`
+/// channels each, starting `offset` bytes into the arena; the value occupies channels
+/// `channel_offset .. channel_offset + channels` of every pixel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub offset: usize,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_total: usize,
+    pub channel_offset: usize,
+    pub channels: usize,
+    pub halo: [usize; 2],
+}
+
+impl MapLayout {
+    pub const F32: usize = std::mem::size_of::<f32>();
+
+    /// Bytes from one pixel to the next along a row.
+    pub fn pixel_stride(&self) -> usize {
+        self.c_total * Self::F32
+    }
+
+    /// Bytes from one row to the next.
+    pub fn row_stride(&self) -> usize {
+        (self.w + 2 * self.halo[1]) * self.pixel_stride()
+    }
+
+    /// Bytes from one image to the next.
+    pub fn image_stride(&self) -> usize {
+        (self.h + 2 * self.halo[0]) * self.row_stride()
+    }
+
+    /// Bytes of the whole buffer.
+    pub fn bytes(&self) -> usize {
+        self.n * self.image_stride()
+    }
+
+    /// Arena offset of channel `channel_offset + c` of pixel `(y, x)` of image `n`; `y` and `x`
+    /// may reach into the halo (down to `−halo`).
+    pub fn address(&self, n: usize, y: isize, x: isize, c: usize) -> usize {
+        let row = (y + self.halo[0] as isize) as usize;
+        let col = (x + self.halo[1] as isize) as usize;
+        self.offset
+            + n * self.image_stride()
+            + row * self.row_stride()
+            + col * self.pixel_stride()
+            + (self.channel_offset + c) * Self::F32
+    }
+
+    /// The same storage seen as the whole buffer (all `c_total` channels).
+    pub fn whole(&self) -> MapLayout {
+        MapLayout {
+            channel_offset: 0,
+            channels: self.c_total,
+            ..*self
+        }
+    }
+}
+
+/// A batch of vectors: `n` rows of `f_total` floats starting `offset` bytes into the arena; the
+/// value occupies features `feature_offset .. feature_offset + features` of each row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VecLayout {
+    pub offset: usize,
+    pub n: usize,
+    pub f_total: usize,
+    pub feature_offset: usize,
+    pub features: usize,
+}
+
+impl VecLayout {
+    pub fn row_stride(&self) -> usize {
+        self.f_total * MapLayout::F32
+    }
+
+    pub fn address(&self, n: usize, f: usize) -> usize {
+        self.offset + n * self.row_stride() + (self.feature_offset + f) * MapLayout::F32
+    }
+}
+
+/// Where a value lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Map(MapLayout),
+    Vector(VecLayout),
+}

@@ -1,0 +1,177 @@
+//! Generated code against the reference interpreter: single kernels compiled in process over
+//! random shapes (kernel sizes, strides, paddings, odd sizes, channel counts that are not multiples
+//! of 4 or 8, concat tiles, shared kernels, residuals), and whole networks.
+
+use inceptc::codegen::jit::JitProgram;
+use inceptc::codegen::Program;
+use inceptc::passes::run_pipeline;
+use inceptc_graphs::{load, Model, Options, Weights};
+use inceptc_ir::{interp, text, Graph, Tensor};
+use inceptc_runtime::exec::Arena;
+use inceptc_runtime::pool::ThreadPool;
+use inceptc_suite::random_input;
+use rand::{Rng, SeedableRng};
+
+/// max |generated − interpreter| / max |interpreter| allowed.
+const TOLERANCE: f64 = 1e-4;
+
+/// Runs `graph` compiled in process and with the interpreter; returns the worst relative error.
+fn compare(graph: &Graph, x: &Tensor, threads: usize) -> f64 {
+    let [n, _, h, w] = x.shape() else {
+        panic!("input must be NCHW")
+    };
+    let program = Program::new(graph, *n, *h, *w).unwrap_or_else(|e| panic!("{e}"));
+    let jit = JitProgram::new(program).unwrap_or_else(|e| panic!("{e}"));
+    let model = jit.model();
+    let mut arena = Arena::new(model.arena_bytes).unwrap();
+    let pool = ThreadPool::new(threads);
+    let got = model.run(&mut arena, x.data(), &pool).unwrap();
+    let want = interp::run(graph, x).unwrap();
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(&want)
+        .map(|(g, r)| {
+            let t = Tensor::new(r.shape().to_vec(), g.clone()).expect("output size");
+            t.relative_error(r).unwrap()
+        })
+        .fold(0.0, f64::max)
+}
+
+fn input(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let data = (0..n * c * h * w)
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
+    Tensor::new(vec![n, c, h, w], data).unwrap()
+}
+
+fn graph(body: String) -> Graph {
+    let mut g = text::parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    inceptc_ir::init::seed_weights(&mut g, 7);
+    inceptc_ir::verify(&g).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    g
+}
+
+#[test]
+fn random_convolutions_match_the_interpreter() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2016);
+    for case in 0..60 {
+        let kh: usize = rng.gen_range(1..=7);
+        let kw: usize = if rng.gen_bool(0.5) {
+            kh
+        } else {
+            rng.gen_range(1..=7)
+        };
+        let (sh, sw) = (rng.gen_range(1..=2), rng.gen_range(1..=2));
+        let (ph, pw) = (rng.gen_range(0..kh), rng.gen_range(0..kw));
+        let h = rng.gen_range(kh.saturating_sub(2 * ph).max(1)..=13);
+        let w = rng.gen_range(kw.saturating_sub(2 * pw).max(1)..=17);
+        let ic = rng.gen_range(1..=13);
+        let oc = rng.gen_range(1..=21);
+        let n = rng.gen_range(1..=2);
+        let relu = rng.gen_bool(0.5);
+        // A residual needs the output's shape: stride 1 and "same" padding of an odd kernel.
+        let residual = sh == 1
+            && sw == 1
+            && kh % 2 == 1
+            && kw % 2 == 1
+            && ph == kh / 2
+            && pw == kw / 2
+            && rng.gen_bool(0.6);
+        let body = if residual {
+            format!(
+                r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
+  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
+  output %2
+}}"#
+            )
+        } else {
+            format!(
+                r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias={} residual=false relu={relu} name="conv" block="b"
+  output %1
+}}"#,
+                rng.gen_bool(0.8)
+            )
+        };
+        let g = graph(body.clone());
+        let err = compare(&g, &input(n, ic, h, w, case), 1 + case as usize % 3);
+        assert!(err <= TOLERANCE, "case {case}: error {err:e}\n{body}");
+    }
+}
+
+#[test]
+fn concat_tiles_shared_kernels_and_pools_match_the_interpreter() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for case in 0..30 {
+        let c = rng.gen_range(1..=11);
+        let (a, b, d) = (
+            rng.gen_range(1..=10),
+            rng.gen_range(1..=10),
+            rng.gen_range(1..=10),
+        );
+        let (h, w) = (rng.gen_range(3..=12), rng.gen_range(3..=12));
+        let pk = rng.gen_range(1..=3);
+        let ps = rng.gen_range(1..=2);
+        let pp = rng.gen_range(0..pk);
+        let include = rng.gen_bool(0.3);
+        let pool = if rng.gen_bool(0.5) {
+            format!("max_pool %0 kernel={pk}x{pk} stride={ps}x{ps} pad={pp}x{pp}")
+        } else {
+            format!(
+                "avg_pool %0 kernel={pk}x{pk} stride={ps}x{ps} pad={pp}x{pp} count_include_pad={include}"
+            )
+        };
+        // Three 1×1 siblings (a shared kernel after the pipeline), two of them tiled with a 3×3
+        // conv into one concat, and a pool on its own output.
+        let body = format!(
+            r#"graph "t" {{
+  %0 = input channels={c} name="input" block="b"
+  %1 = conv2d %0 in={c} out={a} kernel=1x1 stride=1x1 pad=0x0 bias=true name="m.b0" block="m"
+  %2 = relu %1 name="m.b0.relu" block="m"
+  %3 = conv2d %0 in={c} out={b} kernel=1x1 stride=1x1 pad=0x0 bias=true name="m.b1" block="m"
+  %4 = conv2d %0 in={c} out={d} kernel=1x1 stride=1x1 pad=0x0 bias=false name="m.b2" block="m"
+  %5 = conv2d %4 in={d} out={a} kernel=3x3 stride=1x1 pad=1x1 bias=true name="m.b2.1" block="m"
+  %6 = concat %2, %3, %5 name="m" block="m"
+  %7 = {pool} name="pool" block="p"
+  output %6, %7
+}}"#
+        );
+        let mut g = graph(body.clone());
+        let before = g.clone();
+        run_pipeline(&mut g, None).unwrap();
+        assert!(
+            text::print(&g).contains("shared_kernel=") && text::print(&g).contains("tile=0/"),
+            "the pipeline should tile and merge:\n{}",
+            text::print(&g)
+        );
+        let x = input(2, c, h, w, case);
+        let err = compare(&g, &x, 2);
+        assert!(err <= TOLERANCE, "case {case}: error {err:e}\n{body}");
+        // And the unoptimized graph's meaning is kept.
+        let y0 = interp::run(&before, &x).unwrap();
+        let y1 = interp::run(&g, &x).unwrap();
+        assert!(y1[0].relative_error(&y0[0]).unwrap() <= 1e-5);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "whole networks run in release mode: cargo test --release"
+)]
+fn every_network_matches_the_interpreter() {
+    for model in Model::ALL {
+        let mut g = load(model, Weights::Seeded(3), &Options::default()).unwrap();
+        run_pipeline(&mut g, None).unwrap();
+        for batch in [1, 2] {
+            let x = random_input(batch, 107, 5);
+            let err = compare(&g, &x, 2);
+            eprintln!("{model} batch {batch}: error {err:.2e}");
+            assert!(err <= TOLERANCE, "{model} batch {batch}: error {err:e}");
+        }
+    }
+}
