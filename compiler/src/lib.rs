@@ -1,6 +1,7 @@
-//! The compiler proper: graph passes over the IR and the schedule and memory plan of an optimized
-//! graph (the Cranelift backend will join them here). The CLI in `main.rs` drives it.
+//! The compiler proper: graph passes over the IR, the schedule and memory plan of an optimized
+//! graph, the Cranelift backend and the linker driver. The CLI in `main.rs` drives it.
 
 pub mod codegen;
+pub mod link;
 pub mod passes;
 pub mod plan;

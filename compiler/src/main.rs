@@ -1,17 +1,19 @@
 //! The `inceptc` command line: inspect a network (`info`), print its IR before or after any pass
-//! (`dump`), list the pass pipeline (`passes`), print the memory plan (`plan`) and run a network
-//! with the reference interpreter (`interpret`).
+//! (`dump`), list the pass pipeline (`passes`), print the memory plan (`plan`), run a network
+//! with the reference interpreter (`interpret`) and compile it into an executable (`compile`).
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use inceptc_graphs::{Model, Options, Weights};
 use inceptc_ir::text::PrintOptions;
 use inceptc_ir::{infer_shapes, Graph, NodeId, Tensor};
+use inceptc_runtime::desc::{OutputKind, Preprocess};
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +89,28 @@ enum Command {
         /// List every buffer, not only the totals.
         #[arg(long)]
         buffers: bool,
+    },
+    /// Compile a network and its weights into a standalone executable (or its object, or the
+    /// Cranelift IR of every kernel).
+    #[command(
+        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/"
+    )]
+    Compile {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Batch size the executable runs.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Input height and width (default: the model's own).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// What to write: an executable, the object file, or one Cranelift IR file per kernel
+        /// into the directory -o names.
+        #[arg(long, value_enum, default_value_t = Emit::Exe)]
+        emit: Emit,
+        /// The output path.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// List the optimization pipeline, one line per pass.
     #[command(after_help = "Example:\n  inceptc passes")]
@@ -209,6 +233,13 @@ impl From<ModelArg> for Model {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Emit {
+    Exe,
+    Obj,
+    Clif,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Dot,
@@ -296,6 +327,13 @@ fn run(command: Command) -> Result<()> {
             batch,
             buffers,
         } => plan(&model, image_size, batch, buffers),
+        Command::Compile {
+            model,
+            batch,
+            image_size,
+            emit,
+            output,
+        } => compile(&model, batch, image_size, emit, &output),
         Command::Passes => {
             for pass in inceptc::passes::PIPELINE {
                 println!("{:<22} {}", pass.name, pass.summary);
@@ -527,6 +565,90 @@ fn plan(args: &ModelArgs, image_size: Option<usize>, batch: usize, buffers: bool
         }
     }
     std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+/// How images become input for `model` (DESIGN.md §4).
+fn preprocess(model: Model) -> Preprocess {
+    let timm = |crop_pct| Preprocess::Timm {
+        crop_pct,
+        mean: [0.5; 3],
+        std: [0.5; 3],
+    };
+    match model {
+        Model::InceptionV4 => timm(0.875),
+        Model::InceptionResnetV2 | Model::InceptionResnetV2Paper => timm(0.8975),
+        Model::InceptionResnetV1 => Preprocess::Facenet,
+    }
+}
+
+fn compile(
+    args: &ModelArgs,
+    batch: usize,
+    image_size: Option<usize>,
+    emit: Emit,
+    output: &Path,
+) -> Result<()> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let start = Instant::now();
+    let mut graph = args.load()?;
+    let size = image_size.unwrap_or(args.model().default_image_size());
+    infer_shapes(&graph, batch, size, size)
+        .with_context(|| format!("{} at {size}×{size}", args.model()))?;
+    let loaded = start.elapsed();
+    inceptc::passes::run_pipeline(&mut graph, None)?;
+    let program = inceptc::codegen::Program::new(&graph, batch, size, size)
+        .with_context(|| format!("lowering {}", args.model()))?;
+    let lowered = start.elapsed();
+    match emit {
+        Emit::Clif => {
+            std::fs::create_dir_all(output)
+                .with_context(|| format!("cannot create {}", output.display()))?;
+            let files = inceptc::codegen::object::clif(&program)?;
+            for (stem, text) in &files {
+                write_atomically(&output.join(format!("{stem}.clif")), text.as_bytes())?;
+            }
+            log::info!("wrote {} kernels to {}", files.len(), output.display());
+            return Ok(());
+        }
+        Emit::Obj | Emit::Exe => {}
+    }
+    let output_kind = match args.model().classifier(args.classify) {
+        Some(_) => OutputKind::Logits,
+        None => OutputKind::Embedding,
+    };
+    let desc = inceptc::codegen::describe(
+        &program,
+        args.model().name(),
+        preprocess(args.model()),
+        output_kind,
+    );
+    let object = inceptc::codegen::object::object(&program, &desc)?;
+    let generated = start.elapsed();
+    match emit {
+        Emit::Obj => inceptc::link::write_file(output, &object, 0o644)?,
+        _ => inceptc::link::link(&object, output)?,
+    }
+    let total = start.elapsed();
+    let kernels = program.steps.iter().filter(|s| s.kernel.is_some()).count();
+    log::info!(
+        "load {:.2} s, passes + lowering {:.2} s, code generation {:.2} s, link {:.2} s",
+        loaded.as_secs_f64(),
+        (lowered - loaded).as_secs_f64(),
+        (generated - lowered).as_secs_f64(),
+        (total - generated).as_secs_f64()
+    );
+    eprintln!(
+        "compiled {} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, weights {:.1} MiB) \
+         into {} in {:.1} s",
+        args.model(),
+        program.arena_bytes as f64 / (1 << 20) as f64,
+        program.weights.len() as f64 / (1 << 20) as f64,
+        output.display(),
+        total.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -121,8 +121,8 @@ impl Drop for Arena {
     }
 }
 
-/// Per-block wall time of one run, in block order.
-pub type BlockTimes = Vec<Duration>;
+/// Wall time of each step of one run, in step order.
+pub type StepTimes = Vec<Duration>;
 
 impl Model<'_> {
     /// Runs the model on `input` (NCHW f32) and returns each output, flattened: maps as NCHW,
@@ -136,13 +136,13 @@ impl Model<'_> {
         self.run_timed(arena, input, pool, None)
     }
 
-    /// [`Model::run`], adding each step's wall time to its block in `times` when given.
+    /// [`Model::run`], recording each step's wall time in `times` when given.
     pub fn run_timed(
         &self,
         arena: &mut Arena,
         input: &[f32],
         pool: &ThreadPool,
-        mut times: Option<&mut BlockTimes>,
+        mut times: Option<&mut StepTimes>,
     ) -> Result<Vec<Vec<f32>>, RunError> {
         let m = self.input;
         let expected = m.n * m.channels * m.h * m.w;
@@ -161,9 +161,9 @@ impl Model<'_> {
         }
         if let Some(t) = times.as_deref_mut() {
             t.clear();
-            t.resize(self.blocks.len(), Duration::ZERO);
+            t.resize(self.steps.len(), Duration::ZERO);
         }
-        for step in &self.steps {
+        for (s, step) in self.steps.iter().enumerate() {
             let start = Instant::now();
             for halo in &step.clear_halos {
                 clear_halo(arena, halo);
@@ -189,10 +189,21 @@ impl Model<'_> {
                 });
             }
             if let Some(t) = times.as_deref_mut() {
-                t[step.block] += start.elapsed();
+                t[s] = start.elapsed();
             }
         }
         Ok(self.outputs.iter().map(|o| read(arena, o)).collect())
+    }
+}
+
+impl Model<'_> {
+    /// Sums step times per block, in block order.
+    pub fn block_times(&self, steps: &[Duration]) -> Vec<Duration> {
+        let mut blocks = vec![Duration::ZERO; self.blocks.len()];
+        for (step, t) in self.steps.iter().zip(steps) {
+            blocks[step.block] += *t;
+        }
+        blocks
     }
 }
 

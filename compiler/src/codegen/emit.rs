@@ -74,6 +74,14 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Loads of memory that does not change while the kernel runs: weights, and activations the kernel
+/// reads but never writes (the plan rejects a kernel that writes a buffer it reads, except an
+/// in-place residual, which is loaded with [`flags`]). Such loads can be folded into the
+/// instruction that uses them.
+fn readonly() -> MemFlagsData {
+    MemFlagsData::new().with_notrap().with_readonly()
+}
+
 struct Emitter<'a> {
     b: FunctionBuilder<'a>,
     arena: Value,
@@ -102,6 +110,10 @@ impl Emitter<'_> {
 
     fn load(&mut self, ty: types::Type, addr: Value, offset: i64) -> Value {
         self.b.ins().load(ty, flags(), addr, offset as i32)
+    }
+
+    fn load_const(&mut self, ty: types::Type, addr: Value, offset: i64) -> Value {
+        self.b.ins().load(ty, readonly(), addr, offset as i32)
     }
 
     fn store(&mut self, v: Value, addr: Value, offset: i64) {
@@ -322,7 +334,12 @@ fn conv_block(
                 v = e.b.ins().fadd(v, rv);
             }
             if range.relu {
-                v = e.b.ins().fmax(v, zero);
+                // v where v > 0, else +0 (NaN becomes 0, like the interpreter's f32::max).
+                let positive = e.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
+                let mask =
+                    e.b.ins()
+                        .bitcast(types::F32X4, MemFlagsData::new(), positive);
+                v = e.b.ins().band(v, mask);
             }
             e.store_lanes(v, valid, out, off_out);
         }
@@ -343,7 +360,6 @@ fn conv_tile(
     vectors: usize,
 ) -> Vec<Vec<Variable>> {
     let ic = k.input.channels;
-    let unroll = [4, 3, 2, 1].into_iter().find(|u| ic.is_multiple_of(*u)).unwrap_or(1);
     let pixel_step = (k.stride[1] * k.input.pixel_stride()) as i64;
     let mut acc = Vec::with_capacity(pixels);
     for _ in 0..pixels {
@@ -354,35 +370,32 @@ fn conv_tile(
         }
         acc.push(row);
     }
+    // One input channel per iteration: unrolling measured slower, as the accumulators rotate
+    // through registers (see below) and regalloc2 then spills or shuffles more.
     let w = e.var(types::I64, wptr);
     for ky in 0..k.kernel[0] {
         for kx in 0..k.kernel[1] {
             let tap = (ky * k.input.row_stride() + kx * k.input.pixel_stride()) as i64;
             let start = e.offset(input, tap);
             let stop = e.offset(start, ic as i64 * F32);
-            e.for_range(start, stop, unroll as i64 * F32, |e, x| {
+            e.for_range(start, stop, F32, |e, x| {
                 let wv = e.b.use_var(w);
-                for u in 0..unroll {
-                    let weights: Vec<Value> = (0..vectors)
-                        .map(|j| {
-                            e.load(
-                                types::F32X4,
-                                wv,
-                                (u * CONV_LANES) as i64 * F32 + j as i64 * VEC,
-                            )
-                        })
-                        .collect();
-                    for (p, row) in acc.iter().enumerate() {
-                        let s = e.load(types::F32, x, p as i64 * pixel_step + u as i64 * F32);
+                let weights: Vec<Value> = (0..vectors)
+                    .map(|j| e.load_const(types::F32X4, wv, j as i64 * VEC))
+                    .collect();
+                for (p, row) in acc.iter().enumerate() {
+                    for (j, a) in row.iter().enumerate() {
+                        // A fresh broadcast per FMA: x64's vfmadd213 overwrites its first
+                        // multiplicand, so a single-use broadcast there costs no copy and the
+                        // accumulator moves into its register.
+                        let s = e.load_const(types::F32, x, p as i64 * pixel_step);
                         let s = e.b.ins().splat(types::F32X4, s);
-                        for (j, a) in row.iter().enumerate() {
-                            let old = e.b.use_var(*a);
-                            let new = e.b.ins().fma(s, weights[j], old);
-                            e.b.def_var(*a, new);
-                        }
+                        let old = e.b.use_var(*a);
+                        let new = e.b.ins().fma(s, weights[j], old);
+                        e.b.def_var(*a, new);
                     }
                 }
-                let next = e.b.ins().iadd_imm_s(wv, (unroll * CONV_LANES) as i64 * F32);
+                let next = e.b.ins().iadd_imm_s(wv, CONV_LANES as i64 * F32);
                 e.b.def_var(w, next);
             });
         }

@@ -8,6 +8,7 @@
 pub mod emit;
 pub mod jit;
 pub mod lower;
+pub mod object;
 
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
@@ -74,6 +75,39 @@ pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
     builder
         .finish(settings::Flags::new(shared))
         .map_err(|e| err(&e))
+}
+
+/// The description an executable carries for `program` (see [`inceptc_runtime::desc`]).
+pub fn describe(
+    program: &Program,
+    model: &str,
+    preprocess: inceptc_runtime::desc::Preprocess,
+    output_kind: inceptc_runtime::desc::OutputKind,
+) -> inceptc_runtime::desc::ModelDesc {
+    use inceptc_runtime::desc::{ModelDesc, StepDesc};
+    ModelDesc {
+        model: model.to_string(),
+        batch: program.batch,
+        image: program.image,
+        preprocess,
+        output_kind,
+        arena_bytes: program.arena_bytes,
+        input: program.input,
+        outputs: program.outputs.clone(),
+        blocks: program.blocks.clone(),
+        steps: program
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepDesc {
+                name: kernel_name(i, &s.nodes[0]),
+                has_kernel: s.kernel.is_some(),
+                items: s.kernel.as_ref().map_or(0, |k| k.items()),
+                block: s.block,
+                clear_halos: s.clear_halos.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// A symbol-safe name for step `index` running `node`: `k<index>_<node with dots as _>`.

@@ -1,0 +1,102 @@
+//! The object file of a compiled network: every kernel as a local function, the packed weights
+//! (64-byte aligned, read-only), the model description, and the kernel table the runtime calls
+//! through. Exported symbols: `inceptc_desc` / `inceptc_desc_len`, `inceptc_weights` /
+//! `inceptc_weights_len`, `inceptc_kernels` (one pointer per step, null for the input step).
+
+use cranelift_codegen::Context;
+use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
+use cranelift_object::{ObjectBuilder, ObjectModule};
+use inceptc_runtime::desc::ModelDesc;
+
+use super::{emit, isa, kernel_name, CodegenError, Program};
+
+fn err(e: impl std::fmt::Display) -> CodegenError {
+    CodegenError::Cranelift(e.to_string())
+}
+
+/// Defines read-only data `name` holding `bytes`, aligned to `align`.
+fn data(
+    module: &mut ObjectModule,
+    name: &str,
+    bytes: Vec<u8>,
+    align: u64,
+) -> Result<(), CodegenError> {
+    let id = module
+        .declare_data(name, Linkage::Export, false, false)
+        .map_err(err)?;
+    let mut d = DataDescription::new();
+    d.define(bytes.into_boxed_slice());
+    d.set_align(align);
+    module.define_data(id, &d).map_err(err)
+}
+
+/// The object's bytes (ELF, x86-64, position-independent).
+pub fn object(program: &Program, desc: &ModelDesc) -> Result<Vec<u8>, CodegenError> {
+    let builder =
+        ObjectBuilder::new(isa(true)?, "inceptc_model", default_libcall_names()).map_err(err)?;
+    let mut module = ObjectModule::new(builder);
+    let call_conv = module.isa().default_call_conv();
+    let mut ctx = Context::new();
+    let mut functions = Vec::with_capacity(program.steps.len());
+    for (i, step) in program.steps.iter().enumerate() {
+        let Some(kernel) = &step.kernel else {
+            functions.push(None);
+            continue;
+        };
+        let name = kernel_name(i, &step.nodes[0]);
+        let id = module
+            .declare_function(&name, Linkage::Local, &emit::kernel_signature(call_conv))
+            .map_err(err)?;
+        ctx.func = emit::function(kernel, module.isa(), i as u32);
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
+        module.clear_context(&mut ctx);
+        functions.push(Some(id));
+    }
+
+    let table = module
+        .declare_data("inceptc_kernels", Linkage::Export, false, false)
+        .map_err(err)?;
+    let mut d = DataDescription::new();
+    // Explicit zeros, not zero-init: relocations in .bss would be dropped.
+    d.define(vec![0u8; 8 * functions.len().max(1)].into_boxed_slice());
+    d.set_align(8);
+    for (i, f) in functions.iter().enumerate() {
+        if let Some(f) = f {
+            let r = module.declare_func_in_data(*f, &mut d);
+            d.write_function_addr((8 * i) as u32, r);
+        }
+    }
+    module.define_data(table, &d).map_err(err)?;
+
+    let encoded = desc.encode();
+    let len = (encoded.len() as u64).to_le_bytes().to_vec();
+    data(&mut module, "inceptc_desc", encoded, 8)?;
+    data(&mut module, "inceptc_desc_len", len, 8)?;
+    let wlen = (program.weights.len() as u64).to_le_bytes().to_vec();
+    data(&mut module, "inceptc_weights", program.weights.clone(), 64)?;
+    data(&mut module, "inceptc_weights_len", wlen, 8)?;
+    module.finish().emit().map_err(err)
+}
+
+/// The Cranelift IR of every kernel, one text per step that has a kernel: (file stem, text). Each
+/// text starts with comments naming the step's nodes and block.
+pub fn clif(program: &Program) -> Result<Vec<(String, String)>, CodegenError> {
+    let isa = isa(true)?;
+    let mut out = Vec::new();
+    for (i, step) in program.steps.iter().enumerate() {
+        let Some(kernel) = &step.kernel else { continue };
+        let func = emit::function(kernel, &*isa, i as u32);
+        let mut text = format!(
+            "; step {i} of {}, block {}\n; nodes: {}\n; work items: {}\n",
+            program.name,
+            program.blocks[step.block],
+            step.nodes.join(", "),
+            kernel.items()
+        );
+        text.push_str(&func.display().to_string());
+        out.push((kernel_name(i, &step.nodes[0]), text));
+    }
+    Ok(out)
+}

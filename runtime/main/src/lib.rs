@@ -1,0 +1,388 @@
+//! `main` of every executable inceptc emits. The model object linked beside this library defines
+//! the description, the packed weights and the kernel table; this code checks the CPU, decodes the
+//! description, and runs the model on images, on an `.npy` tensor, or in `--bench` mode.
+
+use std::ffi::{c_char, c_int};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use inceptc_runtime::desc::{ModelDesc, OutputKind};
+use inceptc_runtime::exec::{self, Arena, KernelFn, StepTimes};
+use inceptc_runtime::layout::Layout;
+use inceptc_runtime::pool::ThreadPool;
+
+extern "C" {
+    static inceptc_desc: u8;
+    static inceptc_desc_len: u64;
+    static inceptc_weights: u8;
+    static inceptc_weights_len: u64;
+    static inceptc_kernels: Option<KernelFn>;
+}
+
+const LABELS: &str = include_str!("../../src/imagenet_labels.txt");
+
+#[derive(Parser)]
+#[command(
+    about = "A network compiled by inceptc: classify images, run a tensor, or time every block",
+    after_help = "Examples:\n  MODEL cat.jpg dog.png\n  MODEL --input x.npy --output y.npy\n  MODEL --bench --runs 20 --json"
+)]
+struct Cli {
+    /// PNG or JPEG images to classify (or embed).
+    images: Vec<PathBuf>,
+    /// Input tensor: float32 NCHW [N, 3, S, S] with the batch and size the model was compiled for.
+    #[arg(long, conflicts_with_all = ["images", "bench"])]
+    input: Option<PathBuf>,
+    /// Write the output tensor (float32 [N, K]) here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Time every block and the whole network on seeded input.
+    #[arg(long, conflicts_with = "images")]
+    bench: bool,
+    /// Timed runs for --bench (after one warm-up run).
+    #[arg(long, default_value_t = 10, requires = "bench")]
+    runs: usize,
+    /// Print --bench results as JSON.
+    #[arg(long, requires = "bench")]
+    json: bool,
+}
+
+/// The C entry point of the executable.
+///
+/// # Safety
+/// Called by the C runtime with the process arguments.
+#[no_mangle]
+pub unsafe extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+    let code = std::panic::catch_unwind(|| match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    })
+    .unwrap_or(101);
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// What the linked model object provides: its description, weights and kernel table.
+struct Linked {
+    desc: ModelDesc,
+    weights: &'static [u8],
+    kernels: &'static [Option<KernelFn>],
+}
+
+fn linked_model() -> Result<Linked> {
+    // SAFETY: the model object defines these symbols with these lengths (inceptc writes them
+    // together); the description is validated before use.
+    let (desc, weights) = unsafe {
+        (
+            std::slice::from_raw_parts(&raw const inceptc_desc, inceptc_desc_len as usize),
+            std::slice::from_raw_parts(&raw const inceptc_weights, inceptc_weights_len as usize),
+        )
+    };
+    let desc = ModelDesc::decode(desc)?;
+    // SAFETY: the kernel table has one entry per step.
+    let kernels =
+        unsafe { std::slice::from_raw_parts(&raw const inceptc_kernels, desc.steps.len()) };
+    for (s, k) in desc.steps.iter().zip(kernels) {
+        if s.has_kernel != k.is_some() {
+            bail!(
+                "corrupt model: the kernel table does not match step `{}`",
+                s.name
+            );
+        }
+    }
+    Ok(Linked {
+        desc,
+        weights,
+        kernels,
+    })
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    exec::check_cpu()?;
+    let Linked {
+        desc,
+        weights,
+        kernels,
+    } = linked_model()?;
+    let model = exec::Model {
+        arena_bytes: desc.arena_bytes,
+        weights,
+        input: desc.input,
+        outputs: desc.outputs.clone(),
+        steps: desc
+            .steps
+            .iter()
+            .zip(kernels)
+            .map(|(s, k)| exec::Step {
+                kernel: *k,
+                items: s.items,
+                block: s.block,
+                clear_halos: s.clear_halos.clone(),
+            })
+            .collect(),
+        blocks: desc.blocks.clone(),
+    };
+    let threads = match cli.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(t) => t,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let pool = ThreadPool::new(threads);
+    let mut arena = Arena::new(desc.arena_bytes)?;
+    if cli.bench {
+        return bench(&desc, &model, &pool, &mut arena, cli.runs.max(1), cli.json);
+    }
+    if let Some(input) = &cli.input {
+        return tensor(&desc, &model, &pool, &mut arena, input, cli.output.as_ref());
+    }
+    if cli.images.is_empty() {
+        bail!("nothing to do: give images, --input x.npy, or --bench (see --help)");
+    }
+    images(
+        &desc,
+        &model,
+        &pool,
+        &mut arena,
+        &cli.images,
+        cli.output.as_ref(),
+    )
+}
+
+fn output_dims(layout: &Layout) -> Vec<usize> {
+    match layout {
+        Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
+        Layout::Vector(v) => vec![v.n, v.features],
+    }
+}
+
+fn tensor(
+    desc: &ModelDesc,
+    model: &exec::Model,
+    pool: &ThreadPool,
+    arena: &mut Arena,
+    input: &Path,
+    output: Option<&PathBuf>,
+) -> Result<()> {
+    let x = inceptc_runtime::npy::read_f32(input)?;
+    let want = [
+        desc.batch,
+        desc.input.channels,
+        desc.image[0],
+        desc.image[1],
+    ];
+    if x.shape != want {
+        bail!(
+            "{}: the input has shape {:?}; this model was compiled for float32 NCHW {:?} \
+             (compile with --batch and --image-size for others)",
+            input.display(),
+            x.shape,
+            want
+        );
+    }
+    let outputs = model.run(arena, &x.data, pool)?;
+    let dims = output_dims(&desc.outputs[0]);
+    match output {
+        Some(path) => inceptc_runtime::npy::write_f32(path, &dims, &outputs[0])?,
+        None => {
+            let k = dims[1..].iter().product::<usize>();
+            for (n, row) in outputs[0].chunks(k).enumerate() {
+                print_result(desc, &format!("{}[{n}]", input.display()), row);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn images(
+    desc: &ModelDesc,
+    model: &exec::Model,
+    pool: &ThreadPool,
+    arena: &mut Arena,
+    paths: &[PathBuf],
+    output: Option<&PathBuf>,
+) -> Result<()> {
+    let per_image = desc.input.channels * desc.image[0] * desc.image[1];
+    let mut decoded = Vec::with_capacity(paths.len());
+    for p in paths {
+        let img = inceptc_runtime::image::load(p)?;
+        decoded.push(inceptc_runtime::image::preprocess(
+            &img,
+            desc.preprocess,
+            desc.image,
+        ));
+    }
+    let dims = output_dims(&desc.outputs[0]);
+    let k: usize = dims[1..].iter().product();
+    let mut all = Vec::with_capacity(paths.len() * k);
+    for (chunk, names) in decoded.chunks(desc.batch).zip(paths.chunks(desc.batch)) {
+        let mut x = vec![0.0f32; desc.batch * per_image];
+        for (i, img) in chunk.iter().enumerate() {
+            x[i * per_image..(i + 1) * per_image].copy_from_slice(img);
+        }
+        let y = model.run(arena, &x, pool)?;
+        for (name, row) in names.iter().zip(y[0].chunks(k)) {
+            print_result(desc, &name.display().to_string(), row);
+            all.extend_from_slice(row);
+        }
+    }
+    if let Some(path) = output {
+        let mut dims = dims;
+        dims[0] = paths.len();
+        inceptc_runtime::npy::write_f32(path, &dims, &all)?;
+    }
+    Ok(())
+}
+
+/// Top-5 classes with probabilities, or the first values of an embedding.
+fn print_result(desc: &ModelDesc, name: &str, row: &[f32]) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{name}");
+    match desc.output_kind {
+        OutputKind::Logits => {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
+            let sum: f64 = row.iter().map(|v| (*v as f64 - max).exp()).sum();
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+            let labels: Vec<&str> = LABELS.lines().collect();
+            for &i in order.iter().take(5) {
+                let p = (row[i] as f64 - max).exp() / sum;
+                let label = match labels.len() == row.len() {
+                    true => labels[i].to_string(),
+                    false => format!("class {i}"),
+                };
+                let _ = writeln!(out, "  {p:.4}  {i:>4}  {label}");
+            }
+        }
+        OutputKind::Embedding => {
+            let head: Vec<String> = row.iter().take(8).map(|v| format!("{v:.4}")).collect();
+            let _ = writeln!(out, "  embedding [{}]: {} …", row.len(), head.join(" "));
+        }
+    }
+}
+
+/// Deterministic input in [−1, 1) for `--bench`.
+fn seeded_input(len: usize) -> Vec<f32> {
+    let mut state: u64 = 0x2016_0223;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn bench(
+    desc: &ModelDesc,
+    model: &exec::Model,
+    pool: &ThreadPool,
+    arena: &mut Arena,
+    runs: usize,
+    json: bool,
+) -> Result<()> {
+    let x = seeded_input(desc.batch * desc.input.channels * desc.image[0] * desc.image[1]);
+    model.run(arena, &x, pool).context("warm-up run")?;
+    let mut totals = Vec::with_capacity(runs);
+    let mut blocks: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); desc.blocks.len()];
+    let mut times = StepTimes::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        model.run_timed(arena, &x, pool, Some(&mut times))?;
+        totals.push(start.elapsed());
+        for (b, t) in model.block_times(&times).into_iter().enumerate() {
+            blocks[b].push(t);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let min_total = *totals.iter().min().unwrap_or(&Duration::ZERO);
+    let median_total = median(totals);
+    if json {
+        let rows: Vec<String> = desc
+            .blocks
+            .iter()
+            .zip(&blocks)
+            .map(|(name, t)| {
+                format!(
+                    "{{\"block\": {}, \"median_ms\": {:.4}, \"min_ms\": {:.4}}}",
+                    json_string(name),
+                    ms(median(t.clone())),
+                    ms(*t.iter().min().unwrap_or(&Duration::ZERO))
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "{{\"model\": {}, \"batch\": {}, \"image_size\": [{}, {}], \"threads\": {}, \"runs\": {runs}, \
+             \"end_to_end\": {{\"median_ms\": {:.4}, \"min_ms\": {:.4}}}, \"blocks\": [{}]}}",
+            json_string(&desc.model),
+            desc.batch,
+            desc.image[0],
+            desc.image[1],
+            pool.threads(),
+            ms(median_total),
+            ms(min_total),
+            rows.join(", ")
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{}, batch {}, {}×{}, {} thread(s), {runs} runs after a warm-up",
+        desc.model,
+        desc.batch,
+        desc.image[0],
+        desc.image[1],
+        pool.threads()
+    )?;
+    writeln!(out, "{:<28} {:>11} {:>11}", "block", "median ms", "min ms")?;
+    for (name, t) in desc.blocks.iter().zip(&blocks) {
+        let min = *t.iter().min().unwrap_or(&Duration::ZERO);
+        writeln!(
+            out,
+            "{name:<28} {:>11.3} {:>11.3}",
+            ms(median(t.clone())),
+            ms(min)
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<28} {:>11.3} {:>11.3}",
+        "end to end",
+        ms(median_total),
+        ms(min_total)
+    )?;
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! The model description an emitted object carries beside its kernels and weights: everything the
+//! runtime needs to run the kernels and to present inputs and outputs (name, preprocessing, shapes,
+//! arena size, layouts, blocks, steps). The compiler encodes it; the runtime decodes it at start-up.
+//!
+//! Encoding: a magic word and version, then little-endian `u64` fields; strings as a length and
+//! bytes padded to 8; lists as a length and their elements.
+
+use crate::layout::{Layout, MapLayout, VecLayout};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
+const VERSION: u64 = 1;
+
+/// How input images become the network's input tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Preprocess {
+    /// timm: resize the shorter side to size / crop_pct (bicubic), center crop, scale to [0, 1],
+    /// then (x − mean) / std per channel.
+    Timm {
+        crop_pct: f32,
+        mean: [f32; 3],
+        std: [f32; 3],
+    },
+    /// facenet: resize to the input size, then (x − 127.5) / 128 on 0..255 values.
+    Facenet,
+}
+
+/// What the first output means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Class scores before softmax.
+    Logits,
+    /// An L2-normalized embedding.
+    Embedding,
+}
+
+/// One step: its kernel's symbol name (empty for the input step), work items, block, halos to clear.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepDesc {
+    pub name: String,
+    pub has_kernel: bool,
+    pub items: usize,
+    pub block: usize,
+    pub clear_halos: Vec<MapLayout>,
+}
+
+/// The whole description.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDesc {
+    pub model: String,
+    pub batch: usize,
+    pub image: [usize; 2],
+    pub preprocess: Preprocess,
+    pub output_kind: OutputKind,
+    pub arena_bytes: usize,
+    pub input: MapLayout,
+    pub outputs: Vec<Layout>,
+    pub blocks: Vec<String>,
+    pub steps: Vec<StepDesc>,
+}
+
+/// The bytes are not a description this runtime understands.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt model description: {0}")]
+pub struct DescError(&'static str);
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u(&mut self, v: usize) {
+        self.0.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    fn f(&mut self, v: f32) {
+        self.u(v.to_bits() as usize);
+    }
+    fn s(&mut self, s: &str) {
+        self.u(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.resize(self.0.len().next_multiple_of(8), 0);
+    }
+    fn map(&mut self, m: &MapLayout) {
+        for v in [
+            m.offset,
+            m.n,
+            m.h,
+            m.w,
+            m.c_total,
+            m.channel_offset,
+            m.channels,
+            m.halo[0],
+            m.halo[1],
+        ] {
+            self.u(v);
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u(&mut self) -> Result<usize, DescError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<8>()
+            .ok_or(DescError("truncated"))?;
+        self.0 = rest;
+        usize::try_from(u64::from_le_bytes(*head)).map_err(|_| DescError("value out of range"))
+    }
+    fn f(&mut self) -> Result<f32, DescError> {
+        Ok(f32::from_bits(self.u()? as u32))
+    }
+    fn s(&mut self) -> Result<String, DescError> {
+        let len = self.u()?;
+        let padded = len.next_multiple_of(8);
+        if padded > self.0.len() {
+            return Err(DescError("truncated string"));
+        }
+        let s = std::str::from_utf8(&self.0[..len]).map_err(|_| DescError("bad string"))?;
+        self.0 = &self.0[padded..];
+        Ok(s.to_string())
+    }
+    /// A list length, bounded by what the remaining bytes could hold.
+    fn len(&mut self) -> Result<usize, DescError> {
+        let n = self.u()?;
+        if n > self.0.len() / 8 {
+            return Err(DescError("list longer than the data"));
+        }
+        Ok(n)
+    }
+    fn map(&mut self) -> Result<MapLayout, DescError> {
+        Ok(MapLayout {
+            offset: self.u()?,
+            n: self.u()?,
+            h: self.u()?,
+            w: self.u()?,
+            c_total: self.u()?,
+            channel_offset: self.u()?,
+            channels: self.u()?,
+            halo: [self.u()?, self.u()?],
+        })
+    }
+}
+
+impl ModelDesc {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u(MAGIC as usize);
+        w.u(VERSION as usize);
+        w.s(&self.model);
+        w.u(self.batch);
+        w.u(self.image[0]);
+        w.u(self.image[1]);
+        match self.preprocess {
+            Preprocess::Timm {
+                crop_pct,
+                mean,
+                std,
+            } => {
+                w.u(0);
+                w.f(crop_pct);
+                mean.iter().chain(&std).for_each(|v| w.f(*v));
+            }
+            Preprocess::Facenet => w.u(1),
+        }
+        w.u(match self.output_kind {
+            OutputKind::Logits => 0,
+            OutputKind::Embedding => 1,
+        });
+        w.u(self.arena_bytes);
+        w.map(&self.input);
+        w.u(self.outputs.len());
+        for o in &self.outputs {
+            match o {
+                Layout::Map(m) => {
+                    w.u(0);
+                    w.map(m);
+                }
+                Layout::Vector(v) => {
+                    w.u(1);
+                    for x in [v.offset, v.n, v.f_total, v.feature_offset, v.features] {
+                        w.u(x);
+                    }
+                }
+            }
+        }
+        w.u(self.blocks.len());
+        self.blocks.iter().for_each(|b| w.s(b));
+        w.u(self.steps.len());
+        for s in &self.steps {
+            w.s(&s.name);
+            w.u(s.has_kernel as usize);
+            w.u(s.items);
+            w.u(s.block);
+            w.u(s.clear_halos.len());
+            s.clear_halos.iter().for_each(|m| w.map(m));
+        }
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ModelDesc, DescError> {
+        let mut r = Reader(bytes);
+        if r.u()? != MAGIC as usize {
+            return Err(DescError("bad magic"));
+        }
+        if r.u()? != VERSION as usize {
+            return Err(DescError("unknown version"));
+        }
+        let model = r.s()?;
+        let batch = r.u()?;
+        let image = [r.u()?, r.u()?];
+        let preprocess = match r.u()? {
+            0 => Preprocess::Timm {
+                crop_pct: r.f()?,
+                mean: [r.f()?, r.f()?, r.f()?],
+                std: [r.f()?, r.f()?, r.f()?],
+            },
+            1 => Preprocess::Facenet,
+            _ => return Err(DescError("unknown preprocessing")),
+        };
+        let output_kind = match r.u()? {
+            0 => OutputKind::Logits,
+            1 => OutputKind::Embedding,
+            _ => return Err(DescError("unknown output kind")),
+        };
+        let arena_bytes = r.u()?;
+        let input = r.map()?;
+        let mut outputs = Vec::new();
+        for _ in 0..r.len()? {
+            outputs.push(match r.u()? {
+                0 => Layout::Map(r.map()?),
+                1 => Layout::Vector(VecLayout {
+                    offset: r.u()?,
+                    n: r.u()?,
+                    f_total: r.u()?,
+                    feature_offset: r.u()?,
+                    features: r.u()?,
+                }),
+                _ => return Err(DescError("unknown layout")),
+            });
+        }
+        let mut blocks = Vec::new();
+        for _ in 0..r.len()? {
+            blocks.push(r.s()?);
+        }
+        let mut steps = Vec::new();
+        for _ in 0..r.len()? {
+            let name = r.s()?;
+            let has_kernel = r.u()? != 0;
+            let items = r.u()?;
+            let block = r.u()?;
+            if block >= blocks.len() {
+                return Err(DescError("step names an unknown block"));
+            }
+            let mut clear_halos = Vec::new();
+            for _ in 0..r.len()? {
+                clear_halos.push(r.map()?);
+            }
+            steps.push(StepDesc {
+                name,
+                has_kernel,
+                items,
+                block,
+                clear_halos,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(DescError("trailing bytes"));
+        }
+        let desc = ModelDesc {
+            model,
+            batch,
+            image,
+            preprocess,
+            output_kind,
+            arena_bytes,
+            input,
+            outputs,
+            blocks,
+            steps,
+        };
+        desc.check()?;
+        Ok(desc)
+    }
+
+    /// Every layout lies inside the arena.
+    fn check(&self) -> Result<(), DescError> {
+        let maps = std::iter::once(&self.input)
+            .chain(self.steps.iter().flat_map(|s| &s.clear_halos))
+            .chain(self.outputs.iter().filter_map(|o| match o {
+                Layout::Map(m) => Some(m),
+                Layout::Vector(_) => None,
+            }));
+        for m in maps {
+            if m.offset + m.bytes() > self.arena_bytes || m.channel_offset + m.channels > m.c_total
+            {
+                return Err(DescError("a feature map lies outside the arena"));
+            }
+        }
+        for o in &self.outputs {
+            if let Layout::Vector(v) = o {
+                if v.offset + v.n * v.row_stride() > self.arena_bytes
+                    || v.feature_offset + v.features > v.f_total
+                {
+                    return Err(DescError("a vector lies outside the arena"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_truncation() {
+        let m = MapLayout {
+            offset: 64,
+            n: 1,
+            h: 5,
+            w: 5,
+            c_total: 3,
+            channel_offset: 0,
+            channels: 3,
+            halo: [1, 1],
+        };
+        let d = ModelDesc {
+            model: "inception-v4".into(),
+            batch: 1,
+            image: [5, 5],
+            preprocess: Preprocess::Timm {
+                crop_pct: 0.875,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            },
+            output_kind: OutputKind::Logits,
+            arena_bytes: 4096,
+            input: m,
+            outputs: vec![Layout::Vector(VecLayout {
+                offset: 0,
+                n: 1,
+                f_total: 10,
+                feature_offset: 0,
+                features: 10,
+            })],
+            blocks: vec!["stem".into(), "head".into()],
+            steps: vec![StepDesc {
+                name: "k0_conv".into(),
+                has_kernel: true,
+                items: 5,
+                block: 1,
+                clear_halos: vec![m],
+            }],
+        };
+        let bytes = d.encode();
+        assert_eq!(ModelDesc::decode(&bytes).unwrap(), d);
+        for cut in [0, 8, 17, bytes.len() - 8] {
+            assert!(ModelDesc::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut small = d.clone();
+        small.arena_bytes = 100;
+        assert!(ModelDesc::decode(&small.encode()).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Image input: decoding PNG and JPEG (any color type, converted to RGB), and the model's
+//! preprocessing into an NCHW float tensor.
+
+use std::path::Path;
+
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+
+use crate::desc::Preprocess;
+
+/// An image that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ImageError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Decodes a PNG or JPEG file; grey, grey+alpha and RGBA images are converted to RGB (alpha is
+/// dropped).
+pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
+    let err = |message: String| ImageError {
+        path: path.display().to_string(),
+        message,
+    };
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| err(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    let format = reader.format();
+    if !matches!(
+        format,
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg)
+    ) {
+        return Err(err("not a PNG or JPEG image".into()));
+    }
+    let img = reader
+        .decode()
+        .map_err(|e| err(format!("cannot decode: {e}")))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(err("the image is empty".into()));
+    }
+    Ok(img.to_rgb8())
+}
+
+/// The network input for one image, CHW f32 of `[3, size[0], size[1]]`.
+pub fn preprocess(img: &RgbImage, how: Preprocess, size: [usize; 2]) -> Vec<f32> {
+    let (h, w) = (size[0] as u32, size[1] as u32);
+    match how {
+        Preprocess::Timm {
+            crop_pct,
+            mean,
+            std,
+        } => {
+            // timm: the shorter side to ⌊size / crop_pct⌋, then a center crop.
+            let scale = (h.max(w) as f32 / crop_pct).floor() as u32;
+            let (iw, ih) = (img.width(), img.height());
+            let (rw, rh) = if iw <= ih {
+                (scale, ((ih as u64 * scale as u64) / iw as u64) as u32)
+            } else {
+                (((iw as u64 * scale as u64) / ih as u64) as u32, scale)
+            };
+            let resized = imageops::resize(img, rw.max(w), rh.max(h), FilterType::CatmullRom);
+            let top = ((resized.height() - h) as f32 / 2.0).round() as u32;
+            let left = ((resized.width() - w) as f32 / 2.0).round() as u32;
+            let crop = imageops::crop_imm(&resized, left, top, w, h).to_image();
+            to_chw(&crop, |c, v| (v as f32 / 255.0 - mean[c]) / std[c])
+        }
+        Preprocess::Facenet => {
+            let resized = imageops::resize(img, w, h, FilterType::CatmullRom);
+            to_chw(&resized, |_, v| (v as f32 - 127.5) / 128.0)
+        }
+    }
+}
+
+fn to_chw(img: &RgbImage, f: impl Fn(usize, u8) -> f32) -> Vec<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut out = vec![0.0; 3 * h * w];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            out[(c * h + y as usize) * w + x as usize] = f(c, p.0[c]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timm_crops_the_center_and_normalizes() {
+        // A 40×20 image, left half black, right half white; 16×16 input at crop_pct 0.8: the
+        // shorter side becomes 20, the crop keeps the middle 16 columns.
+        let img = RgbImage::from_fn(40, 20, |x, _| {
+            if x < 20 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        let how = Preprocess::Timm {
+            crop_pct: 0.8,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let x = preprocess(&img, how, [16, 16]);
+        assert_eq!(x.len(), 3 * 16 * 16);
+        assert!((x[0] + 1.0).abs() < 1e-6, "left edge is black → −1");
+        assert!((x[15] - 1.0).abs() < 1e-6, "right edge is white → 1");
+        let facenet = preprocess(&img, Preprocess::Facenet, [8, 8]);
+        assert!((facenet[0] + 127.5 / 128.0).abs() < 1e-6);
+    }
+}
