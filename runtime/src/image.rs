@@ -23,19 +23,13 @@ pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.display().to_string(),
         message,
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| err(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    let format = reader.format();
-    if !matches!(
-        format,
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg)
-    ) {
-        return Err(err("not a PNG or JPEG image".into()));
-    }
-    let img = reader
-        .decode()
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let format = match image::guess_format(&bytes) {
+        Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg)) => f,
+        Ok(other) => return Err(err(format!("a {other:?} image; expected PNG or JPEG"))),
+        Err(_) => return Err(err("not a PNG or JPEG image".into())),
+    };
+    let img = image::load_from_memory_with_format(&bytes, format)
         .map_err(|e| err(format!("cannot decode: {e}")))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(err("the image is empty".into()));

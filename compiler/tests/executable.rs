@@ -1,0 +1,406 @@
+//! The executables `inceptc compile` emits: outputs equal the interpreter's on every network at
+//! batch 1 and 2, on tensors and on images; they run from an empty directory, depend on the C
+//! library alone and weigh what their weights and code weigh; bad input gets a message and a
+//! non-zero exit, never a panic or a partial file. (Whole networks: release mode only.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use inceptc_graphs::{load, Model, Options, Weights};
+use inceptc_ir::{interp, Tensor};
+
+/// max |executable − interpreter| / max |interpreter| allowed.
+const TOLERANCE: f64 = 1e-4;
+
+fn inceptc(args: &[&str]) -> (i32, String, String) {
+    run(Path::new(env!("CARGO_BIN_EXE_inceptc")), args, None)
+}
+
+fn run(exe: &Path, args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("the program starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Compiles `model` (seeded weights) into `dir/name`.
+fn compile(dir: &Path, name: &str, model: &str, extra: &[&str]) -> PathBuf {
+    let exe = dir.join(name);
+    let mut args = vec!["compile", "--model", model, "-o", exe.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = inceptc(&args);
+    assert_eq!(code, 0, "compile {model} {extra:?}: {stderr}");
+    exe
+}
+
+fn random_tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let data = (0..shape.iter().product::<usize>())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::new(shape.to_vec(), data).unwrap()
+}
+
+fn interpret(model: Model, x: &Tensor) -> Tensor {
+    let g = load(
+        model,
+        Weights::Seeded(inceptc_ir::init::DEFAULT_SEED),
+        &Options::default(),
+    )
+    .unwrap();
+    interp::run(&g, x).unwrap().remove(0)
+}
+
+fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    let err = got.relative_error(want).expect("same shape");
+    assert!(err <= TOLERANCE, "{what}: error {err:e}");
+    eprintln!("{what}: error {err:.2e}");
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "whole networks run in release mode: cargo test --release"
+)]
+fn every_network_executable_matches_the_interpreter() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    for model in Model::ALL {
+        for (batch, size) in [(1, model.default_image_size()), (2, 139)] {
+            let name = format!("{model}-b{batch}");
+            let exe = compile(
+                dir.path(),
+                &name,
+                model.name(),
+                &[
+                    "--batch",
+                    &batch.to_string(),
+                    "--image-size",
+                    &size.to_string(),
+                ],
+            );
+            let x = random_tensor([batch, 3, size, size], batch as u64);
+            let xp = dir.path().join(format!("{name}-x.npy"));
+            let yp = dir.path().join(format!("{name}-y.npy"));
+            inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
+            // Run from an empty directory: nothing beside the executable is needed.
+            let (code, _, stderr) = run(
+                &exe,
+                &[
+                    "--input",
+                    xp.to_str().unwrap(),
+                    "--output",
+                    yp.to_str().unwrap(),
+                ],
+                Some(empty.path()),
+            );
+            assert_eq!(code, 0, "{name}: {stderr}");
+            let y = inceptc_runtime::npy::read_f32(&yp).unwrap();
+            let got = Tensor::new(y.shape, y.data).unwrap();
+            assert_close(&got, &interpret(model, &x), &name);
+            if model == Model::InceptionV4 && batch == 1 {
+                check_dependencies_and_size(&exe);
+            }
+        }
+    }
+}
+
+/// `ldd` lists only the C library family, and the file is within 5 % of weights plus code.
+fn check_dependencies_and_size(exe: &Path) {
+    let ldd = Command::new("ldd").arg(exe).output().expect("ldd runs");
+    let listing = String::from_utf8_lossy(&ldd.stdout);
+    for line in listing.lines() {
+        let lib = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            [
+                "linux-vdso",
+                "libc.so",
+                "libm.so",
+                "ld-linux",
+                "/lib64/ld-linux"
+            ]
+            .iter()
+            .any(|ok| lib.starts_with(ok)),
+            "unexpected dependency `{lib}`:\n{listing}"
+        );
+    }
+    use cranelift_object::object::{Object, ObjectSection, ObjectSymbol};
+    let bytes = std::fs::read(exe).unwrap();
+    let file = cranelift_object::object::File::parse(&*bytes).unwrap();
+    let text = file.section_by_name(".text").map_or(0, |s| s.size());
+    let weights = file
+        .symbols()
+        .find(|s| s.name() == Ok("inceptc_weights"))
+        .map(|s| s.size())
+        .expect("the weights symbol");
+    assert!(weights > 160 << 20, "weights symbol size {weights}");
+    let budget = 1.05 * (weights + text) as f64;
+    assert!(
+        bytes.len() as f64 <= budget,
+        "{} bytes against weights {weights} + code {text}",
+        bytes.len()
+    );
+    eprintln!(
+        "inception-v4 executable: {} bytes, weights {weights}, code {text} ({:.3}×)",
+        bytes.len(),
+        bytes.len() as f64 / (weights + text) as f64
+    );
+}
+
+/// Test images: RGB PNG, grey PNG, RGBA PNG, and an RGB JPEG.
+fn write_images(dir: &Path) -> Vec<PathBuf> {
+    let rgb = image::RgbImage::from_fn(131, 97, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+    });
+    let grey = image::GrayImage::from_fn(80, 120, |x, y| image::Luma([((x * y) % 256) as u8]));
+    let rgba = image::RgbaImage::from_fn(100, 100, |x, y| {
+        image::Rgba([x as u8, y as u8, 200, ((x + y) % 256) as u8])
+    });
+    let paths = ["rgb.png", "grey.png", "rgba.png", "photo.jpg"].map(|n| dir.join(n));
+    rgb.save(&paths[0]).unwrap();
+    grey.save(&paths[1]).unwrap();
+    rgba.save(&paths[2]).unwrap();
+    rgb.save(&paths[3]).unwrap();
+    paths.to_vec()
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "whole networks run in release mode: cargo test --release"
+)]
+fn images_are_classified_like_the_interpreter_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 107;
+    let exe = compile(
+        dir.path(),
+        "v4",
+        "inception-v4",
+        &["--image-size", &size.to_string(), "--batch", "3"],
+    );
+    let images = write_images(dir.path());
+    let out = dir.path().join("y.npy");
+    let mut args: Vec<&str> = images.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(["--output", out.to_str().unwrap()]);
+    let (code, stdout, stderr) = run(&exe, &args, None);
+    assert_eq!(code, 0, "{stderr}");
+    // Four images, five classes each, with ImageNet names.
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("  0.")).count(),
+        20,
+        "{stdout}"
+    );
+    assert!(stdout.contains("rgba.png\n"), "{stdout}");
+    let y = inceptc_runtime::npy::read_f32(&out).unwrap();
+    assert_eq!(y.shape, [4, 1000]);
+    let how = inceptc_runtime::desc::Preprocess::Timm {
+        crop_pct: 0.875,
+        mean: [0.5; 3],
+        std: [0.5; 3],
+    };
+    for (i, path) in images.iter().enumerate() {
+        let img = inceptc_runtime::image::load(path).unwrap();
+        let x = Tensor::new(
+            vec![1, 3, size, size],
+            inceptc_runtime::image::preprocess(&img, how, [size, size]),
+        )
+        .unwrap();
+        let got = Tensor::new(vec![1, 1000], y.data[i * 1000..(i + 1) * 1000].to_vec()).unwrap();
+        assert_close(
+            &got,
+            &interpret(Model::InceptionV4, &x),
+            &path.display().to_string(),
+        );
+    }
+    let labels = include_str!("../../runtime/src/imagenet_labels.txt");
+    let first_label = stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap();
+    assert!(labels.contains(first_label), "{stdout}");
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn bad_input_to_an_executable_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = compile(d, "v1", "inception-resnet-v1", &["--image-size", "80"]);
+    let expect = |args: &[&str], code: i32, needles: &[&str]| {
+        let (got, stdout, stderr) = run(&exe, args, None);
+        assert_eq!(got, code, "{args:?}: {stdout}{stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{args:?}: expected `{n}` in\n{stderr}");
+        }
+    };
+    let path = |name: &str| d.join(name).to_str().unwrap().to_string();
+    // Wrong batch, wrong size.
+    inceptc_runtime::npy::write_f32(&d.join("b2.npy"), &[2, 3, 80, 80], &vec![0.0; 2 * 3 * 6400])
+        .unwrap();
+    expect(
+        &["--input", &path("b2.npy")],
+        1,
+        &["b2.npy", "[2, 3, 80, 80]", "[1, 3, 80, 80]"],
+    );
+    // float64 data.
+    let mut f64npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 3, 80, 80), }";
+    let header = format!("{header:<117}\n");
+    f64npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    f64npy.extend_from_slice(header.as_bytes());
+    f64npy.extend(std::iter::repeat_n(0u8, 8 * 3 * 6400));
+    std::fs::write(d.join("f64.npy"), f64npy).unwrap();
+    expect(&["--input", &path("f64.npy")], 1, &["f64.npy"]);
+    expect(&["--input", &path("missing.npy")], 1, &["missing.npy"]);
+    // An unwritable output leaves nothing behind.
+    inceptc_runtime::npy::write_f32(&d.join("x.npy"), &[1, 3, 80, 80], &vec![0.5; 3 * 6400])
+        .unwrap();
+    let blocked = d.join("no-such-dir").join("y.npy");
+    expect(
+        &[
+            "--input",
+            &path("x.npy"),
+            "--output",
+            blocked.to_str().unwrap(),
+        ],
+        1,
+        &["no-such-dir"],
+    );
+    assert!(!blocked.exists());
+    // Images: truncated, not an image, missing.
+    let images = write_images(d);
+    let png = std::fs::read(&images[0]).unwrap();
+    std::fs::write(d.join("cut.png"), &png[..png.len() / 2]).unwrap();
+    expect(&[&path("cut.png")], 1, &["cut.png", "cannot decode"]);
+    std::fs::write(d.join("text.png"), "not an image at all").unwrap();
+    expect(&[&path("text.png")], 1, &["text.png", "not a PNG or JPEG"]);
+    expect(&[&path("gone.jpg")], 1, &["gone.jpg"]);
+    // Nothing to do, and bad options.
+    expect(&[], 1, &["nothing to do"]);
+    expect(
+        &["--bench", "--threads", "0"],
+        1,
+        &["--threads must be at least 1"],
+    );
+    expect(&["--frobnicate"], 2, &["--frobnicate"]);
+    // The embedding model prints embeddings for images.
+    let (code, stdout, _) = run(&exe, &[&path("rgb.png")], None);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("embedding [512]"), "{stdout}");
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn bench_prints_every_block_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(
+        dir.path(),
+        "v2",
+        "inception-resnet-v2",
+        &["--image-size", "75"],
+    );
+    let (code, stdout, stderr) = run(&exe, &["--bench", "--runs", "2", "--threads", "1"], None);
+    assert_eq!(code, 0, "{stderr}");
+    for block in [
+        "stem",
+        "inception_resnet_a.9",
+        "reduction_a",
+        "inception_resnet_b.19",
+        "reduction_b",
+        "inception_resnet_c.9",
+        "head",
+        "end to end",
+    ] {
+        assert!(stdout.contains(block), "`{block}` missing:\n{stdout}");
+    }
+    let (code, json, _) = run(&exe, &["--bench", "--runs", "2", "--json"], None);
+    assert_eq!(code, 0);
+    assert!(json.trim_start().starts_with('{') && json.trim_end().ends_with('}'));
+    assert!(json.contains("\"end_to_end\": {\"median_ms\": "), "{json}");
+    assert_eq!(
+        json.matches("\"block\": ").count(),
+        stdout.lines().count() - 3,
+        "{json}"
+    );
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn failed_compiles_leave_no_file_and_clif_names_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let blocked = d.join("missing-dir").join("v4");
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-v4",
+        "-o",
+        blocked.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("missing-dir"), "{stderr}");
+    assert!(!blocked.exists());
+    let bad = d.join("bad.safetensors");
+    std::fs::write(&bad, b"not a checkpoint").unwrap();
+    let out = d.join("v4");
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-v4",
+        "--weights",
+        bad.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bad.safetensors"), "{stderr}");
+    assert!(!out.exists());
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-v4",
+        "--image-size",
+        "60",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("input too small"), "{stderr}");
+    assert!(!out.exists());
+
+    let clif = d.join("clif");
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--image-size",
+        "80",
+        "--emit",
+        "clif",
+        "-o",
+        clif.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let files: Vec<_> = std::fs::read_dir(&clif)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 110, "one file per kernel");
+    let stem = std::fs::read_to_string(clif.join("k1_conv2d_1a_conv.clif")).unwrap();
+    assert!(stem.contains("; nodes: conv2d_1a.conv"), "{stem}");
+    assert!(stem.contains("fma"), "{stem}");
+}
