@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Compares `inceptc interpret` with PyTorch on random-weight checkpoints of the three public layouts
+# Compares `inceptc interpret` and executables from `inceptc compile` with PyTorch on random-weight checkpoints of the three public layouts
 # (timm inception_v4, timm inception_resnet_v2, facenet-pytorch InceptionResnetV1), batch 1 and 2,
 # f32 and bf16 checkpoints. Not part of CI: it installs torch, timm and facenet-pytorch into the
 # git-ignored virtual environment .venv/ on first use (several GB).
 #
-#   scripts/compare-pytorch.sh [--work DIR] [--models inception_v4,...]
+#   scripts/compare-pytorch.sh [--work DIR] [--models inception_v4,...] [--backends interpret,exe]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"

@@ -1,4 +1,4 @@
-"""Checks `inceptc interpret` against PyTorch on the same random-weight checkpoint and input.
+"""Checks `inceptc interpret` and compiled executables against PyTorch on the same random-weight checkpoint and input.
 
 For each public layout it builds the PyTorch model with He-normal convolutions, then sets every
 BatchNorm's running statistics to the statistics of a random batch, perturbed (so that activations
@@ -6,7 +6,8 @@ stay in a sane range but no statistic is trivial), randomizes the affine BatchNo
 saves the state_dict as f32 and bf16 safetensors. PyTorch's output on the bf16 checkpoint is
 computed with the bf16-rounded weights in f32, which is what inceptc does with it.
 
-Prints one row per (model, dtype, batch): max |ours - torch| / max |torch|, and fails above 1e-4.
+Prints one row per (model, dtype, batch, backend): max |ours - torch| / max |torch|, and fails
+above 1e-4.
 Run it through scripts/compare-pytorch.sh, which sets up the virtual environment.
 """
 import argparse
@@ -70,15 +71,27 @@ def randomize(model, size, generator):
                 m.bias.copy_(0.2 * torch.randn(c, generator=generator))
 
 
-def run_inceptc(inceptc, model, flags, weights, x, work):
+def run_inceptc(inceptc, backend, model, flags, weights, x, work):
+    """Runs `inceptc interpret`, or compiles an executable for this batch and size and runs it.
+    Returns the output and the seconds the run took (compiling excluded)."""
     xin = os.path.join(work, "x.npy")
     yout = os.path.join(work, "y.npy")
     np.save(xin, x)
-    start = time.time()
+    if backend == "interpret":
+        start = time.time()
+        subprocess.run(
+            [inceptc, "interpret", "--model", model, *flags, "--weights", weights, "--input", xin, "--output", yout],
+            check=True,
+        )
+        return np.load(yout), time.time() - start
+    exe = os.path.join(work, f"{model}-b{x.shape[0]}")
     subprocess.run(
-        [inceptc, "interpret", "--model", model, *flags, "--weights", weights, "--input", xin, "--output", yout],
+        [inceptc, "-q", "compile", "--model", model, *flags, "--weights", weights,
+         "--batch", str(x.shape[0]), "--image-size", str(x.shape[2]), "-o", exe],
         check=True,
     )
+    start = time.time()
+    subprocess.run([exe, "--input", xin, "--output", yout], check=True)
     return np.load(yout), time.time() - start
 
 
@@ -87,6 +100,8 @@ def main():
     parser.add_argument("--inceptc", required=True)
     parser.add_argument("--work", help="keep checkpoints and tensors here (default: a temporary directory)")
     parser.add_argument("--models", help="comma-separated labels, default all: " + ",".join(c[0] for c in CASES))
+    parser.add_argument("--backends", default="interpret,exe",
+                        help="comma-separated: interpret (the reference interpreter), exe (a compiled executable)")
     args = parser.parse_args()
     wanted = set(args.models.split(",")) if args.models else None
     work = args.work or tempfile.mkdtemp(prefix="inceptc-compare-")
@@ -113,19 +128,21 @@ def main():
             for batch in (1, 2):
                 x = x2[:batch].contiguous()
                 ref = model(x).numpy()
-                ours, seconds = run_inceptc(args.inceptc, model_name, flags, weights, x.numpy(), work)
-                if ours.shape != ref.shape:
-                    err = float("inf")
-                else:
-                    err = float(np.abs(ours - ref).max() / np.abs(ref).max())
-                ok = err <= TOLERANCE
-                failed |= not ok
-                rows.append((label, dtype, batch, list(ref.shape), float(np.abs(ref).max()), err, seconds, ok))
-                print(f"{label:22} {dtype:5} batch {batch}  rel err {err:.2e}  {'ok' if ok else 'FAIL'}", file=sys.stderr)
-    print(f"\n| model | weights | batch | output | max abs ref | max abs diff / max abs ref | inceptc s |")
-    print("|---|---|---|---|---|---|---|")
-    for label, dtype, batch, shape, mref, err, secs, ok in rows:
-        print(f"| {label} | {dtype} | {batch} | {shape} | {mref:.3g} | {err:.2e}{'' if ok else ' FAIL'} | {secs:.1f} |")
+                for backend in args.backends.split(","):
+                    ours, seconds = run_inceptc(args.inceptc, backend, model_name, flags, weights, x.numpy(), work)
+                    if ours.shape != ref.shape:
+                        err = float("inf")
+                    else:
+                        err = float(np.abs(ours - ref).max() / np.abs(ref).max())
+                    ok = err <= TOLERANCE
+                    failed |= not ok
+                    rows.append((label, dtype, batch, backend, list(ref.shape), float(np.abs(ref).max()), err, seconds, ok))
+                    print(f"{label:22} {dtype:5} batch {batch} {backend:9}  rel err {err:.2e}  {'ok' if ok else 'FAIL'}",
+                          file=sys.stderr)
+    print(f"\n| model | weights | batch | inceptc | output | max abs ref | max abs diff / max abs ref | run s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, dtype, batch, backend, shape, mref, err, secs, ok in rows:
+        print(f"| {label} | {dtype} | {batch} | {backend} | {shape} | {mref:.3g} | {err:.2e}{'' if ok else ' FAIL'} | {secs:.1f} |")
     print(f"\ntolerance {TOLERANCE:g}; torch {torch.__version__}; work dir {work}")
     sys.exit(1 if failed else 0)
 

@@ -286,7 +286,7 @@ fn main() -> ExitCode {
         .filter_level(level)
         .parse_env("INCEPTC_LOG")
         .init();
-    match run(cli.command) {
+    match run(cli.command, cli.quiet) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -295,7 +295,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, quiet: bool) -> Result<()> {
     match command {
         Command::Info {
             model,
@@ -333,7 +333,7 @@ fn run(command: Command) -> Result<()> {
             image_size,
             emit,
             output,
-        } => compile(&model, batch, image_size, emit, &output),
+        } => compile(&model, batch, image_size, emit, &output, quiet),
         Command::Passes => {
             for pass in inceptc::passes::PIPELINE {
                 println!("{:<22} {}", pass.name, pass.summary);
@@ -588,6 +588,7 @@ fn compile(
     image_size: Option<usize>,
     emit: Emit,
     output: &Path,
+    quiet: bool,
 ) -> Result<()> {
     if batch == 0 {
         bail!("--batch must be at least 1");
@@ -640,6 +641,9 @@ fn compile(
         (generated - lowered).as_secs_f64(),
         (total - generated).as_secs_f64()
     );
+    if quiet {
+        return Ok(());
+    }
     eprintln!(
         "compiled {} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, weights {:.1} MiB) \
          into {} in {:.1} s",
