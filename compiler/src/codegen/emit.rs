@@ -213,16 +213,21 @@ impl Emitter<'_> {
     }
 }
 
-/// Per-pixel base addresses of one tile of output pixels.
+/// Addresses of one tile of output pixels.
 struct TileBases {
-    /// Input pixel of the tile's first output pixel at tap (0, 0).
+    /// Input pixel of the tile's first output pixel at tap (0, 0); the tile's other pixels follow
+    /// at `stride · pixel stride` bytes.
     input: Value,
-    /// Output pixel of the tile's first pixel, channel 0 of the range, one per range.
-    outputs: Vec<Value>,
-    residual: Option<Value>,
+    /// Per range, per pixel: channel 0 of the range in the output.
+    outputs: Vec<Vec<Value>>,
+    /// Per pixel: channel 0 of the residual.
+    residual: Option<Vec<Value>>,
 }
 
 fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
+    if k.flat {
+        return conv_flat(e, k, begin, end);
+    }
     let input = k.input;
     e.for_range(begin, end, 1, |e, item| {
         let (n, oy) = e.image_and_row(item, k.out_h);
@@ -246,18 +251,24 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
         });
         let full = (k.out_w / TILE_PIXELS * TILE_PIXELS) as i64;
         let tile_at = |e: &mut Emitter, ox: Value, pixels: usize| {
+            let along = |e: &mut Emitter, row: Value, stride: usize| -> Vec<Value> {
+                let first = e.scaled(row, ox, stride as i64);
+                (0..pixels)
+                    .map(|p| e.offset(first, (p * stride) as i64))
+                    .collect()
+            };
             let bases = TileBases {
                 input: e.scaled(in_row, ox, (k.stride[1] * input.pixel_stride()) as i64),
                 outputs: k
                     .ranges
                     .iter()
                     .zip(&out_rows)
-                    .map(|(r, row)| e.scaled(*row, ox, r.out.pixel_stride() as i64))
+                    .map(|(r, row)| along(e, *row, r.out.pixel_stride()))
                     .collect(),
                 residual: k
                     .residual
                     .zip(res_row)
-                    .map(|(res, row)| e.scaled(row, ox, res.pixel_stride() as i64)),
+                    .map(|(res, row)| along(e, row, res.pixel_stride())),
             };
             conv_ranges(e, k, &bases, pixels);
         };
@@ -270,6 +281,71 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
             tile_at(e, ox, rest);
         }
     });
+}
+
+/// A 1×1, stride-1 convolution whose input has no halo is a matrix product over all pixels of the
+/// batch: work item `t` is the tile of pixels `6t .. 6t + 6` in (image, row, column) order, which
+/// may span rows and images; the last tile may be shorter.
+fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
+    let input = k.input;
+    let pixels = input.n * k.out_h * k.out_w;
+    let full = (pixels / TILE_PIXELS) as i64;
+    let rest = pixels % TILE_PIXELS;
+    let tile_at = |e: &mut Emitter, tile: Value, count: usize| {
+        let first = e.b.ins().imul_imm_s(tile, TILE_PIXELS as i64);
+        let base = e.offset(e.arena, input.address(0, 0, 0, 0) as i64);
+        let bases = TileBases {
+            input: e.scaled(base, first, input.pixel_stride() as i64),
+            outputs: k
+                .ranges
+                .iter()
+                .map(|r| pixel_addresses(e, &r.out, first, count))
+                .collect(),
+            residual: k
+                .residual
+                .map(|res| pixel_addresses(e, &res, first, count)),
+        };
+        conv_ranges(e, k, &bases, count);
+    };
+    let full_v = e.int(full);
+    let stop = e.b.ins().smin(end, full_v);
+    e.for_range(begin, stop, 1, |e, tile| tile_at(e, tile, TILE_PIXELS));
+    if rest > 0 {
+        // The short last tile, when this call's range reaches it.
+        let last = e.b.create_block();
+        let done = e.b.create_block();
+        let reaches = e.b.ins().icmp(IntCC::SignedGreaterThan, end, full_v);
+        e.b.ins().brif(reaches, last, &[], done, &[]);
+        e.b.switch_to_block(last);
+        tile_at(e, full_v, rest);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(done);
+    }
+}
+
+/// Addresses of channel 0 of `count` consecutive pixels of `m` starting at flat pixel index `first`
+/// (image, row, column order), each split into its image, row and column.
+fn pixel_addresses(e: &mut Emitter, m: &MapLayout, first: Value, count: usize) -> Vec<Value> {
+    let origin = e.offset(e.arena, m.address(0, 0, 0, 0) as i64);
+    let plane = (m.h * m.w) as i64;
+    (0..count)
+        .map(|p| {
+            let i = e.offset(first, p as i64);
+            if m.halo == [0, 0] {
+                // Pixels of a halo-free map are contiguous across rows and images.
+                return e.scaled(origin, i, m.pixel_stride() as i64);
+            }
+            let n = e.b.ins().udiv_imm_u(i, plane);
+            let start = e.b.ins().imul_imm_s(n, plane);
+            let r = e.b.ins().isub(i, start);
+            let y = e.b.ins().udiv_imm_u(r, m.w as i64);
+            let row_start = e.b.ins().imul_imm_s(y, m.w as i64);
+            let x = e.b.ins().isub(r, row_start);
+            let a = e.scaled(origin, n, m.image_stride() as i64);
+            let a = e.scaled(a, y, m.row_stride() as i64);
+            e.scaled(a, x, m.pixel_stride() as i64)
+        })
+        .collect()
 }
 
 /// Every output channel block of every range for one tile of `pixels` output pixels.
@@ -311,16 +387,19 @@ fn conv_block(
 
     // Epilogue: residual, ReLU, store (channel block `block` of each pixel).
     let channel = e.b.ins().imul_imm_s(block, CONV_LANES as i64 * F32);
-    let out = e.b.ins().iadd(bases.outputs[r], channel);
-    let residual = bases.residual.map(|res| e.b.ins().iadd(res, channel));
     let zero = e.zero(types::F32X4);
     for (p, row) in acc.iter().enumerate() {
+        let out = e.b.ins().iadd(bases.outputs[r][p], channel);
+        let residual = bases
+            .residual
+            .as_ref()
+            .map(|res| e.b.ins().iadd(res[p], channel));
         for (j, a) in row.iter().enumerate() {
             let mut v = e.b.use_var(*a);
             let valid = (lanes - 4 * j).min(4);
-            let off_out = (p * range.out.pixel_stride()) as i64 + j as i64 * VEC;
-            if let (Some(res_addr), Some(res)) = (residual, k.residual) {
-                let off = (p * res.pixel_stride()) as i64 + j as i64 * VEC;
+            let off_out = j as i64 * VEC;
+            if let Some(res_addr) = residual {
+                let off = j as i64 * VEC;
                 let rv = if valid == 4 {
                     e.load(types::F32X4, res_addr, off)
                 } else {
