@@ -404,3 +404,42 @@ fn failed_compiles_leave_no_file_and_clif_names_nodes() {
     assert!(stem.contains("; nodes: conv2d_1a.conv"), "{stem}");
     assert!(stem.contains("fma"), "{stem}");
 }
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn an_executable_on_a_cpu_without_avx_says_so() {
+    // qemu's user-mode emulator runs the executable on an emulated Nehalem (SSE4.2, no AVX).
+    // .ci/run installs it; elsewhere the test needs it too, unless it is absent outside CI.
+    let qemu = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("qemu-x86_64"))
+        .find(|p| p.is_file());
+    let Some(qemu) = qemu else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "qemu-x86_64 (Debian package qemu-user) is needed for this test in CI"
+        );
+        eprintln!("skipped: qemu-x86_64 is not installed (apt-get install qemu-user)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(
+        dir.path(),
+        "v1",
+        "inception-resnet-v1",
+        &["--image-size", "80"],
+    );
+    let exe = exe.to_str().unwrap();
+    let (code, stdout, stderr) = run(&qemu, &["-cpu", "Nehalem", exe, "--bench"], None);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("this CPU lacks AVX") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // The same executable under an emulated CPU with AVX2 and FMA gets past the check.
+    let (code, _, stderr) = run(
+        &qemu,
+        &["-cpu", "Haswell", exe, "--bench", "--runs", "1"],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+}

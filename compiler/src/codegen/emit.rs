@@ -301,9 +301,7 @@ fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
                 .iter()
                 .map(|r| pixel_addresses(e, &r.out, first, count))
                 .collect(),
-            residual: k
-                .residual
-                .map(|res| pixel_addresses(e, &res, first, count)),
+            residual: k.residual.map(|res| pixel_addresses(e, &res, first, count)),
         };
         conv_ranges(e, k, &bases, count);
     };

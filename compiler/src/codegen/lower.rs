@@ -103,9 +103,7 @@ impl Kernel {
     /// How many independent work items the kernel splits into (the range a call covers).
     pub fn items(&self) -> usize {
         match self {
-            Kernel::Conv(k) if k.flat => {
-                (k.input.n * k.out_h * k.out_w).div_ceil(TILE_PIXELS)
-            }
+            Kernel::Conv(k) if k.flat => (k.input.n * k.out_h * k.out_w).div_ceil(TILE_PIXELS),
             Kernel::Conv(k) => k.input.n * k.out_h,
             Kernel::Pool(k) => k.out.n * k.out.h,
             Kernel::GlobalPool(k) => k.out.n,
