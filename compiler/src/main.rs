@@ -104,8 +104,8 @@ enum Command {
         /// Input height and width (default: the model's own).
         #[arg(long)]
         image_size: Option<usize>,
-        /// What to write: an executable, the object file, or one Cranelift IR file per kernel
-        /// into the directory -o names.
+        /// What to write: an executable, the object file, or one file per kernel into the
+        /// directory -o names with its Cranelift IR (clif) or machine code (asm).
         #[arg(long, value_enum, default_value_t = Emit::Exe)]
         emit: Emit,
         /// The output path.
@@ -237,6 +237,7 @@ enum Emit {
     Exe,
     Obj,
     Clif,
+    Asm,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -604,12 +605,17 @@ fn compile(
         .with_context(|| format!("lowering {}", args.model()))?;
     let lowered = start.elapsed();
     match emit {
-        Emit::Clif => {
+        Emit::Clif | Emit::Asm => {
+            use inceptc::codegen::object::{listing, Listing};
+            let (what, ext) = match emit {
+                Emit::Clif => (Listing::Clif, "clif"),
+                _ => (Listing::Asm, "s"),
+            };
             std::fs::create_dir_all(output)
                 .with_context(|| format!("cannot create {}", output.display()))?;
-            let files = inceptc::codegen::object::clif(&program)?;
+            let files = listing(&program, what)?;
             for (stem, text) in &files {
-                write_atomically(&output.join(format!("{stem}.clif")), text.as_bytes())?;
+                write_atomically(&output.join(format!("{stem}.{ext}")), text.as_bytes())?;
             }
             log::info!("wrote {} kernels to {}", files.len(), output.display());
             return Ok(());

@@ -340,7 +340,7 @@ fn bench_prints_every_block_and_json() {
 
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
-fn failed_compiles_leave_no_file_and_clif_names_nodes() {
+fn failed_compiles_leave_no_file_and_listings_name_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let blocked = d.join("missing-dir").join("v4");
@@ -403,6 +403,25 @@ fn failed_compiles_leave_no_file_and_clif_names_nodes() {
     let stem = std::fs::read_to_string(clif.join("k1_conv2d_1a_conv.clif")).unwrap();
     assert!(stem.contains("; nodes: conv2d_1a.conv"), "{stem}");
     assert!(stem.contains("fma"), "{stem}");
+    let asm = d.join("asm");
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--image-size",
+        "80",
+        "--emit",
+        "asm",
+        "-o",
+        asm.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let stem = std::fs::read_to_string(asm.join("k1_conv2d_1a_conv.s")).unwrap();
+    assert!(stem.contains("; nodes: conv2d_1a.conv"), "{stem}");
+    assert!(
+        stem.contains("vfmadd213ps") && stem.contains("vbroadcastss"),
+        "{stem}"
+    );
 }
 
 #[test]

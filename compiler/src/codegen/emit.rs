@@ -447,14 +447,18 @@ fn conv_tile(
         }
         acc.push(row);
     }
-    // One input channel per iteration: unrolling measured slower, as the accumulators rotate
-    // through registers (see below) and regalloc2 then spills or shuffles more.
+    // One input channel per iteration: unrolling measured slower. Each FMA leaves its result in
+    // the broadcast's register, so the accumulators rotate through the registers and the back
+    // edge restores them with register moves (renamed away, but they take front-end slots);
+    // unrolled, regalloc2 spilled instead.
     let w = e.var(types::I64, wptr);
     for ky in 0..k.kernel[0] {
         for kx in 0..k.kernel[1] {
             let tap = (ky * k.input.row_stride() + kx * k.input.pixel_stride()) as i64;
             let start = e.offset(input, tap);
             let stop = e.offset(start, ic as i64 * F32);
+            // Top-tested even though it runs at least once: tested at the bottom, the loop kept
+            // its register rotation (below) and lost the memory-operand broadcasts.
             e.for_range(start, stop, F32, |e, x| {
                 let wv = e.b.use_var(w);
                 let weights: Vec<Value> = (0..vectors)

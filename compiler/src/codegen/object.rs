@@ -80,9 +80,18 @@ pub fn object(program: &Program, desc: &ModelDesc) -> Result<Vec<u8>, CodegenErr
     module.finish().emit().map_err(err)
 }
 
-/// The Cranelift IR of every kernel, one text per step that has a kernel: (file stem, text). Each
-/// text starts with comments naming the step's nodes and block.
-pub fn clif(program: &Program) -> Result<Vec<(String, String)>, CodegenError> {
+/// What [`listing`] prints for each kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// Cranelift IR, as generated.
+    Clif,
+    /// The x86-64 machine code Cranelift emits (its VCode disassembly).
+    Asm,
+}
+
+/// The Cranelift IR or machine code of every kernel, one text per step that has a kernel: (file
+/// stem, text). Each text starts with comments naming the step's nodes and block.
+pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>, CodegenError> {
     let isa = isa(true)?;
     let mut out = Vec::new();
     for (i, step) in program.steps.iter().enumerate() {
@@ -95,7 +104,17 @@ pub fn clif(program: &Program) -> Result<Vec<(String, String)>, CodegenError> {
             step.nodes.join(", "),
             kernel.items()
         );
-        text.push_str(&func.display().to_string());
+        match what {
+            Listing::Clif => text.push_str(&func.display().to_string()),
+            Listing::Asm => {
+                let mut ctx = Context::for_function(func);
+                ctx.set_disasm(true);
+                let code = ctx
+                    .compile(&*isa, &mut Default::default())
+                    .map_err(|e| CodegenError::Cranelift(format!("{:?}", e.inner)))?;
+                text.push_str(code.vcode.as_deref().unwrap_or_default());
+            }
+        }
         out.push((kernel_name(i, &step.nodes[0]), text));
     }
     Ok(out)
