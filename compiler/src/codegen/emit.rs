@@ -451,16 +451,23 @@ fn conv_tile(
     // the broadcast's register, so the accumulators rotate through the registers and the back
     // edge restores them with register moves (renamed away, but they take front-end slots);
     // unrolled, regalloc2 spilled instead.
-    let w = e.var(types::I64, wptr);
+    // One induction variable, the input channel's address `x`: channel c of tap t has its weights
+    // at wptr + (t·ic + c)·32 = (wptr + t·ic·32 − start·8) + x·8, an x86 scaled-index address.
+    let row_bytes = CONV_LANES as i64 * F32;
     for ky in 0..k.kernel[0] {
         for kx in 0..k.kernel[1] {
+            let t = (ky * k.kernel[1] + kx) as i64;
             let tap = (ky * k.input.row_stride() + kx * k.input.pixel_stride()) as i64;
             let start = e.offset(input, tap);
             let stop = e.offset(start, ic as i64 * F32);
+            let wtap = e.offset(wptr, t * ic as i64 * row_bytes);
+            let start8 = e.b.ins().ishl_imm_u(start, 3);
+            let wbase = e.b.ins().isub(wtap, start8);
             // Top-tested even though it runs at least once: tested at the bottom, the loop kept
             // its register rotation (below) and lost the memory-operand broadcasts.
             e.for_range(start, stop, F32, |e, x| {
-                let wv = e.b.use_var(w);
+                let x8 = e.b.ins().ishl_imm_u(x, 3);
+                let wv = e.b.ins().iadd(wbase, x8);
                 let weights: Vec<Value> = (0..vectors)
                     .map(|j| e.load_const(types::F32X4, wv, j as i64 * VEC))
                     .collect();
@@ -476,8 +483,6 @@ fn conv_tile(
                         e.b.def_var(*a, new);
                     }
                 }
-                let next = e.b.ins().iadd_imm_s(wv, CONV_LANES as i64 * F32);
-                e.b.def_var(w, next);
             });
         }
     }
