@@ -46,9 +46,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// The kind of a convolution kernel, for the GFLOP/s table.
+/// The kind of a kernel, for the table: convolutions by shape, then everything else.
 fn kind(kernel: &Kernel) -> Option<&'static str> {
-    let Kernel::Conv(k) = kernel else { return None };
+    let k = match kernel {
+        Kernel::Conv(k) => k,
+        Kernel::Pool(_) => return Some("pools"),
+        _ => return Some("head"),
+    };
     Some(match (k.kernel, k.stride) {
         (_, [2, 2]) => "stride 2",
         ([1, 1], _) => "1x1",
@@ -129,6 +133,10 @@ fn main() {
                 }
             }
             for (k, flops, t) in kinds {
+                if flops == 0 {
+                    println!("    {k:<9} {:>29.2} ms", t.as_secs_f64() * 1e3);
+                    continue;
+                }
                 let gflops = flops as f64 / t.as_secs_f64() / 1e9;
                 let peak = mhz
                     .map(|m| {

@@ -462,3 +462,45 @@ fn an_executable_on_a_cpu_without_avx_says_so() {
     );
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn outputs_are_bit_identical_across_runs_and_thread_counts() {
+    // Every output element is computed by the same instructions whichever thread runs it: work
+    // items are fixed rows or pixel tiles, and the thread count only decides who takes which.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = compile(
+        d,
+        "v2",
+        "inception-resnet-v2",
+        &["--image-size", "91", "--batch", "2"],
+    );
+    let x = random_tensor([2, 3, 91, 91], 11);
+    let xp = d.join("x.npy");
+    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
+    let mut outputs = Vec::new();
+    for (i, threads) in ["1", "2", "2", "3", "5"].iter().enumerate() {
+        let yp = d.join(format!("y{i}.npy"));
+        let (code, _, stderr) = run(
+            &exe,
+            &[
+                "--input",
+                xp.to_str().unwrap(),
+                "--output",
+                yp.to_str().unwrap(),
+                "--threads",
+                threads,
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{stderr}");
+        outputs.push((threads, std::fs::read(&yp).unwrap()));
+    }
+    for (threads, bytes) in &outputs[1..] {
+        assert!(
+            *bytes == outputs[0].1,
+            "--threads {threads} differs from --threads 1"
+        );
+    }
+}
