@@ -11,7 +11,7 @@ const RUNTIME_LIB: &[u8] = include_bytes!(env!("INCEPTC_RUNTIME_LIB"));
 
 /// The system libraries the runtime library needs, libgcc linked statically so that the
 /// executable depends on the C library family alone.
-const SYSTEM_LIBS: &[&str] = &[
+pub const SYSTEM_LIBS: &[&str] = &[
     "-static-libgcc",
     "-lutil",
     "-lrt",
@@ -93,4 +93,89 @@ pub fn link(object: &[u8], out: &Path) -> Result<(), LinkError> {
     }
     let bytes = std::fs::read(&exe).map_err(io(&exe))?;
     write_file(out, &bytes, 0o755)
+}
+
+/// The files `--emit lib` writes: the model object (kernels, weights, description), the runtime
+/// library (unchanged: rewriting a Rust archive with `ar` trips over its LLVM bitcode members),
+/// and the C header.
+pub const MODEL_OBJECT: &str = "inceptc_model.o";
+pub const RUNTIME_LIBRARY: &str = "libinceptc_runtime.a";
+pub const HEADER: &str = "inceptc_model.h";
+
+/// Writes the files of `--emit lib` into `dir`.
+pub fn library(object: &[u8], dir: &Path, header: &str) -> Result<(), LinkError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    write_file(&dir.join(MODEL_OBJECT), object, 0o644)?;
+    write_file(&dir.join(RUNTIME_LIBRARY), RUNTIME_LIB, 0o644)?;
+    write_file(&dir.join(HEADER), header.as_bytes(), 0o644)
+}
+
+/// The C header of a library compiled for `model`: the API of `runtime/main/src/embed.rs` and the
+/// model's shapes.
+pub fn header(model: &str, input: [usize; 4], output: &[usize]) -> String {
+    let dims = |d: &[usize]| {
+        d.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"/* {model} compiled by inceptc: an object with the kernels and weights, and the runtime.
+ *
+ * Link:  cc app.c {MODEL_OBJECT} {RUNTIME_LIBRARY} {libs}
+ *
+ * Input:  float32 NCHW [{input_dims}]   Output: float32 [{output_dims}]
+ *
+ * One program embeds one model (the symbols are not prefixed). Contexts are independent; use
+ * one per thread. Functions that fail return NULL or -1 and set inceptc_last_error().
+ */
+#ifndef INCEPTC_MODEL_H
+#define INCEPTC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define INCEPTC_MODEL "{model}"
+#define INCEPTC_INPUT_LEN {input_len}
+#define INCEPTC_OUTPUT_LEN {output_len}
+
+typedef struct inceptc_context inceptc_context;
+
+/* A context running on `threads` threads (0: all cores); NULL if the CPU lacks AVX2 or FMA, the
+ * model data is corrupt or memory is short. */
+inceptc_context *inceptc_create(int threads);
+
+/* Writes the input shape [N, C, H, W] to shape[0..4]; returns 4, or -1. */
+int inceptc_input_shape(int64_t shape[4]);
+
+/* Writes the output shape to shape[0..rank]; returns the rank (2: [N, K]), or -1. */
+int inceptc_output_shape(int64_t shape[4]);
+
+/* Runs the model on `input` (input_len floats) and writes output_len floats to `output`;
+ * returns 0, or -1 (wrong lengths, NULL buffers). */
+int inceptc_run(inceptc_context *context, const float *input, size_t input_len, float *output,
+                size_t output_len);
+
+/* Frees a context; NULL is ignored. */
+void inceptc_destroy(inceptc_context *context);
+
+/* The last failure on this thread, "" if none; valid until the next call. */
+const char *inceptc_last_error(void);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif
+"#,
+        libs = SYSTEM_LIBS.join(" "),
+        input_dims = dims(&input),
+        output_dims = dims(output),
+        input_len = input.iter().product::<usize>(),
+        output_len = output.iter().product::<usize>(),
+    )
 }

@@ -93,7 +93,7 @@ enum Command {
     /// Compile a network and its weights into a standalone executable (or its object, or the
     /// Cranelift IR of every kernel).
     #[command(
-        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/"
+        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/\n  inceptc compile --model inception-v4 --emit lib -o v4-lib/   # object, runtime library, C header"
     )]
     Compile {
         #[command(flatten)]
@@ -104,8 +104,9 @@ enum Command {
         /// Input height and width (default: the model's own).
         #[arg(long)]
         image_size: Option<usize>,
-        /// What to write: an executable, the object file, or one file per kernel into the
-        /// directory -o names with its Cranelift IR (clif) or machine code (asm).
+        /// What to write: an executable; the object file; into the directory -o names, the
+        /// object, the runtime library and a C header for embedding (lib), or one file per kernel
+        /// with its Cranelift IR (clif) or machine code (asm).
         #[arg(long, value_enum, default_value_t = Emit::Exe)]
         emit: Emit,
         /// The output path.
@@ -236,6 +237,7 @@ impl From<ModelArg> for Model {
 enum Emit {
     Exe,
     Obj,
+    Lib,
     Clif,
     Asm,
 }
@@ -620,7 +622,7 @@ fn compile(
             log::info!("wrote {} kernels to {}", files.len(), output.display());
             return Ok(());
         }
-        Emit::Obj | Emit::Exe => {}
+        Emit::Obj | Emit::Exe | Emit::Lib => {}
     }
     let output_kind = match args.model().classifier(args.classify) {
         Some(_) => OutputKind::Logits,
@@ -632,10 +634,19 @@ fn compile(
         preprocess(args.model()),
         output_kind,
     );
-    let object = inceptc::codegen::object::object(&program, &desc)?;
+    let object = inceptc::codegen::object::object(&program, &desc, emit == Emit::Exe)?;
     let generated = start.elapsed();
     match emit {
         Emit::Obj => inceptc::link::write_file(output, &object, 0o644)?,
+        Emit::Lib => {
+            let out_dims = match program.outputs[0] {
+                inceptc_runtime::layout::Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
+                inceptc_runtime::layout::Layout::Vector(v) => vec![v.n, v.features],
+            };
+            let header =
+                inceptc::link::header(args.model().name(), [batch, 3, size, size], &out_dims);
+            inceptc::link::library(&object, output, &header)?
+        }
         _ => inceptc::link::link(&object, output)?,
     }
     let total = start.elapsed();

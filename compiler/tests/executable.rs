@@ -504,3 +504,65 @@ fn outputs_are_bit_identical_across_runs_and_thread_counts() {
         );
     }
 }
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn a_c_program_embeds_a_compiled_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lib = d.join("lib");
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--image-size",
+        "96",
+        "--batch",
+        "2",
+        "--emit",
+        "lib",
+        "-o",
+        lib.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/embed/classify.c");
+    let app = d.join("classify");
+    let cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .arg(&source)
+        .arg("-I")
+        .arg(&lib)
+        .arg(lib.join(inceptc::link::MODEL_OBJECT))
+        .arg(lib.join(inceptc::link::RUNTIME_LIBRARY))
+        .arg("-o")
+        .arg(&app)
+        .args(inceptc::link::SYSTEM_LIBS)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let x = random_tensor([2, 3, 96, 96], 7);
+    let xin = d.join("x.f32");
+    let yout = d.join("y.f32");
+    let bytes: Vec<u8> = x.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&xin, bytes).unwrap();
+    let (code, stdout, stderr) = run(&app, &[xin.to_str().unwrap(), yout.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("input [2, 3, 96, 96] -> 1024 floats"),
+        "{stdout}"
+    );
+    let y: Vec<f32> = std::fs::read(&yout)
+        .unwrap()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let got = Tensor::new(vec![2, 512], y).unwrap();
+    assert_close(
+        &got,
+        &interpret(Model::InceptionResnetV1, &x),
+        "embedded in C",
+    );
+}

@@ -1,9 +1,12 @@
 //! The object file of a compiled network: every kernel as a local function, the packed weights
 //! (64-byte aligned, read-only), the model description, and the kernel table the runtime calls
 //! through. Exported symbols: `inceptc_desc` / `inceptc_desc_len`, `inceptc_weights` /
-//! `inceptc_weights_len`, `inceptc_kernels` (one pointer per step, null for the input step).
+//! `inceptc_weights_len`, `inceptc_kernels` (one pointer per step, null for the input step), and
+//! for executables `main`, which calls the runtime's `inceptc_main`.
 
+use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, Signature, UserFuncName};
 use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use inceptc_runtime::desc::ModelDesc;
@@ -30,8 +33,41 @@ fn data(
     module.define_data(id, &d).map_err(err)
 }
 
-/// The object's bytes (ELF, x86-64, position-independent).
-pub fn object(program: &Program, desc: &ModelDesc) -> Result<Vec<u8>, CodegenError> {
+/// Defines `main(argc, argv)` calling the runtime's `inceptc_main(argc, argv)`.
+fn entry_point(module: &mut ObjectModule) -> Result<(), CodegenError> {
+    let call_conv = module.isa().default_call_conv();
+    let mut sig = Signature::new(call_conv);
+    sig.params.push(AbiParam::new(types::I32));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.returns.push(AbiParam::new(types::I32));
+    let runtime_main = module
+        .declare_function("inceptc_main", Linkage::Import, &sig)
+        .map_err(err)?;
+    let main = module
+        .declare_function("main", Linkage::Export, &sig)
+        .map_err(err)?;
+    let mut ctx = Context::new();
+    ctx.func = Function::with_name_signature(UserFuncName::user(1, 0), sig);
+    let callee = module.declare_func_in_func(runtime_main, &mut ctx.func);
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let block = b.create_block();
+        b.append_block_params_for_function_params(block);
+        b.switch_to_block(block);
+        let args = b.block_params(block).to_vec();
+        let call = b.ins().call(callee, &args);
+        let code = b.inst_results(call)[0];
+        b.ins().return_(&[code]);
+        b.seal_all_blocks();
+        b.finalize(module.isa().frontend_config());
+    }
+    module.define_function(main, &mut ctx).map_err(err)
+}
+
+/// The object's bytes (ELF, x86-64, position-independent); with `entry`, it also defines the
+/// executable's `main`.
+pub fn object(program: &Program, desc: &ModelDesc, entry: bool) -> Result<Vec<u8>, CodegenError> {
     let builder =
         ObjectBuilder::new(isa(true)?, "inceptc_model", default_libcall_names()).map_err(err)?;
     let mut module = ObjectModule::new(builder);
@@ -77,6 +113,9 @@ pub fn object(program: &Program, desc: &ModelDesc) -> Result<Vec<u8>, CodegenErr
     let wlen = (program.weights.len() as u64).to_le_bytes().to_vec();
     data(&mut module, "inceptc_weights", program.weights.clone(), 64)?;
     data(&mut module, "inceptc_weights_len", wlen, 8)?;
+    if entry {
+        entry_point(&mut module)?;
+    }
     module.finish().emit().map_err(err)
 }
 

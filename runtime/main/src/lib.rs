@@ -1,6 +1,10 @@
-//! `main` of every executable inceptc emits. The model object linked beside this library defines
-//! the description, the packed weights and the kernel table; this code checks the CPU, decodes the
-//! description, and runs the model on images, on an `.npy` tensor, or in `--bench` mode.
+//! The runtime library linked beside every model object inceptc emits. The object defines the
+//! description, the packed weights and the kernel table. An executable's `main` (generated into its
+//! object) calls [`inceptc_main`], which checks the CPU, decodes the description, and runs the model
+//! on images, on an `.npy` tensor, or in `--bench` mode; a library (`--emit lib`) is used through
+//! the C API of [`embed`].
+
+pub mod embed;
 
 use std::ffi::{c_char, c_int};
 use std::io::Write as _;
@@ -52,12 +56,12 @@ struct Cli {
     json: bool,
 }
 
-/// The C entry point of the executable.
+/// The executable's entry point, called by the `main` generated into its object.
 ///
 /// # Safety
-/// Called by the C runtime with the process arguments.
+/// Called with the process arguments (read through `std::env`).
 #[no_mangle]
-pub unsafe extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn inceptc_main(_argc: c_int, _argv: *const *const c_char) -> c_int {
     let code = std::panic::catch_unwind(|| match run() {
         Ok(()) => 0,
         Err(e) => {
@@ -71,13 +75,13 @@ pub unsafe extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_in
 }
 
 /// What the linked model object provides: its description, weights and kernel table.
-struct Linked {
+pub(crate) struct Linked {
     desc: ModelDesc,
     weights: &'static [u8],
     kernels: &'static [Option<KernelFn>],
 }
 
-fn linked_model() -> Result<Linked> {
+pub(crate) fn linked_model() -> Result<Linked> {
     // SAFETY: the model object defines these symbols with these lengths (inceptc writes them
     // together); the description is validated before use.
     let (desc, weights) = unsafe {
@@ -105,15 +109,14 @@ fn linked_model() -> Result<Linked> {
     })
 }
 
-fn run() -> Result<()> {
-    let cli = Cli::parse();
-    exec::check_cpu()?;
+/// The runnable model over the linked kernels and weights.
+pub(crate) fn model(linked: &Linked) -> exec::Model<'static> {
     let Linked {
         desc,
         weights,
         kernels,
-    } = linked_model()?;
-    let model = exec::Model {
+    } = linked;
+    exec::Model {
         arena_bytes: desc.arena_bytes,
         weights,
         input: desc.input,
@@ -121,7 +124,7 @@ fn run() -> Result<()> {
         steps: desc
             .steps
             .iter()
-            .zip(kernels)
+            .zip(kernels.iter())
             .map(|(s, k)| exec::Step {
                 kernel: *k,
                 items: s.items,
@@ -130,7 +133,15 @@ fn run() -> Result<()> {
             })
             .collect(),
         blocks: desc.blocks.clone(),
-    };
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    exec::check_cpu()?;
+    let linked = linked_model()?;
+    let model = model(&linked);
+    let desc = &linked.desc;
     let threads = match cli.threads {
         Some(0) => bail!("--threads must be at least 1"),
         Some(t) => t,
@@ -139,16 +150,16 @@ fn run() -> Result<()> {
     let pool = ThreadPool::new(threads);
     let mut arena = Arena::new(desc.arena_bytes)?;
     if cli.bench {
-        return bench(&desc, &model, &pool, &mut arena, cli.runs.max(1), cli.json);
+        return bench(desc, &model, &pool, &mut arena, cli.runs.max(1), cli.json);
     }
     if let Some(input) = &cli.input {
-        return tensor(&desc, &model, &pool, &mut arena, input, cli.output.as_ref());
+        return tensor(desc, &model, &pool, &mut arena, input, cli.output.as_ref());
     }
     if cli.images.is_empty() {
         bail!("nothing to do: give images, --input x.npy, or --bench (see --help)");
     }
     images(
-        &desc,
+        desc,
         &model,
         &pool,
         &mut arena,
