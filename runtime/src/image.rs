@@ -16,7 +16,13 @@ pub struct ImageError {
     pub message: String,
 }
 
-/// Decodes a PNG or JPEG file; grey, grey+alpha and RGBA images are converted to RGB (alpha is
+/// The largest width or height accepted: a header may declare any size, so the decoder is bounded
+/// before it allocates.
+pub const MAX_SIDE: u32 = 16384;
+/// The most memory a decoder may allocate for one image.
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+
+/// Decodes a PNG or JPEG file (at most [`MAX_SIDE`] pixels a side); grey, grey+alpha and RGBA images are converted to RGB (alpha is
 /// dropped).
 pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
     let err = |message: String| ImageError {
@@ -29,8 +35,19 @@ pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
         Ok(other) => return Err(err(format!("a {other:?} image; expected PNG or JPEG"))),
         Err(_) => return Err(err("not a PNG or JPEG image".into())),
     };
-    let img = image::load_from_memory_with_format(&bytes, format)
-        .map_err(|e| err(format!("cannot decode: {e}")))?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => err(format!(
+            "the image is too large to decode (at most {MAX_SIDE}×{MAX_SIDE} pixels and {} MiB)",
+            MAX_DECODE_BYTES >> 20
+        )),
+        e => err(format!("cannot decode: {e}")),
+    })?;
     if img.width() == 0 || img.height() == 0 {
         return Err(err("the image is empty".into()));
     }
@@ -104,5 +121,59 @@ mod tests {
         assert!((x[15] - 1.0).abs() < 1e-6, "right edge is white → 1");
         let facenet = preprocess(&img, Preprocess::Facenet, [8, 8]);
         assert!((facenet[0] + 127.5 / 128.0).abs() < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for b in bytes {
+            crc ^= *b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// A PNG whose header declares `width`×`height` RGB pixels and whose data is one empty chunk.
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        png.extend_from_slice(&0u32.to_be_bytes());
+        png.extend_from_slice(b"IEND");
+        png.extend_from_slice(&crc32(b"IEND").to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn a_header_declaring_huge_dimensions_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.png");
+        std::fs::write(&path, png_header(1_000_000, 1_000_000)).unwrap();
+        let start = std::time::Instant::now();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("huge.png") && e.contains("too large"), "{e}");
+        assert!(start.elapsed().as_secs() < 5);
+        // Within the side limit but over the allocation bound.
+        std::fs::write(&path, png_header(16000, 16000)).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("too large") || e.contains("cannot decode"),
+            "{e}"
+        );
     }
 }
