@@ -1,0 +1,151 @@
+"""inceptc against ONNX Runtime and OpenVINO, measured side by side.
+
+For each model: build the timm model with seeded random weights (BatchNorm statistics randomized
+as in scripts/compare_pytorch.py), save it as safetensors for `inceptc compile` and export it to
+ONNX for the peers; check every engine against PyTorch (max |diff| / max |ref| <= 1e-4); then time
+the engines in interleaved rounds (each round: our executable's --bench over R runs, then R runs of
+ONNX Runtime, then R of OpenVINO), same thread count, and print the median latency, ours/peer, peak
+RSS and the time from process start to the first output of a fresh process.
+Run it through benches/peers.sh, which sets up the virtual environment.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from compare_pytorch import randomize  # noqa: E402
+
+TOLERANCE = 1e-4
+MODELS = {"inception_v4": "inception-v4", "inception_resnet_v2": "inception-resnet-v2"}
+
+FIRST_RESULT = r"""
+import sys, time, numpy as np
+engine, model, xpath, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+x = np.load(xpath)
+if engine == "onnxruntime":
+    import onnxruntime as ort
+    o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1
+    s = ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
+    y = s.run(None, {s.get_inputs()[0].name: x})[0]
+else:
+    import openvino as ov
+    c = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+    y = c(x)[0]
+print(float(np.abs(y).max()))
+"""
+
+
+def rel_err(ours, ref):
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def fresh_process(cmd):
+    """Wall time (s) and peak RSS (KiB) of one fresh process, start to exit, measured by GNU time
+    (a child forked from this large Python process would inherit its high-water mark)."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%e %M", *cmd], check=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True).stderr.strip().splitlines()[-1]
+    wall, rss = out.split()
+    return float(wall), int(rss)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--inceptc", required=True)
+    p.add_argument("--models", default="inception_v4,inception_resnet_v2")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--work")
+    a = p.parse_args()
+    work = a.work or tempfile.mkdtemp(prefix="inceptc-peers-")
+    os.makedirs(work, exist_ok=True)
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(a.threads)
+    import onnxruntime as ort
+    import openvino as ov
+    import timm
+
+    rows, failed = [], False
+    for label in a.models.split(","):
+        gen = torch.Generator().manual_seed(2016)
+        model = timm.create_model(label, pretrained=False)
+        randomize(model, 299, gen)
+        weights = os.path.join(work, f"{label}.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+        for batch in [int(b) for b in a.batches.split(",")]:
+            x = (torch.rand(batch, 3, 299, 299, generator=gen) * 2 - 1).float()
+            ref = model(x).numpy()
+            xpath = os.path.join(work, f"{label}-b{batch}-x.npy")
+            np.save(xpath, x.numpy())
+            onnx_path = os.path.join(work, f"{label}-b{batch}.onnx")
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(model, (x,), onnx_path, input_names=["x"], output_names=["y"],
+                                  opset_version=17, dynamo=False)
+            exe = os.path.join(work, f"{label}-b{batch}")
+            subprocess.run([a.inceptc, "-q", "compile", "--model", MODELS[label], "--weights", weights,
+                            "--batch", str(batch), "-o", exe], check=True)
+            ypath = os.path.join(work, f"{label}-b{batch}-y.npy")
+            subprocess.run([exe, "--input", xpath, "--output", ypath, "--threads", str(a.threads)], check=True)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = a.threads
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            compiled = ov.Core().compile_model(onnx_path, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
+                                                                   "INFERENCE_PRECISION_HINT": "f32"})
+            xn = x.numpy()
+            run_ort = lambda: sess.run(None, {"x": xn})[0]  # noqa: E731
+            run_ov = lambda: compiled(xn)[0]  # noqa: E731
+            errs = {"inceptc": rel_err(np.load(ypath), ref), "onnxruntime": rel_err(run_ort(), ref),
+                    "openvino": rel_err(run_ov(), ref)}
+            for engine, err in errs.items():
+                ok = err <= TOLERANCE
+                failed |= not ok
+                print(f"{label} batch {batch} {engine}: rel err {err:.2e} {'ok' if ok else 'FAIL'}", file=sys.stderr)
+            times = {"inceptc": [], "onnxruntime": [], "openvino": []}
+            for _ in range(a.rounds):
+                out = subprocess.run([exe, "--bench", "--json", "--runs", str(a.runs), "--threads", str(a.threads)],
+                                     check=True, capture_output=True, text=True).stdout
+                times["inceptc"].append(json.loads(out)["end_to_end"]["median_ms"])
+                for engine, fn in (("onnxruntime", run_ort), ("openvino", run_ov)):
+                    for _ in range(a.runs):
+                        start = time.perf_counter()
+                        fn()
+                        times[engine].append((time.perf_counter() - start) * 1e3)
+            first = {
+                "inceptc": fresh_process([exe, "--input", xpath, "--output", ypath, "--threads", str(a.threads)]),
+                "onnxruntime": fresh_process([sys.executable, "-c", FIRST_RESULT, "onnxruntime", onnx_path, xpath,
+                                              str(a.threads)]),
+                "openvino": fresh_process([sys.executable, "-c", FIRST_RESULT, "openvino", onnx_path, xpath,
+                                           str(a.threads)]),
+            }
+            med = {e: float(np.median(t)) for e, t in times.items()}
+            rows.append((label, batch, med, first, errs))
+            print(f"{label} batch {batch}: " + ", ".join(f"{e} {m:.1f} ms" for e, m in med.items()), file=sys.stderr)
+
+    print(f"\nfp32, {a.threads} threads, {a.rounds} interleaved rounds of {a.runs} runs; "
+          f"onnxruntime {ort.__version__}, openvino {ov.__version__}, torch {torch.__version__}\n")
+    print("| model | batch | inceptc ms | onnxruntime ms | openvino ms | ours/ORT | ours/OV | "
+          "first result s (ours / ORT / OV) | peak RSS MiB (ours / ORT / OV) | rel err (ours / ORT / OV) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, batch, med, first, errs in rows:
+        f = " / ".join(f"{first[e][0]:.2f}" for e in ("inceptc", "onnxruntime", "openvino"))
+        r = " / ".join(f"{first[e][1] / 1024:.0f}" for e in ("inceptc", "onnxruntime", "openvino"))
+        e = " / ".join(f"{errs[k]:.1e}" for k in ("inceptc", "onnxruntime", "openvino"))
+        print(f"| {label} | {batch} | {med['inceptc']:.1f} | {med['onnxruntime']:.1f} | {med['openvino']:.1f} | "
+              f"{med['inceptc'] / med['onnxruntime']:.2f} | {med['inceptc'] / med['openvino']:.2f} | {f} | {r} | {e} |")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
