@@ -262,13 +262,12 @@ fn features(g: &Graph) -> Vec<&'static str> {
             Op::Scale(_) => out.push("scale"),
             Op::AvgPool(_) => out.push("avg pool"),
             Op::MaxPool(_) => out.push("max pool"),
-            Op::Concat => {
+            Op::Concat
                 if g.inputs(id)
                     .iter()
-                    .any(|i| matches!(g.node(*i).op, Op::Concat))
-                {
-                    out.push("concat of concats");
-                }
+                    .any(|i| matches!(g.node(*i).op, Op::Concat)) =>
+            {
+                out.push("concat of concats")
             }
             Op::Conv2d(a) => out.push(match (a.kernel, a.stride) {
                 (_, [2, 2]) => "stride 2",
