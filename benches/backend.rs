@@ -101,14 +101,14 @@ fn main() {
             let pool = ThreadPool::new(threads);
             let mut totals = Vec::with_capacity(runs);
             let mut per_step: Vec<Vec<Duration>> = vec![Vec::new(); m.steps.len()];
-            let mut times = StepTimes::new();
+            let mut times = StepTimes::default();
             m.run(&mut arena, x.data(), &pool).unwrap();
             for _ in 0..runs {
                 let t = Instant::now();
                 m.run_timed(&mut arena, x.data(), &pool, Some(&mut times))
                     .unwrap();
                 totals.push(t.elapsed());
-                for (s, d) in times.iter().enumerate() {
+                for (s, d) in times.duration.iter().enumerate() {
                     per_step[s].push(*d);
                 }
             }

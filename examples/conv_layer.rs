@@ -33,10 +33,10 @@ fn main() {
     let x = vec![0.5f32; ic * hw * hw];
     let mut best = f64::MAX;
     for _ in 0..30 {
-        let mut times = Vec::new();
+        let mut times = Default::default();
         m.run_timed(&mut arena, &x, &pool, Some(&mut times))
             .unwrap();
-        best = best.min(times[1].as_secs_f64());
+        best = best.min(times.duration[1].as_secs_f64());
     }
     println!(
         "{ic}->{oc} {hw}x{hw} k{k}: {:.2} ms, {:.1} GFLOP/s",

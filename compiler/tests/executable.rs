@@ -327,15 +327,62 @@ fn bench_prints_every_block_and_json() {
     ] {
         assert!(stdout.contains(block), "`{block}` missing:\n{stdout}");
     }
-    let (code, json, _) = run(&exe, &["--bench", "--runs", "2", "--json"], None);
-    assert_eq!(code, 0);
-    assert!(json.trim_start().starts_with('{') && json.trim_end().ends_with('}'));
-    assert!(json.contains("\"end_to_end\": {\"median_ms\": "), "{json}");
-    assert_eq!(
-        json.matches("\"block\": ").count(),
-        stdout.lines().count() - 3,
-        "{json}"
+    let trace = dir.path().join("trace.json");
+    let (code, json, stderr) = run(
+        &exe,
+        &[
+            "--bench",
+            "--runs",
+            "2",
+            "--json",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+        None,
     );
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("--json is JSON");
+    assert!(report["end_to_end"]["median_ms"].as_f64().unwrap() > 0.0);
+    let blocks = report["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), stdout.lines().count() - 3, "{json}");
+    check_trace(&trace, blocks.len());
+}
+
+/// The trace is Chrome trace-event JSON: complete events with name, ph, ts, dur, pid and tid; one
+/// per block, and every kernel inside the time span of a block.
+fn check_trace(path: &Path, block_count: usize) {
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the trace is JSON");
+    let events = trace["traceEvents"].as_array().expect("traceEvents");
+    let spans: Vec<_> = events.iter().filter(|e| e["ph"] == "X").collect();
+    for e in &spans {
+        assert!(
+            e["name"].is_string() && e["pid"].is_u64() && e["tid"].is_u64(),
+            "{e}"
+        );
+        assert!(
+            e["ts"].as_f64().unwrap() >= 0.0 && e["dur"].as_f64().unwrap() >= 0.0,
+            "{e}"
+        );
+    }
+    let blocks: Vec<_> = spans.iter().filter(|e| e["cat"] == "block").collect();
+    let kernels: Vec<_> = spans.iter().filter(|e| e["cat"] == "kernel").collect();
+    assert_eq!(blocks.len(), block_count);
+    assert!(kernels.len() > blocks.len());
+    let range = |e: &serde_json::Value| {
+        let ts = e["ts"].as_f64().unwrap();
+        (ts, ts + e["dur"].as_f64().unwrap())
+    };
+    for k in &kernels {
+        let (a, b) = range(k);
+        assert!(
+            blocks.iter().any(|bl| {
+                let (x, y) = range(bl);
+                x <= a + 1e-3 && b <= y + 1e-3
+            }),
+            "kernel {k} outside every block"
+        );
+    }
 }
 
 #[test]

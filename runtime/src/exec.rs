@@ -121,8 +121,13 @@ impl Drop for Arena {
     }
 }
 
-/// Wall time of each step of one run, in step order.
-pub type StepTimes = Vec<Duration>;
+/// When each step of one run started (from the start of the run) and how long it took, in step
+/// order.
+#[derive(Clone, Debug, Default)]
+pub struct StepTimes {
+    pub start: Vec<Duration>,
+    pub duration: Vec<Duration>,
+}
 
 impl Model<'_> {
     /// Runs the model on `input` (NCHW f32) and returns each output, flattened: maps as NCHW,
@@ -159,9 +164,10 @@ impl Model<'_> {
         if arena.layout.size() < self.arena_bytes {
             *arena = Arena::new(self.arena_bytes)?;
         }
+        let run_start = Instant::now();
         if let Some(t) = times.as_deref_mut() {
-            t.clear();
-            t.resize(self.steps.len(), Duration::ZERO);
+            t.start = vec![Duration::ZERO; self.steps.len()];
+            t.duration = vec![Duration::ZERO; self.steps.len()];
         }
         for (s, step) in self.steps.iter().enumerate() {
             let start = Instant::now();
@@ -189,7 +195,8 @@ impl Model<'_> {
                 });
             }
             if let Some(t) = times.as_deref_mut() {
-                t[s] = start.elapsed();
+                t.start[s] = start - run_start;
+                t.duration[s] = start.elapsed();
             }
         }
         Ok(self.outputs.iter().map(|o| read(arena, o)).collect())

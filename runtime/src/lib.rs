@@ -6,6 +6,7 @@
 
 pub mod desc;
 pub mod exec;
+pub mod files;
 pub mod image;
 pub mod layout;
 pub mod npy;

@@ -31,7 +31,7 @@ const LABELS: &str = include_str!("../../src/imagenet_labels.txt");
 #[derive(Parser)]
 #[command(
     about = "A network compiled by inceptc: classify images, run a tensor, or time every block",
-    after_help = "Examples:\n  MODEL cat.jpg dog.png\n  MODEL --input x.npy --output y.npy\n  MODEL --bench --runs 20 --json"
+    after_help = "Examples:\n  MODEL cat.jpg dog.png\n  MODEL --input x.npy --output y.npy\n  MODEL --bench --runs 20 --json\n  MODEL --bench --trace trace.json   # open in https://ui.perfetto.dev"
 )]
 struct Cli {
     /// PNG or JPEG images to classify (or embed).
@@ -54,6 +54,10 @@ struct Cli {
     /// Print --bench results as JSON.
     #[arg(long, requires = "bench")]
     json: bool,
+    /// With --bench: write the fastest run as a Chrome trace (open it in Perfetto or
+    /// chrome://tracing): one span per block, one per kernel inside it.
+    #[arg(long, requires = "bench")]
+    trace: Option<PathBuf>,
 }
 
 /// The executable's entry point, called by the `main` generated into its object.
@@ -150,7 +154,15 @@ fn run() -> Result<()> {
     let pool = ThreadPool::new(threads);
     let mut arena = Arena::new(desc.arena_bytes)?;
     if cli.bench {
-        return bench(desc, &model, &pool, &mut arena, cli.runs.max(1), cli.json);
+        return bench(
+            desc,
+            &model,
+            &pool,
+            &mut arena,
+            cli.runs.max(1),
+            cli.json,
+            cli.trace.as_deref(),
+        );
     }
     if let Some(input) = &cli.input {
         return tensor(desc, &model, &pool, &mut arena, input, cli.output.as_ref());
@@ -316,6 +328,46 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// The Chrome trace-event JSON of one timed run: a complete ("X") event per block and per kernel,
+/// in microseconds from the start of the run.
+fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mut events = vec![format!(
+        "{{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": 1, \"tid\": 1, \"args\": {{\"name\": {}}}}}",
+        json_string(&format!("{} (batch {}, {threads} threads)", desc.model, desc.batch))
+    )];
+    let mut s = 0;
+    while s < desc.steps.len() {
+        let block = desc.steps[s].block;
+        let first = s;
+        while s < desc.steps.len() && desc.steps[s].block == block {
+            s += 1;
+        }
+        let begin = times.start[first];
+        let end = times.start[s - 1] + times.duration[s - 1];
+        events.push(format!(
+            "{{\"name\": {}, \"cat\": \"block\", \"ph\": \"X\", \"ts\": {:.3}, \"dur\": {:.3}, \"pid\": 1, \"tid\": 1}}",
+            json_string(&desc.blocks[block]),
+            us(begin),
+            us(end - begin)
+        ));
+        for k in first..s {
+            let step = &desc.steps[k];
+            events.push(format!(
+                "{{\"name\": {}, \"cat\": \"kernel\", \"ph\": \"X\", \"ts\": {:.3}, \"dur\": {:.3}, \"pid\": 1, \"tid\": 1, \"args\": {{\"work_items\": {}}}}}",
+                json_string(if step.has_kernel { &step.name } else { "input" }),
+                us(times.start[k]),
+                us(times.duration[k]),
+                step.items
+            ));
+        }
+    }
+    format!(
+        "{{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n{}\n]}}\n",
+        events.join(",\n")
+    )
+}
+
 fn bench(
     desc: &ModelDesc,
     model: &exec::Model,
@@ -323,19 +375,30 @@ fn bench(
     arena: &mut Arena,
     runs: usize,
     json: bool,
+    trace: Option<&Path>,
 ) -> Result<()> {
     let x = seeded_input(desc.batch * desc.input.channels * desc.image[0] * desc.image[1]);
     model.run(arena, &x, pool).context("warm-up run")?;
     let mut totals = Vec::with_capacity(runs);
     let mut blocks: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); desc.blocks.len()];
-    let mut times = StepTimes::new();
+    let mut times = StepTimes::default();
+    let mut fastest: Option<(Duration, StepTimes)> = None;
     for _ in 0..runs {
         let start = Instant::now();
         model.run_timed(arena, &x, pool, Some(&mut times))?;
-        totals.push(start.elapsed());
-        for (b, t) in model.block_times(&times).into_iter().enumerate() {
+        let total = start.elapsed();
+        totals.push(total);
+        for (b, t) in model.block_times(&times.duration).into_iter().enumerate() {
             blocks[b].push(t);
         }
+        if fastest.as_ref().is_none_or(|(t, _)| total < *t) {
+            fastest = Some((total, times.clone()));
+        }
+    }
+    if let (Some(path), Some((_, run))) = (trace, &fastest) {
+        let text = chrome_trace(desc, run, pool.threads());
+        inceptc_runtime::files::write_atomically(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let mut out = std::io::stdout().lock();
     let min_total = *totals.iter().min().unwrap_or(&Duration::ZERO);
