@@ -1,12 +1,11 @@
 //! Compiling a [`Program`] in process with cranelift-jit, for tests and for measuring kernels
 //! without linking an executable.
 
-use cranelift_codegen::Context;
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_module::default_libcall_names;
 use inceptc_runtime::exec::{self, KernelFn};
 
-use super::{emit, isa, kernel_name, CodegenError, Program};
+use super::{define_kernels, isa, CodegenError, Program};
 
 /// A program whose kernels are compiled into this process.
 pub struct JitProgram {
@@ -20,25 +19,7 @@ impl JitProgram {
         let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
         let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
         let mut module = JITModule::new(builder);
-        let call_conv = module.isa().default_call_conv();
-        let mut ctx = Context::new();
-        let mut ids = Vec::with_capacity(program.steps.len());
-        for (i, step) in program.steps.iter().enumerate() {
-            let Some(kernel) = &step.kernel else {
-                ids.push(None);
-                continue;
-            };
-            let name = kernel_name(i, &step.nodes[0]);
-            let id = module
-                .declare_function(&name, Linkage::Local, &emit::kernel_signature(call_conv))
-                .map_err(|e| err(&e))?;
-            ctx.func = emit::function(kernel, module.isa(), i as u32);
-            module
-                .define_function(id, &mut ctx)
-                .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
-            module.clear_context(&mut ctx);
-            ids.push(Some(id));
-        }
+        let ids = define_kernels(&mut module, &program)?;
         module.finalize_definitions().map_err(|e| err(&e))?;
         let kernels = ids
             .into_iter()

@@ -77,6 +77,38 @@ pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
         .map_err(|e| err(&e))
 }
 
+/// Declares and defines the kernel of every step in `module` (local functions named by
+/// [`kernel_name`]); returns each step's function, `None` for the input step.
+pub fn define_kernels<M: cranelift_module::Module>(
+    module: &mut M,
+    program: &Program,
+) -> Result<Vec<Option<cranelift_module::FuncId>>, CodegenError> {
+    let call_conv = module.isa().default_call_conv();
+    let mut ctx = cranelift_codegen::Context::new();
+    let mut ids = Vec::with_capacity(program.steps.len());
+    for (i, step) in program.steps.iter().enumerate() {
+        let Some(kernel) = &step.kernel else {
+            ids.push(None);
+            continue;
+        };
+        let name = kernel_name(i, &step.nodes[0]);
+        let id = module
+            .declare_function(
+                &name,
+                cranelift_module::Linkage::Local,
+                &emit::kernel_signature(call_conv),
+            )
+            .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
+        ctx.func = emit::function(kernel, module.isa(), i as u32);
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
+        module.clear_context(&mut ctx);
+        ids.push(Some(id));
+    }
+    Ok(ids)
+}
+
 /// The description an executable carries for `program` (see [`inceptc_runtime::desc`]).
 pub fn describe(
     program: &Program,

@@ -11,7 +11,7 @@ use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use inceptc_runtime::desc::ModelDesc;
 
-use super::{emit, isa, kernel_name, CodegenError, Program};
+use super::{define_kernels, emit, isa, kernel_name, CodegenError, Program};
 
 fn err(e: impl std::fmt::Display) -> CodegenError {
     CodegenError::Cranelift(e.to_string())
@@ -71,25 +71,7 @@ pub fn object(program: &Program, desc: &ModelDesc, entry: bool) -> Result<Vec<u8
     let builder =
         ObjectBuilder::new(isa(true)?, "inceptc_model", default_libcall_names()).map_err(err)?;
     let mut module = ObjectModule::new(builder);
-    let call_conv = module.isa().default_call_conv();
-    let mut ctx = Context::new();
-    let mut functions = Vec::with_capacity(program.steps.len());
-    for (i, step) in program.steps.iter().enumerate() {
-        let Some(kernel) = &step.kernel else {
-            functions.push(None);
-            continue;
-        };
-        let name = kernel_name(i, &step.nodes[0]);
-        let id = module
-            .declare_function(&name, Linkage::Local, &emit::kernel_signature(call_conv))
-            .map_err(err)?;
-        ctx.func = emit::function(kernel, module.isa(), i as u32);
-        module
-            .define_function(id, &mut ctx)
-            .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
-        module.clear_context(&mut ctx);
-        functions.push(Some(id));
-    }
+    let functions = define_kernels(&mut module, program)?;
 
     let table = module
         .declare_data("inceptc_kernels", Linkage::Export, false, false)
