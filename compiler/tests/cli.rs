@@ -385,6 +385,8 @@ fn every_command_help_shows_an_example() {
         vec!["dump", "--help"],
         vec!["interpret", "--help"],
         vec!["plan", "--help"],
+        vec!["compile", "--help"],
+        vec!["passes", "--help"],
     ] {
         let (code, stdout, _) = run_inceptc(&command);
         assert_eq!(code, 0);

@@ -297,6 +297,9 @@ fn bad_input_to_an_executable_is_reported() {
         &["--threads must be at least 1"],
     );
     expect(&["--frobnicate"], 2, &["--frobnicate"]);
+    let (code, stdout, _) = run(&exe, &["--help"], None);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Examples:\n  MODEL cat.jpg"), "{stdout}");
     // The embedding model prints embeddings for images.
     let (code, stdout, _) = run(&exe, &[&path("rgb.png")], None);
     assert_eq!(code, 0);
