@@ -75,6 +75,8 @@ pub struct MemoryPlan {
     pub steps: Vec<Vec<NodeId>>,
     pub buffers: Vec<Buffer>,
     pub placements: HashMap<NodeId, Placement>,
+    /// The shape of every value at this batch and size.
+    pub shapes: HashMap<NodeId, Shape>,
     /// Bytes of the arena: the end of the highest buffer.
     pub arena_bytes: usize,
     /// The largest sum of sizes of the buffers live at one step: no arena for this schedule and
@@ -260,6 +262,7 @@ pub fn plan(
         steps,
         buffers,
         placements,
+        shapes,
         arena_bytes,
         lower_bound,
     })

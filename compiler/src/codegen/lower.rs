@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
-use inceptc_ir::{infer_shapes, Graph, NodeId, Shape};
+use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::emit::TILE_PIXELS;
 use super::CodegenError;
-use crate::plan::{plan, MemoryPlan};
+use crate::plan::{plan, Buffer, MemoryPlan};
 use inceptc_runtime::layout::{Layout, MapLayout, VecLayout};
 
 /// Output channels of one register tile of a convolution: two f32x4 vectors.
@@ -165,11 +165,10 @@ impl Program {
         width: usize,
     ) -> Result<Program, CodegenError> {
         let plan = plan(graph, batch, height, width)?;
-        let shapes = infer_shapes(graph, batch, height, width)?;
         let lowering = Lowering {
             graph,
             plan: &plan,
-            shapes: &shapes,
+            shapes: &plan.shapes,
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -195,20 +194,9 @@ impl Program {
                 .buffers
                 .iter()
                 .filter(|b| b.live[0] == s && b.halo != [0, 0])
-                .map(|b| {
-                    let Shape::Map { n, c, h, w } = b.shape else {
-                        unreachable!("only feature maps get halos")
-                    };
-                    MapLayout {
-                        offset: b.offset,
-                        n,
-                        h,
-                        w,
-                        c_total: c,
-                        channel_offset: 0,
-                        channels: c,
-                        halo: b.halo,
-                    }
+                .filter_map(|b| match buffer_layout(b, 0, b.shape.channels()) {
+                    Layout::Map(m) => Some(m),
+                    Layout::Vector(_) => None,
                 })
                 .collect();
             steps.push(Step {
@@ -244,6 +232,29 @@ impl Program {
     }
 }
 
+/// Channels `channel_offset .. channel_offset + channels` of `buffer`, as a layout.
+fn buffer_layout(buffer: &Buffer, channel_offset: usize, channels: usize) -> Layout {
+    match buffer.shape {
+        Shape::Map { n, c, h, w } => Layout::Map(MapLayout {
+            offset: buffer.offset,
+            n,
+            h,
+            w,
+            c_total: c,
+            channel_offset,
+            channels,
+            halo: buffer.halo,
+        }),
+        Shape::Vector { n, f } => Layout::Vector(VecLayout {
+            offset: buffer.offset,
+            n,
+            f_total: f,
+            feature_offset: channel_offset,
+            features: channels,
+        }),
+    }
+}
+
 /// Packed weights under construction.
 #[derive(Default)]
 struct WeightBlob {
@@ -273,25 +284,7 @@ impl Lowering<'_> {
     fn layout(&self, id: NodeId) -> Result<Layout, CodegenError> {
         let place = self.plan.placements[&id];
         let buffer = &self.plan.buffers[place.buffer];
-        Ok(match buffer.shape {
-            Shape::Map { n, c, h, w } => Layout::Map(MapLayout {
-                offset: buffer.offset,
-                n,
-                h,
-                w,
-                c_total: c,
-                channel_offset: place.channel_offset,
-                channels: place.channels,
-                halo: buffer.halo,
-            }),
-            Shape::Vector { n, f } => Layout::Vector(VecLayout {
-                offset: buffer.offset,
-                n,
-                f_total: f,
-                feature_offset: place.channel_offset,
-                features: place.channels,
-            }),
-        })
+        Ok(buffer_layout(buffer, place.channel_offset, place.channels))
     }
 
     fn map(&self, id: NodeId) -> Result<MapLayout, CodegenError> {
