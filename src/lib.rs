@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: golden files that print a unified diff on mismatch and
-//! are rewritten with `BLESS=1`, and safetensors checkpoints written from a graph's parameters.
+//! are rewritten with `BLESS=1`, safetensors checkpoints written from a graph's parameters, and the
+//! bodies of the fuzz targets.
 
 use std::path::{Path, PathBuf};
+
+pub mod fuzz;
 
 /// The repository root.
 pub fn root() -> PathBuf {

@@ -158,3 +158,30 @@ fn damaged_images_are_rejected_without_panicking() {
         });
     }
 }
+
+/// Every committed fuzz input — the seed corpora (fuzz/corpus/<target>) and the inputs that once
+/// crashed or hung a target, reduced (fuzz/regressions/<target>) — through the targets' bodies.
+#[test]
+fn fuzz_corpora_and_regressions_replay() {
+    let root = inceptc_suite::root().join("fuzz");
+    for (target, body) in inceptc_suite::fuzz::TARGETS {
+        let mut count = 0;
+        for dir in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                let start = std::time::Instant::now();
+                if catch_unwind(AssertUnwindSafe(|| body(&bytes))).is_err() {
+                    panic!("fuzz target {target} fails on {}", path.display());
+                }
+                let took = start.elapsed();
+                assert!(took.as_secs() < 5, "{}: {took:?}", path.display());
+                count += 1;
+            }
+        }
+        assert!(count >= 5, "{target}: only {count} committed inputs");
+    }
+}

@@ -29,13 +29,28 @@ pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
         path: path.display().to_string(),
         message,
     };
+    if path.is_dir() {
+        return Err(err("it is a directory, not an image file".into()));
+    }
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let format = match image::guess_format(&bytes) {
+    decode(path, &bytes)
+}
+
+/// Decodes the bytes of an image file read from `path` (named in errors) as [`load`] does.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    let err = |message: String| ImageError {
+        path: path.display().to_string(),
+        message,
+    };
+    if bytes.is_empty() {
+        return Err(err("the file is empty (0 bytes)".into()));
+    }
+    let format = match image::guess_format(bytes) {
         Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg)) => f,
         Ok(other) => return Err(err(format!("a {other:?} image; expected PNG or JPEG"))),
         Err(_) => return Err(err("not a PNG or JPEG image".into())),
     };
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);

@@ -265,6 +265,10 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
     }
     let end = text.lines().count().max(1);
     match parser.graph {
+        Some(g) if parser.closed && g.outputs().is_empty() => Err(ParseError {
+            line: end,
+            message: "the graph has no `output %N` line".into(),
+        }),
         Some(g) if parser.closed => Ok(g),
         Some(_) => Err(ParseError {
             line: end,

@@ -1,0 +1,4 @@
+//! The `.npy` reader: the body and what it checks are in `inceptc_suite::fuzz::npy`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| inceptc_suite::fuzz::npy(data));
