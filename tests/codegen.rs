@@ -3,7 +3,7 @@
 //! of 4 or 8, concat tiles, shared kernels, residuals), and whole networks.
 
 use inceptc::codegen::jit::JitProgram;
-use inceptc::codegen::Program;
+use inceptc::codegen::{LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::{interp, text, Graph, Tensor};
@@ -20,12 +20,20 @@ fn compare(graph: &Graph, x: &Tensor, threads: usize) -> f64 {
     let [n, _, h, w] = x.shape() else {
         panic!("input must be NCHW")
     };
-    let program = Program::new(graph, *n, *h, *w).unwrap_or_else(|e| panic!("{e}"));
+    // Every comparison also runs under the bounds check: no kernel may touch a canary or a halo.
+    let checked = LowerOptions {
+        check_bounds: true,
+        ..LowerOptions::default()
+    };
+    let program =
+        Program::with_options(graph, *n, *h, *w, &checked).unwrap_or_else(|e| panic!("{e}"));
     let jit = JitProgram::new(program).unwrap_or_else(|e| panic!("{e}"));
     let model = jit.model();
     let mut arena = Arena::new(model.arena_bytes).unwrap();
     let pool = ThreadPool::new(threads);
-    let got = model.run(&mut arena, x.data(), &pool).unwrap();
+    let got = model
+        .run(&mut arena, x.data(), &pool)
+        .unwrap_or_else(|e| panic!("{e}"));
     let want = interp::run(graph, x).unwrap();
     assert_eq!(got.len(), want.len());
     got.iter()
@@ -174,4 +182,57 @@ fn every_network_matches_the_interpreter() {
             assert!(err <= TOLERANCE, "{model} batch {batch}: error {err:e}");
         }
     }
+}
+
+/// A convolution made to write one row too far (a wrong tile) is caught by the bounds check after
+/// its own step and named. (Unchecked, the same write lands outside its buffer, maybe outside the
+/// arena: it is not run.)
+#[test]
+fn the_bounds_check_names_a_kernel_that_writes_out_of_bounds() {
+    let g = graph(
+        r#"graph "faults" {
+  %0 = input channels=3 name="input" block="b"
+  %1 = fused_conv %0 in=3 out=8 kernel=3x3 stride=2x2 pad=0x0 bias=true residual=false relu=true name="stem" block="b"
+  %2 = fused_conv %1 in=8 out=5 kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=true name="a" block="b" tile=0/12
+  %3 = fused_conv %1, %2 in=8 out=7 kernel=1x7 stride=1x1 pad=0x3 bias=true residual=false relu=true name="b" block="b" tile=5
+  %4 = fused_conv %3 in=12 out=9 kernel=3x3 stride=1x1 pad=1x1 bias=true residual=false relu=false name="c" block="b"
+  output %4
+}
+"#
+        .into(),
+    );
+    let x = input(2, 3, 15, 13, 1);
+    let pool = ThreadPool::new(2);
+    for fault in ["stem", "a", "b", "c"] {
+        let options = LowerOptions {
+            check_bounds: true,
+            inject_fault: Some(fault.into()),
+        };
+        let program = Program::with_options(&g, 2, 15, 13, &options).unwrap();
+        let steps: Vec<Vec<String>> = program.steps.iter().map(|s| s.nodes.clone()).collect();
+        let jit = JitProgram::new(program).unwrap();
+        let model = jit.model();
+        let mut arena = Arena::new(model.arena_bytes).unwrap();
+        let result = model.run(&mut arena, x.data(), &pool);
+        let err = result.expect_err(fault).to_string();
+        let step = steps.iter().position(|s| s[0] == fault).unwrap();
+        let kernel = inceptc::codegen::kernel_name(step, fault);
+        assert!(
+            err.starts_with(&format!(
+                "bounds check: kernel `{kernel}` (step {step}, block b) wrote out of bounds: "
+            )),
+            "{fault}: {err}"
+        );
+        assert!(err.contains(" of buffer `"), "{err}");
+    }
+    // An unknown node is refused when lowering.
+    let options = LowerOptions {
+        check_bounds: true,
+        inject_fault: Some("nope".into()),
+    };
+    let err = Program::with_options(&g, 1, 15, 13, &options).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--inject-fault: no fused convolution is named `nope`"
+    );
 }

@@ -9,7 +9,7 @@
 //! the long run is 2,000); a failure prints the seed and the network's IR text.
 
 use inceptc::codegen::jit::JitProgram;
-use inceptc::codegen::Program;
+use inceptc::codegen::{LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::blocks::{column, pointwise, row, square, Builder, ConvSpec};
 use inceptc_ir::op::{AvgPoolAttrs, Conv2dAttrs, Op, PoolAttrs, ScaleAttrs};
@@ -219,12 +219,18 @@ fn random_inception_networks_compile_to_what_the_interpreter_computes() {
         let batch = 1 + (seed % 2) as usize;
         let x = input(batch, size, seed);
         let want = interp::run(&original, &x).unwrap();
-        let program = Program::new(&optimized, batch, size, size)
+        let checked = LowerOptions {
+            check_bounds: true,
+            ..LowerOptions::default()
+        };
+        let program = Program::with_options(&optimized, batch, size, size, &checked)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
         let jit = JitProgram::new(program).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
         let model = jit.model();
         let mut arena = Arena::new(model.arena_bytes).unwrap();
-        let got = model.run(&mut arena, x.data(), &pool).unwrap();
+        let got = model
+            .run(&mut arena, x.data(), &pool)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
         let got = Tensor::new(want[0].shape().to_vec(), got[0].clone()).unwrap();
         let err = got.relative_error(&want[0]).unwrap();
         assert!(

@@ -93,7 +93,7 @@ enum Command {
     /// Compile a network and its weights into a standalone executable (or its object, or the
     /// Cranelift IR of every kernel).
     #[command(
-        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/\n  inceptc compile --model inception-v4 --emit lib -o v4-lib/   # object, runtime library, C header"
+        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/\n  inceptc compile --model inception-v4 --emit lib -o v4-lib/   # object, runtime library, C header\n  inceptc compile --model inception-resnet-v1 --image-size 75 --check-bounds -o v1-checked"
     )]
     Compile {
         #[command(flatten)]
@@ -112,6 +112,13 @@ enum Command {
         /// The output path.
         #[arg(short, long)]
         output: PathBuf,
+        /// Debugging: canaries around every buffer of the arena, checked with the halos after
+        /// every kernel; a kernel that writes out of bounds is named and the run fails.
+        #[arg(long)]
+        check_bounds: bool,
+        /// Test-only: make the named convolution write one pixel too far (see --check-bounds).
+        #[arg(long, hide = true, value_name = "NODE")]
+        inject_fault: Option<String>,
     },
     /// List the optimization pipeline, one line per pass.
     #[command(after_help = "Example:\n  inceptc passes")]
@@ -336,7 +343,15 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             image_size,
             emit,
             output,
-        } => compile(&model, batch, image_size, emit, &output, quiet),
+            check_bounds,
+            inject_fault,
+        } => {
+            let options = inceptc::codegen::LowerOptions {
+                check_bounds,
+                inject_fault,
+            };
+            compile(&model, batch, image_size, emit, &output, &options, quiet)
+        }
         Command::Passes => {
             for pass in inceptc::passes::PIPELINE {
                 println!("{:<22} {}", pass.name, pass.summary);
@@ -591,6 +606,7 @@ fn compile(
     image_size: Option<usize>,
     emit: Emit,
     output: &Path,
+    options: &inceptc::codegen::LowerOptions,
     quiet: bool,
 ) -> Result<()> {
     if batch == 0 {
@@ -603,7 +619,7 @@ fn compile(
         .with_context(|| format!("{} at {size}×{size}", args.model()))?;
     let loaded = start.elapsed();
     inceptc::passes::run_pipeline(&mut graph, None)?;
-    let program = inceptc::codegen::Program::new(&graph, batch, size, size)
+    let program = inceptc::codegen::Program::with_options(&graph, batch, size, size, options)
         .with_context(|| format!("lowering {}", args.model()))?;
     let lowered = start.elapsed();
     match emit {

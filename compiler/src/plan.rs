@@ -35,10 +35,13 @@ pub struct Buffer {
     pub shape: Shape,
     /// Zero rows above and below, zero columns left and right (feature maps only).
     pub halo: [usize; 2],
-    /// Size in bytes, rounded up to [`ALIGN`].
+    /// Size in bytes, guards included, rounded up to [`ALIGN`].
     pub bytes: usize,
     /// Offset in the arena, a multiple of [`ALIGN`].
     pub offset: usize,
+    /// Canary bytes before and after the data (`--check-bounds`; 0 otherwise): the data starts
+    /// at `offset + guard`.
+    pub guard: usize,
     /// First and last step (inclusive) at which the buffer is live.
     pub live: [usize; 2],
     /// The values stored in it, in schedule order.
@@ -49,6 +52,16 @@ impl Buffer {
     /// Whether two buffers' lifetimes intersect.
     pub fn lives_with(&self, other: &Buffer) -> bool {
         self.live[0] <= other.live[1] && other.live[0] <= self.live[1]
+    }
+
+    /// Where the data starts in the arena (after the leading guard).
+    pub fn data_offset(&self) -> usize {
+        self.offset + self.guard
+    }
+
+    /// Bytes of data: the value (or concatenation) with its halo, without guards or rounding.
+    pub fn data_bytes(&self) -> usize {
+        buffer_bytes(self.shape, self.halo)
     }
 
     /// Whether two buffers' arena ranges intersect.
@@ -159,6 +172,19 @@ pub fn plan(
     height: usize,
     width: usize,
 ) -> Result<MemoryPlan, PlanError> {
+    plan_guarded(graph, batch, height, width, false)
+}
+
+/// [`plan`], with canaries before and after every buffer when `guarded` (`--check-bounds`): at
+/// least [`ALIGN`] bytes, and at least one pixel of a feature map, so that a tile that writes one
+/// pixel too far lands in them.
+pub fn plan_guarded(
+    graph: &Graph,
+    batch: usize,
+    height: usize,
+    width: usize,
+    guarded: bool,
+) -> Result<MemoryPlan, PlanError> {
     let shapes = infer_shapes(graph, batch, height, width)?;
     let steps = schedule(graph)?;
 
@@ -187,6 +213,11 @@ pub fn plan(
                         halo: [0, 0],
                         bytes: 0,
                         offset: 0,
+                        guard: match (guarded, shapes[&id]) {
+                            (false, _) => 0,
+                            (true, Shape::Map { c, .. }) => (c * 4).next_multiple_of(ALIGN),
+                            (true, Shape::Vector { .. }) => ALIGN,
+                        },
                         live: [s, s],
                         values: Vec::new(),
                     });
@@ -242,7 +273,7 @@ pub fn plan(
         buffers[placements[o].buffer].live[1] = end;
     }
     for b in &mut buffers {
-        b.bytes = buffer_bytes(b.shape, b.halo).next_multiple_of(ALIGN);
+        b.bytes = (b.data_bytes() + 2 * b.guard).next_multiple_of(ALIGN);
     }
 
     let lower_bound = (0..=end)

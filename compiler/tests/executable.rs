@@ -550,6 +550,87 @@ fn outputs_are_bit_identical_across_runs_and_thread_counts() {
 
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn check_bounds_runs_clean_and_names_a_kernel_that_writes_out_of_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = ["--image-size", "75", "--batch", "2"];
+    let plain = compile(d, "plain", "inception-resnet-v1", &size);
+    let checked = compile(
+        d,
+        "checked",
+        "inception-resnet-v1",
+        &[&size[..], &["--check-bounds"]].concat(),
+    );
+    let x = random_tensor([2, 3, 75, 75], 4);
+    let xp = d.join("x.npy");
+    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
+    let outputs: Vec<Vec<u8>> = [&plain, &checked]
+        .iter()
+        .map(|exe| {
+            let yp = d.join("y.npy");
+            let args = [
+                "--input",
+                xp.to_str().unwrap(),
+                "--output",
+                yp.to_str().unwrap(),
+            ];
+            let (code, _, stderr) = run(exe, &args, None);
+            assert_eq!(code, 0, "{}: {stderr}", exe.display());
+            std::fs::read(&yp).unwrap()
+        })
+        .collect();
+    assert!(
+        outputs[0] == outputs[1],
+        "--check-bounds changed the output"
+    );
+    // A stem convolution whose output has a halo, a tile of a concatenation, a residual block's
+    // in-place convolution: each made to write one pixel too far.
+    for (node, kernel) in [
+        ("conv2d_2a.conv", "_conv2d_2a_conv`"),
+        ("mixed_6a.branch0.conv", "_mixed_6a_branch0_conv`"),
+        ("repeat_1.0.conv2d", "_repeat_1_0_conv2d`"),
+    ] {
+        let faulty = compile(
+            d,
+            "faulty",
+            "inception-resnet-v1",
+            &[&size[..], &["--check-bounds", "--inject-fault", node]].concat(),
+        );
+        let yp = d.join("faulty.npy");
+        let args = [
+            "--input",
+            xp.to_str().unwrap(),
+            "--output",
+            yp.to_str().unwrap(),
+        ];
+        let (code, _, stderr) = run(&faulty, &args, None);
+        assert_eq!(code, 1, "{node}: {stderr}");
+        assert!(
+            stderr.starts_with("error: bounds check: kernel `k"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(kernel), "{node}: {stderr}");
+        assert!(stderr.contains("wrote out of bounds: the "), "{stderr}");
+        assert!(!yp.exists(), "a failed run writes no output");
+    }
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--inject-fault",
+        "nope",
+        "-o",
+        d.join("never").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--inject-fault: no fused convolution is named `nope`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
 fn a_c_program_embeds_a_compiled_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -5,10 +5,11 @@
 //! Encoding: a magic word and version, then little-endian `u64` fields; strings as a length and
 //! bytes padded to 8; lists as a length and their elements.
 
+use crate::exec::Guard;
 use crate::layout::{Layout, MapLayout, VecLayout};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 
 /// How input images become the network's input tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +57,8 @@ pub struct ModelDesc {
     pub outputs: Vec<Layout>,
     pub blocks: Vec<String>,
     pub steps: Vec<StepDesc>,
+    /// Buffers watched by the bounds check (`--check-bounds`); empty otherwise.
+    pub guards: Vec<Guard>,
 }
 
 /// The bytes are not a description this runtime understands.
@@ -194,6 +197,20 @@ impl ModelDesc {
             w.u(s.clear_halos.len());
             s.clear_halos.iter().for_each(|m| w.map(m));
         }
+        w.u(self.guards.len());
+        for g in &self.guards {
+            w.s(&g.buffer);
+            for v in [g.offset, g.bytes, g.guard, g.live[0], g.live[1]] {
+                w.u(v);
+            }
+            match &g.halo {
+                Some(m) => {
+                    w.u(1);
+                    w.map(m);
+                }
+                None => w.u(0),
+            }
+        }
         w.0
     }
 
@@ -263,6 +280,21 @@ impl ModelDesc {
                 clear_halos,
             });
         }
+        let mut guards = Vec::new();
+        for _ in 0..r.len()? {
+            guards.push(Guard {
+                buffer: r.s()?,
+                offset: r.u()?,
+                bytes: r.u()?,
+                guard: r.u()?,
+                live: [r.u()?, r.u()?],
+                halo: match r.u()? {
+                    0 => None,
+                    1 => Some(r.map()?),
+                    _ => return Err(DescError("bad guard")),
+                },
+            });
+        }
         if !r.0.is_empty() {
             return Err(DescError("trailing bytes"));
         }
@@ -277,6 +309,7 @@ impl ModelDesc {
             outputs,
             blocks,
             steps,
+            guards,
         };
         desc.check()?;
         Ok(desc)
@@ -286,6 +319,7 @@ impl ModelDesc {
     fn check(&self) -> Result<(), DescError> {
         let maps = std::iter::once(&self.input)
             .chain(self.steps.iter().flat_map(|s| &s.clear_halos))
+            .chain(self.guards.iter().filter_map(|g| g.halo.as_ref()))
             .chain(self.outputs.iter().filter_map(|o| match o {
                 Layout::Map(m) => Some(m),
                 Layout::Vector(_) => None,
@@ -294,6 +328,21 @@ impl ModelDesc {
             if m.offset + m.bytes() > self.arena_bytes || m.channel_offset + m.channels > m.c_total
             {
                 return Err(DescError("a feature map lies outside the arena"));
+            }
+        }
+        for g in &self.guards {
+            let end = g
+                .offset
+                .checked_add(g.bytes)
+                .and_then(|e| e.checked_add(g.guard));
+            if g.offset < g.guard
+                || !g.guard.is_multiple_of(4)
+                || !g.offset.is_multiple_of(4)
+                || end.is_none_or(|e| e > self.arena_bytes)
+                || g.live[0] > g.live[1]
+                || g.live[1] > self.steps.len()
+            {
+                return Err(DescError("a guarded buffer lies outside the arena"));
             }
         }
         for o in &self.outputs {
@@ -351,6 +400,14 @@ mod tests {
                 items: 5,
                 block: 1,
                 clear_halos: vec![m],
+            }],
+            guards: vec![Guard {
+                buffer: "conv".into(),
+                offset: 64,
+                bytes: 300,
+                guard: 64,
+                live: [0, 1],
+                halo: Some(m),
             }],
         };
         let bytes = d.encode();

@@ -15,6 +15,8 @@ pub type KernelFn = unsafe extern "C" fn(arena: *mut u8, weights: *const u8, beg
 /// One step of a model.
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// The kernel's name (`k12_mixed_5b_branch0`), for messages.
+    pub name: String,
     /// `None` for the step that stands for the graph's input.
     pub kernel: Option<KernelFn>,
     pub items: usize,
@@ -32,7 +34,31 @@ pub struct Model<'a> {
     pub outputs: Vec<Layout>,
     pub steps: Vec<Step>,
     pub blocks: Vec<String>,
+    /// Buffers watched by the bounds check (`inceptc compile --check-bounds`); empty otherwise.
+    pub guards: Vec<Guard>,
 }
+
+/// A buffer watched by the bounds check: `guard` canary bytes just before and just after its
+/// `bytes` of data at `offset`, armed before the step that first writes it and checked, with its
+/// halo (which must stay zero), after every step while it is live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guard {
+    /// The buffer's name: the first value written into it.
+    pub buffer: String,
+    /// Where its data starts in the arena.
+    pub offset: usize,
+    /// Bytes of data, halo included.
+    pub bytes: usize,
+    /// Canary bytes on each side.
+    pub guard: usize,
+    /// First and last step (inclusive) at which it is live.
+    pub live: [usize; 2],
+    /// Its layout when it is a feature map with a halo.
+    pub halo: Option<MapLayout>,
+}
+
+/// The canary: a NaN no kernel computes.
+const CANARY: u32 = 0xFFA5_5A3C;
 
 /// Why a model cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +74,17 @@ pub enum RunError {
     },
     #[error("the arena of {0} bytes cannot be allocated")]
     Arena(usize),
+    #[error(
+        "bounds check: kernel `{kernel}` (step {step}, block {block}) wrote out of bounds: \
+         {place} of buffer `{buffer}` changed"
+    )]
+    OutOfBounds {
+        kernel: String,
+        step: usize,
+        block: String,
+        buffer: String,
+        place: String,
+    },
     #[error(
         "this CPU lacks {0}, which the generated code uses (it needs x86-64 with AVX2 and FMA)"
     )]
@@ -171,6 +208,9 @@ impl Model<'_> {
         }
         for (s, step) in self.steps.iter().enumerate() {
             let start = Instant::now();
+            for g in self.guards.iter().filter(|g| g.live[0] == s) {
+                arm(arena, g);
+            }
             for halo in &step.clear_halos {
                 clear_halo(arena, halo);
             }
@@ -198,12 +238,35 @@ impl Model<'_> {
                 t.start[s] = start - run_start;
                 t.duration[s] = start.elapsed();
             }
+            self.check_guards(arena, s)?;
         }
         Ok(self.outputs.iter().map(|o| read(arena, o)).collect())
     }
 }
 
 impl Model<'_> {
+    /// After step `s`: the canaries of every live guarded buffer are intact and its halo is zero.
+    fn check_guards(&self, arena: &Arena, s: usize) -> Result<(), RunError> {
+        for g in self
+            .guards
+            .iter()
+            .filter(|g| g.live[0] <= s && s <= g.live[1])
+        {
+            let Some(place) = damage(arena, g) else {
+                continue;
+            };
+            let step = &self.steps[s];
+            return Err(RunError::OutOfBounds {
+                kernel: step.name.clone(),
+                step: s,
+                block: self.blocks.get(step.block).cloned().unwrap_or_default(),
+                buffer: g.buffer.clone(),
+                place,
+            });
+        }
+        Ok(())
+    }
+
     /// Sums step times per block, in block order.
     pub fn block_times(&self, steps: &[Duration]) -> Vec<Duration> {
         let mut blocks = vec![Duration::ZERO; self.blocks.len()];
@@ -247,6 +310,56 @@ fn clear_halo(arena: &mut Arena, m: &MapLayout) {
             }
         }
     }
+}
+
+/// Fills the guards of `g` with the canary.
+fn arm(arena: &mut Arena, g: &Guard) {
+    for start in [g.offset - g.guard, g.offset + g.bytes] {
+        for v in arena.floats_mut(start, g.guard / 4) {
+            *v = f32::from_bits(CANARY);
+        }
+    }
+}
+
+/// Where the guards or the halo of `g` were written, if they were.
+fn damage(arena: &Arena, g: &Guard) -> Option<String> {
+    let words = g.guard / 4;
+    let before = arena.floats(g.offset - g.guard, words);
+    if let Some(i) = before.iter().position(|v| v.to_bits() != CANARY) {
+        return Some(format!("the {} bytes before the start", (words - i) * 4));
+    }
+    let after = arena.floats(g.offset + g.bytes, words);
+    if let Some(i) = after.iter().rposition(|v| v.to_bits() != CANARY) {
+        return Some(format!("the {} bytes after the end", (i + 1) * 4));
+    }
+    let m = g.halo.as_ref()?;
+    let c = m.c_total;
+    for n in 0..m.n {
+        for r in 0..m.h + 2 * m.halo[0] {
+            let row = arena.floats(
+                m.offset + n * m.image_stride() + r * m.row_stride(),
+                m.row_stride() / 4,
+            );
+            let inside = r >= m.halo[0] && r < m.h + m.halo[0];
+            let right = (m.halo[1] + m.w) * c;
+            let ranges = match inside {
+                true => [0..m.halo[1] * c, right..row.len()],
+                false => [0..row.len(), 0..0],
+            };
+            for range in ranges {
+                let start = range.start;
+                if let Some(i) = row[range].iter().position(|v| v.to_bits() != 0) {
+                    let i = start + i;
+                    return Some(format!(
+                        "the zero halo (image {n}, padded row {r}, padded column {}, channel {})",
+                        i / c,
+                        i % c
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Writes an NCHW tensor into the channel range of map `m`.

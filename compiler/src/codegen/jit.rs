@@ -51,7 +51,9 @@ impl JitProgram {
                 .steps
                 .iter()
                 .zip(&self.kernels)
-                .map(|(s, k)| exec::Step {
+                .enumerate()
+                .map(|(i, (s, k))| exec::Step {
+                    name: super::kernel_name(i, &s.nodes[0]),
                     kernel: *k,
                     items: s.kernel.as_ref().map_or(0, |k| k.items()),
                     block: s.block,
@@ -59,6 +61,7 @@ impl JitProgram {
                 })
                 .collect(),
             blocks: p.blocks.clone(),
+            guards: p.guards.clone(),
         }
     }
 }

@@ -9,7 +9,8 @@ use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::emit::TILE_PIXELS;
 use super::CodegenError;
-use crate::plan::{plan, Buffer, MemoryPlan};
+use crate::plan::{plan_guarded, Buffer, MemoryPlan};
+use inceptc_runtime::exec::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, VecLayout};
 
 /// Output channels of one register tile of a convolution: two f32x4 vectors.
@@ -153,6 +154,20 @@ pub struct Program {
     /// Where the outputs are after the last step (each output's whole value), in the graph's
     /// output order.
     pub outputs: Vec<Layout>,
+    /// Buffers the runtime watches for out-of-bounds writes (`--check-bounds`); empty otherwise.
+    pub guards: Vec<Guard>,
+}
+
+/// How to lower.
+#[derive(Clone, Debug, Default)]
+pub struct LowerOptions {
+    /// Put canaries around every buffer and have the runtime check them, and that halos stay
+    /// zero, after every step (`inceptc compile --check-bounds`).
+    pub check_bounds: bool,
+    /// Test-only: the convolution named here writes its output one pixel too far along its rows,
+    /// as a wrong tile would — to show that the bounds check catches and names it.
+    #[doc(hidden)]
+    pub inject_fault: Option<String>,
 }
 
 impl Program {
@@ -164,11 +179,32 @@ impl Program {
         height: usize,
         width: usize,
     ) -> Result<Program, CodegenError> {
-        let plan = plan(graph, batch, height, width)?;
+        Program::with_options(graph, batch, height, width, &LowerOptions::default())
+    }
+
+    /// [`Program::new`] with `options`.
+    pub fn with_options(
+        graph: &Graph,
+        batch: usize,
+        height: usize,
+        width: usize,
+        options: &LowerOptions,
+    ) -> Result<Program, CodegenError> {
+        let plan = plan_guarded(graph, batch, height, width, options.check_bounds)?;
+        if let Some(name) = &options.inject_fault {
+            let is_conv = |id: NodeId| matches!(graph.node(id).op, Op::FusedConv(_));
+            if !graph
+                .node_ids()
+                .any(|id| graph.node(id).name == *name && is_conv(id))
+            {
+                return Err(CodegenError::NoSuchFault(name.clone()));
+            }
+        }
         let lowering = Lowering {
             graph,
             plan: &plan,
             shapes: &plan.shapes,
+            fault: options.inject_fault.as_deref(),
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -218,6 +254,24 @@ impl Program {
                 Layout::Vector(_) => Ok(Layout::Vector(lowering.read_vector(*o)?)),
             })
             .collect::<Result<_, CodegenError>>()?;
+        let guards = match options.check_bounds {
+            false => Vec::new(),
+            true => plan
+                .buffers
+                .iter()
+                .map(|b| Guard {
+                    buffer: b.name.clone(),
+                    offset: b.data_offset(),
+                    bytes: b.data_bytes(),
+                    guard: b.guard,
+                    live: b.live,
+                    halo: match buffer_layout(b, 0, b.shape.channels()) {
+                        Layout::Map(m) if m.halo != [0, 0] => Some(m),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        };
         Ok(Program {
             name: graph.name.clone(),
             batch,
@@ -228,6 +282,7 @@ impl Program {
             weights: weights.bytes,
             input,
             outputs,
+            guards,
         })
     }
 }
@@ -236,7 +291,7 @@ impl Program {
 fn buffer_layout(buffer: &Buffer, channel_offset: usize, channels: usize) -> Layout {
     match buffer.shape {
         Shape::Map { n, c, h, w } => Layout::Map(MapLayout {
-            offset: buffer.offset,
+            offset: buffer.data_offset(),
             n,
             h,
             w,
@@ -246,7 +301,7 @@ fn buffer_layout(buffer: &Buffer, channel_offset: usize, channels: usize) -> Lay
             halo: buffer.halo,
         }),
         Shape::Vector { n, f } => Layout::Vector(VecLayout {
-            offset: buffer.offset,
+            offset: buffer.data_offset(),
             n,
             f_total: f,
             feature_offset: channel_offset,
@@ -277,6 +332,8 @@ struct Lowering<'a> {
     graph: &'a Graph,
     plan: &'a MemoryPlan,
     shapes: &'a HashMap<NodeId, Shape>,
+    /// See [`LowerOptions::inject_fault`].
+    fault: Option<&'a str>,
 }
 
 impl Lowering<'_> {
@@ -299,6 +356,15 @@ impl Lowering<'_> {
             Layout::Vector(v) => Ok(v),
             Layout::Map(_) => Err(self.unexpected(id, "a vector")),
         }
+    }
+
+    /// Where convolution `id` writes: its layout, one pixel further for an injected fault.
+    fn conv_out(&self, id: NodeId) -> Result<MapLayout, CodegenError> {
+        let mut m = self.map(id)?;
+        if self.fault == Some(self.graph.node(id).name.as_str()) {
+            m.offset += m.pixel_stride();
+        }
+        Ok(m)
     }
 
     /// What a reader of `id` sees: the whole value, all channels of its buffer.
@@ -360,7 +426,7 @@ impl Lowering<'_> {
                         relu: g.relu,
                         weights: blob.push(&w),
                         bias: blob.push(&b),
-                        out: self.map(*m)?,
+                        out: self.conv_out(*m)?,
                     });
                 }
                 let out = ranges[0].out;

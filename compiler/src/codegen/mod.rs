@@ -13,7 +13,7 @@ pub mod object;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 
-pub use lower::{Kernel, Program, Step};
+pub use lower::{Kernel, LowerOptions, Program, Step};
 
 /// Why a graph could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,8 @@ pub enum CodegenError {
     },
     #[error("the graph has no input node")]
     NoInput,
+    #[error("--inject-fault: no fused convolution is named `{0}`")]
+    NoSuchFault(String),
     #[error("Cranelift: {0}")]
     Cranelift(String),
 }
@@ -139,6 +141,7 @@ pub fn describe(
                 clear_halos: s.clear_halos.clone(),
             })
             .collect(),
+        guards: program.guards.clone(),
     }
 }
 

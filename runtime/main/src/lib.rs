@@ -130,6 +130,7 @@ pub(crate) fn model(linked: &Linked) -> exec::Model<'static> {
             .iter()
             .zip(kernels.iter())
             .map(|(s, k)| exec::Step {
+                name: s.name.clone(),
                 kernel: *k,
                 items: s.items,
                 block: s.block,
@@ -137,6 +138,7 @@ pub(crate) fn model(linked: &Linked) -> exec::Model<'static> {
             })
             .collect(),
         blocks: desc.blocks.clone(),
+        guards: desc.guards.clone(),
     }
 }
 
