@@ -631,6 +631,58 @@ fn check_bounds_runs_clean_and_names_a_kernel_that_writes_out_of_bounds() {
 
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn valgrind_finds_no_memory_errors_in_a_compiled_network() {
+    // memcheck on the whole executable: the runtime (arena, thread pool, image decoding, .npy)
+    // and the generated kernels, two threads, an .npy input and a PNG.
+    let version = Command::new("valgrind").arg("--version").output();
+    assert!(
+        version.is_ok_and(|o| o.status.success()),
+        "valgrind is needed (.ci/run installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = compile(d, "v1", "inception-resnet-v1", &["--image-size", "75"]);
+    let x = random_tensor([1, 3, 75, 75], 8);
+    let xp = d.join("x.npy");
+    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
+    let images = write_images(d);
+    let yp = d.join("y.npy");
+    for args in [
+        vec![
+            "--input",
+            xp.to_str().unwrap(),
+            "--output",
+            yp.to_str().unwrap(),
+        ],
+        vec![images[0].to_str().unwrap()],
+    ] {
+        let out = Command::new("valgrind")
+            .args([
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite",
+            ])
+            .arg(&exe)
+            .args(&args)
+            .args(["--threads", "2"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}:\n{stderr}");
+        assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
+        assert!(stderr.contains("definitely lost: 0 bytes"), "{stderr}");
+    }
+    let want = interpret(Model::InceptionResnetV1, &x);
+    let got = inceptc_runtime::npy::read_f32(&yp).unwrap();
+    assert_close(
+        &Tensor::new(got.shape, got.data).unwrap(),
+        &want,
+        "under valgrind",
+    );
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
 fn a_c_program_embeds_a_compiled_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
