@@ -26,6 +26,25 @@ where
     )
 }
 
+/// Runs `program` with `args` as [`run_inceptc`] does, but with at most 2 GiB of address space and
+/// 60 seconds (`ulimit -v`, `timeout`): hostile input must be refused within bounded memory and
+/// time, so an allocation the file's header asks for fails the test (abort), as does a hang
+/// (exit 124).
+fn run_bounded(program: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 2097152 && exec timeout 60 "$0" "$@""#)
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("sh starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// facenet's InceptionResnetV1 with seeded weights, as f16 tensors plus the bookkeeping and the
 /// `logits` classifier that real facenet checkpoints carry.
 fn base_tensors() -> &'static Vec<RawTensor> {
@@ -229,7 +248,138 @@ fn a_truncated_file_is_reported() {
     std::fs::write(&path, &bytes[..5]).unwrap();
     info_with(&path, &["not a valid safetensors file"]);
     std::fs::write(&path, b"").unwrap();
-    info_with(&path, &["not a valid safetensors file"]);
+    info_with(
+        &path,
+        &["not a valid safetensors file: the file is empty (0 bytes)"],
+    );
+}
+
+/// Hostile checkpoints and tensors: headers with overlapping or out-of-range offsets, a header
+/// length of 2^60, tensors whose shape disagrees with their bytes, `.npy` headers that lie about
+/// the data, zero-byte files and directories: each is refused with a message naming the file and
+/// exit code 1, within 2 GiB and 60 s.
+#[test]
+fn hostile_files_are_refused_within_bounded_memory_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let inceptc = Path::new(env!("CARGO_BIN_EXE_inceptc"));
+    let expect = |args: &[&str], needles: &[&str]| {
+        let start = std::time::Instant::now();
+        let (code, _, stderr) = run_bounded(inceptc, args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{args:?}: expected `{n}` in\n{stderr}");
+        }
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "{args:?}: {:?}",
+            start.elapsed()
+        );
+    };
+    let safetensors = |name: &str, header: &str, data: usize| {
+        let path = d.join(name);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data, 0);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let weights = |path: &str, needles: &[&str]| {
+        expect(
+            &["info", "--model", "inception-resnet-v1", "--weights", path],
+            needles,
+        );
+    };
+    let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+    weights(
+        &safetensors("overlap.safetensors", overlap, 12),
+        &["overlap.safetensors: not a valid safetensors file: invalid offset for tensor `b`"],
+    );
+    let beyond = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    weights(
+        &safetensors("beyond.safetensors", beyond, 8),
+        &[
+            "beyond.safetensors: not a valid safetensors file",
+            "truncated?",
+        ],
+    );
+    let huge = r#"{"a":{"dtype":"F32","shape":[1000000000000],"data_offsets":[0,4000000000000]}}"#;
+    weights(
+        &safetensors("huge.safetensors", huge, 16),
+        &["huge.safetensors: not a valid safetensors file"],
+    );
+    let disagree = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#;
+    weights(
+        &safetensors("shape.safetensors", disagree, 8),
+        &["shape.safetensors: not a valid safetensors file: invalid shape, data type, or offset"],
+    );
+    let long = d.join("long.safetensors");
+    let mut bytes = (1u64 << 60).to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(&long, bytes).unwrap();
+    weights(
+        long.to_str().unwrap(),
+        &["long.safetensors: not a valid safetensors file: header too large"],
+    );
+    std::fs::write(d.join("zero.safetensors"), b"").unwrap();
+    weights(
+        d.join("zero.safetensors").to_str().unwrap(),
+        &["zero.safetensors: not a valid safetensors file: the file is empty (0 bytes)"],
+    );
+    weights(
+        d.to_str().unwrap(),
+        &["cannot read weights file", "it is a directory"],
+    );
+
+    let npy = |name: &str, header: &str, data: usize| {
+        let path = d.join(name);
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        let padded = format!("{header:<117}\n");
+        bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(padded.as_bytes());
+        bytes.resize(bytes.len() + data, 0);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let out = d.join("y.npy");
+    let interpret = |input: &str, needles: &[&str]| {
+        let args = [
+            "interpret",
+            "--model",
+            "inception-resnet-v1",
+            "--input",
+            input,
+            "--output",
+        ];
+        expect(&[&args[..], &[out.to_str().unwrap()]].concat(), needles);
+        assert!(!out.exists(), "a refused input leaves no output");
+    };
+    let lying = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 80, 80), }";
+    interpret(
+        &npy("lying.npy", lying, 400),
+        &["lying.npy: not a valid .npy file: the header's shape [1, 3, 80, 80] needs 76800 bytes of data, the file holds 400"],
+    );
+    let giant = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 100000), }";
+    interpret(
+        &npy("giant.npy", giant, 16),
+        &["giant.npy: not a valid .npy file: the header's shape [100000, 100000, 100000] needs 4000000000000000 bytes"],
+    );
+    let nested = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}1,), }}",
+        "[".repeat(40)
+    );
+    interpret(
+        &npy("nested.npy", &nested, 4),
+        &["nested.npy: not a valid .npy file: expected a dimension at byte 51 of the header"],
+    );
+    std::fs::write(d.join("zero.npy"), b"").unwrap();
+    interpret(
+        d.join("zero.npy").to_str().unwrap(),
+        &["zero.npy: not a valid .npy file: the file is empty (0 bytes)"],
+    );
+    interpret(d.to_str().unwrap(), &["cannot read", "it is a directory"]);
 }
 
 #[test]

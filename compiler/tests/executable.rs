@@ -30,6 +30,39 @@ fn run(exe: &Path, args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
     )
 }
 
+/// [`run`] with at most 2 GiB of address space and 60 seconds (`ulimit -v`, `timeout`), for
+/// hostile input: an allocation a header asks for aborts, a hang exits 124.
+fn run_bounded(exe: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["-c", r#"ulimit -v 2097152 && exec timeout 60 "$0" "$@""#];
+    all.push(exe.to_str().unwrap());
+    all.extend_from_slice(args);
+    run(Path::new("sh"), &all, None)
+}
+
+/// A PNG that is only a signature and an IHDR chunk declaring `width × height` RGB pixels.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= *b as u32;
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
 /// Compiles `model` (seeded weights) into `dir/name`.
 fn compile(dir: &Path, name: &str, model: &str, extra: &[&str]) -> PathBuf {
     let exe = dir.join(name);
@@ -289,6 +322,53 @@ fn bad_input_to_an_executable_is_reported() {
     std::fs::write(d.join("text.png"), "not an image at all").unwrap();
     expect(&[&path("text.png")], 1, &["text.png", "not a PNG or JPEG"]);
     expect(&[&path("gone.jpg")], 1, &["gone.jpg"]);
+    // Hostile input, within 2 GiB and 60 s: a header declaring 10^6 × 10^6 pixels, one just under
+    // the side limit with no data, zero-byte files, directories, an .npy header that lies.
+    let hostile = |args: &[&str], needles: &[&str]| {
+        let (code, _, stderr) = run_bounded(&exe, args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{args:?}: expected `{n}` in\n{stderr}");
+        }
+    };
+    std::fs::write(d.join("huge.png"), png_header(1_000_000, 1_000_000)).unwrap();
+    hostile(
+        &[&path("huge.png")],
+        &["huge.png: the image is too large to decode (at most 16384×16384 pixels"],
+    );
+    std::fs::write(d.join("big.png"), png_header(16000, 16000)).unwrap();
+    hostile(&[&path("big.png")], &["big.png: cannot decode"]);
+    std::fs::write(d.join("zero.jpg"), b"").unwrap();
+    hostile(
+        &[&path("zero.jpg")],
+        &["zero.jpg: the file is empty (0 bytes)"],
+    );
+    std::fs::create_dir(d.join("photos")).unwrap();
+    hostile(
+        &[&path("photos")],
+        &["photos: it is a directory, not an image file"],
+    );
+    std::fs::write(d.join("zero.npy"), b"").unwrap();
+    hostile(
+        &["--input", &path("zero.npy")],
+        &["zero.npy: not a valid .npy file: the file is empty (0 bytes)"],
+    );
+    hostile(
+        &["--input", &path("photos")],
+        &["photos: it is a directory"],
+    );
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 80, 80), }";
+    let mut lying = b"\x93NUMPY\x01\x00".to_vec();
+    let header = format!("{header:<117}\n");
+    lying.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    lying.extend_from_slice(header.as_bytes());
+    lying.extend_from_slice(&[0; 64]);
+    std::fs::write(d.join("lying.npy"), lying).unwrap();
+    hostile(
+        &["--input", &path("lying.npy")],
+        &["lying.npy: not a valid .npy file: the header's shape [1, 3, 80, 80] needs 76800 bytes of data, the file holds 64"],
+    );
     // Nothing to do, and bad options.
     expect(&[], 1, &["nothing to do"]);
     expect(

@@ -117,6 +117,9 @@ enum Lit {
 
 impl Header {
     fn parse(bytes: &[u8]) -> Result<Header, String> {
+        if bytes.is_empty() {
+            return Err("the file is empty (0 bytes)".into());
+        }
         let magic = b"\x93NUMPY";
         if bytes.len() < magic.len() + 2 || &bytes[..magic.len()] != magic {
             return Err("it does not start with the magic string \\x93NUMPY".into());
@@ -439,7 +442,7 @@ mod tests {
             assert!(start.elapsed().as_secs() < 5, "{header}: took {:?}", start.elapsed());
         }
         for (bytes, message) in [
-            (&b""[..], "magic string"),
+            (&b""[..], "the file is empty (0 bytes)"),
             (b"\x93NUMPY\x01", "magic string"),
             (
                 b"\x93NUMPY\x01\x00\xff\xff{",

@@ -150,6 +150,12 @@ impl Checkpoint {
 
     /// Validates in-memory safetensors bytes; `path` is used in messages only.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Checkpoint, WeightsError> {
+        if bytes.is_empty() {
+            return Err(WeightsError::Format {
+                path: path.to_path_buf(),
+                reason: "the file is empty (0 bytes)".into(),
+            });
+        }
         let (header_len, metadata) =
             SafeTensors::read_metadata(&bytes).map_err(|e| format_error(path, e))?;
         let base = 8 + header_len;
