@@ -5,8 +5,13 @@
 //! channel counts that are rarely multiples of 4; each network runs through the pass pipeline and
 //! the Cranelift backend (in process) and must match the interpreter on the original graph.
 //!
+//! Every comparison runs under the bounds check (`--check-bounds`). A failing network is reduced
+//! (to the earliest node that fails on its own, then bypassing nodes while it still fails) and
+//! saved as IR text under target/random-graph-failures/; once fixed it goes into
+//! tests/ir/regressions/, which this test replays first.
+//!
 //! `INCEPTC_RANDOM_GRAPHS=N cargo test --release --test random_graphs` runs N networks (default 40;
-//! the long run is 2,000); a failure prints the seed and the network's IR text.
+//! the long run is 2,000).
 
 use inceptc::codegen::jit::JitProgram;
 use inceptc::codegen::{LowerOptions, Program};
@@ -201,49 +206,235 @@ fn input(n: usize, size: usize, seed: u64) -> Tensor {
     Tensor::new(vec![n, 3, size, size], data).unwrap()
 }
 
+/// Optimizes and compiles `original` (weights bound), runs it under the bounds check on a seeded
+/// input and compares with the interpreter on `original`; `Err` says what went wrong (a panic
+/// anywhere counts).
+fn check(original: &Graph, batch: usize, size: usize, seed: u64) -> Result<(), String> {
+    check_with(original, batch, size, seed, &LowerOptions::default())
+}
+
+fn check_with(
+    original: &Graph,
+    batch: usize,
+    size: usize,
+    seed: u64,
+    options: &LowerOptions,
+) -> Result<(), String> {
+    let outcome = std::panic::catch_unwind(|| -> Result<(), String> {
+        inceptc_ir::verify(original).map_err(|e| e.to_string())?;
+        let mut optimized = original.clone();
+        run_pipeline(&mut optimized, None).map_err(|e| e.to_string())?;
+        let x = input(batch, size, seed);
+        let want = interp::run(original, &x).map_err(|e| e.to_string())?;
+        let options = LowerOptions {
+            check_bounds: true,
+            ..options.clone()
+        };
+        let program = Program::with_options(&optimized, batch, size, size, &options)
+            .map_err(|e| e.to_string())?;
+        let jit = JitProgram::new(program).map_err(|e| e.to_string())?;
+        let model = jit.model();
+        let mut arena = Arena::new(model.arena_bytes).map_err(|e| e.to_string())?;
+        let got = model
+            .run(&mut arena, x.data(), &ThreadPool::new(2))
+            .map_err(|e| e.to_string())?;
+        for (g, w) in got.iter().zip(&want) {
+            let g = Tensor::new(w.shape().to_vec(), g.clone()).ok_or("output size")?;
+            let err = g.relative_error(w).ok_or("no error measure")?;
+            if err > TOLERANCE {
+                return Err(format!("error {err:e} at {size}×{size}, batch {batch}"));
+            }
+        }
+        Ok(())
+    });
+    outcome.unwrap_or_else(|_| Err("panicked".into()))
+}
+
+/// Keeps only `output` and what it depends on (and the input).
+fn truncated(g: &Graph, output: NodeId) -> Graph {
+    let mut t = g.clone();
+    let mut keep = t.ancestors(output);
+    keep.insert(output);
+    let drop: Vec<NodeId> = t
+        .node_ids()
+        .filter(|id| !keep.contains(id) && !matches!(t.node(*id).op, Op::Input(_)))
+        .collect();
+    t.set_outputs(vec![output]);
+    for id in drop {
+        t.remove(id);
+    }
+    t
+}
+
+/// Shrinks a graph on which `fails` holds to a small one on which it still holds: first to the
+/// earliest node (in topological order) whose value alone fails, then by bypassing, one at a time
+/// and while it still fails, every node whose result has its first operand's shape (BatchNorm,
+/// ReLU, scales, same-size convolutions and pools).
+fn reduce(g: &Graph, batch: usize, size: usize, fails: &dyn Fn(&Graph) -> bool) -> Graph {
+    let order = g.topo_order().expect("acyclic");
+    let mut best = order
+        .iter()
+        .filter(|id| !matches!(g.node(**id).op, Op::Input(_)))
+        .map(|id| truncated(g, *id))
+        .find(|t| fails(t))
+        .unwrap_or_else(|| g.clone());
+    loop {
+        let shapes = inceptc_ir::infer_shapes(&best, batch, size, size).expect("shapes");
+        let output = best.outputs()[0];
+        let candidates: Vec<NodeId> = best
+            .topo_order()
+            .expect("acyclic")
+            .into_iter()
+            .filter(|id| *id != output)
+            .filter(|id| {
+                let inputs = best.inputs(*id);
+                !inputs.is_empty() && shapes[&inputs[0]] == shapes[id]
+            })
+            .collect();
+        let smaller = candidates.into_iter().find_map(|id| {
+            let mut t = best.clone();
+            let operand = t.inputs(id)[0];
+            t.replace_uses(id, operand);
+            let t = truncated(&t, t.outputs()[0]);
+            (inceptc_ir::verify(&t).is_ok() && fails(&t)).then_some(t)
+        });
+        match smaller {
+            Some(t) => best = t,
+            None => return best,
+        }
+    }
+}
+
+/// A reduced failing graph as a regression file for tests/ir/regressions/: the IR text with a
+/// first line that says how to run it.
+fn regression_text(g: &Graph, batch: usize, size: usize, seed: u64, why: &str) -> String {
+    format!(
+        "# regression: batch {batch} size {size} seed {seed}\n# found by random_graphs: {why}\n{}",
+        text::print(g)
+    )
+}
+
+/// Runs a regression file: its first line gives the batch, input size and seed (of the weights
+/// and the input).
+fn check_regression(source: &str) -> Result<(), String> {
+    let header = source.lines().next().unwrap_or_default();
+    let words: Vec<&str> = header.split_whitespace().collect();
+    let field = |name: &str| -> Option<u64> {
+        let at = words.iter().position(|w| *w == name)?;
+        words.get(at + 1)?.parse().ok()
+    };
+    let (Some(batch), Some(size), Some(seed)) = (field("batch"), field("size"), field("seed"))
+    else {
+        return Err(format!(
+            "the first line must be `# regression: batch N size S seed K`, not `{header}`"
+        ));
+    };
+    let mut g = text::parse(source).map_err(|e| e.to_string())?;
+    inceptc_ir::init::seed_weights(&mut g, seed);
+    check(&g, batch as usize, size as usize, seed)
+}
+
 #[test]
 fn random_inception_networks_compile_to_what_the_interpreter_computes() {
+    // First every reduced failure found before, then the random networks.
+    let dir = inceptc_suite::root().join("tests/ir/regressions");
+    let mut regressions = 0;
+    for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "txt") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        check_regression(&source).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        regressions += 1;
+    }
     let count: u64 = std::env::var("INCEPTC_RANDOM_GRAPHS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(40);
-    let pool = ThreadPool::new(2);
     let mut seen = std::collections::BTreeSet::new();
     for seed in 0..count {
         let (original, size) = network(seed);
         seen.extend(features(&original));
-        let dump = text::print(&original);
-        inceptc_ir::verify(&original).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
-        let mut optimized = original.clone();
-        run_pipeline(&mut optimized, None).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
         let batch = 1 + (seed % 2) as usize;
-        let x = input(batch, size, seed);
-        let want = interp::run(&original, &x).unwrap();
-        let checked = LowerOptions {
-            check_bounds: true,
-            ..LowerOptions::default()
+        let Err(why) = check(&original, batch, size, seed) else {
+            continue;
         };
-        let program = Program::with_options(&optimized, batch, size, size, &checked)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
-        let jit = JitProgram::new(program).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
-        let model = jit.model();
-        let mut arena = Arena::new(model.arena_bytes).unwrap();
-        let got = model
-            .run(&mut arena, x.data(), &pool)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{dump}"));
-        let got = Tensor::new(want[0].shape().to_vec(), got[0].clone()).unwrap();
-        let err = got.relative_error(&want[0]).unwrap();
-        assert!(
-            err <= TOLERANCE,
-            "seed {seed}: error {err:e} at {size}×{size}, batch {batch}\n{dump}"
+        let reduced = reduce(&original, batch, size, &|g| {
+            check(g, batch, size, seed).is_err()
+        });
+        let text = regression_text(&reduced, batch, size, seed, &why);
+        let saved =
+            inceptc_suite::root().join(format!("target/random-graph-failures/seed-{seed}.txt"));
+        std::fs::create_dir_all(saved.parent().unwrap()).unwrap();
+        std::fs::write(&saved, &text).unwrap();
+        panic!(
+            "seed {seed}: {why}; reduced from {} to {} nodes, saved as {} (copy it into \
+             tests/ir/regressions/ once fixed):\n{text}",
+            original.len(),
+            reduced.len(),
+            saved.display()
         );
     }
-    eprintln!("{count} random networks match the interpreter; features {seen:?}");
+    eprintln!("{regressions} regressions and {count} random networks match the interpreter; features {seen:?}");
     if count >= 40 {
         for f in FEATURES {
             assert!(seen.contains(f), "no network had `{f}`: {seen:?}");
         }
     }
+}
+
+/// The reducer on a real miscompilation: a convolution deep in a random network made to write
+/// one pixel too far (the backend's test-only fault). The reduced graph still fails, ends at that
+/// convolution (nothing after it is needed) and is much smaller; its regression text parses back
+/// to the same failure.
+#[test]
+fn a_failing_network_is_reduced_to_a_small_regression() {
+    let (original, size) = network(5);
+    let (batch, seed) = (1, 5);
+    let convs: Vec<String> = original
+        .topo_order()
+        .unwrap()
+        .into_iter()
+        .filter(|id| matches!(original.node(*id).op, Op::Conv2d(_)))
+        .map(|id| original.node(id).name.clone())
+        .collect();
+    let victim = convs[convs.len() * 2 / 3].clone();
+    let fault = LowerOptions {
+        check_bounds: true,
+        inject_fault: Some(victim.clone()),
+    };
+    let fails = |g: &Graph| {
+        // The fault lands on the fused convolution that keeps the conv's name; a graph without
+        // it cannot fail this way.
+        g.find(&victim).is_some()
+            && check_with(g, batch, size, seed, &fault).is_err_and(|e| e.contains("bounds check"))
+    };
+    assert!(check(&original, batch, size, seed).is_ok());
+    assert!(
+        fails(&original),
+        "the injected fault is caught on the whole network"
+    );
+    let reduced = reduce(&original, batch, size, &fails);
+    assert!(fails(&reduced));
+    let out = reduced.outputs()[0];
+    assert_eq!(reduced.node(out).name, victim, "{}", text::print(&reduced));
+    assert!(
+        reduced.len() * 2 < original.len(),
+        "{} of {} nodes left:\n{}",
+        reduced.len(),
+        original.len(),
+        text::print(&reduced)
+    );
+    let saved = regression_text(&reduced, batch, size, seed, "injected fault");
+    let mut back = text::parse(&saved).unwrap();
+    inceptc_ir::init::seed_weights(&mut back, seed);
+    assert!(fails(&back), "the regression text reproduces the failure");
+    assert!(
+        check_regression(&saved).is_ok(),
+        "without the fault it passes"
+    );
+    eprintln!("reduced {} → {} nodes:\n{saved}", original.len(), reduced.len());
 }
 
 /// What the generator must produce across a run of 40 or more networks.
