@@ -434,7 +434,11 @@ fn a_failing_network_is_reduced_to_a_small_regression() {
         check_regression(&saved).is_ok(),
         "without the fault it passes"
     );
-    eprintln!("reduced {} → {} nodes:\n{saved}", original.len(), reduced.len());
+    eprintln!(
+        "reduced {} → {} nodes:\n{saved}",
+        original.len(),
+        reduced.len()
+    );
 }
 
 /// What the generator must produce across a run of 40 or more networks.

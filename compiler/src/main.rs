@@ -613,11 +613,17 @@ fn compile(
         bail!("--batch must be at least 1");
     }
     let start = Instant::now();
+    let progress = Progress::new(quiet);
+    progress.stage(match args.weights {
+        Some(_) => "loading and binding the weights",
+        None => "building the graph with seeded weights",
+    });
     let mut graph = args.load()?;
     let size = image_size.unwrap_or(args.model().default_image_size());
     infer_shapes(&graph, batch, size, size)
         .with_context(|| format!("{} at {size}×{size}", args.model()))?;
     let loaded = start.elapsed();
+    progress.stage("running the passes and planning memory");
     inceptc::passes::run_pipeline(&mut graph, None)?;
     let program = inceptc::codegen::Program::with_options(&graph, batch, size, size, options)
         .with_context(|| format!("lowering {}", args.model()))?;
@@ -650,8 +656,15 @@ fn compile(
         preprocess(args.model()),
         output_kind,
     );
-    let object = inceptc::codegen::object::object(&program, &desc, emit == Emit::Exe)?;
+    let kernels = program.steps.iter().filter(|s| s.kernel.is_some()).count();
+    progress.counted("generating code", kernels);
+    let object =
+        inceptc::codegen::object::object(&program, &desc, emit == Emit::Exe, &|| progress.tick())?;
     let generated = start.elapsed();
+    progress.stage(match emit {
+        Emit::Exe => "linking",
+        _ => "writing",
+    });
     match emit {
         Emit::Obj => inceptc::link::write_file(output, &object, 0o644)?,
         Emit::Lib => {
@@ -666,7 +679,7 @@ fn compile(
         _ => inceptc::link::link(&object, output)?,
     }
     let total = start.elapsed();
-    let kernels = program.steps.iter().filter(|s| s.kernel.is_some()).count();
+    drop(progress);
     log::info!(
         "load {:.2} s, passes + lowering {:.2} s, code generation {:.2} s, link {:.2} s",
         loaded.as_secs_f64(),
@@ -687,6 +700,57 @@ fn compile(
         total.as_secs_f64()
     );
     Ok(())
+}
+
+/// Progress of a long command on standard error: a spinner naming the stage, and a bar while
+/// kernels are generated. Drawn only when standard error is a terminal and without `-q`; cleared
+/// when dropped.
+struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        let target = match quiet {
+            true => indicatif::ProgressDrawTarget::hidden(),
+            false => indicatif::ProgressDrawTarget::stderr(),
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(None, target);
+        bar.set_style(Self::style("{spinner} {elapsed:>3} {msg}"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Progress(bar)
+    }
+
+    fn style(template: &str) -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template(template)
+            .expect("a valid template")
+            .progress_chars("=> ")
+    }
+
+    /// A new stage without a count.
+    fn stage(&self, message: &'static str) {
+        self.0
+            .set_style(Self::style("{spinner} {elapsed:>3} {msg}"));
+        self.0.set_message(message);
+    }
+
+    /// A new stage of `len` steps, advanced by [`Progress::tick`].
+    fn counted(&self, message: &'static str, len: usize) {
+        self.0.set_style(Self::style(
+            "{spinner} {elapsed:>3} {msg} [{bar:30}] {pos}/{len}",
+        ));
+        self.0.set_length(len as u64);
+        self.0.set_position(0);
+        self.0.set_message(message);
+    }
+
+    fn tick(&self) {
+        self.0.inc(1);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it into place.

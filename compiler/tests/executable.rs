@@ -70,7 +70,43 @@ fn compile(dir: &Path, name: &str, model: &str, extra: &[&str]) -> PathBuf {
     args.extend_from_slice(extra);
     let (code, _, stderr) = inceptc(&args);
     assert_eq!(code, 0, "compile {model} {extra:?}: {stderr}");
+    // Piped, there is no progress display: no carriage returns, no escape sequences.
+    assert!(!stderr.contains(['\r', '\x1b']), "{stderr:?}");
     exe
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn compile_shows_progress_on_a_terminal_only() {
+    // `script` gives the compiler a pseudo-terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("v1");
+    let inceptc = env!("CARGO_BIN_EXE_inceptc");
+    let command = format!(
+        "{inceptc} compile --model inception-resnet-v1 --image-size 80 -o {}",
+        exe.display()
+    );
+    let (code, stdout, stderr) = run(Path::new("script"), &["-qec", &command, "/dev/null"], None);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for stage in [
+        "building the graph",
+        "running the passes",
+        "generating code [",
+        "/110",
+        "linking",
+    ] {
+        assert!(stdout.contains(stage), "no `{stage}` in {stdout:?}");
+    }
+    assert!(stdout.contains("\x1b[2K"), "the progress line is cleared");
+    assert!(exe.exists());
+    // -q: nothing at all, even on a terminal.
+    let (code, stdout, _) = run(
+        Path::new("script"),
+        &["-qec", &format!("{command} -q"), "/dev/null"],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), "", "-q prints nothing");
 }
 
 fn random_tensor(shape: [usize; 4], seed: u64) -> Tensor {

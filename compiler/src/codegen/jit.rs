@@ -19,7 +19,7 @@ impl JitProgram {
         let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
         let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
         let mut module = JITModule::new(builder);
-        let ids = define_kernels(&mut module, &program)?;
+        let ids = define_kernels(&mut module, &program, &|| {})?;
         module.finalize_definitions().map_err(|e| err(&e))?;
         let kernels = ids
             .into_iter()

@@ -80,10 +80,12 @@ pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
 }
 
 /// Declares and defines the kernel of every step in `module` (local functions named by
-/// [`kernel_name`]); returns each step's function, `None` for the input step.
+/// [`kernel_name`]), calling `defined` after each; returns each step's function, `None` for the
+/// input step.
 pub fn define_kernels<M: cranelift_module::Module>(
     module: &mut M,
     program: &Program,
+    defined: &dyn Fn(),
 ) -> Result<Vec<Option<cranelift_module::FuncId>>, CodegenError> {
     let call_conv = module.isa().default_call_conv();
     let mut ctx = cranelift_codegen::Context::new();
@@ -107,6 +109,7 @@ pub fn define_kernels<M: cranelift_module::Module>(
             .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
         module.clear_context(&mut ctx);
         ids.push(Some(id));
+        defined();
     }
     Ok(ids)
 }

@@ -66,12 +66,17 @@ fn entry_point(module: &mut ObjectModule) -> Result<(), CodegenError> {
 }
 
 /// The object's bytes (ELF, x86-64, position-independent); with `entry`, it also defines the
-/// executable's `main`.
-pub fn object(program: &Program, desc: &ModelDesc, entry: bool) -> Result<Vec<u8>, CodegenError> {
+/// executable's `main`. `defined` is called after each kernel is compiled (progress).
+pub fn object(
+    program: &Program,
+    desc: &ModelDesc,
+    entry: bool,
+    defined: &dyn Fn(),
+) -> Result<Vec<u8>, CodegenError> {
     let builder =
         ObjectBuilder::new(isa(true)?, "inceptc_model", default_libcall_names()).map_err(err)?;
     let mut module = ObjectModule::new(builder);
-    let functions = define_kernels(&mut module, program)?;
+    let functions = define_kernels(&mut module, program, defined)?;
 
     let table = module
         .declare_data("inceptc_kernels", Linkage::Export, false, false)
