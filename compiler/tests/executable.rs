@@ -465,6 +465,78 @@ fn bench_prints_every_block_and_json() {
     let blocks = report["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), stdout.lines().count() - 3, "{json}");
     check_trace(&trace, blocks.len());
+    let names: Vec<&str> = blocks
+        .iter()
+        .map(|b| b["block"].as_str().unwrap())
+        .collect();
+    let plot = dir.path().join("latency.svg");
+    let args = ["--bench", "--runs", "2", "--plot", plot.to_str().unwrap()];
+    let (code, _, stderr) = run(&exe, &args, None);
+    assert_eq!(code, 0, "{stderr}");
+    check_plot(&std::fs::read_to_string(&plot).unwrap(), &names);
+}
+
+/// The plot is an SVG bar chart: one bar per block, top to bottom in block order, each labelled
+/// with its block's name, on an axis in milliseconds under a title with the end-to-end latency.
+fn check_plot(svg: &str, blocks: &[&str]) {
+    assert!(
+        svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    let attr = |element: &str, name: &str| -> f64 {
+        let at = element.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        element[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    let bars: Vec<&str> = svg
+        .split('<')
+        .filter(|e| e.starts_with("rect ") && e.contains("fill=\"#3465A4\""))
+        .collect();
+    assert_eq!(bars.len(), blocks.len(), "one bar per block");
+    let ys: Vec<f64> = bars.iter().map(|b| attr(b, "y")).collect();
+    assert!(
+        ys.windows(2).all(|w| w[0] < w[1]),
+        "bars top to bottom: {ys:?}"
+    );
+    assert!(bars
+        .iter()
+        .all(|b| attr(b, "width") >= 0.0 && attr(b, "height") > 0.0));
+    assert!(
+        bars.iter().any(|b| attr(b, "width") > 100.0),
+        "the longest bar spans the chart"
+    );
+    // (y, content) of every text element.
+    let texts: Vec<(f64, &str)> = svg
+        .split("<text")
+        .skip(1)
+        .map(|t| {
+            let content = t
+                .split('>')
+                .nth(1)
+                .unwrap()
+                .split('<')
+                .next()
+                .unwrap()
+                .trim();
+            (attr(t, "y"), content)
+        })
+        .collect();
+    let label_ys: Vec<f64> = blocks
+        .iter()
+        .map(|b| {
+            let label = texts.iter().find(|(_, t)| t == b);
+            label.unwrap_or_else(|| panic!("no label {b}")).0
+        })
+        .collect();
+    assert!(
+        label_ys.windows(2).all(|w| w[0] < w[1]),
+        "labels top to bottom in block order: {label_ys:?}"
+    );
+    let texts: Vec<&str> = texts.iter().map(|(_, t)| *t).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("ms end to end")),
+        "{texts:?}"
+    );
+    assert!(texts.contains(&"median latency (ms)"), "{texts:?}");
 }
 
 /// The trace is Chrome trace-event JSON: complete events with name, ph, ts, dur, pid and tid; one

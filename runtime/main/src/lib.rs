@@ -31,7 +31,7 @@ const LABELS: &str = include_str!("../../src/imagenet_labels.txt");
 #[derive(Parser)]
 #[command(
     about = "A network compiled by inceptc: classify images, run a tensor, or time every block",
-    after_help = "Examples:\n  MODEL cat.jpg dog.png\n  MODEL --input x.npy --output y.npy\n  MODEL --bench --runs 20 --json\n  MODEL --bench --trace trace.json   # open in https://ui.perfetto.dev"
+    after_help = "Examples:\n  MODEL cat.jpg dog.png\n  MODEL --input x.npy --output y.npy\n  MODEL --bench --runs 20 --json\n  MODEL --bench --trace trace.json   # open in https://ui.perfetto.dev\n  MODEL --bench --plot latency.svg   # per-block latency as a bar chart"
 )]
 struct Cli {
     /// PNG or JPEG images to classify (or embed).
@@ -58,6 +58,16 @@ struct Cli {
     /// chrome://tracing): one span per block, one per kernel inside it.
     #[arg(long, requires = "bench")]
     trace: Option<PathBuf>,
+    /// With --bench: draw the median latency of every block as a bar chart (SVG).
+    #[arg(long, requires = "bench")]
+    plot: Option<PathBuf>,
+}
+
+/// What --bench writes besides its table.
+struct BenchOutputs<'a> {
+    json: bool,
+    trace: Option<&'a Path>,
+    plot: Option<&'a Path>,
 }
 
 /// The executable's entry point, called by the `main` generated into its object.
@@ -162,8 +172,11 @@ fn run() -> Result<()> {
             &pool,
             &mut arena,
             cli.runs.max(1),
-            cli.json,
-            cli.trace.as_deref(),
+            &BenchOutputs {
+                json: cli.json,
+                trace: cli.trace.as_deref(),
+                plot: cli.plot.as_deref(),
+            },
         );
     }
     if let Some(input) = &cli.input {
@@ -370,14 +383,62 @@ fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
     )
 }
 
+/// A horizontal bar chart of `medians` (ms) per block, top to bottom in block order, as SVG.
+fn latency_chart(title: &str, blocks: &[String], medians: &[f64]) -> Result<String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
+    let mut svg = String::new();
+    {
+        let height = 90 + 22 * blocks.len() as u32;
+        let root = SVGBackend::with_string(&mut svg, (900, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let longest = medians.iter().cloned().fold(0.0, f64::max).max(1e-3);
+        let n = blocks.len();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(170)
+            .build_cartesian_2d(0.0..longest * 1.08, (0..n).into_segmented())
+            .map_err(|e| err(&e))?;
+        // Block 0 at the top: segment i shows block n - 1 - i.
+        let label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < n => blocks[n - 1 - i].clone(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&label)
+            .x_desc("median latency (ms)")
+            .draw()
+            .map_err(|e| err(&e))?;
+        let bars = medians.iter().enumerate().map(|(b, v)| {
+            let row = n - 1 - b;
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(row)),
+                    (*v, SegmentValue::Exact(row + 1)),
+                ],
+                RGBColor(52, 101, 164).filled(),
+            );
+            bar.set_margin(3, 3, 0, 0);
+            bar
+        });
+        chart.draw_series(bars).map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg)
+}
+
 fn bench(
     desc: &ModelDesc,
     model: &exec::Model,
     pool: &ThreadPool,
     arena: &mut Arena,
     runs: usize,
-    json: bool,
-    trace: Option<&Path>,
+    outputs: &BenchOutputs,
 ) -> Result<()> {
     let x = seeded_input(desc.batch * desc.input.channels * desc.image[0] * desc.image[1]);
     model.run(arena, &x, pool).context("warm-up run")?;
@@ -397,7 +458,7 @@ fn bench(
             fastest = Some((total, times.clone()));
         }
     }
-    if let (Some(path), Some((_, run))) = (trace, &fastest) {
+    if let (Some(path), Some((_, run))) = (outputs.trace, &fastest) {
         let text = chrome_trace(desc, run, pool.threads());
         inceptc_runtime::files::write_atomically(path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -405,7 +466,22 @@ fn bench(
     let mut out = std::io::stdout().lock();
     let min_total = *totals.iter().min().unwrap_or(&Duration::ZERO);
     let median_total = median(totals);
-    if json {
+    if let Some(path) = outputs.plot {
+        let medians: Vec<f64> = blocks.iter().map(|t| ms(median(t.clone()))).collect();
+        let title = format!(
+            "{}, batch {}, {}×{}, {} thread(s): {:.1} ms end to end (median of {runs})",
+            desc.model,
+            desc.batch,
+            desc.image[0],
+            desc.image[1],
+            pool.threads(),
+            ms(median_total)
+        );
+        let svg = latency_chart(&title, &desc.blocks, &medians)?;
+        inceptc_runtime::files::write_atomically(path, svg.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if outputs.json {
         let rows: Vec<String> = desc
             .blocks
             .iter()
