@@ -871,7 +871,7 @@ fn valgrind_finds_no_memory_errors_in_a_compiled_network() {
 
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
-fn a_c_program_embeds_a_compiled_model() {
+fn c_and_rust_programs_embed_a_compiled_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let lib = d.join("lib");
@@ -889,10 +889,31 @@ fn a_c_program_embeds_a_compiled_model() {
         lib.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/embed/classify.c");
+    let x = random_tensor([2, 3, 96, 96], 7);
+    let xin = d.join("x.f32");
+    let bytes: Vec<u8> = x.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&xin, bytes).unwrap();
+    let want = interpret(Model::InceptionResnetV1, &x);
+    let check = |app: &Path, what: &str, banner: &str| {
+        let yout = d.join("y.f32");
+        let (code, stdout, stderr) =
+            run(app, &[xin.to_str().unwrap(), yout.to_str().unwrap()], None);
+        assert_eq!(code, 0, "{what}: {stdout}{stderr}");
+        assert!(stdout.contains(banner), "{what}: {stdout}");
+        let y: Vec<f32> = std::fs::read(&yout)
+            .unwrap()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_close(&Tensor::new(vec![2, 512], y).unwrap(), &want, what);
+        std::fs::remove_file(&yout).unwrap();
+    };
+
+    // C: tests/embed/classify.c with the header, the object and the runtime library.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let app = d.join("classify");
     let cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .arg(&source)
+        .arg(root.join("tests/embed/classify.c"))
         .arg("-I")
         .arg(&lib)
         .arg(lib.join(inceptc::link::MODEL_OBJECT))
@@ -907,26 +928,28 @@ fn a_c_program_embeds_a_compiled_model() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    let x = random_tensor([2, 3, 96, 96], 7);
-    let xin = d.join("x.f32");
-    let yout = d.join("y.f32");
-    let bytes: Vec<u8> = x.data().iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&xin, bytes).unwrap();
-    let (code, stdout, stderr) = run(&app, &[xin.to_str().unwrap(), yout.to_str().unwrap()], None);
-    assert_eq!(code, 0, "{stdout}{stderr}");
+    check(&app, "embedded in C", "input [2, 3, 96, 96] -> 1024 floats");
+
+    // Rust: tests/embed/rust depends on the runtime crate and links the object (build.rs). Built
+    // with this workspace's target directory and profile, it reuses the compiled dependencies.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = Command::new(cargo)
+        .args(["build", "--release", "--locked", "--manifest-path"])
+        .arg(root.join("tests/embed/rust/Cargo.toml"))
+        .env("INCEPTC_MODEL_DIR", &lib)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .output()
+        .unwrap();
     assert!(
-        stdout.contains("input [2, 3, 96, 96] -> 1024 floats"),
-        "{stdout}"
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
     );
-    let y: Vec<f32> = std::fs::read(&yout)
-        .unwrap()
-        .chunks(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let got = Tensor::new(vec![2, 512], y).unwrap();
-    assert_close(
-        &got,
-        &interpret(Model::InceptionResnetV1, &x),
-        "embedded in C",
+    check(
+        &target.join("release/inceptc-embed-rust"),
+        "embedded in Rust",
+        "input [2, 3, 96, 96] -> output [2, 512]",
     );
 }

@@ -1,7 +1,8 @@
-//! The C API of a model compiled with `inceptc compile --emit lib` (declared in the generated
-//! `inceptc_model.h`): create a context with a thread count, query shapes, run on an input buffer,
-//! destroy. Contexts are independent (each has its arena and threads); use one per thread. No
-//! function unwinds into C: failures return an error code and set [`inceptc_last_error`].
+//! Embedding a model compiled with `inceptc compile --emit lib`: the Rust API ([`Model`]) and the
+//! C API over it (declared in the generated `inceptc_model.h`): create a context with a thread
+//! count, query shapes, run on an input buffer, destroy. Contexts are independent (each has its
+//! arena and threads); use one per thread. No C function unwinds into C: failures return an error
+//! code and set [`inceptc_last_error`].
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CString};
@@ -13,11 +14,61 @@ use inceptc_runtime::pool::ThreadPool;
 
 use crate::{linked_model, model, Linked};
 
-/// A model context: the model, its arena and its threads.
-pub struct Context {
+/// The linked model with its own arena and threads: what a Rust program embeds.
+///
+/// ```ignore
+/// let mut model = inceptc_main::Model::new(2)?;
+/// let [n, c, h, w] = model.input_shape();
+/// let y = model.run(&vec![0.0; n * c * h * w])?; // model.output_shape() values
+/// ```
+pub struct Model {
     model: exec::Model<'static>,
     arena: Arena,
     pool: ThreadPool,
+}
+
+/// The C API's context is the Rust model.
+pub type Context = Model;
+
+impl Model {
+    /// The model running on `threads` threads (0: all cores). Fails when the CPU lacks AVX2 or
+    /// FMA, the model data is corrupt, or memory is short.
+    pub fn new(threads: usize) -> Result<Model, String> {
+        exec::check_cpu().map_err(|e| e.to_string())?;
+        let linked = linked()?;
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            t => t,
+        };
+        Ok(Model {
+            model: model(linked),
+            arena: Arena::new(linked.desc.arena_bytes).map_err(|e| e.to_string())?,
+            pool: ThreadPool::new(threads),
+        })
+    }
+
+    /// `[N, C, H, W]` of the float32 NCHW input.
+    pub fn input_shape(&self) -> [usize; 4] {
+        let m = self.model.input;
+        [m.n, m.channels, m.h, m.w]
+    }
+
+    /// The output's shape: `[N, K]` (logits or embeddings).
+    pub fn output_shape(&self) -> Vec<usize> {
+        match self.model.outputs[0] {
+            Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
+            Layout::Vector(v) => vec![v.n, v.features],
+        }
+    }
+
+    /// Runs on `input` (the input shape, NCHW) and returns the output (the output shape).
+    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, String> {
+        let mut outputs = self
+            .model
+            .run(&mut self.arena, input, &self.pool)
+            .map_err(|e| e.to_string())?;
+        Ok(outputs.swap_remove(0))
+    }
 }
 
 thread_local! {
@@ -63,19 +114,9 @@ pub extern "C" fn inceptc_last_error() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn inceptc_create(threads: c_int) -> *mut Context {
     guarded(std::ptr::null_mut(), || {
-        exec::check_cpu().map_err(|e| e.to_string())?;
-        let linked = linked()?;
-        let threads = match threads {
-            t if t < 0 => return Err(format!("threads must be 0 or more, got {t}")),
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            t => t as usize,
-        };
-        let context = Context {
-            model: model(linked),
-            arena: Arena::new(linked.desc.arena_bytes).map_err(|e| e.to_string())?,
-            pool: ThreadPool::new(threads),
-        };
-        Ok(Box::into_raw(Box::new(context)))
+        let threads = usize::try_from(threads)
+            .map_err(|_| format!("threads must be 0 or more, got {threads}"))?;
+        Ok(Box::into_raw(Box::new(Model::new(threads)?)))
     })
 }
 
@@ -138,18 +179,15 @@ pub unsafe extern "C" fn inceptc_run(
         }
         // SAFETY: as the caller promises.
         let x = unsafe { std::slice::from_raw_parts(input, input_len) };
-        let y = context
-            .model
-            .run(&mut context.arena, x, &context.pool)
-            .map_err(|e| e.to_string())?;
-        if y[0].len() != output_len {
+        let y = context.run(x)?;
+        if y.len() != output_len {
             return Err(format!(
                 "the output buffer holds {output_len} floats, the output has {}",
-                y[0].len()
+                y.len()
             ));
         }
         // SAFETY: as the caller promises.
-        unsafe { std::slice::from_raw_parts_mut(output, output_len) }.copy_from_slice(&y[0]);
+        unsafe { std::slice::from_raw_parts_mut(output, output_len) }.copy_from_slice(&y);
         Ok(0)
     })
 }

@@ -5,6 +5,7 @@
 //! the C API of [`embed`].
 
 pub mod embed;
+pub use embed::Model;
 
 use std::ffi::{c_char, c_int};
 use std::io::Write as _;
