@@ -10,8 +10,11 @@ use inceptc_ir::weights::{bind, Checkpoint};
 use inceptc_ir::Graph;
 use inceptc_runtime::desc::Preprocess;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `cargo fuzz` knows them.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("safetensors", safetensors),
     ("npy", npy),
     ("image", image),
