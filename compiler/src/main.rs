@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use inceptc_graphs::{Model, Options, Weights};
 use inceptc_ir::text::PrintOptions;
 use inceptc_ir::{infer_shapes, Graph, NodeId, Tensor};
-use inceptc_runtime::desc::{OutputKind, Preprocess};
+use inceptc_runtime::desc::{OutputKind, Preprocess, WeightsDtype};
 
 #[derive(Parser)]
 #[command(
@@ -116,6 +116,10 @@ enum Command {
         /// every kernel; a kernel that writes out of bounds is named and the run fails.
         #[arg(long)]
         check_bounds: bool,
+        /// How the executable stores the weights: f32, or f16 at half the size (converted to f32
+        /// once at start-up; results change by about f16's precision).
+        #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
+        weights_dtype: WeightsArg,
         /// Test-only: make the named convolution write one pixel too far (see --check-bounds).
         #[arg(long, hide = true, value_name = "NODE")]
         inject_fault: Option<String>,
@@ -344,13 +348,22 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             emit,
             output,
             check_bounds,
+            weights_dtype,
             inject_fault,
         } => {
             let options = inceptc::codegen::LowerOptions {
                 check_bounds,
                 inject_fault,
             };
-            compile(&model, batch, image_size, emit, &output, &options, quiet)
+            let target = Target {
+                emit,
+                output,
+                weights_dtype: match weights_dtype {
+                    WeightsArg::F32 => WeightsDtype::F32,
+                    WeightsArg::F16 => WeightsDtype::F16,
+                },
+            };
+            compile(&model, batch, image_size, &target, &options, quiet)
         }
         Command::Passes => {
             for pass in inceptc::passes::PIPELINE {
@@ -604,11 +617,11 @@ fn compile(
     args: &ModelArgs,
     batch: usize,
     image_size: Option<usize>,
-    emit: Emit,
-    output: &Path,
+    target: &Target,
     options: &inceptc::codegen::LowerOptions,
     quiet: bool,
 ) -> Result<()> {
+    let (emit, output) = (target.emit, target.output.as_path());
     if batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -650,12 +663,13 @@ fn compile(
         Some(_) => OutputKind::Logits,
         None => OutputKind::Embedding,
     };
-    let desc = inceptc::codegen::describe(
+    let mut desc = inceptc::codegen::describe(
         &program,
         args.model().name(),
         preprocess(args.model()),
         output_kind,
     );
+    desc.weights_dtype = target.weights_dtype;
     let kernels = program.steps.iter().filter(|s| s.kernel.is_some()).count();
     progress.counted("generating code", kernels);
     let object =
@@ -700,6 +714,20 @@ fn compile(
         total.as_secs_f64()
     );
     Ok(())
+}
+
+/// What `compile` writes.
+struct Target {
+    emit: Emit,
+    output: PathBuf,
+    weights_dtype: WeightsDtype,
+}
+
+/// `--weights-dtype`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WeightsArg {
+    F32,
+    F16,
 }
 
 /// Progress of a long command on standard error: a spinner naming the stage, and a bar while

@@ -77,6 +77,47 @@ fn compile(dir: &Path, name: &str, model: &str, extra: &[&str]) -> PathBuf {
 
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn f16_weights_halve_the_executable_within_f16_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = ["--image-size", "80", "--batch", "2"];
+    let f32_exe = compile(d, "f32", "inception-resnet-v1", &size);
+    let f16_exe = compile(
+        d,
+        "f16",
+        "inception-resnet-v1",
+        &[&size[..], &["--weights-dtype", "f16"]].concat(),
+    );
+    let bytes = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = bytes(&f16_exe) / bytes(&f32_exe);
+    // The weights (89.5 MiB in f32) are almost the whole file.
+    assert!((0.5..0.56).contains(&ratio), "f16 / f32 size = {ratio}");
+    let x = random_tensor([2, 3, 80, 80], 12);
+    let xp = d.join("x.npy");
+    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
+    let want = interpret(Model::InceptionResnetV1, &x);
+    let yp = d.join("y.npy");
+    let args = [
+        "--input",
+        xp.to_str().unwrap(),
+        "--output",
+        yp.to_str().unwrap(),
+    ];
+    let (code, _, stderr) = run(&f16_exe, &args, None);
+    assert_eq!(code, 0, "{stderr}");
+    let y = inceptc_runtime::npy::read_f32(&yp).unwrap();
+    let got = Tensor::new(y.shape, y.data).unwrap();
+    let err = got.relative_error(&want).unwrap();
+    // f16 keeps 11 significant bits (relative rounding 4.9e-4); errors average out through the
+    // network, and the f32 path is within 1e-4.
+    assert!(
+        err > 1e-6 && err < 5e-3,
+        "f16 weights: relative error {err:e}"
+    );
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
 fn compile_shows_progress_on_a_terminal_only() {
     // `script` gives the compiler a pseudo-terminal.
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use crate::exec::Guard;
 use crate::layout::{Layout, MapLayout, VecLayout};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
-const VERSION: u64 = 2;
+const VERSION: u64 = 3;
 
 /// How input images become the network's input tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -23,6 +23,35 @@ pub enum Preprocess {
     },
     /// facenet: resize to the input size, then (x − 127.5) / 128 on 0..255 values.
     Facenet,
+}
+
+/// How the executable stores the packed weights: f32 as the kernels read them, or f16 (half the
+/// size), converted to f32 once at start-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightsDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl WeightsDtype {
+    /// Bytes per stored weight.
+    pub fn size(self) -> usize {
+        match self {
+            WeightsDtype::F32 => 4,
+            WeightsDtype::F16 => 2,
+        }
+    }
+}
+
+/// The f16 encoding of f32 weight bytes (little-endian both).
+pub fn weights_to_f16(f32_bytes: &[u8]) -> Vec<u8> {
+    f32_bytes
+        .chunks_exact(4)
+        .flat_map(|b| {
+            half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
+        })
+        .collect()
 }
 
 /// What the first output means.
@@ -53,6 +82,7 @@ pub struct ModelDesc {
     pub preprocess: Preprocess,
     pub output_kind: OutputKind,
     pub arena_bytes: usize,
+    pub weights_dtype: WeightsDtype,
     pub input: MapLayout,
     pub outputs: Vec<Layout>,
     pub blocks: Vec<String>,
@@ -170,6 +200,10 @@ impl ModelDesc {
             OutputKind::Embedding => 1,
         });
         w.u(self.arena_bytes);
+        w.u(match self.weights_dtype {
+            WeightsDtype::F32 => 0,
+            WeightsDtype::F16 => 1,
+        });
         w.map(&self.input);
         w.u(self.outputs.len());
         for o in &self.outputs {
@@ -240,6 +274,11 @@ impl ModelDesc {
             _ => return Err(DescError("unknown output kind")),
         };
         let arena_bytes = r.u()?;
+        let weights_dtype = match r.u()? {
+            0 => WeightsDtype::F32,
+            1 => WeightsDtype::F16,
+            _ => return Err(DescError("unknown weights dtype")),
+        };
         let input = r.map()?;
         let mut outputs = Vec::new();
         for _ in 0..r.len()? {
@@ -305,6 +344,7 @@ impl ModelDesc {
             preprocess,
             output_kind,
             arena_bytes,
+            weights_dtype,
             input,
             outputs,
             blocks,
@@ -385,6 +425,7 @@ mod tests {
             },
             output_kind: OutputKind::Logits,
             arena_bytes: 4096,
+            weights_dtype: WeightsDtype::F16,
             input: m,
             outputs: vec![Layout::Vector(VecLayout {
                 offset: 0,

@@ -129,6 +129,7 @@ pub fn describe(
         preprocess,
         output_kind,
         arena_bytes: program.arena_bytes,
+        weights_dtype: Default::default(),
         input: program.input,
         outputs: program.outputs.clone(),
         blocks: program.blocks.clone(),

@@ -9,7 +9,7 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
-use inceptc_runtime::desc::ModelDesc;
+use inceptc_runtime::desc::{weights_to_f16, ModelDesc, WeightsDtype};
 
 use super::{define_kernels, emit, isa, kernel_name, CodegenError, Program};
 
@@ -97,8 +97,12 @@ pub fn object(
     let len = (encoded.len() as u64).to_le_bytes().to_vec();
     data(&mut module, "inceptc_desc", encoded, 8)?;
     data(&mut module, "inceptc_desc_len", len, 8)?;
-    let wlen = (program.weights.len() as u64).to_le_bytes().to_vec();
-    data(&mut module, "inceptc_weights", program.weights.clone(), 64)?;
+    let weights = match desc.weights_dtype {
+        WeightsDtype::F32 => program.weights.clone(),
+        WeightsDtype::F16 => weights_to_f16(&program.weights),
+    };
+    let wlen = (weights.len() as u64).to_le_bytes().to_vec();
+    data(&mut module, "inceptc_weights", weights, 64)?;
     data(&mut module, "inceptc_weights_len", wlen, 8)?;
     if entry {
         entry_point(&mut module)?;

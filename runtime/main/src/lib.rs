@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use inceptc_runtime::desc::{ModelDesc, OutputKind};
+use inceptc_runtime::desc::{ModelDesc, OutputKind, WeightsDtype};
 use inceptc_runtime::exec::{self, Arena, KernelFn, StepTimes};
 use inceptc_runtime::layout::Layout;
 use inceptc_runtime::pool::ThreadPool;
@@ -106,6 +106,10 @@ pub(crate) fn linked_model() -> Result<Linked> {
         )
     };
     let desc = ModelDesc::decode(desc)?;
+    let weights = match desc.weights_dtype {
+        WeightsDtype::F32 => weights,
+        WeightsDtype::F16 => widen(weights)?,
+    };
     // SAFETY: the kernel table has one entry per step.
     let kernels =
         unsafe { std::slice::from_raw_parts(&raw const inceptc_kernels, desc.steps.len()) };
@@ -122,6 +126,57 @@ pub(crate) fn linked_model() -> Result<Linked> {
         weights,
         kernels,
     })
+}
+
+/// f16 weights (`inceptc compile --weights-dtype f16`) converted to the f32 the kernels read, once,
+/// into 64-byte-aligned memory that lives as long as the process. Converted in chunks, each
+/// chunk's pages of the executable's f16 copy are handed back to the kernel once read, so the
+/// process holds little more than the f32 weights at any time.
+fn widen(stored: &'static [u8]) -> Result<&'static [u8]> {
+    use half::slice::HalfFloatSliceExt as _;
+    if stored.len() % 2 != 0 || stored.as_ptr().align_offset(2) != 0 {
+        bail!("corrupt model: f16 weights of odd length or alignment");
+    }
+    let n = stored.len() / 2;
+    let layout = std::alloc::Layout::from_size_align((4 * n).max(64), 64)?;
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc(layout) } as *mut f32;
+    if ptr.is_null() {
+        bail!("cannot allocate {} MiB for the weights", (4 * n) >> 20);
+    }
+    // SAFETY: `stored` is 2-aligned (checked) and holds `n` f16; `ptr` holds `n` f32, and is
+    // never freed (the weights live as long as the process).
+    let (from, to) = unsafe {
+        (
+            std::slice::from_raw_parts(stored.as_ptr() as *const half::f16, n),
+            std::slice::from_raw_parts_mut(ptr, n),
+        )
+    };
+    const CHUNK: usize = 1 << 20;
+    for (src, dst) in from.chunks(CHUNK).zip(to.chunks_mut(CHUNK)) {
+        src.convert_to_f32_slice(dst);
+        release(src.as_ptr() as usize, std::mem::size_of_val(src));
+    }
+    // SAFETY: the `4 n` bytes just written.
+    Ok(unsafe { std::slice::from_raw_parts(ptr as *const u8, 4 * n) })
+}
+
+/// Tells the kernel that the whole pages inside `len` bytes at `addr` of the executable's
+/// read-only data are not needed now (they are read back from the file if touched again).
+fn release(addr: usize, len: usize) {
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return,
+    };
+    let start = addr.next_multiple_of(page);
+    let end = (addr + len) / page * page;
+    if end > start {
+        // SAFETY: the range lies in a private, read-only mapping of the executable, which
+        // MADV_DONTNEED drops and refills from the file on a later access; nothing else is
+        // affected. A failure only leaves the pages resident.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
 }
 
 /// The runnable model over the linked kernels and weights.
