@@ -765,3 +765,111 @@ fn plan_reports_the_arena_for_batch_one_and_n() {
         &["input too small"],
     );
 }
+
+/// The messages users meet most, as they read them: each command's standard error and exit code,
+/// with the temporary directory shown as `$DIR`, compared with tests/snapshots/cli-errors.txt
+/// (`BLESS=1` rewrites it; read the diff as a user would).
+#[test]
+fn common_error_messages_read_well() {
+    let (dir, good) = checkpoint(|_| {});
+    let d = dir.path();
+    let (_keep_missing, missing) =
+        checkpoint(|t| t.retain(|t| t.name != "mixed_6a.branch0.conv.weight"));
+    let missing_copy = d.join("missing-one.safetensors");
+    std::fs::copy(&missing, &missing_copy).unwrap();
+    let (_keep_reshaped, reshaped) = checkpoint(|t| {
+        let w = tensor(t, "conv2d_1a.conv.weight");
+        w.shape = vec![32, 3, 3, 1];
+        w.bytes.truncate(32 * 3 * 3 * 2);
+    });
+    let reshaped_copy = d.join("reshaped.safetensors");
+    std::fs::copy(&reshaped, &reshaped_copy).unwrap();
+    let truncated = d.join("truncated.safetensors");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let rank3 = write_npy(d, "rank3.npy", &[3, 80, 80]);
+    let small = write_npy(d, "small.npy", &[1, 3, 40, 40]);
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    let out = p(&d.join("y.npy"));
+    let cases: Vec<Vec<String>> = [
+        vec!["compile", "--model", "inception-v5", "-o", "x"],
+        vec![
+            "info",
+            "--model",
+            "inception-resnet-v1",
+            "--weights",
+            &p(&d.join("nope.safetensors")),
+        ],
+        vec!["info", "--model", "inception-resnet-v1", "--weights", &p(d)],
+        vec![
+            "info",
+            "--model",
+            "inception-resnet-v1",
+            "--weights",
+            &p(&missing_copy),
+        ],
+        vec![
+            "info",
+            "--model",
+            "inception-resnet-v1",
+            "--weights",
+            &p(&reshaped_copy),
+        ],
+        vec![
+            "info",
+            "--model",
+            "inception-resnet-v1",
+            "--weights",
+            &p(&truncated),
+        ],
+        vec!["info", "--model", "inception-v4", "--weights", &p(&good)],
+        vec![
+            "interpret",
+            "--model",
+            "inception-resnet-v1",
+            "--input",
+            &p(&rank3),
+            "--output",
+            &out,
+        ],
+        vec![
+            "interpret",
+            "--model",
+            "inception-resnet-v1",
+            "--input",
+            &p(&small),
+            "--output",
+            &out,
+        ],
+        vec!["dump", "--model", "inception-v4", "--block", "mixed_9z"],
+        vec![
+            "dump",
+            "--model",
+            "inception-v4",
+            "--after",
+            "fuse-everything",
+        ],
+        vec![
+            "compile",
+            "--model",
+            "inception-resnet-v1",
+            "--batch",
+            "0",
+            "-o",
+            "x",
+        ],
+    ]
+    .iter()
+    .map(|c| c.iter().map(|s| s.to_string()).collect())
+    .collect();
+    let mut snapshot = String::new();
+    for args in &cases {
+        let (code, _, stderr) = run_inceptc(args);
+        let shown = args.join(" ").replace(&p(d), "$DIR");
+        let stderr = stderr.replace(&p(d), "$DIR");
+        snapshot.push_str(&format!("$ inceptc {shown}\n{stderr}[exit {code}]\n\n"));
+    }
+    if let Err(e) = inceptc_suite::check_golden("tests/snapshots/cli-errors.txt", &snapshot) {
+        panic!("{e}");
+    }
+}

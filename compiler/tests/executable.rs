@@ -462,6 +462,27 @@ fn bad_input_to_an_executable_is_reported() {
     let (code, stdout, _) = run(&exe, &[&path("rgb.png")], None);
     assert_eq!(code, 0);
     assert!(stdout.contains("embedding [512]"), "{stdout}");
+    // The common messages as a user reads them (tests/snapshots/exe-errors.txt; BLESS=1 rewrites).
+    let dir_text = d.to_str().unwrap();
+    let mut snapshot = String::new();
+    for args in [
+        vec![path("gone.jpg")],
+        vec![path("text.png")],
+        vec![path("huge.png")],
+        vec!["--input".into(), path("b2.npy")],
+        vec!["--input".into(), path("lying.npy")],
+        vec!["--bench".into(), "--threads".into(), "0".into()],
+        vec![],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = run(&exe, &args, None);
+        let shown = args.join(" ").replace(dir_text, "$DIR");
+        let stderr = stderr.replace(dir_text, "$DIR");
+        snapshot.push_str(&format!("$ MODEL {shown}\n{stderr}[exit {code}]\n\n"));
+    }
+    if let Err(e) = inceptc_suite::check_golden("tests/snapshots/exe-errors.txt", &snapshot) {
+        panic!("{e}");
+    }
 }
 
 #[test]

@@ -115,8 +115,73 @@ pub enum LoadError {
         path.display()
     )]
     NoLogits { path: std::path::PathBuf },
+    #[error(
+        "{}: this is not an {model} checkpoint: only {found} of the graph's {expected} tensors are \
+         in it, but {likely_found} of the {likely_expected} tensors of {likely} are; use --model {likely}",
+        path.display()
+    )]
+    WrongModel {
+        path: std::path::PathBuf,
+        model: Model,
+        found: usize,
+        expected: usize,
+        likely: Model,
+        likely_found: usize,
+        likely_expected: usize,
+    },
     #[error(transparent)]
     Weights(#[from] WeightsError),
+}
+
+/// How many of `graph`'s parameters `checkpoint` has (by name), and how many there are.
+fn coverage(graph: &Graph, checkpoint: &Checkpoint) -> (usize, usize) {
+    let keys: Vec<String> = graph
+        .node_ids()
+        .flat_map(|id| {
+            let node = graph.node(id);
+            node.op
+                .param_specs()
+                .into_iter()
+                .map(|spec| node.param_key(spec.role))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let found = keys.iter().filter(|k| checkpoint.contains(k)).count();
+    (found, keys.len())
+}
+
+/// When a checkpoint barely fits `model` (under 10 % of its tensors by name), the model it does
+/// fit (over 90 %), if any: the usual mistake is the wrong `--model`.
+fn likely_model(
+    model: Model,
+    graph: &Graph,
+    checkpoint: &Checkpoint,
+    path: &Path,
+) -> Option<LoadError> {
+    let (found, expected) = coverage(graph, checkpoint);
+    if found * 10 >= expected {
+        return None;
+    }
+    Model::ALL
+        .into_iter()
+        .filter(|m| *m != model)
+        .filter_map(|m| {
+            let g = build(m, &Options::default()).ok()?;
+            let (f, e) = coverage(&g, checkpoint);
+            (f * 10 > e * 9).then_some((m, f, e))
+        })
+        .max_by_key(|(_, f, _)| *f)
+        .map(
+            |(likely, likely_found, likely_expected)| LoadError::WrongModel {
+                path: path.to_path_buf(),
+                model,
+                found,
+                expected,
+                likely,
+                likely_found,
+                likely_expected,
+            },
+        )
 }
 
 /// The graph of `model` with unbound weights.
@@ -172,9 +237,12 @@ pub fn load(model: Model, weights: Weights, options: &Options) -> Result<Graph, 
             }
             let mut graph = build(model, &options)?;
             let ignore_logits = model == Model::InceptionResnetV1 && !options.classify;
-            bind(&mut graph, &checkpoint, &|name| {
+            let bound = bind(&mut graph, &checkpoint, &|name| {
                 ignore_logits && name.starts_with("logits.")
-            })?;
+            });
+            if let Err(e) = bound {
+                return Err(likely_model(model, &graph, &checkpoint, path).unwrap_or(e.into()));
+            }
             Ok(graph)
         }
     }

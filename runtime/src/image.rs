@@ -32,7 +32,7 @@ pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
     if path.is_dir() {
         return Err(err("it is a directory, not an image file".into()));
     }
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read the file: {e}")))?;
     decode(path, &bytes)
 }
 
