@@ -58,7 +58,7 @@ enum Command {
         model: ModelArgs,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// Print only this block (text format).
+        /// Print only this block (in DOT, with the values it reads from other blocks).
         #[arg(long)]
         block: Option<String>,
         /// Annotate values with their shapes at this input size (default: the model's own).
@@ -499,7 +499,7 @@ impl View<'_> {
                 } else {
                     None
                 };
-                inceptc_ir::dot::to_dot(graph, Some(&shapes), notes.as_ref())
+                inceptc_ir::dot::to_dot(graph, Some(&shapes), notes.as_ref(), self.block)
             }
         })
     }

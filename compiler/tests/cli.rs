@@ -580,6 +580,31 @@ fn dump_writes_text_dot_and_rejects_unknown_blocks() {
         ],
         &["no block `inception_z.0`", "inception_a.0"],
     );
+    // DOT of one block: its cluster only, with what it reads from the stem as a grey ellipse.
+    let (code, dot, stderr) = run_inceptc([
+        "dump",
+        "--model",
+        "inception-v4",
+        "--after",
+        "plan-memory",
+        "--format",
+        "dot",
+        "--block",
+        "inception_a.0",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(dot.matches("subgraph cluster_").count(), 1, "{dot}");
+    assert!(dot.contains("label=\"inception_a.0\""), "{dot}");
+    assert!(
+        dot.contains("features.5.maxpool\\n(stem)\", shape=ellipse"),
+        "{dot}"
+    );
+    assert!(
+        !dot.contains("features.7"),
+        "nothing of the next block: {dot}"
+    );
+    assert!(dot.contains("tile @0 of a new 384-channel buffer"), "{dot}");
+    assert!(dot.contains("arena @"), "{dot}");
 }
 
 #[test]

@@ -69,19 +69,47 @@ fn label_lines(node: &crate::Node, note: Option<&String>) -> String {
     lines.iter().map(|l| format!("\\n{}", escape(l))).collect()
 }
 
-/// The graph in DOT, optionally with shapes on the edges and a note per node.
+/// The graph in DOT, optionally with shapes on the edges and a note per node. With `block`, only
+/// that block's nodes, and the values from outside it that they read, as grey ellipses.
 pub fn to_dot(
     graph: &Graph,
     shapes: Option<&HashMap<NodeId, Shape>>,
     notes: Option<&HashMap<NodeId, String>>,
+    block: Option<&str>,
 ) -> String {
-    let order = graph
+    let order: Vec<NodeId> = graph
         .topo_order()
-        .unwrap_or_else(|| graph.node_ids().collect());
+        .unwrap_or_else(|| graph.node_ids().collect())
+        .into_iter()
+        .filter(|id| block.is_none_or(|b| graph.node(*id).block == b))
+        .collect();
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", escape(&graph.name));
     out.push_str("  rankdir=TB;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\", fontsize=10];\n  edge [fontname=\"Helvetica\", fontsize=8];\n");
-    for (i, block) in graph.blocks().iter().enumerate() {
+    if block.is_some() {
+        let mut outside: Vec<NodeId> = order
+            .iter()
+            .flat_map(|id| graph.inputs(*id))
+            .filter(|i| !order.contains(i))
+            .collect();
+        outside.sort();
+        outside.dedup();
+        for id in outside {
+            let node = graph.node(id);
+            let _ = writeln!(
+                out,
+                "  n{} [label=\"{}\\n({})\", shape=ellipse, style=filled, fillcolor=\"#eeeeee\"];",
+                id.index(),
+                escape(&node.name),
+                escape(&node.block)
+            );
+        }
+    }
+    let blocks: Vec<String> = match block {
+        Some(b) => vec![b.to_string()],
+        None => graph.blocks(),
+    };
+    for (i, block) in blocks.iter().enumerate() {
         let _ = writeln!(out, "  subgraph cluster_{i} {{");
         let _ = writeln!(out, "    label=\"{}\"; style=dashed;", escape(block));
         for id in order.iter().filter(|id| graph.node(**id).block == *block) {
