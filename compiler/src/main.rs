@@ -93,7 +93,7 @@ enum Command {
     /// Compile a network and its weights into a standalone executable (or its object, or the
     /// Cranelift IR of every kernel).
     #[command(
-        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/\n  inceptc compile --model inception-v4 --emit lib -o v4-lib/   # object, runtime library, C header\n  inceptc compile --model inception-resnet-v1 --image-size 75 --check-bounds -o v1-checked"
+        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/\n  inceptc compile --model inception-v4 --emit lib -o v4-lib/   # object, runtime library, C header\n  inceptc compile --model inception-resnet-v1 --image-size 75 --check-bounds -o v1-checked\n  inceptc compile --model inception-v4 --report -o v4   # per kernel: algorithm, tile, predicted time"
     )]
     Compile {
         #[command(flatten)]
@@ -120,6 +120,10 @@ enum Command {
         /// once at start-up; results change by about f16's precision).
         #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
         weights_dtype: WeightsArg,
+        /// Print every kernel: operation, algorithm and register tile, work items, FLOPs and the
+        /// time a cost model predicts for one core.
+        #[arg(long)]
+        report: bool,
         /// Test-only: make the named convolution write one pixel too far (see --check-bounds).
         #[arg(long, hide = true, value_name = "NODE")]
         inject_fault: Option<String>,
@@ -349,6 +353,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             output,
             check_bounds,
             weights_dtype,
+            report,
             inject_fault,
         } => {
             let options = inceptc::codegen::LowerOptions {
@@ -358,6 +363,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             let target = Target {
                 emit,
                 output,
+                report,
                 weights_dtype: match weights_dtype {
                     WeightsArg::F32 => WeightsDtype::F32,
                     WeightsArg::F16 => WeightsDtype::F16,
@@ -641,6 +647,10 @@ fn compile(
     let program = inceptc::codegen::Program::with_options(&graph, batch, size, size, options)
         .with_context(|| format!("lowering {}", args.model()))?;
     let lowered = start.elapsed();
+    if target.report {
+        progress.stage("reporting");
+        print!("{}", inceptc::codegen::cost::table(&program));
+    }
     match emit {
         Emit::Clif | Emit::Asm => {
             use inceptc::codegen::object::{listing, Listing};
@@ -720,6 +730,7 @@ fn compile(
 struct Target {
     emit: Emit,
     output: PathBuf,
+    report: bool,
     weights_dtype: WeightsDtype,
 }
 

@@ -898,3 +898,55 @@ fn common_error_messages_read_well() {
         panic!("{e}");
     }
 }
+
+#[test]
+fn report_lists_every_kernel_with_algorithm_tile_and_predicted_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = dir.path().join("v1.o");
+    let (code, stdout, stderr) = run_inceptc([
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--emit",
+        "obj",
+        "--report",
+        "-q",
+        "-o",
+        obj.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("kernel") && lines[0].contains("predicted"),
+        "{stdout}"
+    );
+    let rows = &lines[1..lines.len() - 1];
+    assert_eq!(rows.len(), 110, "one row per kernel");
+    assert!(rows[0].starts_with("k1_conv2d_1a_conv") && rows[0].contains("conv 3×3/2 3→32"));
+    assert!(rows
+        .iter()
+        .any(|r| r.contains("(3 shared)") || r.contains("(2 shared)")));
+    assert!(rows
+        .iter()
+        .any(|r| r.contains("flat pixel tiles 6 px × 8 ch")));
+    assert!(rows.iter().any(|r| r.contains("max pool 3×3/2")));
+    let shares: f64 = rows
+        .iter()
+        .map(|r| {
+            r.trim_end()
+                .trim_end_matches('%')
+                .rsplit(' ')
+                .next()
+                .unwrap()
+        })
+        .map(|s| s.parse::<f64>().unwrap())
+        .sum();
+    assert!((shares - 100.0).abs() < 1.0, "shares add up to {shares}");
+    let total = lines.last().unwrap();
+    assert!(total.starts_with("110 kernels, "), "{total}");
+    assert!(
+        total.contains("predicted") && total.contains("ms on one core"),
+        "{total}"
+    );
+    assert!(obj.exists());
+}

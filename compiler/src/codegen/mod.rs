@@ -5,6 +5,7 @@
 //! at `opt_level = none`: the kernels are written register-blocked already, and the optimizer's
 //! rematerialization spilled accumulators in measurements (DESIGN.md §6).
 
+pub mod cost;
 pub mod emit;
 pub mod jit;
 pub mod lower;
