@@ -63,6 +63,35 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// Runs `exe --input dir/x.npy --output dir/y.npy` on `x` (plus `extra`): the exit code, standard
+/// error, and the output file's bytes if one was written (it is removed after reading).
+fn run_tensor(
+    exe: &Path,
+    dir: &Path,
+    x: &Tensor,
+    extra: &[&str],
+) -> (i32, String, Option<Vec<u8>>) {
+    let (xp, yp) = (dir.join("x.npy"), dir.join("y.npy"));
+    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
+    let mut args = vec![
+        "--input",
+        xp.to_str().unwrap(),
+        "--output",
+        yp.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = run(exe, &args, None);
+    let written = std::fs::read(&yp).ok();
+    let _ = std::fs::remove_file(&yp);
+    (code, stderr, written)
+}
+
+/// The tensor in `.npy` bytes.
+fn npy_tensor(bytes: &[u8]) -> Tensor {
+    let a = inceptc_runtime::npy::parse_f32(Path::new("y.npy"), bytes).unwrap();
+    Tensor::new(a.shape, a.data).unwrap()
+}
+
 /// Compiles `model` (seeded weights) into `dir/name`.
 fn compile(dir: &Path, name: &str, model: &str, extra: &[&str]) -> PathBuf {
     let exe = dir.join(name);
@@ -93,20 +122,10 @@ fn f16_weights_halve_the_executable_within_f16_precision() {
     // The weights (89.5 MiB in f32) are almost the whole file.
     assert!((0.5..0.56).contains(&ratio), "f16 / f32 size = {ratio}");
     let x = random_tensor([2, 3, 80, 80], 12);
-    let xp = d.join("x.npy");
-    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
     let want = interpret(Model::InceptionResnetV1, &x);
-    let yp = d.join("y.npy");
-    let args = [
-        "--input",
-        xp.to_str().unwrap(),
-        "--output",
-        yp.to_str().unwrap(),
-    ];
-    let (code, _, stderr) = run(&f16_exe, &args, None);
+    let (code, stderr, y) = run_tensor(&f16_exe, d, &x, &[]);
     assert_eq!(code, 0, "{stderr}");
-    let y = inceptc_runtime::npy::read_f32(&yp).unwrap();
-    let got = Tensor::new(y.shape, y.data).unwrap();
+    let got = npy_tensor(&y.unwrap());
     let err = got.relative_error(&want).unwrap();
     // f16 keeps 11 significant bits (relative rounding 4.9e-4); errors average out through the
     // network, and the f32 path is within 1e-4.
@@ -771,25 +790,11 @@ fn outputs_are_bit_identical_across_runs_and_thread_counts() {
         &["--image-size", "91", "--batch", "2"],
     );
     let x = random_tensor([2, 3, 91, 91], 11);
-    let xp = d.join("x.npy");
-    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
     let mut outputs = Vec::new();
-    for (i, threads) in ["1", "2", "2", "3", "5"].iter().enumerate() {
-        let yp = d.join(format!("y{i}.npy"));
-        let (code, _, stderr) = run(
-            &exe,
-            &[
-                "--input",
-                xp.to_str().unwrap(),
-                "--output",
-                yp.to_str().unwrap(),
-                "--threads",
-                threads,
-            ],
-            None,
-        );
+    for threads in ["1", "2", "2", "3", "5"] {
+        let (code, stderr, y) = run_tensor(&exe, d, &x, &["--threads", threads]);
         assert_eq!(code, 0, "{stderr}");
-        outputs.push((threads, std::fs::read(&yp).unwrap()));
+        outputs.push((threads, y.unwrap()));
     }
     for (threads, bytes) in &outputs[1..] {
         assert!(
@@ -813,21 +818,12 @@ fn check_bounds_runs_clean_and_names_a_kernel_that_writes_out_of_bounds() {
         &[&size[..], &["--check-bounds"]].concat(),
     );
     let x = random_tensor([2, 3, 75, 75], 4);
-    let xp = d.join("x.npy");
-    inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();
     let outputs: Vec<Vec<u8>> = [&plain, &checked]
         .iter()
         .map(|exe| {
-            let yp = d.join("y.npy");
-            let args = [
-                "--input",
-                xp.to_str().unwrap(),
-                "--output",
-                yp.to_str().unwrap(),
-            ];
-            let (code, _, stderr) = run(exe, &args, None);
+            let (code, stderr, y) = run_tensor(exe, d, &x, &[]);
             assert_eq!(code, 0, "{}: {stderr}", exe.display());
-            std::fs::read(&yp).unwrap()
+            y.unwrap()
         })
         .collect();
     assert!(
@@ -847,14 +843,7 @@ fn check_bounds_runs_clean_and_names_a_kernel_that_writes_out_of_bounds() {
             "inception-resnet-v1",
             &[&size[..], &["--check-bounds", "--inject-fault", node]].concat(),
         );
-        let yp = d.join("faulty.npy");
-        let args = [
-            "--input",
-            xp.to_str().unwrap(),
-            "--output",
-            yp.to_str().unwrap(),
-        ];
-        let (code, _, stderr) = run(&faulty, &args, None);
+        let (code, stderr, written) = run_tensor(&faulty, d, &x, &[]);
         assert_eq!(code, 1, "{node}: {stderr}");
         assert!(
             stderr.starts_with("error: bounds check: kernel `k"),
@@ -862,7 +851,7 @@ fn check_bounds_runs_clean_and_names_a_kernel_that_writes_out_of_bounds() {
         );
         assert!(stderr.contains(kernel), "{node}: {stderr}");
         assert!(stderr.contains("wrote out of bounds: the "), "{stderr}");
-        assert!(!yp.exists(), "a failed run writes no output");
+        assert!(written.is_none(), "a failed run writes no output");
     }
     let (code, _, stderr) = inceptc(&[
         "compile",
