@@ -30,7 +30,7 @@ for t in "${targets[@]}"; do
     log="logs/$t.log"
     status=0
     cargo fuzz run -s none -O "$t" "work/$t" "corpus/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=4096 -max_len=262144 -timeout=10 \
+        -max_total_time="$seconds" -rss_limit_mb=4096 -max_len=262144 -timeout=30 -report_slow_units=30 \
         -print_final_stats=1 >"$log" 2>&1 || status=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
