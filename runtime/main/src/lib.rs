@@ -134,7 +134,7 @@ pub(crate) fn linked_model() -> Result<Linked> {
 /// process holds little more than the f32 weights at any time.
 fn widen(stored: &'static [u8]) -> Result<&'static [u8]> {
     use half::slice::HalfFloatSliceExt as _;
-    if stored.len() % 2 != 0 || stored.as_ptr().align_offset(2) != 0 {
+    if !stored.len().is_multiple_of(2) || stored.as_ptr().align_offset(2) != 0 {
         bail!("corrupt model: f16 weights of odd length or alignment");
     }
     let n = stored.len() / 2;
