@@ -133,3 +133,34 @@ pub fn random_input(n: usize, size: usize, seed: u32) -> inceptc_ir::Tensor {
         .collect();
     inceptc_ir::Tensor::new(vec![n, 3, size, size], data).expect("sizes agree")
 }
+
+/// A version-1 `.npy` file whose header is the dict literal `header` (padded as numpy pads it),
+/// followed by `data` zero bytes: for files the writer would not produce (other dtypes, headers
+/// that lie about their data).
+pub fn npy_bytes(header: &str, data: usize) -> Vec<u8> {
+    let padded = format!("{header:<117}\n");
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    bytes.resize(bytes.len() + data, 0);
+    bytes
+}
+
+/// Runs `program` with `args` under at most 2 GiB of address space and 60 seconds (`ulimit -v`,
+/// `timeout`): exit code, standard output, standard error. Hostile input must be refused within
+/// bounded memory and time, so an allocation a file's header asks for fails (abort), as does a
+/// hang (exit 124).
+pub fn run_bounded(program: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 2097152 && exec timeout 60 "$0" "$@""#)
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("sh starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

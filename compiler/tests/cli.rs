@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use inceptc_graphs::{load, Model, Options, Weights};
-use inceptc_suite::{safetensors_bytes, state_dict, RawTensor};
+use inceptc_suite::{npy_bytes, run_bounded, safetensors_bytes, state_dict, RawTensor};
 use safetensors::Dtype;
 
 /// Runs this build's `inceptc` with `args`: exit code, standard output, standard error.
@@ -19,25 +19,6 @@ where
         .args(args)
         .output()
         .expect("inceptc starts");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs `program` with `args` as [`run_inceptc`] does, but with at most 2 GiB of address space and
-/// 60 seconds (`ulimit -v`, `timeout`): hostile input must be refused within bounded memory and
-/// time, so an allocation the file's header asks for fails the test (abort), as does a hang
-/// (exit 124).
-fn run_bounded(program: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -v 2097152 && exec timeout 60 "$0" "$@""#)
-        .arg(program)
-        .args(args)
-        .output()
-        .expect("sh starts");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -335,12 +316,7 @@ fn hostile_files_are_refused_within_bounded_memory_and_time() {
 
     let npy = |name: &str, header: &str, data: usize| {
         let path = d.join(name);
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        let padded = format!("{header:<117}\n");
-        bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
-        bytes.extend_from_slice(padded.as_bytes());
-        bytes.resize(bytes.len() + data, 0);
-        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(&path, npy_bytes(header, data)).unwrap();
         path.to_str().unwrap().to_string()
     };
     let out = d.join("y.npy");
@@ -497,12 +473,7 @@ fn bad_input_tensors_are_reported() {
     // float64 data: write a valid .npy by hand.
     let f64_path = dir.path().join("f64.npy");
     let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 3, 2, 2), }";
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    let padded = format!("{header:<117}\n");
-    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(padded.as_bytes());
-    bytes.extend_from_slice(&[0u8; 8 * 12]);
-    std::fs::write(&f64_path, bytes).unwrap();
+    std::fs::write(&f64_path, npy_bytes(header, 8 * 12)).unwrap();
     interpret_with(
         &f64_path,
         &out,

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::{interp, Tensor};
+use inceptc_suite::{npy_bytes, run_bounded};
 
 /// max |executable − interpreter| / max |interpreter| allowed.
 const TOLERANCE: f64 = 1e-4;
@@ -28,15 +29,6 @@ fn run(exe: &Path, args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// [`run`] with at most 2 GiB of address space and 60 seconds (`ulimit -v`, `timeout`), for
-/// hostile input: an allocation a header asks for aborts, a hang exits 124.
-fn run_bounded(exe: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["-c", r#"ulimit -v 2097152 && exec timeout 60 "$0" "$@""#];
-    all.push(exe.to_str().unwrap());
-    all.extend_from_slice(args);
-    run(Path::new("sh"), &all, None)
 }
 
 /// A PNG that is only a signature and an IHDR chunk declaring `width × height` RGB pixels.
@@ -387,13 +379,8 @@ fn bad_input_to_an_executable_is_reported() {
         &["b2.npy", "[2, 3, 80, 80]", "[1, 3, 80, 80]"],
     );
     // float64 data.
-    let mut f64npy = b"\x93NUMPY\x01\x00".to_vec();
     let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 3, 80, 80), }";
-    let header = format!("{header:<117}\n");
-    f64npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    f64npy.extend_from_slice(header.as_bytes());
-    f64npy.extend(std::iter::repeat_n(0u8, 8 * 3 * 6400));
-    std::fs::write(d.join("f64.npy"), f64npy).unwrap();
+    std::fs::write(d.join("f64.npy"), npy_bytes(header, 8 * 3 * 6400)).unwrap();
     expect(&["--input", &path("f64.npy")], 1, &["f64.npy"]);
     expect(&["--input", &path("missing.npy")], 1, &["missing.npy"]);
     // An unwritable output leaves nothing behind.
@@ -456,12 +443,7 @@ fn bad_input_to_an_executable_is_reported() {
         &["photos: it is a directory"],
     );
     let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 80, 80), }";
-    let mut lying = b"\x93NUMPY\x01\x00".to_vec();
-    let header = format!("{header:<117}\n");
-    lying.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    lying.extend_from_slice(header.as_bytes());
-    lying.extend_from_slice(&[0; 64]);
-    std::fs::write(d.join("lying.npy"), lying).unwrap();
+    std::fs::write(d.join("lying.npy"), npy_bytes(header, 64)).unwrap();
     hostile(
         &["--input", &path("lying.npy")],
         &["lying.npy: not a valid .npy file: the header's shape [1, 3, 80, 80] needs 76800 bytes of data, the file holds 64"],
