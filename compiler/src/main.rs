@@ -747,13 +747,16 @@ enum WeightsArg {
 struct Progress(indicatif::ProgressBar);
 
 impl Progress {
+    /// The line of a stage without a count.
+    const SPINNER: &'static str = "{spinner} {elapsed:>3} {msg}";
+
     fn new(quiet: bool) -> Progress {
         let target = match quiet {
             true => indicatif::ProgressDrawTarget::hidden(),
             false => indicatif::ProgressDrawTarget::stderr(),
         };
         let bar = indicatif::ProgressBar::with_draw_target(None, target);
-        bar.set_style(Self::style("{spinner} {elapsed:>3} {msg}"));
+        bar.set_style(Self::style(Self::SPINNER));
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
         Progress(bar)
     }
@@ -766,8 +769,7 @@ impl Progress {
 
     /// A new stage without a count.
     fn stage(&self, message: &'static str) {
-        self.0
-            .set_style(Self::style("{spinner} {elapsed:>3} {msg}"));
+        self.0.set_style(Self::style(Self::SPINNER));
         self.0.set_message(message);
     }
 
