@@ -3,7 +3,7 @@
 //! of 4 or 8, concat tiles, shared kernels, residuals), and whole networks.
 
 use inceptc::codegen::jit::JitProgram;
-use inceptc::codegen::{LowerOptions, Program};
+use inceptc::codegen::{ConvAlgorithm, Kernel, LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::{interp, text, Graph, Tensor};
@@ -17,12 +17,18 @@ const TOLERANCE: f64 = 1e-4;
 
 /// Runs `graph` compiled in process and with the interpreter; returns the worst relative error.
 fn compare(graph: &Graph, x: &Tensor, threads: usize) -> f64 {
+    compare_with(graph, x, threads, ConvAlgorithm::Auto)
+}
+
+/// [`compare`] with convolutions computed by `conv`.
+fn compare_with(graph: &Graph, x: &Tensor, threads: usize, conv: ConvAlgorithm) -> f64 {
     let [n, _, h, w] = x.shape() else {
         panic!("input must be NCHW")
     };
     // Every comparison also runs under the bounds check: no kernel may touch a canary or a halo.
     let checked = LowerOptions {
         check_bounds: true,
+        conv,
         ..LowerOptions::default()
     };
     let program =
@@ -58,6 +64,134 @@ fn graph(body: String) -> Graph {
     inceptc_ir::init::seed_weights(&mut g, 7);
     inceptc_ir::verify(&g).unwrap_or_else(|e| panic!("{e}\n{body}"));
     g
+}
+
+/// Every Winograd tile the compiler offers, forced on random stride-1 convolutions (3- and 7-tap
+/// axes, every padding the IR allows, sizes that leave partial edge tiles, residuals
+/// in place, 1–3 threads), against the interpreter.
+#[test]
+fn random_winograd_convolutions_match_the_interpreter() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4343);
+    let kernels = [[1, 3], [3, 1], [3, 3], [1, 7], [7, 1]];
+    let mut used = std::collections::BTreeSet::new();
+    for case in 0..60 {
+        let [kh, kw] = kernels[case % kernels.len()];
+        let pick = |rng: &mut rand_chacha::ChaCha8Rng, r: usize| match r {
+            1 => 1,
+            3 => [2, 4][rng.gen_range(0..2)],
+            _ => [2, 3][rng.gen_range(0..2)],
+        };
+        let m = pick(&mut rng, kh.max(kw));
+        let tile = [if kh == 1 { 1 } else { m }, if kw == 1 { 1 } else { m }];
+        let (ph, pw) = (rng.gen_range(0..kh), rng.gen_range(0..kw));
+        let h = rng.gen_range(kh.saturating_sub(2 * ph).max(1)..=19);
+        let w = rng.gen_range(kw.saturating_sub(2 * pw).max(1)..=19);
+        let ic = 4 * rng.gen_range(1..=6);
+        let oc = rng.gen_range(1..=21);
+        let n = rng.gen_range(1..=2);
+        let relu = rng.gen_bool(0.5);
+        let residual = ph == kh / 2 && pw == kw / 2 && rng.gen_bool(0.5);
+        let body = if residual {
+            format!(
+                r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
+  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
+  output %2
+}}"#
+            )
+        } else {
+            format!(
+                r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias={} residual=false relu={relu} name="conv" block="b"
+  output %1
+}}"#,
+                rng.gen_bool(0.8)
+            )
+        };
+        let g = graph(body.clone());
+        let conv = ConvAlgorithm::WinogradTile(tile);
+        let program = Program::with_options(
+            &g,
+            n,
+            h,
+            w,
+            &LowerOptions {
+                conv,
+                ..LowerOptions::default()
+            },
+        )
+        .unwrap();
+        let winograd = program
+            .steps
+            .iter()
+            .any(|s| matches!(s.kernel, Some(Kernel::Winograd(_))));
+        assert!(winograd, "case {case}: no Winograd kernel\n{body}");
+        used.insert((kh, kw, tile));
+        let err = compare_with(&g, &input(n, ic, h, w, case as u64), 1 + case % 3, conv);
+        assert!(
+            err <= TOLERANCE,
+            "case {case}: tile {tile:?}: error {err:e}\n{body}"
+        );
+    }
+    assert_eq!(
+        used.len(),
+        10,
+        "every kernel with both of its tiles: {used:?}"
+    );
+}
+
+/// The error Winograd adds, bounded against the direct path at the networks' own shapes: every
+/// offered tile on the layer kinds that use it (1×7/7×1 at 17×17 with 192 channels, 3×3 at
+/// 35×35 and 147×147, 1×3/3×1 at 8×8 with 384 channels), inputs like post-ReLU activations.
+#[test]
+fn winograd_error_stays_within_its_bound_of_the_direct_path() {
+    /// max |winograd − interpreter| / max |interpreter| allowed: 10× below the network tests'
+    /// tolerance. Measured: F(2,·) tiles 0.2–1.4·10⁻⁶, like the direct path's 0.6–1.4·10⁻⁶;
+    /// F(4,3) and F(4×4,3×3) up to 3.5·10⁻⁶; F(3,7) up to 6.3·10⁻⁶.
+    const WINOGRAD_BOUND: f64 = 1e-5;
+    /// Kernel, padding, size, input and output channels, the tiles to try.
+    type Case = (
+        [usize; 2],
+        [usize; 2],
+        usize,
+        usize,
+        usize,
+        &'static [[usize; 2]],
+    );
+    let cases: [Case; 6] = [
+        ([1, 7], [0, 3], 17, 192, 224, &[[1, 2], [1, 3]]),
+        ([7, 1], [3, 0], 17, 192, 224, &[[2, 1], [3, 1]]),
+        ([3, 3], [1, 1], 35, 64, 96, &[[2, 2], [4, 4]]),
+        ([3, 3], [0, 0], 49, 32, 32, &[[2, 2], [4, 4]]),
+        ([1, 3], [0, 1], 8, 384, 256, &[[1, 2], [1, 4]]),
+        ([3, 1], [1, 0], 8, 384, 256, &[[2, 1], [4, 1]]),
+    ];
+    for ([kh, kw], [ph, pw], size, ic, oc, tiles) in cases {
+        let g = graph(format!(
+            r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias=true residual=false relu=false name="conv" block="b"
+  output %1
+}}"#
+        ));
+        // Non-negative inputs, as after a ReLU: the sums do not cancel.
+        let mut x = input(1, ic, size, size, 3);
+        let data: Vec<f32> = x.data().iter().map(|v| v.abs()).collect();
+        x = Tensor::new(x.shape().to_vec(), data).unwrap();
+        let direct = compare_with(&g, &x, 2, ConvAlgorithm::Direct);
+        for &tile in tiles {
+            let err = compare_with(&g, &x, 2, ConvAlgorithm::WinogradTile(tile));
+            eprintln!(
+                "{kh}×{kw} {size}×{size} {ic}→{oc} tile {tile:?}: {err:.2e} (direct {direct:.2e})"
+            );
+            assert!(
+                err <= WINOGRAD_BOUND,
+                "{kh}×{kw} tile {tile:?}: error {err:e} (direct {direct:e})"
+            );
+        }
+    }
 }
 
 #[test]
@@ -207,6 +341,7 @@ fn the_bounds_check_names_a_kernel_that_writes_out_of_bounds() {
         let options = LowerOptions {
             check_bounds: true,
             inject_fault: Some(fault.into()),
+            ..LowerOptions::default()
         };
         let program = Program::with_options(&g, 2, 15, 13, &options).unwrap();
         let steps: Vec<Vec<String>> = program.steps.iter().map(|s| s.nodes.clone()).collect();
@@ -229,6 +364,7 @@ fn the_bounds_check_names_a_kernel_that_writes_out_of_bounds() {
     let options = LowerOptions {
         check_bounds: true,
         inject_fault: Some("nope".into()),
+        ..LowerOptions::default()
     };
     let err = Program::with_options(&g, 1, 15, 13, &options).unwrap_err();
     assert_eq!(

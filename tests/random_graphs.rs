@@ -403,6 +403,7 @@ fn a_failing_network_is_reduced_to_a_small_regression() {
     let fault = LowerOptions {
         check_bounds: true,
         inject_fault: Some(victim.clone()),
+        ..LowerOptions::default()
     };
     let fails = |g: &Graph| {
         // The fault lands on the fused convolution that keeps the conv's name; a graph without

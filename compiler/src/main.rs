@@ -124,6 +124,11 @@ enum Command {
         /// time a cost model predicts for one core.
         #[arg(long)]
         report: bool,
+        /// How convolutions are computed: per layer whichever the cost model predicts faster
+        /// (auto), direct everywhere, or Winograd wherever a tile applies (stride 1, 3- or 7-tap
+        /// kernels, input channels a multiple of 4). --report shows the choice.
+        #[arg(long, value_enum, default_value_t = ConvArg::Auto)]
+        conv: ConvArg,
         /// Test-only: make the named convolution write one pixel too far (see --check-bounds).
         #[arg(long, hide = true, value_name = "NODE")]
         inject_fault: Option<String>,
@@ -258,6 +263,13 @@ enum Emit {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ConvArg {
+    Auto,
+    Direct,
+    Winograd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Dot,
@@ -354,11 +366,17 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             check_bounds,
             weights_dtype,
             report,
+            conv,
             inject_fault,
         } => {
             let options = inceptc::codegen::LowerOptions {
                 check_bounds,
                 inject_fault,
+                conv: match conv {
+                    ConvArg::Auto => inceptc::codegen::ConvAlgorithm::Auto,
+                    ConvArg::Direct => inceptc::codegen::ConvAlgorithm::Direct,
+                    ConvArg::Winograd => inceptc::codegen::ConvAlgorithm::Winograd,
+                },
             };
             let target = Target {
                 emit,

@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 
-use super::lower::{Kernel, CONV_LANES};
+use super::lower::{Kernel, WinogradKernel, CONV_LANES};
 use super::Program;
 use crate::codegen::emit::TILE_PIXELS;
 
@@ -45,6 +45,79 @@ fn conv_efficiency(kernel: [usize; 2], stride: [usize; 2]) -> f64 {
         ([1, 7] | [7, 1], _) => 0.77,
         ([1, 3] | [3, 1], _) => 0.66,
         _ => 0.70,
+    }
+}
+
+/// What the cost of a convolution depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub images: usize,
+    pub in_channels: usize,
+    /// All output ranges together.
+    pub out_channels: usize,
+    pub out: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+}
+
+impl ConvShape {
+    fn flops(&self) -> f64 {
+        let pixels = self.images * self.out[0] * self.out[1];
+        2.0 * (pixels * self.out_channels * self.in_channels * self.kernel[0] * self.kernel[1])
+            as f64
+    }
+}
+
+fn peak() -> f64 {
+    PEAK_FLOP_PER_CYCLE * CLOCK_GHZ * 1e9
+}
+
+/// Predicted one-core time of the direct convolution.
+pub fn direct_time(shape: &ConvShape) -> f64 {
+    shape.flops() / (conv_efficiency(shape.kernel, shape.stride) * peak())
+}
+
+/// Fraction of the FMA peak the point-wise products of a Winograd convolution reach with full
+/// register tiles (the direct 1×1 convolution's inner loop).
+const WINOGRAD_PRODUCT_EFFICIENCY: f64 = 0.74;
+/// Vector instructions per cycle of the input and output transforms (loads, stores, adds, FMAs).
+const TRANSFORM_OPS_PER_CYCLE: f64 = 1.2;
+
+/// Predicted one-core time of a Winograd convolution with `tile` outputs per tile (y, x) and
+/// `group` tile rows per work item: the point-wise products at the register tile's fill, plus the
+/// transforms, counted in vector instructions.
+pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize) -> f64 {
+    let [ly, lx] = [tile[0] + shape.kernel[0] - 1, tile[1] + shape.kernel[1] - 1];
+    let points = (ly * lx) as f64;
+    let [th, tw] = [
+        shape.out[0].div_ceil(tile[0]),
+        shape.out[1].div_ceil(tile[1]),
+    ];
+    let item_tiles = group * tw;
+    let fill = item_tiles as f64 / (item_tiles.div_ceil(TILE_PIXELS) * TILE_PIXELS) as f64;
+    let tiles = (shape.images * th.div_ceil(group) * item_tiles) as f64;
+    let co = shape.out_channels.next_multiple_of(CONV_LANES) as f64;
+    let ci = shape.in_channels as f64;
+    let products = 2.0 * points * tiles * ci * co / (WINOGRAD_PRODUCT_EFFICIENCY * fill * peak());
+    // Per tile and 4 channels: input loads, both transform passes, stores; products stored and
+    // loaded, both inverse passes, the epilogue.
+    let input_ops = (ly * lx + ly * ly * lx + ly * lx * lx) as f64 + points;
+    let output_ops = 2.0 * points
+        + (tile[0] * ly * lx + tile[0] * tile[1] * lx) as f64
+        + 3.0 * (tile[0] * tile[1]) as f64;
+    let transform_ops = tiles * (ci / 4.0 * input_ops + co / 4.0 * output_ops);
+    products + transform_ops / (TRANSFORM_OPS_PER_CYCLE * CLOCK_GHZ * 1e9)
+}
+
+/// The cost-model shape of a Winograd kernel.
+fn winograd_shape(k: &WinogradKernel) -> ConvShape {
+    ConvShape {
+        images: k.input.n,
+        in_channels: k.input.channels,
+        out_channels: k.ranges.iter().map(|r| r.channels).sum(),
+        out: [k.out_h, k.out_w],
+        kernel: k.kernel,
+        stride: [1, 1],
     }
 }
 
@@ -96,9 +169,31 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 false => "row tiles",
             };
             let algorithm = format!("direct, {tiles} {TILE_PIXELS} px × {CONV_LANES} ch");
-            let peak = PEAK_FLOP_PER_CYCLE * CLOCK_GHZ * 1e9;
-            let time = kernel.flops() as f64 / (conv_efficiency(k.kernel, k.stride) * peak);
+            let time = kernel.flops() as f64 / (conv_efficiency(k.kernel, k.stride) * peak());
             (op, algorithm, time)
+        }
+        Kernel::Winograd(k) => {
+            let shape = winograd_shape(k);
+            let shared = match k.ranges.len() {
+                1 => String::new(),
+                n => format!(" ({n} shared)"),
+            };
+            let op = format!(
+                "conv {}×{}/1 {}→{}{shared} {}×{}",
+                k.kernel[0], k.kernel[1], shape.in_channels, shape.out_channels, k.out_h, k.out_w
+            );
+            let [my, mx] = k.tile;
+            let [ry, rx] = k.kernel;
+            let name = match (my, ry) {
+                (1, 1) => format!("F({mx},{rx})"),
+                _ if mx == 1 && rx == 1 => format!("F({my},{ry})"),
+                _ => format!("F({my}×{mx},{ry}×{rx})"),
+            };
+            let algorithm = format!(
+                "winograd {name}, {} tiles × {CONV_LANES} ch",
+                k.item_tiles()
+            );
+            (op, algorithm, winograd_time(&shape, k.tile, k.group))
         }
         Kernel::Pool(k) => {
             let kind = match k.average {

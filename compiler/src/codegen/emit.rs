@@ -15,8 +15,9 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::lower::{
     ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel,
-    CONV_LANES, LINEAR_LANES,
+    WinogradKernel, CONV_LANES, LINEAR_LANES,
 };
+use super::winograd::Transform;
 use inceptc_runtime::layout::{MapLayout, VecLayout};
 
 /// Output pixels of a full convolution register tile.
@@ -56,6 +57,7 @@ pub fn function(kernel: &Kernel, isa: &dyn TargetIsa, index: u32) -> Function {
         let (begin, end) = (params[2], params[3]);
         match kernel {
             Kernel::Conv(k) => conv(&mut e, k, begin, end),
+            Kernel::Winograd(k) => winograd(&mut e, k, begin, end),
             Kernel::Pool(k) => pool(&mut e, k, begin, end),
             Kernel::GlobalPool(k) => global_pool(&mut e, k, begin, end),
             Kernel::Linear(k) => linear(&mut e, k, begin, end),
@@ -381,11 +383,11 @@ fn conv_block(
     let wptr = e.scaled(wbase, block, block_bytes);
     let bbase = e.offset(e.weights, range.bias as i64);
     let bias = e.scaled(bbase, block, CONV_LANES as i64 * F32);
-    let acc = conv_tile(e, k, bases.input, wptr, bias, pixels, vectors);
+    let source = TileSource::conv(k);
+    let acc = conv_tile(e, &source, bases.input, wptr, Some(bias), pixels, vectors);
 
     // Epilogue: residual, ReLU, store (channel block `block` of each pixel).
     let channel = e.b.ins().imul_imm_s(block, CONV_LANES as i64 * F32);
-    let zero = e.zero(types::F32X4);
     for (p, row) in acc.iter().enumerate() {
         let out = e.b.ins().iadd(bases.outputs[r][p], channel);
         let residual = bases
@@ -393,56 +395,449 @@ fn conv_block(
             .as_ref()
             .map(|res| e.b.ins().iadd(res[p], channel));
         for (j, a) in row.iter().enumerate() {
-            let mut v = e.b.use_var(*a);
+            let v = e.b.use_var(*a);
             let valid = (lanes - 4 * j).min(4);
-            let off_out = j as i64 * VEC;
-            if let Some(res_addr) = residual {
-                let off = j as i64 * VEC;
-                let rv = if valid == 4 {
-                    e.load(types::F32X4, res_addr, off)
-                } else {
-                    let mut rv = e.zero(types::F32X4);
-                    for lane in 0..valid {
-                        let x = e.load(types::F32, res_addr, off + lane as i64 * F32);
-                        rv = e.b.ins().insertlane(rv, x, lane as u8);
-                    }
-                    rv
+            finish(e, v, valid, residual, range.relu, out, j as i64 * VEC);
+        }
+    }
+}
+
+/// What one register tile reads: per tap, the byte offset of its input pixel from the tile's
+/// first and of its weights from the block's; the input channels; and the bytes from one of the
+/// tile's pixels to the next.
+struct TileSource {
+    taps: Vec<(i64, i64)>,
+    channels: usize,
+    pixel_step: i64,
+    /// Whether the input is never written while the kernel runs (see [`readonly`]).
+    readonly: bool,
+}
+
+impl TileSource {
+    /// The taps of a direct convolution: row-major, weights as [`ConvRange`] packs them.
+    fn conv(k: &ConvKernel) -> TileSource {
+        let ic = k.input.channels;
+        let taps = (0..k.kernel[0])
+            .flat_map(|ky| (0..k.kernel[1]).map(move |kx| (ky, kx)))
+            .enumerate()
+            .map(|(t, (ky, kx))| {
+                let input = (ky * k.input.row_stride() + kx * k.input.pixel_stride()) as i64;
+                (input, (t * ic * CONV_LANES) as i64 * F32)
+            })
+            .collect();
+        TileSource {
+            taps,
+            channels: ic,
+            pixel_step: (k.stride[1] * k.input.pixel_stride()) as i64,
+            readonly: true,
+        }
+    }
+}
+
+/// Where a tile is along one axis: a loop's value (a tile whose reads and writes all fall inside
+/// the map and its padding), or a compile-time index (an edge tile, whose points outside the
+/// input are zero and whose outputs outside the map are not stored).
+#[derive(Clone, Copy)]
+enum Coord {
+    Loop(Value),
+    At(usize),
+}
+
+/// One axis of a Winograd kernel.
+struct Axis {
+    transform: Transform,
+    pad: usize,
+    input: usize,
+    output: usize,
+    /// Bytes from one input position to the next along the axis.
+    input_step: usize,
+    tiles: usize,
+    /// The leading tiles that read and write nothing outside the map and its padding.
+    full: usize,
+}
+
+impl Axis {
+    fn new(m: usize, r: usize, pad: usize, input: usize, output: usize, step: usize) -> Axis {
+        // The lowering offers only tiles that exist.
+        let transform = Transform::new(m, r).expect("an offered Winograd tile");
+        let tiles = output.div_ceil(m);
+        let len = transform.points();
+        let full = (0..tiles)
+            .take_while(|t| t * m + m <= output && t * m + len <= input + 2 * pad)
+            .count();
+        Axis {
+            transform,
+            pad,
+            input,
+            output,
+            input_step: step,
+            tiles,
+            full,
+        }
+    }
+
+    /// Whether point `i` of tile `at` is inside the input (else it is zero).
+    fn reads(&self, at: Coord, i: usize) -> bool {
+        match at {
+            Coord::Loop(_) => true,
+            Coord::At(t) => (t * self.transform.m + i)
+                .checked_sub(self.pad)
+                .is_some_and(|x| x < self.input),
+        }
+    }
+
+    /// Whether output `o` of tile `at` is inside the map.
+    fn writes(&self, at: Coord, o: usize) -> bool {
+        match at {
+            Coord::Loop(_) => true,
+            Coord::At(t) => t * self.transform.m + o < self.output,
+        }
+    }
+}
+
+/// `Σ coefficient · value` over the terms whose value is not known zero (`None`), with adds and
+/// subtracts for ±1 (a +1 term first, so that no negation is needed unless every term is −1);
+/// `None` when every term is zero.
+fn combine(
+    e: &mut Emitter,
+    terms: impl IntoIterator<Item = (f64, Option<Value>)>,
+) -> Option<Value> {
+    let mut terms: Vec<(f64, Value)> = terms
+        .into_iter()
+        .filter_map(|(c, v)| v.filter(|_| c != 0.0).map(|v| (c, v)))
+        .collect();
+    let rank = |c: f64| match c {
+        1.0 => 0,
+        -1.0 => 2,
+        _ => 1,
+    };
+    terms.sort_by_key(|(c, _)| rank(*c));
+    let mut acc: Option<Value> = None;
+    for (c, v) in terms {
+        acc = Some(match (acc, c) {
+            (None, 1.0) => v,
+            (None, -1.0) => e.b.ins().fneg(v),
+            (None, _) => {
+                let s = e.f32s(types::F32X4, c as f32);
+                e.b.ins().fmul(s, v)
+            }
+            (Some(a), 1.0) => e.b.ins().fadd(a, v),
+            (Some(a), -1.0) => e.b.ins().fsub(a, v),
+            (Some(a), _) => {
+                let s = e.f32s(types::F32X4, c as f32);
+                e.b.ins().fma(s, v, a)
+            }
+        });
+    }
+    acc
+}
+
+/// `base` advanced to tile `at` of `step` bytes: a runtime product or a constant added to `offset`.
+fn advance(e: &mut Emitter, base: Value, offset: &mut i64, at: Coord, step: usize) -> Value {
+    match at {
+        Coord::Loop(t) => e.scaled(base, t, step as i64),
+        Coord::At(t) => {
+            *offset += (t * step) as i64;
+            base
+        }
+    }
+}
+
+/// A Winograd convolution (see [`WinogradKernel`]): per work item (image, group of tile rows),
+/// the input transform of every tile into the item's scratch, then per output channel block the
+/// point-wise products through [`conv_tile`] and the output transform with the epilogue.
+fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
+    let input = k.input;
+    let y = Axis::new(
+        k.tile[0],
+        k.kernel[0],
+        k.padding[0],
+        input.h,
+        k.out_h,
+        input.row_stride(),
+    );
+    let x = Axis::new(
+        k.tile[1],
+        k.kernel[1],
+        k.padding[1],
+        input.w,
+        k.out_w,
+        input.pixel_stride(),
+    );
+    let ci = input.channels;
+    let tiles = k.item_tiles();
+    let points = y.transform.points() * x.transform.points();
+    e.for_range(begin, end, 1, |e, item| {
+        let (n, group) = e.image_and_row(item, k.groups());
+        let scratch = e.offset(e.arena, k.scratch as i64);
+        let v_base = e.scaled(scratch, item, k.item_scratch() as i64);
+        let m_base = e.offset(v_base, k.input_scratch() as i64);
+        let in_origin = e.map_origin(&input, n);
+        for_tiles(e, k, &y, &x, group, &|e, row, ty, tx| {
+            input_tile(e, k, &y, &x, in_origin, v_base, row, ty, tx)
+        });
+        for range in &k.ranges {
+            let out_origin = e.map_origin(&range.out, n);
+            let res_origin = k.residual.map(|r| e.map_origin(&r, n));
+            let block_body = |e: &mut Emitter, block: Value, lanes: usize| {
+                // Products: for each point, the item's tiles × 8 channels, into the scratch.
+                let block_bytes = (points * ci * CONV_LANES) as i64 * F32;
+                let wbase = e.offset(e.weights, range.weights as i64);
+                let wblock = e.scaled(wbase, block, block_bytes);
+                let source = TileSource {
+                    taps: vec![(0, 0)],
+                    channels: ci,
+                    pixel_step: ci as i64 * F32,
+                    readonly: false,
                 };
-                v = e.b.ins().fadd(v, rv);
+                e.for_const(0, points as i64, 1, |e, point| {
+                    let wptr = e.scaled(wblock, point, (ci * CONV_LANES) as i64 * F32);
+                    let vp = e.scaled(v_base, point, (tiles * ci) as i64 * F32);
+                    let mp = e.scaled(m_base, point, (tiles * CONV_LANES) as i64 * F32);
+                    for first in (0..tiles).step_by(TILE_PIXELS) {
+                        let pixels = TILE_PIXELS.min(tiles - first);
+                        let vt = e.offset(vp, (first * ci) as i64 * F32);
+                        let acc = conv_tile(e, &source, vt, wptr, None, pixels, 2);
+                        for (p, row) in acc.iter().enumerate() {
+                            for (j, a) in row.iter().enumerate() {
+                                let v = e.b.use_var(*a);
+                                let at = ((first + p) * CONV_LANES + 4 * j) as i64 * F32;
+                                e.store(v, mp, at);
+                            }
+                        }
+                    }
+                });
+                let bbase = e.offset(e.weights, range.bias as i64);
+                let bias = e.scaled(bbase, block, CONV_LANES as i64 * F32);
+                let channel = e.b.ins().imul_imm_s(block, CONV_LANES as i64 * F32);
+                let out = e.b.ins().iadd(out_origin, channel);
+                let res = res_origin.map(|r| e.b.ins().iadd(r, channel));
+                for_tiles(e, k, &y, &x, group, &|e, row, ty, tx| {
+                    output_tile(
+                        e, k, range, &y, &x, m_base, bias, out, res, lanes, row, ty, tx,
+                    )
+                });
+            };
+            let full_blocks = (range.channels / CONV_LANES) as i64;
+            e.for_const(0, full_blocks, 1, |e, block| {
+                block_body(e, block, CONV_LANES)
+            });
+            let rest = range.channels % CONV_LANES;
+            if rest > 0 {
+                let block = e.int(full_blocks);
+                block_body(e, block, rest);
             }
-            if range.relu {
-                // v where v > 0, else +0 (NaN becomes 0, like the interpreter's f32::max).
-                let positive = e.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
-                let mask =
-                    e.b.ins()
-                        .bitcast(types::F32X4, MemFlagsData::new(), positive);
-                v = e.b.ins().band(v, mask);
+        }
+    });
+}
+
+/// Calls `body(row, ty, tx)` for every tile of the item's tile rows `group · k.group ..`, `row`
+/// counting the item's rows: full tiles in loops, edge tiles at their compile-time index.
+fn for_tiles(
+    e: &mut Emitter,
+    k: &WinogradKernel,
+    y: &Axis,
+    x: &Axis,
+    group: Value,
+    body: &dyn Fn(&mut Emitter, usize, Coord, Coord),
+) {
+    let tile_row = |e: &mut Emitter, row: usize, ty: Coord| {
+        e.for_const(0, x.full as i64, 1, |e, tx| {
+            body(e, row, ty, Coord::Loop(tx))
+        });
+        for tx in x.full..x.tiles {
+            body(e, row, ty, Coord::At(tx));
+        }
+    };
+    let first = e.b.ins().imul_imm_s(group, k.group as i64);
+    for row in 0..k.group {
+        let ty = e.offset(first, row as i64);
+        let done = e.b.create_block();
+        let inside = e.b.create_block();
+        let mut next = e.b.create_block();
+        let full =
+            e.b.ins()
+                .icmp_imm_u(IntCC::UnsignedLessThan, ty, y.full as i64);
+        e.b.ins().brif(full, inside, &[], next, &[]);
+        e.b.switch_to_block(inside);
+        tile_row(e, row, Coord::Loop(ty));
+        e.b.ins().jump(done, &[]);
+        // Edge tile rows, each at its index; tile rows past the last (in an image's last item)
+        // fall through to `done`.
+        for at in y.full..y.tiles {
+            e.b.switch_to_block(next);
+            let hit = e.b.create_block();
+            next = e.b.create_block();
+            let is = e.b.ins().icmp_imm_u(IntCC::Equal, ty, at as i64);
+            e.b.ins().brif(is, hit, &[], next, &[]);
+            e.b.switch_to_block(hit);
+            tile_row(e, row, Coord::At(at));
+            e.b.ins().jump(done, &[]);
+        }
+        e.b.switch_to_block(next);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(done);
+    }
+}
+
+/// The input transform `Bᵀ_y · d · B_x` of one tile, 4 channels at a time, stored as point ξ of
+/// the item's tile `row · tiles + tx`: `v_base + (ξ · tiles + tile) · C · 4`.
+#[allow(clippy::too_many_arguments)]
+fn input_tile(
+    e: &mut Emitter,
+    k: &WinogradKernel,
+    y: &Axis,
+    x: &Axis,
+    in_origin: Value,
+    v_base: Value,
+    row: usize,
+    ty: Coord,
+    tx: Coord,
+) {
+    let ci = k.input.channels;
+    let tiles = k.item_tiles();
+    let (ly, lx) = (y.transform.points(), x.transform.points());
+    // Input of point (0, 0): (ty·m_y − pad_y, tx·m_x − pad_x).
+    let mut src_off = -((y.pad * y.input_step + x.pad * x.input_step) as i64);
+    let src = advance(e, in_origin, &mut src_off, ty, y.transform.m * y.input_step);
+    let src = advance(e, src, &mut src_off, tx, x.transform.m * x.input_step);
+    let mut dst_off = (row * k.tiles()[1] * ci) as i64 * F32;
+    let dst = advance(e, v_base, &mut dst_off, tx, ci * F32 as usize);
+    e.for_const(0, ci as i64 * F32, VEC, |e, c| {
+        let from = e.b.ins().iadd(src, c);
+        let to = e.b.ins().iadd(dst, c);
+        let d: Vec<Vec<Option<Value>>> = (0..ly)
+            .map(|i| {
+                (0..lx)
+                    .map(|j| {
+                        (y.reads(ty, i) && x.reads(tx, j)).then(|| {
+                            let at = (i * y.input_step + j * x.input_step) as i64;
+                            e.load_const(types::F32X4, from, src_off + at)
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        // Along y, then along x.
+        let t: Vec<Vec<Option<Value>>> = y
+            .transform
+            .bt
+            .iter()
+            .map(|b| {
+                (0..lx)
+                    .map(|j| combine(e, b.iter().zip(&d).map(|(c, di)| (*c, di[j]))))
+                    .collect()
+            })
+            .collect();
+        for (a, ta) in t.iter().enumerate() {
+            for (bx, b) in x.transform.bt.iter().enumerate() {
+                let v = combine(e, b.iter().zip(ta).map(|(c, v)| (*c, *v)));
+                let v = v.unwrap_or_else(|| e.zero(types::F32X4));
+                let point = (a * lx + bx) as i64;
+                e.store(v, to, dst_off + point * (tiles * ci) as i64 * F32);
             }
-            e.store_lanes(v, valid, out, off_out);
+        }
+    });
+}
+
+/// The output transform `Aᵀ_y · M · A_x` of one tile for one block of output channels, plus bias,
+/// residual and ReLU, stored where the tile's outputs fall inside the map.
+#[allow(clippy::too_many_arguments)]
+fn output_tile(
+    e: &mut Emitter,
+    k: &WinogradKernel,
+    range: &ConvRange,
+    y: &Axis,
+    x: &Axis,
+    m_base: Value,
+    bias: Value,
+    out: Value,
+    residual: Option<Value>,
+    lanes: usize,
+    row: usize,
+    ty: Coord,
+    tx: Coord,
+) {
+    let tiles = k.item_tiles();
+    let (ly, lx) = (y.transform.points(), x.transform.points());
+    let (oy_step, ox_step) = (range.out.row_stride(), range.out.pixel_stride());
+    let mut m_off = (row * k.tiles()[1] * CONV_LANES) as i64 * F32;
+    let m_at = advance(e, m_base, &mut m_off, tx, CONV_LANES * F32 as usize);
+    let mut out_off = 0;
+    let out_at = advance(e, out, &mut out_off, ty, y.transform.m * oy_step);
+    let out_at = advance(e, out_at, &mut out_off, tx, x.transform.m * ox_step);
+    let res_at = residual.map(|r| {
+        let mut off = 0;
+        let r = advance(e, r, &mut off, ty, y.transform.m * oy_step);
+        let r = advance(e, r, &mut off, tx, x.transform.m * ox_step);
+        e.offset(r, off)
+    });
+    let out_at = e.offset(out_at, out_off);
+    for j in 0..lanes.div_ceil(4) {
+        let valid = (lanes - 4 * j).min(4);
+        let m: Vec<Vec<Option<Value>>> = (0..ly)
+            .map(|a| {
+                (0..lx)
+                    .map(|b| {
+                        let point = (a * lx + b) as i64;
+                        let at = m_off + (point * (tiles * CONV_LANES) as i64 + 4 * j as i64) * F32;
+                        Some(e.load(types::F32X4, m_at, at))
+                    })
+                    .collect()
+            })
+            .collect();
+        let b0 = e.load(types::F32X4, bias, j as i64 * VEC);
+        let s: Vec<Vec<Option<Value>>> = y
+            .transform
+            .at
+            .iter()
+            .map(|a| {
+                (0..lx)
+                    .map(|b| combine(e, a.iter().zip(&m).map(|(c, mi)| (*c, mi[b]))))
+                    .collect()
+            })
+            .collect();
+        for (oy, so) in s.iter().enumerate() {
+            for (ox, a) in x.transform.at.iter().enumerate() {
+                if !(y.writes(ty, oy) && x.writes(tx, ox)) {
+                    continue;
+                }
+                let v = combine(e, a.iter().zip(so).map(|(c, v)| (*c, *v)));
+                let v = match v {
+                    Some(v) => e.b.ins().fadd(v, b0),
+                    None => b0,
+                };
+                let at = (oy * oy_step + ox * ox_step) as i64;
+                let to = e.offset(out_at, at);
+                let res = res_at.map(|r| e.offset(r, at));
+                finish(e, v, valid, res, range.relu, to, j as i64 * VEC);
+            }
         }
     }
 }
 
 /// The micro-kernel seam: accumulates a `pixels` × (4·`vectors`) register tile over all taps and
-/// input channels, starting from the bias, and returns the accumulator variables
-/// `[pixel][vector]`. `input` is the tile's first input pixel at tap (0, 0); `wptr` the block's
-/// packed weights.
+/// input channels of `source`, starting from the vectors at `init` (the bias) or from zero, and
+/// returns the accumulator variables `[pixel][vector]`. `input` is the tile's first input pixel
+/// at tap (0, 0); `wptr` the block's packed weights, a row of [`CONV_LANES`] floats per channel.
 fn conv_tile(
     e: &mut Emitter,
-    k: &ConvKernel,
+    source: &TileSource,
     input: Value,
     wptr: Value,
-    bias: Value,
+    init: Option<Value>,
     pixels: usize,
     vectors: usize,
 ) -> Vec<Vec<Variable>> {
-    let ic = k.input.channels;
-    let pixel_step = (k.stride[1] * k.input.pixel_stride()) as i64;
+    let ic = source.channels;
     let mut acc = Vec::with_capacity(pixels);
     for _ in 0..pixels {
         let mut row = Vec::with_capacity(vectors);
         for j in 0..vectors {
-            let b0 = e.load(types::F32X4, bias, j as i64 * VEC);
+            let b0 = match init {
+                Some(bias) => e.load(types::F32X4, bias, j as i64 * VEC),
+                None => e.zero(types::F32X4),
+            };
             row.push(e.var(types::F32X4, b0));
         }
         acc.push(row);
@@ -451,42 +846,77 @@ fn conv_tile(
     // the broadcast's register, so the accumulators rotate through the registers and the back
     // edge restores them with register moves (renamed away, but they take front-end slots);
     // unrolled, regalloc2 spilled instead.
-    // One induction variable, the input channel's address `x`: channel c of tap t has its weights
-    // at wptr + (t·ic + c)·32 = (wptr + t·ic·32 − start·8) + x·8, an x86 scaled-index address.
-    let row_bytes = CONV_LANES as i64 * F32;
-    for ky in 0..k.kernel[0] {
-        for kx in 0..k.kernel[1] {
-            let t = (ky * k.kernel[1] + kx) as i64;
-            let tap = (ky * k.input.row_stride() + kx * k.input.pixel_stride()) as i64;
-            let start = e.offset(input, tap);
-            let stop = e.offset(start, ic as i64 * F32);
-            let wtap = e.offset(wptr, t * ic as i64 * row_bytes);
-            let start8 = e.b.ins().ishl_imm_u(start, 3);
-            let wbase = e.b.ins().isub(wtap, start8);
-            // Top-tested even though it runs at least once: tested at the bottom, the loop kept
-            // its register rotation (below) and lost the memory-operand broadcasts.
-            e.for_range(start, stop, F32, |e, x| {
-                let x8 = e.b.ins().ishl_imm_u(x, 3);
-                let wv = e.b.ins().iadd(wbase, x8);
-                let weights: Vec<Value> = (0..vectors)
-                    .map(|j| e.load_const(types::F32X4, wv, j as i64 * VEC))
-                    .collect();
-                for (p, row) in acc.iter().enumerate() {
-                    for (j, a) in row.iter().enumerate() {
-                        // A fresh broadcast per FMA: x64's vfmadd213 overwrites its first
-                        // multiplicand, so a single-use broadcast there costs no copy and the
-                        // accumulator moves into its register.
-                        let s = e.load_const(types::F32, x, p as i64 * pixel_step);
-                        let s = e.b.ins().splat(types::F32X4, s);
-                        let old = e.b.use_var(*a);
-                        let new = e.b.ins().fma(s, weights[j], old);
-                        e.b.def_var(*a, new);
-                    }
+    // One induction variable, the input channel's address `x`: channel c of a tap has its weights
+    // at wtap + c·32 = (wtap − start·8) + x·8, an x86 scaled-index address.
+    for &(tap, wtap_offset) in &source.taps {
+        let start = e.offset(input, tap);
+        let stop = e.offset(start, ic as i64 * F32);
+        let wtap = e.offset(wptr, wtap_offset);
+        let start8 = e.b.ins().ishl_imm_u(start, 3);
+        let wbase = e.b.ins().isub(wtap, start8);
+        // Top-tested even though it runs at least once: tested at the bottom, the loop kept
+        // its register rotation (below) and lost the memory-operand broadcasts.
+        e.for_range(start, stop, F32, |e, x| {
+            let x8 = e.b.ins().ishl_imm_u(x, 3);
+            let wv = e.b.ins().iadd(wbase, x8);
+            let weights: Vec<Value> = (0..vectors)
+                .map(|j| e.load_const(types::F32X4, wv, j as i64 * VEC))
+                .collect();
+            for (p, row) in acc.iter().enumerate() {
+                for (j, a) in row.iter().enumerate() {
+                    // A fresh broadcast per FMA: x64's vfmadd213 overwrites its first
+                    // multiplicand, so a single-use broadcast there costs no copy and the
+                    // accumulator moves into its register.
+                    let at = p as i64 * source.pixel_step;
+                    let s = match source.readonly {
+                        true => e.load_const(types::F32, x, at),
+                        false => e.load(types::F32, x, at),
+                    };
+                    let s = e.b.ins().splat(types::F32X4, s);
+                    let old = e.b.use_var(*a);
+                    let new = e.b.ins().fma(s, weights[j], old);
+                    e.b.def_var(*a, new);
                 }
-            });
-        }
+            }
+        });
     }
     acc
+}
+
+/// The convolution epilogue for one vector of `valid` (≤ 4) output channels: add the residual at
+/// `residual + offset`, apply ReLU, store at `out + offset`.
+fn finish(
+    e: &mut Emitter,
+    mut v: Value,
+    valid: usize,
+    residual: Option<Value>,
+    relu: bool,
+    out: Value,
+    offset: i64,
+) {
+    if let Some(res_addr) = residual {
+        let rv = if valid == 4 {
+            e.load(types::F32X4, res_addr, offset)
+        } else {
+            let mut rv = e.zero(types::F32X4);
+            for lane in 0..valid {
+                let x = e.load(types::F32, res_addr, offset + lane as i64 * F32);
+                rv = e.b.ins().insertlane(rv, x, lane as u8);
+            }
+            rv
+        };
+        v = e.b.ins().fadd(v, rv);
+    }
+    if relu {
+        // v where v > 0, else +0 (NaN becomes 0, like the interpreter's f32::max).
+        let zero = e.zero(types::F32X4);
+        let positive = e.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
+        let mask =
+            e.b.ins()
+                .bitcast(types::F32X4, MemFlagsData::new(), positive);
+        v = e.b.ins().band(v, mask);
+    }
+    e.store_lanes(v, valid, out, offset);
 }
 
 fn pool(e: &mut Emitter, k: &PoolKernel, begin: Value, end: Value) {

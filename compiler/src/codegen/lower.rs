@@ -8,7 +8,7 @@ use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
 use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::emit::TILE_PIXELS;
-use super::CodegenError;
+use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan};
 use inceptc_runtime::exec::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, VecLayout};
@@ -54,6 +54,107 @@ pub struct ConvKernel {
     pub flat: bool,
 }
 
+/// A stride-1 convolution computed in Winograd tiles F(m_y × m_x, r_y × r_x) (see
+/// [`super::winograd`]): each work item transforms the input tiles of `group` tile rows of one
+/// image into its scratch, multiplies them by the transformed weights one point at a time (a
+/// matrix product through [`super::emit`]'s register tile), and transforms the products back,
+/// adding bias and residual and applying ReLU.
+///
+/// Packed weights per range: for each block of [`CONV_LANES`] output channels, for each of the
+/// L_y·L_x points, the input channels, each a row of [`CONV_LANES`] floats. Bias as for
+/// [`ConvRange`].
+#[derive(Clone, Debug)]
+pub struct WinogradKernel {
+    pub input: MapLayout,
+    pub kernel: [usize; 2],
+    pub padding: [usize; 2],
+    /// Outputs per tile along y and x (`m`); 1 along an axis with a 1-tap kernel.
+    pub tile: [usize; 2],
+    pub out_h: usize,
+    pub out_w: usize,
+    pub ranges: Vec<ConvRange>,
+    pub residual: Option<MapLayout>,
+    /// Tile rows per work item.
+    pub group: usize,
+    /// Arena offset of the scratch: work item `i` owns [`WinogradKernel::item_scratch`] bytes
+    /// from `scratch + i · item_scratch`.
+    pub scratch: usize,
+}
+
+impl WinogradKernel {
+    /// Tiles per image along y and x.
+    pub fn tiles(&self) -> [usize; 2] {
+        [
+            self.out_h.div_ceil(self.tile[0]),
+            self.out_w.div_ceil(self.tile[1]),
+        ]
+    }
+
+    /// Points per tile along y and x (`m + r − 1`).
+    pub fn points(&self) -> [usize; 2] {
+        [
+            self.tile[0] + self.kernel[0] - 1,
+            self.tile[1] + self.kernel[1] - 1,
+        ]
+    }
+
+    /// Work items per image.
+    pub fn groups(&self) -> usize {
+        self.tiles()[0].div_ceil(self.group)
+    }
+
+    /// Tiles one work item transforms (the last item of an image may use fewer).
+    pub fn item_tiles(&self) -> usize {
+        self.group * self.tiles()[1]
+    }
+
+    /// Bytes of a work item's transformed input (points × tiles × input channels).
+    pub fn input_scratch(&self) -> usize {
+        let [ly, lx] = self.points();
+        ly * lx * self.item_tiles() * self.input.channels * MapLayout::F32
+    }
+
+    /// Bytes of scratch one work item owns: its transformed input, then the products of one
+    /// block of output channels (points × tiles × [`CONV_LANES`]).
+    pub fn item_scratch(&self) -> usize {
+        let [ly, lx] = self.points();
+        let products = ly * lx * self.item_tiles() * CONV_LANES * MapLayout::F32;
+        (self.input_scratch() + products).next_multiple_of(WEIGHT_ALIGN)
+    }
+}
+
+/// Tile rows per Winograd work item for `tile_rows` × `tile_columns` tiles over `images` images:
+/// enough tiles per item to fill register tiles, items spread evenly over two threads.
+pub fn winograd_group(images: usize, tile_rows: usize, tile_columns: usize) -> usize {
+    let time = |group: usize| {
+        let tiles = group * tile_columns;
+        let fill = tiles as f64 / (tiles.div_ceil(TILE_PIXELS) * TILE_PIXELS) as f64;
+        let items = images * tile_rows.div_ceil(group);
+        (items.div_ceil(2) * group) as f64 / fill
+    };
+    // Fewest tiles wins ties (more items for more threads); at most 8 register tiles per item.
+    (1..=tile_rows)
+        .filter(|g| g * tile_columns <= 8 * TILE_PIXELS || *g == 1)
+        .min_by(|a, b| time(*a).total_cmp(&time(*b)))
+        .unwrap_or(1)
+}
+
+/// How convolutions are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Per layer, whichever the cost model predicts faster ([`super::cost`]).
+    #[default]
+    Auto,
+    /// Direct convolution everywhere.
+    Direct,
+    /// Winograd wherever a tile applies (stride 1, a 3- or 7-tap axis, input channels a multiple
+    /// of 4), the tile the cost model prefers.
+    Winograd,
+    /// Test-only: Winograd with these outputs per tile (y, x) wherever it applies.
+    #[doc(hidden)]
+    WinogradTile([usize; 2]),
+}
+
 /// Max or average pooling. Work items are output rows.
 #[derive(Clone, Debug)]
 pub struct PoolKernel {
@@ -94,6 +195,7 @@ pub struct L2NormKernel {
 #[derive(Clone, Debug)]
 pub enum Kernel {
     Conv(ConvKernel),
+    Winograd(WinogradKernel),
     Pool(PoolKernel),
     GlobalPool(GlobalPoolKernel),
     Linear(LinearKernel),
@@ -106,6 +208,7 @@ impl Kernel {
         match self {
             Kernel::Conv(k) if k.flat => (k.input.n * k.out_h * k.out_w).div_ceil(TILE_PIXELS),
             Kernel::Conv(k) => k.input.n * k.out_h,
+            Kernel::Winograd(k) => k.input.n * k.groups(),
             Kernel::Pool(k) => k.out.n * k.out.h,
             Kernel::GlobalPool(k) => k.out.n,
             Kernel::Linear(k) => k.out.n,
@@ -113,10 +216,16 @@ impl Kernel {
         }
     }
 
-    /// Floating-point operations of one whole call (2 per multiply–add), for throughput figures.
+    /// Floating-point operations of one whole call (2 per multiply–add), for throughput figures;
+    /// a Winograd convolution counts the direct convolution's.
     pub fn flops(&self) -> u64 {
         match self {
             Kernel::Conv(k) => {
+                let channels: usize = k.ranges.iter().map(|r| r.channels).sum();
+                let pixels = k.input.n * k.out_h * k.out_w;
+                2 * (pixels * channels * k.input.channels * k.kernel[0] * k.kernel[1]) as u64
+            }
+            Kernel::Winograd(k) => {
                 let channels: usize = k.ranges.iter().map(|r| r.channels).sum();
                 let pixels = k.input.n * k.out_h * k.out_w;
                 2 * (pixels * channels * k.input.channels * k.kernel[0] * k.kernel[1]) as u64
@@ -168,6 +277,8 @@ pub struct LowerOptions {
     /// as a wrong tile would — to show that the bounds check catches and names it.
     #[doc(hidden)]
     pub inject_fault: Option<String>,
+    /// Direct or Winograd convolutions.
+    pub conv: ConvAlgorithm,
 }
 
 impl Program {
@@ -205,6 +316,7 @@ impl Program {
             plan: &plan,
             shapes: &plan.shapes,
             fault: options.inject_fault.as_deref(),
+            conv: options.conv,
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -246,6 +358,20 @@ impl Program {
             });
         }
         let input = input.ok_or(CodegenError::NoInput)?;
+        // Winograd scratch: one region after the buffers, shared by the steps (they run one at a
+        // time), as large as the largest step's.
+        let scratch = plan.arena_bytes.next_multiple_of(WEIGHT_ALIGN);
+        let mut scratch_bytes = 0;
+        for step in &mut steps {
+            if let Some(Kernel::Winograd(k)) = &mut step.kernel {
+                k.scratch = scratch;
+                scratch_bytes = scratch_bytes.max(k.item_scratch() * k.input.n * k.groups());
+            }
+        }
+        let arena_bytes = match scratch_bytes {
+            0 => plan.arena_bytes,
+            b => scratch + b,
+        };
         let outputs = graph
             .outputs()
             .iter()
@@ -278,7 +404,7 @@ impl Program {
             image: [height, width],
             steps,
             blocks,
-            arena_bytes: plan.arena_bytes,
+            arena_bytes,
             weights: weights.bytes,
             input,
             outputs,
@@ -334,6 +460,7 @@ struct Lowering<'a> {
     shapes: &'a HashMap<NodeId, Shape>,
     /// See [`LowerOptions::inject_fault`].
     fault: Option<&'a str>,
+    conv: ConvAlgorithm,
 }
 
 impl Lowering<'_> {
@@ -396,6 +523,53 @@ impl Lowering<'_> {
             .ok_or_else(|| CodegenError::Unbound(node.name.clone()))
     }
 
+    /// The Winograd tile (outputs along y and x) for a convolution, or `None` for the direct
+    /// path: by [`ConvAlgorithm`], and under `Auto` only where the cost model predicts it faster.
+    fn winograd_tile(
+        &self,
+        f: &inceptc_ir::op::FusedConvAttrs,
+        input: &MapLayout,
+        out: &MapLayout,
+        out_channels: usize,
+    ) -> Option<[usize; 2]> {
+        let [ry, rx] = f.conv.kernel;
+        let applies = f.conv.stride == [1, 1]
+            && [ry, rx] != [1, 1]
+            && input.channels.is_multiple_of(4)
+            && !winograd::choices(ry).is_empty()
+            && !winograd::choices(rx).is_empty();
+        if !applies || self.conv == ConvAlgorithm::Direct {
+            return None;
+        }
+        if let ConvAlgorithm::WinogradTile(t) = self.conv {
+            let fits = |m: usize, r: usize| winograd::choices(r).contains(&m);
+            return (fits(t[0], ry) && fits(t[1], rx)).then_some(t);
+        }
+        let shape = cost::ConvShape {
+            images: input.n,
+            in_channels: input.channels,
+            out_channels,
+            out: [out.h, out.w],
+            kernel: f.conv.kernel,
+            stride: f.conv.stride,
+        };
+        // Square kernels take square tiles; a 1-tap axis takes 1.
+        let tiles = winograd::choices(ry.max(rx))
+            .iter()
+            .map(|&m| [if ry == 1 { 1 } else { m }, if rx == 1 { 1 } else { m }]);
+        let (best, time) = tiles
+            .map(|t| {
+                let [th, tw] = [out.h.div_ceil(t[0]), out.w.div_ceil(t[1])];
+                let group = winograd_group(input.n, th, tw);
+                (t, cost::winograd_time(&shape, t, group))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        match self.conv {
+            ConvAlgorithm::Winograd => Some(best),
+            _ => (time < cost::direct_time(&shape)).then_some(best),
+        }
+    }
+
     fn kernel(&self, members: &[NodeId], blob: &mut WeightBlob) -> Result<Kernel, CodegenError> {
         let id = members[0];
         let node = self.graph.node(id);
@@ -406,6 +580,16 @@ impl Lowering<'_> {
         })?;
         Ok(match &node.op {
             Op::FusedConv(f) => {
+                let input = self.read_map(operand)?;
+                let out = self.map(id)?;
+                let out_channels: usize = members
+                    .iter()
+                    .map(|m| match &self.graph.node(*m).op {
+                        Op::FusedConv(g) => g.conv.out_channels,
+                        _ => 0,
+                    })
+                    .sum();
+                let tile = self.winograd_tile(f, &input, &out, out_channels);
                 let mut ranges = Vec::with_capacity(members.len());
                 for m in members {
                     let Op::FusedConv(g) = &self.graph.node(*m).op else {
@@ -419,7 +603,10 @@ impl Lowering<'_> {
                         true => Some(self.param(*m, "bias")?),
                         false => None,
                     };
-                    let (w, b) = pack_conv(weight, bias, &g.conv);
+                    let (w, b) = match tile {
+                        Some(tile) => pack_winograd(weight, bias, &g.conv, tile),
+                        None => pack_conv(weight, bias, &g.conv),
+                    };
                     ranges.push(ConvRange {
                         node: self.graph.node(*m).name.clone(),
                         channels: g.conv.out_channels,
@@ -429,17 +616,29 @@ impl Lowering<'_> {
                         out: self.conv_out(*m)?,
                     });
                 }
-                let out = ranges[0].out;
                 let residual = match f.residual {
                     true => Some(self.read_map(self.graph.inputs(id)[1])?),
                     false => None,
                 };
-                let input = self.read_map(operand)?;
-                let out_w = ranges[0].out.w;
+                if let Some(tile) = tile {
+                    let [th, tw] = [out.h.div_ceil(tile[0]), out.w.div_ceil(tile[1])];
+                    return Ok(Kernel::Winograd(WinogradKernel {
+                        input,
+                        kernel: f.conv.kernel,
+                        padding: f.conv.padding,
+                        tile,
+                        out_h: out.h,
+                        out_w: out.w,
+                        ranges,
+                        residual,
+                        group: winograd_group(input.n, th, tw),
+                        scratch: 0,
+                    }));
+                }
                 // Row tiles leave the ends of short rows (8 pixels: a 6-tile and a 2-tile) badly
                 // filled; flat tiles fill all but the last. Where rows fill their tiles to 90 %
                 // or more, row tiles measured as fast or faster (35×35, 17×17).
-                let row_fill = out_w as f64 / (out_w.div_ceil(TILE_PIXELS) * TILE_PIXELS) as f64;
+                let row_fill = out.w as f64 / (out.w.div_ceil(TILE_PIXELS) * TILE_PIXELS) as f64;
                 let flat = f.conv.kernel == [1, 1]
                     && f.conv.stride == [1, 1]
                     && f.conv.padding == [0, 0]
@@ -540,6 +739,44 @@ fn pack_conv(
                         at += 1;
                     }
                 }
+            }
+        }
+    }
+    let bias = match bias {
+        Some(b) => pad(b, CONV_LANES),
+        None => vec![0.0; blocks * CONV_LANES],
+    };
+    (packed, bias)
+}
+
+/// Conv weights `[O, I, KH, KW]` transformed for Winograd tile `tile` in the order of
+/// [`WinogradKernel`] (computed in f64); bias as [`pack_conv`].
+fn pack_winograd(
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    a: &inceptc_ir::op::Conv2dAttrs,
+    tile: [usize; 2],
+) -> (Vec<f32>, Vec<f32>) {
+    let (o, i, kh, kw) = (a.out_channels, a.in_channels, a.kernel[0], a.kernel[1]);
+    // The lowering offers only tiles `winograd::choices` lists, which all exist.
+    let ty = winograd::Transform::new(tile[0], kh).expect("an offered Winograd tile");
+    let tx = winograd::Transform::new(tile[1], kw).expect("an offered Winograd tile");
+    let points = ty.points() * tx.points();
+    let blocks = o.div_ceil(CONV_LANES);
+    let mut packed = vec![0.0; blocks * points * i * CONV_LANES];
+    let mut taps = vec![0.0f64; kh * kw];
+    for co in 0..o {
+        let (b, lane) = (co / CONV_LANES, co % CONV_LANES);
+        for ci in 0..i {
+            let at = (co * i + ci) * kh * kw;
+            for (t, w) in taps.iter_mut().zip(&weight[at..at + kh * kw]) {
+                *t = *w as f64;
+            }
+            for (x, u) in winograd::transform_kernel(&ty, &tx, &taps)
+                .into_iter()
+                .enumerate()
+            {
+                packed[((b * points + x) * i + ci) * CONV_LANES + lane] = u as f32;
             }
         }
     }

@@ -10,11 +10,12 @@ pub mod emit;
 pub mod jit;
 pub mod lower;
 pub mod object;
+pub mod winograd;
 
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 
-pub use lower::{Kernel, LowerOptions, Program, Step};
+pub use lower::{ConvAlgorithm, Kernel, LowerOptions, Program, Step};
 
 /// Why a graph could not be compiled.
 #[derive(Debug, thiserror::Error)]
