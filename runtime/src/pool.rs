@@ -1,26 +1,56 @@
-//! A fixed pool of worker threads that splits a range of work items into one contiguous part per
-//! thread; the calling thread takes the first part and returns when every part is done.
+//! A fixed pool of worker threads that splits a range of work items into chunks, a few per
+//! thread, which the threads take in turn: a thread that runs late (a busy or shared core) takes
+//! fewer chunks instead of holding the others up. The calling thread works too and returns when
+//! every chunk is done. Which thread computes an item never changes what is computed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 type Work = dyn Fn(usize, usize) + Sync;
 
-#[derive(Clone, Copy)]
+/// Chunks per thread: enough for a late thread to be made up for, few enough that a chunk is
+/// still a useful amount of work.
+const CHUNKS_PER_THREAD: usize = 4;
+
+/// One call of [`ThreadPool::run`]. A worker that wakes after the call is over still holds it, but
+/// finds no chunk left and never calls `work`.
 struct Job {
     work: *const Work,
     items: usize,
-    parts: usize,
+    chunks: usize,
+    /// The next chunk to take.
+    next: AtomicUsize,
+    /// Chunks finished.
+    done: AtomicUsize,
 }
 
-// SAFETY: `run` keeps the closure alive until every worker has finished with it.
+// SAFETY: `work` is called only for a chunk taken before `done` reached `chunks`, and `run` keeps
+// the closure alive until then.
 unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Takes and runs chunks until none is left; returns how many this thread ran.
+    fn work_through(&self) -> usize {
+        let mut ran = 0;
+        loop {
+            let chunk = self.next.fetch_add(1, Ordering::Relaxed);
+            if chunk >= self.chunks {
+                return ran;
+            }
+            let (begin, end) = part(self.items, self.chunks, chunk);
+            // SAFETY: see `unsafe impl Send for Job`: this chunk is not done, so `run` waits.
+            unsafe { (*self.work)(begin, end) };
+            ran += 1;
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
     generation: u64,
-    job: Option<Job>,
-    pending: usize,
+    job: Option<Arc<Job>>,
     shutdown: bool,
 }
 
@@ -49,9 +79,9 @@ impl ThreadPool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared::default());
         let workers = (1..threads)
-            .map(|index| {
+            .map(|_| {
                 let shared = Arc::clone(&shared);
-                std::thread::spawn(move || worker(&shared, index))
+                std::thread::spawn(move || worker(&shared))
             })
             .collect();
         ThreadPool {
@@ -66,34 +96,36 @@ impl ThreadPool {
         self.threads
     }
 
-    /// Calls `work(begin, end)` on disjoint parts covering `0 .. items`, in parallel, and returns
+    /// Calls `work(begin, end)` on disjoint chunks covering `0 .. items`, in parallel, and returns
     /// when all are done.
     pub fn run(&self, items: usize, work: &(dyn Fn(usize, usize) + Sync)) {
-        let parts = self.threads.min(items);
-        if parts <= 1 {
+        let chunks = (self.threads * CHUNKS_PER_THREAD).min(items);
+        if self.threads == 1 || chunks <= 1 {
             if items > 0 {
                 work(0, items);
             }
             return;
         }
+        // SAFETY: only the lifetime is erased; this function does not return before every chunk
+        // is done, and no chunk is taken after that.
+        let work: &'static Work = unsafe { std::mem::transmute(work) };
+        let job = Arc::new(Job {
+            work: work as *const Work,
+            items,
+            chunks,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        });
         {
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            // SAFETY: only the lifetime is erased; this function does not return before every
-            // worker is done with the closure.
-            let work: &'static Work = unsafe { std::mem::transmute(work) };
-            state.job = Some(Job {
-                work: work as *const Work,
-                items,
-                parts,
-            });
-            state.pending = parts - 1;
+            state.job = Some(Arc::clone(&job));
             state.generation += 1;
         }
         self.shared.start.notify_all();
-        let (begin, end) = part(items, parts, 0);
-        work(begin, end);
+        let ran = job.work_through();
+        job.done.fetch_add(ran, Ordering::AcqRel);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while state.pending > 0 {
+        while job.done.load(Ordering::Acquire) < chunks {
             state = self
                 .shared
                 .done
@@ -104,7 +136,7 @@ impl ThreadPool {
     }
 }
 
-fn worker(shared: &Shared, index: usize) {
+fn worker(shared: &Shared) {
     let mut seen = 0;
     loop {
         let job = {
@@ -116,19 +148,14 @@ fn worker(shared: &Shared, index: usize) {
                 return;
             }
             seen = state.generation;
-            state.job
+            state.job.clone()
         };
         let Some(job) = job else { continue };
-        if index >= job.parts {
-            continue;
-        }
-        let (begin, end) = part(job.items, job.parts, index);
-        // SAFETY: `run` waits for this part before the closure goes out of scope.
-        unsafe { (*job.work)(begin, end) };
-        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.pending -= 1;
-        if state.pending == 0 {
-            shared.done.notify_one();
+        let ran = job.work_through();
+        if ran > 0 && job.done.fetch_add(ran, Ordering::AcqRel) + ran == job.chunks {
+            // Under the lock, so that `run` is either before its check or already waiting.
+            let _state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            shared.done.notify_all();
         }
     }
 }
@@ -151,6 +178,22 @@ impl Drop for ThreadPool {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_late_thread_is_made_up_for_by_the_others() {
+        // The chunk that lands on the slow thread is small; the other thread takes the rest.
+        let pool = ThreadPool::new(2);
+        let main = std::thread::current().id();
+        let by_main = AtomicUsize::new(0);
+        pool.run(80, &|b, e| {
+            if std::thread::current().id() == main {
+                by_main.fetch_add(e - b, Ordering::Relaxed);
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        assert!(by_main.load(Ordering::Relaxed) >= 60, "{by_main:?}");
+    }
 
     #[test]
     fn every_item_runs_exactly_once() {
