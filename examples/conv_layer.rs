@@ -1,14 +1,27 @@
 //! One convolution layer compiled in process and timed on one thread: the quickest loop for kernel
-//! work. `cargo run --release --example conv_layer -- IN OUT SIZE KERNEL` (square kernel, stride 1,
-//! "same" padding) prints the best of 30 runs in ms and GFLOP/s.
+//! work. `cargo run --release --example conv_layer -- IN OUT SIZE KERNEL [auto|direct|M]` (square
+//! kernel, stride 1, "same" padding; `M` forces Winograd tiles of M × M outputs) prints the best
+//! of 30 runs in ms and GFLOP/s (the direct convolution's FLOPs, whatever the algorithm).
 
-use inceptc::codegen::{jit::JitProgram, Program};
+use inceptc::codegen::{jit::JitProgram, ConvAlgorithm, LowerOptions, Program};
 use inceptc_ir::text;
 use inceptc_runtime::{exec::Arena, pool::ThreadPool};
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let conv = match args.get(4).map(String::as_str) {
+        None | Some("auto") => ConvAlgorithm::Auto,
+        Some("direct") => ConvAlgorithm::Direct,
+        Some(m) => {
+            let m = m
+                .parse()
+                .expect("the algorithm is auto, direct or a tile size");
+            ConvAlgorithm::WinogradTile([m, m])
+        }
+    };
+    args.truncate(4);
+    let args: Vec<usize> = args
+        .iter()
         .map(|a| a.parse().expect("IN OUT SIZE KERNEL are whole numbers"))
         .collect();
     let [ic, oc, hw, k] = args[..] else {
@@ -24,7 +37,11 @@ fn main() {
     );
     let mut g = text::parse(&body).unwrap();
     inceptc_ir::init::seed_weights(&mut g, 1);
-    let prog = Program::new(&g, 1, hw, hw).unwrap();
+    let options = LowerOptions {
+        conv,
+        ..LowerOptions::default()
+    };
+    let prog = Program::with_options(&g, 1, hw, hw, &options).unwrap();
     let flops = prog.steps[1].kernel.as_ref().unwrap().flops();
     let jit = JitProgram::new(prog).unwrap();
     let m = jit.model();

@@ -703,38 +703,56 @@ fn input_tile(
     let src = advance(e, src, &mut src_off, tx, x.transform.m * x.input_step);
     let mut dst_off = (row * k.tiles()[1] * ci) as i64 * F32;
     let dst = advance(e, v_base, &mut dst_off, tx, ci * F32 as usize);
+    let t_base = e.offset(v_base, k.stage_offset() as i64);
+    let two_d = ly > 1 && lx > 1;
     e.for_const(0, ci as i64 * F32, VEC, |e, c| {
         let from = e.b.ins().iadd(src, c);
         let to = e.b.ins().iadd(dst, c);
-        let d: Vec<Vec<Option<Value>>> = (0..ly)
-            .map(|i| {
-                (0..lx)
-                    .map(|j| {
-                        (y.reads(ty, i) && x.reads(tx, j)).then(|| {
-                            let at = (i * y.input_step + j * x.input_step) as i64;
-                            e.load_const(types::F32X4, from, src_off + at)
-                        })
-                    })
-                    .collect()
+        let load = |e: &mut Emitter, i: usize, j: usize| {
+            (y.reads(ty, i) && x.reads(tx, j)).then(|| {
+                let at = (i * y.input_step + j * x.input_step) as i64;
+                e.load_const(types::F32X4, from, src_off + at)
             })
-            .collect();
-        // Along y, then along x.
-        let t: Vec<Vec<Option<Value>>> = y
-            .transform
-            .bt
-            .iter()
-            .map(|b| {
-                (0..lx)
-                    .map(|j| combine(e, b.iter().zip(&d).map(|(c, di)| (*c, di[j]))))
-                    .collect()
-            })
-            .collect();
-        for (a, ta) in t.iter().enumerate() {
+        };
+        let store_v = |e: &mut Emitter, point: usize, v: Option<Value>| {
+            let v = v.unwrap_or_else(|| e.zero(types::F32X4));
+            e.store(v, to, dst_off + (point * tiles * ci) as i64 * F32);
+        };
+        if !two_d {
+            // One axis: each point from the tile's L inputs, stored at once.
+            let (bt, len) = match ly > 1 {
+                true => (&y.transform.bt, ly),
+                false => (&x.transform.bt, lx),
+            };
+            let d: Vec<Option<Value>> = (0..len)
+                .map(|i| match ly > 1 {
+                    true => load(e, i, 0),
+                    false => load(e, 0, i),
+                })
+                .collect();
+            for (point, b) in bt.iter().enumerate() {
+                let v = combine(e, b.iter().zip(&d).map(|(c, v)| (*c, *v)));
+                store_v(e, point, v);
+            }
+            return;
+        }
+        // Two axes: along y column by column into the staging buffer, then along x row by row
+        // (keeping a whole L_y × L_x tile in registers spilled).
+        for j in 0..lx {
+            let d: Vec<Option<Value>> = (0..ly).map(|i| load(e, i, j)).collect();
+            for (a, b) in y.transform.bt.iter().enumerate() {
+                let t = combine(e, b.iter().zip(&d).map(|(c, v)| (*c, *v)));
+                let t = t.unwrap_or_else(|| e.zero(types::F32X4));
+                e.store(t, t_base, ((a * lx + j) as i64) * VEC);
+            }
+        }
+        for a in 0..ly {
+            let t: Vec<Option<Value>> = (0..lx)
+                .map(|j| Some(e.load(types::F32X4, t_base, ((a * lx + j) as i64) * VEC)))
+                .collect();
             for (bx, b) in x.transform.bt.iter().enumerate() {
-                let v = combine(e, b.iter().zip(ta).map(|(c, v)| (*c, *v)));
-                let v = v.unwrap_or_else(|| e.zero(types::F32X4));
-                let point = (a * lx + bx) as i64;
-                e.store(v, to, dst_off + point * (tiles * ci) as i64 * F32);
+                let v = combine(e, b.iter().zip(&t).map(|(c, v)| (*c, *v)));
+                store_v(e, a * lx + bx, v);
             }
         }
     });
@@ -773,44 +791,66 @@ fn output_tile(
         e.offset(r, off)
     });
     let out_at = e.offset(out_at, out_off);
+    let t_base = e.offset(m_base, k.stage_offset() as i64 - k.input_scratch() as i64);
+    let two_d = ly > 1 && lx > 1;
     for j in 0..lanes.div_ceil(4) {
         let valid = (lanes - 4 * j).min(4);
-        let m: Vec<Vec<Option<Value>>> = (0..ly)
-            .map(|a| {
-                (0..lx)
-                    .map(|b| {
-                        let point = (a * lx + b) as i64;
-                        let at = m_off + (point * (tiles * CONV_LANES) as i64 + 4 * j as i64) * F32;
-                        Some(e.load(types::F32X4, m_at, at))
-                    })
-                    .collect()
-            })
-            .collect();
+        let load_m = |e: &mut Emitter, a: usize, b: usize| {
+            let point = (a * lx + b) as i64;
+            let at = m_off + (point * (tiles * CONV_LANES) as i64 + 4 * j as i64) * F32;
+            Some(e.load(types::F32X4, m_at, at))
+        };
         let b0 = e.load(types::F32X4, bias, j as i64 * VEC);
-        let s: Vec<Vec<Option<Value>>> = y
-            .transform
-            .at
-            .iter()
-            .map(|a| {
-                (0..lx)
-                    .map(|b| combine(e, a.iter().zip(&m).map(|(c, mi)| (*c, mi[b]))))
-                    .collect()
-            })
-            .collect();
-        for (oy, so) in s.iter().enumerate() {
-            for (ox, a) in x.transform.at.iter().enumerate() {
-                if !(y.writes(ty, oy) && x.writes(tx, ox)) {
-                    continue;
+        let store_y = |e: &mut Emitter, oy: usize, ox: usize, v: Option<Value>| {
+            if !(y.writes(ty, oy) && x.writes(tx, ox)) {
+                return;
+            }
+            let v = match v {
+                Some(v) => e.b.ins().fadd(v, b0),
+                None => b0,
+            };
+            let at = (oy * oy_step + ox * ox_step) as i64;
+            let to = e.offset(out_at, at);
+            let res = res_at.map(|r| e.offset(r, at));
+            finish(e, v, valid, res, range.relu, to, j as i64 * VEC);
+        };
+        if !two_d {
+            // One axis: each output from the tile's L products, finished at once.
+            let (at, len) = match ly > 1 {
+                true => (&y.transform.at, ly),
+                false => (&x.transform.at, lx),
+            };
+            let m: Vec<Option<Value>> = (0..len)
+                .map(|i| match ly > 1 {
+                    true => load_m(e, i, 0),
+                    false => load_m(e, 0, i),
+                })
+                .collect();
+            for (o, a) in at.iter().enumerate() {
+                let v = combine(e, a.iter().zip(&m).map(|(c, v)| (*c, *v)));
+                match ly > 1 {
+                    true => store_y(e, o, 0, v),
+                    false => store_y(e, 0, o, v),
                 }
-                let v = combine(e, a.iter().zip(so).map(|(c, v)| (*c, *v)));
-                let v = match v {
-                    Some(v) => e.b.ins().fadd(v, b0),
-                    None => b0,
-                };
-                let at = (oy * oy_step + ox * ox_step) as i64;
-                let to = e.offset(out_at, at);
-                let res = res_at.map(|r| e.offset(r, at));
-                finish(e, v, valid, res, range.relu, to, j as i64 * VEC);
+            }
+            continue;
+        }
+        // Two axes: along y column by column into the staging buffer, then along x per row.
+        for b in 0..lx {
+            let m: Vec<Option<Value>> = (0..ly).map(|a| load_m(e, a, b)).collect();
+            for (o, a) in y.transform.at.iter().enumerate() {
+                let s = combine(e, a.iter().zip(&m).map(|(c, v)| (*c, *v)));
+                let s = s.unwrap_or_else(|| e.zero(types::F32X4));
+                e.store(s, t_base, ((o * lx + b) as i64) * VEC);
+            }
+        }
+        for oy in 0..y.transform.m {
+            let s: Vec<Option<Value>> = (0..lx)
+                .map(|b| Some(e.load(types::F32X4, t_base, ((oy * lx + b) as i64) * VEC)))
+                .collect();
+            for (ox, a) in x.transform.at.iter().enumerate() {
+                let v = combine(e, a.iter().zip(&s).map(|(c, v)| (*c, *v)));
+                store_y(e, oy, ox, v);
             }
         }
     }

@@ -114,12 +114,18 @@ impl WinogradKernel {
         ly * lx * self.item_tiles() * self.input.channels * MapLayout::F32
     }
 
-    /// Bytes of scratch one work item owns: its transformed input, then the products of one
-    /// block of output channels (points × tiles × [`CONV_LANES`]).
+    /// Offset in a work item's scratch of the staging buffer a two-axis transform passes one
+    /// tile's vectors through (points × 4 floats), after the transformed input and the products
+    /// of one block of output channels (points × tiles × [`CONV_LANES`]).
+    pub fn stage_offset(&self) -> usize {
+        let [ly, lx] = self.points();
+        self.input_scratch() + ly * lx * self.item_tiles() * CONV_LANES * MapLayout::F32
+    }
+
+    /// Bytes of scratch one work item owns (see [`WinogradKernel::stage_offset`]).
     pub fn item_scratch(&self) -> usize {
         let [ly, lx] = self.points();
-        let products = ly * lx * self.item_tiles() * CONV_LANES * MapLayout::F32;
-        (self.input_scratch() + products).next_multiple_of(WEIGHT_ALIGN)
+        (self.stage_offset() + ly * lx * 4 * MapLayout::F32).next_multiple_of(WEIGHT_ALIGN)
     }
 }
 
