@@ -8,15 +8,17 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
+    types, AbiParam, FuncRef, Function, InstBuilder, MemFlagsData, Signature, StackSlotData,
+    StackSlotKind, UserFuncName, Value,
 };
-use cranelift_codegen::isa::{CallConv, TargetIsa};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::lower::{
     ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel,
     WinogradKernel, CONV_LANES, LINEAR_LANES,
 };
+use super::wide::{WideTile, WIDE_PIXELS};
 use super::winograd::Transform;
 use inceptc_runtime::layout::{MapLayout, VecLayout};
 
@@ -37,10 +39,26 @@ pub fn kernel_signature(call_conv: CallConv) -> Signature {
 }
 
 /// Builds the Cranelift function of `kernel`, the `index`-th function of its module.
-pub fn function(kernel: &Kernel, isa: &dyn TargetIsa, index: u32) -> Function {
+/// Imports the function of a wide register tile into the kernel being built (declaring it in the
+/// module the first time); see [`super::wide`].
+pub type TileImporter<'a> = dyn FnMut(WideTile, &mut Function) -> FuncRef + 'a;
+
+/// The signature of a wide tile function: `extern "C" fn(input, weights, acc, count)`.
+pub fn wide_signature(call_conv: CallConv) -> Signature {
+    kernel_signature(call_conv)
+}
+
+/// Builds the Cranelift function of `kernel`, the `index`-th function of its module; its register
+/// tiles call the wide tile functions `tiles` imports.
+pub fn function(
+    kernel: &Kernel,
+    config: TargetFrontendConfig,
+    index: u32,
+    tiles: &mut TileImporter,
+) -> Function {
     let mut func = Function::with_name_signature(
         UserFuncName::user(0, index),
-        kernel_signature(isa.default_call_conv()),
+        kernel_signature(config.default_call_conv),
     );
     let mut ctx = FunctionBuilderContext::new();
     {
@@ -53,6 +71,7 @@ pub fn function(kernel: &Kernel, isa: &dyn TargetIsa, index: u32) -> Function {
             b,
             arena: params[0],
             weights: params[1],
+            tiles,
         };
         let (begin, end) = (params[2], params[3]);
         match kernel {
@@ -65,7 +84,7 @@ pub fn function(kernel: &Kernel, isa: &dyn TargetIsa, index: u32) -> Function {
         }
         e.b.ins().return_(&[]);
         e.b.seal_all_blocks();
-        e.b.finalize(isa.frontend_config());
+        e.b.finalize(config);
     }
     func
 }
@@ -84,13 +103,14 @@ fn readonly() -> MemFlagsData {
     MemFlagsData::new().with_notrap().with_readonly()
 }
 
-struct Emitter<'a> {
+struct Emitter<'a, 't> {
     b: FunctionBuilder<'a>,
     arena: Value,
     weights: Value,
+    tiles: &'t mut TileImporter<'t>,
 }
 
-impl Emitter<'_> {
+impl Emitter<'_, '_> {
     fn int(&mut self, v: i64) -> Value {
         self.b.ins().iconst(types::I64, v)
     }
@@ -870,6 +890,9 @@ fn conv_tile(
     vectors: usize,
 ) -> Vec<Vec<Variable>> {
     let ic = source.channels;
+    if ic >= WIDE_MIN_CHANNELS && pixels <= WIDE_PIXELS {
+        return wide_tile(e, source, input, wptr, init, pixels, vectors);
+    }
     let mut acc = Vec::with_capacity(pixels);
     for _ in 0..pixels {
         let mut row = Vec::with_capacity(vectors);
@@ -921,6 +944,63 @@ fn conv_tile(
         });
     }
     acc
+}
+
+/// Input channels from which a register tile calls the AVX2 tile function (below, the call and
+/// the accumulators' round trip through memory cost more than the narrower tile loses).
+const WIDE_MIN_CHANNELS: usize = 8;
+
+/// [`conv_tile`] through the AVX2 tile function ([`super::wide`]): the accumulators (8 lanes per
+/// pixel) start from `init` in a stack slot, one call per tap adds the tap's products, and the
+/// result comes back as f32x4 variables.
+fn wide_tile(
+    e: &mut Emitter,
+    source: &TileSource,
+    input: Value,
+    wptr: Value,
+    init: Option<Value>,
+    pixels: usize,
+    vectors: usize,
+) -> Vec<Vec<Variable>> {
+    let bytes = (pixels * CONV_LANES) as u32 * F32 as u32;
+    let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+        StackSlotKind::ExplicitSlot,
+        bytes,
+        5,
+    ));
+    let acc = e.b.ins().stack_addr(types::I64, slot, 0);
+    let start: Vec<Value> = (0..2)
+        .map(|j| match init {
+            Some(bias) => e.load(types::F32X4, bias, j * VEC),
+            None => e.zero(types::F32X4),
+        })
+        .collect();
+    for p in 0..pixels {
+        for (j, v) in start.iter().enumerate() {
+            e.store(*v, acc, (p * CONV_LANES) as i64 * F32 + j as i64 * VEC);
+        }
+    }
+    let tile = WideTile {
+        pixels,
+        pixel_step: source.pixel_step,
+    };
+    let func = (e.tiles)(tile, e.b.func);
+    let count = e.int(source.channels as i64);
+    for &(tap, wtap) in &source.taps {
+        let at = e.offset(input, tap);
+        let w = e.offset(wptr, wtap);
+        e.b.ins().call(func, &[at, w, acc, count]);
+    }
+    (0..pixels)
+        .map(|p| {
+            (0..vectors)
+                .map(|j| {
+                    let v = e.load(types::F32X4, acc, (p * CONV_LANES) as i64 * F32 + j as i64 * VEC);
+                    e.var(types::F32X4, v)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The convolution epilogue for one vector of `valid` (≤ 4) output channels: add the residual at

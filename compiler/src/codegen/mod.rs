@@ -10,6 +10,7 @@ pub mod emit;
 pub mod jit;
 pub mod lower;
 pub mod object;
+pub mod wide;
 pub mod winograd;
 
 use cranelift_codegen::isa::OwnedTargetIsa;
@@ -82,16 +83,19 @@ pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
 }
 
 /// Declares and defines the kernel of every step in `module` (local functions named by
-/// [`kernel_name`]), calling `defined` after each; returns each step's function, `None` for the
-/// input step.
+/// [`kernel_name`]) and the wide register tiles they call, calling `defined` after each kernel;
+/// returns each step's function, `None` for the input step.
 pub fn define_kernels<M: cranelift_module::Module>(
     module: &mut M,
     program: &Program,
     defined: &dyn Fn(),
 ) -> Result<Vec<Option<cranelift_module::FuncId>>, CodegenError> {
+    let err = |e: cranelift_module::ModuleError| CodegenError::Cranelift(e.to_string());
     let call_conv = module.isa().default_call_conv();
     let mut ctx = cranelift_codegen::Context::new();
     let mut ids = Vec::with_capacity(program.steps.len());
+    let mut tiles: std::collections::BTreeMap<wide::WideTile, cranelift_module::FuncId> =
+        Default::default();
     for (i, step) in program.steps.iter().enumerate() {
         let Some(kernel) = &step.kernel else {
             ids.push(None);
@@ -104,8 +108,40 @@ pub fn define_kernels<M: cranelift_module::Module>(
                 cranelift_module::Linkage::Local,
                 &emit::kernel_signature(call_conv),
             )
-            .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
-        ctx.func = emit::function(kernel, module.isa(), i as u32);
+            .map_err(err)?;
+        let config = module.isa().frontend_config();
+        let mut new_tiles = Vec::new();
+        let mut failed = None;
+        ctx.func = emit::function(kernel, config, i as u32, &mut |tile, func| {
+            let id = match tiles.get(&tile) {
+                Some(id) => *id,
+                None => match module.declare_function(
+                    &tile.name(),
+                    cranelift_module::Linkage::Local,
+                    &emit::wide_signature(call_conv),
+                ) {
+                    Ok(id) => {
+                        tiles.insert(tile, id);
+                        new_tiles.push((tile, id));
+                        id
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(err(e));
+                        // Never defined: the error below stops the compilation.
+                        cranelift_module::FuncId::from_u32(u32::MAX)
+                    }
+                },
+            };
+            module.declare_func_in_func(id, func)
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for (tile, id) in new_tiles {
+            module
+                .define_function_bytes(id, 64, &tile.code(), &[])
+                .map_err(err)?;
+        }
         module
             .define_function(id, &mut ctx)
             .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;

@@ -4,7 +4,10 @@
 //! `inceptc_weights_len`, `inceptc_kernels` (one pointer per step, null for the input step), and
 //! for executables `main`, which calls the runtime's `inceptc_main`.
 
-use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::ir::{
+    types, AbiParam, ExtFuncData, ExternalName, Function, InstBuilder, Signature, UserExternalName,
+    UserFuncName,
+};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
@@ -126,7 +129,30 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
     let mut out = Vec::new();
     for (i, step) in program.steps.iter().enumerate() {
         let Some(kernel) = &step.kernel else { continue };
-        let func = emit::function(kernel, &*isa, i as u32);
+        // Wide tiles are imported by name only (their machine code is not Cranelift's).
+        let mut tiles = Vec::new();
+        let func = emit::function(
+            kernel,
+            isa.frontend_config(),
+            i as u32,
+            &mut |tile, func| {
+                let index = match tiles.iter().position(|t| *t == tile) {
+                    Some(i) => i,
+                    None => {
+                        tiles.push(tile);
+                        tiles.len() - 1
+                    }
+                };
+                let name = func.declare_imported_user_function(UserExternalName::new(1, index as u32));
+                let signature = func.import_signature(emit::wide_signature(isa.default_call_conv()));
+                func.import_function(ExtFuncData {
+                    name: ExternalName::user(name),
+                    signature,
+                    colocated: true,
+                    patchable: false,
+                })
+            },
+        );
         let mut text = format!(
             "; step {i} of {}, block {}\n; nodes: {}\n; work items: {}\n",
             program.name,
@@ -134,6 +160,12 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
             step.nodes.join(", "),
             kernel.items()
         );
+        for (n, tile) in tiles.iter().enumerate() {
+            text.push_str(&format!(
+                "; u1:{n} is the AVX2 register tile {} (machine code inceptc writes, see codegen/wide.rs)\n",
+                tile.name()
+            ));
+        }
         match what {
             Listing::Clif => text.push_str(&func.display().to_string()),
             Listing::Asm => {
