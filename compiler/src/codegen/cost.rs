@@ -1,25 +1,32 @@
 //! What `inceptc compile --report` prints for every kernel: the operation, the algorithm and
 //! register tile chosen, its work items, and a predicted time from a cost model.
 //!
-//! The model is deliberately simple and calibrated, not derived: a convolution runs at a fixed
-//! fraction of the 128-bit FMA peak (16 FLOP per cycle per core) for its kind, a pool at a fixed
-//! rate of window taps, a linear layer at a fixed rate of weight bytes. The constants come from
-//! one-thread runs on the development machine: the convolution fractions from `cargo bench --bench
-//! backend` (Inception-v4 and Inception-ResNet-v2, by kind, at the measured clock), the rates from
-//! the kernels of a one-thread `OUT --bench --trace` of Inception-v4. Measured against the same
-//! kind of run, the prediction is within about 10 % for 3×3, stride-2 and 1×3 layers and
-//! optimistic by 15–40 % for 1×1 and 1×7 layers on a loaded machine.
+//! The model is deliberately simple and calibrated, not derived: a direct convolution runs at a
+//! fixed fraction of the FMA peak for its kind (32 FLOP per cycle per core with the AVX2 register
+//! tile, 16 with the 128-bit one below [`WIDE_MIN_CHANNELS`] input channels); a Winograd
+//! convolution's point-wise products run at one fraction of that peak and its transforms at a
+//! fixed rate of vector instructions; a pool runs at a fixed rate of window taps, a linear layer at
+//! a fixed rate of weight bytes. The convolution constants are fitted to the per-kernel minima of
+//! four one-thread `OUT --bench --trace` runs of Inception-v4 and Inception-ResNet-v2, built with
+//! `--conv direct` and with the default (the Winograd fit: 260 ms measured, 269 ms predicted over
+//! 66 kernels, single kernels within 45 %); the pool and linear rates come from an earlier
+//! one-thread trace of Inception-v4.
 
 use std::fmt::Write as _;
 
 use super::lower::{Kernel, WinogradKernel, CONV_LANES};
+use super::wide::WIDE_MIN_CHANNELS;
 use super::Program;
 use crate::codegen::emit::TILE_PIXELS;
 
 /// The clock the predictions assume, in GHz (the development machine's, measured).
 pub const CLOCK_GHZ: f64 = 2.98;
-/// FLOP per cycle per core with two 128-bit FMA ports.
-pub const PEAK_FLOP_PER_CYCLE: f64 = 16.0;
+/// FLOP per cycle per core of the AVX2 register tile: two 256-bit FMA ports.
+pub const PEAK_FLOP_PER_CYCLE: f64 = 32.0;
+/// FLOP per cycle per core of the 128-bit register tile.
+const NARROW_PEAK_FLOP_PER_CYCLE: f64 = 16.0;
+/// Fraction of the 128-bit peak the narrow tile reaches (a stem layer with 3 input channels).
+const NARROW_EFFICIENCY: f64 = 0.66;
 
 /// One kernel as the report shows it.
 #[derive(Clone, Debug)]
@@ -36,15 +43,15 @@ pub struct KernelReport {
     pub predicted: f64,
 }
 
-/// Fraction of the FMA peak a direct convolution of this shape reaches (measured by kind).
+/// Fraction of the AVX2 tile's peak a direct convolution of this shape reaches (fitted by kind).
 fn conv_efficiency(kernel: [usize; 2], stride: [usize; 2]) -> f64 {
     match (kernel, stride) {
-        (_, s) if s != [1, 1] => 0.74,
-        ([1, 1], _) => 0.76,
-        ([3, 3], _) => 0.79,
-        ([1, 7] | [7, 1], _) => 0.77,
-        ([1, 3] | [3, 1], _) => 0.66,
-        _ => 0.70,
+        (_, s) if s != [1, 1] => 0.56,
+        ([1, 1], _) => 0.59,
+        ([3, 3], _) => 0.64,
+        ([1, 7] | [7, 1], _) => 0.61,
+        ([1, 3] | [3, 1], _) => 0.41,
+        _ => 0.58,
     }
 }
 
@@ -74,14 +81,19 @@ fn peak() -> f64 {
 
 /// Predicted one-core time of the direct convolution.
 pub fn direct_time(shape: &ConvShape) -> f64 {
+    if shape.in_channels < WIDE_MIN_CHANNELS {
+        let narrow = NARROW_PEAK_FLOP_PER_CYCLE * CLOCK_GHZ * 1e9;
+        return shape.flops() / (NARROW_EFFICIENCY * narrow);
+    }
     shape.flops() / (conv_efficiency(shape.kernel, shape.stride) * peak())
 }
 
-/// Fraction of the FMA peak the point-wise products of a Winograd convolution reach with full
-/// register tiles (the direct 1×1 convolution's inner loop).
-const WINOGRAD_PRODUCT_EFFICIENCY: f64 = 0.74;
-/// Vector instructions per cycle of the input and output transforms (loads, stores, adds, FMAs).
-const TRANSFORM_OPS_PER_CYCLE: f64 = 1.2;
+/// Fraction of the AVX2 tile's peak the point-wise products of a Winograd convolution reach with
+/// full register tiles (fitted).
+const WINOGRAD_PRODUCT_EFFICIENCY: f64 = 0.54;
+/// Vector instructions per cycle of the input and output transforms (loads, stores, adds, FMAs;
+/// fitted).
+const TRANSFORM_OPS_PER_CYCLE: f64 = 1.1;
 
 /// Predicted one-core time of a Winograd convolution with `tile` outputs per tile (y, x) and
 /// `group` tile rows per work item: the point-wise products at the register tile's fill, plus the
@@ -168,9 +180,20 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 true => "flat pixel tiles",
                 false => "row tiles",
             };
-            let algorithm = format!("direct, {tiles} {TILE_PIXELS} px × {CONV_LANES} ch");
-            let time = kernel.flops() as f64 / (conv_efficiency(k.kernel, k.stride) * peak());
-            (op, algorithm, time)
+            let isa = match k.input.channels >= WIDE_MIN_CHANNELS {
+                true => "avx2",
+                false => "sse",
+            };
+            let algorithm = format!("direct, {tiles} {TILE_PIXELS} px × {CONV_LANES} ch {isa}");
+            let shape = ConvShape {
+                images: k.input.n,
+                in_channels: k.input.channels,
+                out_channels: out,
+                out: [k.out_h, k.out_w],
+                kernel: k.kernel,
+                stride: k.stride,
+            };
+            (op, algorithm, direct_time(&shape))
         }
         Kernel::Winograd(k) => {
             let shape = winograd_shape(k);

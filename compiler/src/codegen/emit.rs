@@ -18,7 +18,7 @@ use super::lower::{
     ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel,
     WinogradKernel, CONV_LANES, LINEAR_LANES,
 };
-use super::wide::{WideTile, WIDE_PIXELS};
+use super::wide::{WideTile, WIDE_MIN_CHANNELS, WIDE_PIXELS};
 use super::winograd::Transform;
 use inceptc_runtime::layout::{MapLayout, VecLayout};
 
@@ -946,10 +946,6 @@ fn conv_tile(
     acc
 }
 
-/// Input channels from which a register tile calls the AVX2 tile function (below, the call and
-/// the accumulators' round trip through memory cost more than the narrower tile loses).
-const WIDE_MIN_CHANNELS: usize = 8;
-
 /// [`conv_tile`] through the AVX2 tile function ([`super::wide`]): the accumulators (8 lanes per
 /// pixel) start from `init` in a stack slot, one call per tap adds the tap's products, and the
 /// result comes back as f32x4 variables.
@@ -963,11 +959,8 @@ fn wide_tile(
     vectors: usize,
 ) -> Vec<Vec<Variable>> {
     let bytes = (pixels * CONV_LANES) as u32 * F32 as u32;
-    let slot = e.b.create_sized_stack_slot(StackSlotData::new(
-        StackSlotKind::ExplicitSlot,
-        bytes,
-        5,
-    ));
+    let slot =
+        e.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 5));
     let acc = e.b.ins().stack_addr(types::I64, slot, 0);
     let start: Vec<Value> = (0..2)
         .map(|j| match init {
@@ -995,7 +988,11 @@ fn wide_tile(
         .map(|p| {
             (0..vectors)
                 .map(|j| {
-                    let v = e.load(types::F32X4, acc, (p * CONV_LANES) as i64 * F32 + j as i64 * VEC);
+                    let v = e.load(
+                        types::F32X4,
+                        acc,
+                        (p * CONV_LANES) as i64 * F32 + j as i64 * VEC,
+                    );
                     e.var(types::F32X4, v)
                 })
                 .collect()

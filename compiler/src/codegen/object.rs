@@ -143,8 +143,10 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
                         tiles.len() - 1
                     }
                 };
-                let name = func.declare_imported_user_function(UserExternalName::new(1, index as u32));
-                let signature = func.import_signature(emit::wide_signature(isa.default_call_conv()));
+                let name =
+                    func.declare_imported_user_function(UserExternalName::new(1, index as u32));
+                let signature =
+                    func.import_signature(emit::wide_signature(isa.default_call_conv()));
                 func.import_function(ExtFuncData {
                     name: ExternalName::user(name),
                     signature,

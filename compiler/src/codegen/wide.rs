@@ -17,6 +17,9 @@
 
 /// Output pixels of a full wide tile.
 pub const WIDE_PIXELS: usize = 6;
+/// Input channels from which a register tile calls the AVX2 tile function (below, the call and
+/// the accumulators' round trip through memory cost more than the narrower tile loses).
+pub const WIDE_MIN_CHANNELS: usize = 8;
 
 /// The shape a tile function is specialized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,12 +127,8 @@ impl Asm {
 
     /// `add reg, imm8` (64-bit).
     fn add_imm8(&mut self, reg: u8, imm: i8) {
-        self.code.extend_from_slice(&[
-            0x48 | (reg >> 3),
-            0x83,
-            0xC0 | (reg & 7),
-            imm as u8,
-        ]);
+        self.code
+            .extend_from_slice(&[0x48 | (reg >> 3), 0x83, 0xC0 | (reg & 7), imm as u8]);
     }
 
     /// `dec reg` (64-bit).
