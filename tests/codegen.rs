@@ -66,6 +66,39 @@ fn graph(body: String) -> Graph {
     g
 }
 
+/// One fused convolution `conv` of the input as IR text; with `residual` it adds a 1×1 `skip`
+/// conv of the same input in place (stride 1 and "same" padding, bias on).
+#[allow(clippy::too_many_arguments)]
+fn conv_graph(
+    ic: usize,
+    oc: usize,
+    [kh, kw]: [usize; 2],
+    [sh, sw]: [usize; 2],
+    [ph, pw]: [usize; 2],
+    bias: bool,
+    relu: bool,
+    residual: bool,
+) -> String {
+    if residual {
+        format!(
+            r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
+  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
+  output %2
+}}"#
+        )
+    } else {
+        format!(
+            r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias={bias} residual=false relu={relu} name="conv" block="b"
+  output %1
+}}"#
+        )
+    }
+}
+
 /// Every Winograd tile the compiler offers, forced on random stride-1 convolutions (3- and 7-tap
 /// axes, every padding the IR allows, sizes that leave partial edge tiles, residuals
 /// in place, 1–3 threads), against the interpreter.
@@ -91,25 +124,8 @@ fn random_winograd_convolutions_match_the_interpreter() {
         let n = rng.gen_range(1..=2);
         let relu = rng.gen_bool(0.5);
         let residual = ph == kh / 2 && pw == kw / 2 && rng.gen_bool(0.5);
-        let body = if residual {
-            format!(
-                r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
-  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
-  output %2
-}}"#
-            )
-        } else {
-            format!(
-                r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias={} residual=false relu={relu} name="conv" block="b"
-  output %1
-}}"#,
-                rng.gen_bool(0.8)
-            )
-        };
+        let bias = residual || rng.gen_bool(0.8);
+        let body = conv_graph(ic, oc, [kh, kw], [1, 1], [ph, pw], bias, relu, residual);
         let g = graph(body.clone());
         let conv = ConvAlgorithm::WinogradTile(tile);
         let program = Program::with_options(
@@ -169,12 +185,15 @@ fn winograd_error_stays_within_its_bound_of_the_direct_path() {
         ([3, 1], [1, 0], 8, 384, 256, &[[2, 1], [4, 1]]),
     ];
     for ([kh, kw], [ph, pw], size, ic, oc, tiles) in cases {
-        let g = graph(format!(
-            r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias=true residual=false relu=false name="conv" block="b"
-  output %1
-}}"#
+        let g = graph(conv_graph(
+            ic,
+            oc,
+            [kh, kw],
+            [1, 1],
+            [ph, pw],
+            true,
+            false,
+            false,
         ));
         // Non-negative inputs, as after a ReLU: the sums do not cancel.
         let mut x = input(1, ic, size, size, 3);
@@ -220,25 +239,8 @@ fn random_convolutions_match_the_interpreter() {
             && ph == kh / 2
             && pw == kw / 2
             && rng.gen_bool(0.6);
-        let body = if residual {
-            format!(
-                r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
-  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
-  output %2
-}}"#
-            )
-        } else {
-            format!(
-                r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias={} residual=false relu={relu} name="conv" block="b"
-  output %1
-}}"#,
-                rng.gen_bool(0.8)
-            )
-        };
+        let bias = residual || rng.gen_bool(0.8);
+        let body = conv_graph(ic, oc, [kh, kw], [sh, sw], [ph, pw], bias, relu, residual);
         let g = graph(body.clone());
         let err = compare(&g, &input(n, ic, h, w, case), 1 + case as usize % 3);
         assert!(err <= TOLERANCE, "case {case}: error {err:e}\n{body}");

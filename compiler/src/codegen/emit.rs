@@ -716,7 +716,7 @@ fn input_tile(
 ) {
     let ci = k.input.channels;
     let tiles = k.item_tiles();
-    let (ly, lx) = (y.transform.points(), x.transform.points());
+    let lx = x.transform.points();
     // Input of point (0, 0): (ty·m_y − pad_y, tx·m_x − pad_x).
     let mut src_off = -((y.pad * y.input_step + x.pad * x.input_step) as i64);
     let src = advance(e, in_origin, &mut src_off, ty, y.transform.m * y.input_step);
@@ -724,7 +724,6 @@ fn input_tile(
     let mut dst_off = (row * k.tiles()[1] * ci) as i64 * F32;
     let dst = advance(e, v_base, &mut dst_off, tx, ci * F32 as usize);
     let t_base = e.offset(v_base, k.stage_offset() as i64);
-    let two_d = ly > 1 && lx > 1;
     e.for_const(0, ci as i64 * F32, VEC, |e, c| {
         let from = e.b.ins().iadd(src, c);
         let to = e.b.ins().iadd(dst, c);
@@ -734,47 +733,13 @@ fn input_tile(
                 e.load_const(types::F32X4, from, src_off + at)
             })
         };
-        let store_v = |e: &mut Emitter, point: usize, v: Option<Value>| {
+        // Point (a, b) of the tile: v_base + ((a·L_x + b) · tiles + tile) · C · 4.
+        let store = |e: &mut Emitter, a: usize, b: usize, v: Option<Value>| {
             let v = v.unwrap_or_else(|| e.zero(types::F32X4));
+            let point = a * lx + b;
             e.store(v, to, dst_off + (point * tiles * ci) as i64 * F32);
         };
-        if !two_d {
-            // One axis: each point from the tile's L inputs, stored at once.
-            let (bt, len) = match ly > 1 {
-                true => (&y.transform.bt, ly),
-                false => (&x.transform.bt, lx),
-            };
-            let d: Vec<Option<Value>> = (0..len)
-                .map(|i| match ly > 1 {
-                    true => load(e, i, 0),
-                    false => load(e, 0, i),
-                })
-                .collect();
-            for (point, b) in bt.iter().enumerate() {
-                let v = combine(e, b.iter().zip(&d).map(|(c, v)| (*c, *v)));
-                store_v(e, point, v);
-            }
-            return;
-        }
-        // Two axes: along y column by column into the staging buffer, then along x row by row
-        // (keeping a whole L_y × L_x tile in registers spilled).
-        for j in 0..lx {
-            let d: Vec<Option<Value>> = (0..ly).map(|i| load(e, i, j)).collect();
-            for (a, b) in y.transform.bt.iter().enumerate() {
-                let t = combine(e, b.iter().zip(&d).map(|(c, v)| (*c, *v)));
-                let t = t.unwrap_or_else(|| e.zero(types::F32X4));
-                e.store(t, t_base, ((a * lx + j) as i64) * VEC);
-            }
-        }
-        for a in 0..ly {
-            let t: Vec<Option<Value>> = (0..lx)
-                .map(|j| Some(e.load(types::F32X4, t_base, ((a * lx + j) as i64) * VEC)))
-                .collect();
-            for (bx, b) in x.transform.bt.iter().enumerate() {
-                let v = combine(e, b.iter().zip(&t).map(|(c, v)| (*c, *v)));
-                store_v(e, a * lx + bx, v);
-            }
-        }
+        separable(e, &y.transform.bt, &x.transform.bt, t_base, &load, &store);
     });
 }
 
@@ -797,7 +762,7 @@ fn output_tile(
     tx: Coord,
 ) {
     let tiles = k.item_tiles();
-    let (ly, lx) = (y.transform.points(), x.transform.points());
+    let lx = x.transform.points();
     let (oy_step, ox_step) = (range.out.row_stride(), range.out.pixel_stride());
     let mut m_off = (row * k.tiles()[1] * CONV_LANES) as i64 * F32;
     let m_at = advance(e, m_base, &mut m_off, tx, CONV_LANES * F32 as usize);
@@ -812,7 +777,6 @@ fn output_tile(
     });
     let out_at = e.offset(out_at, out_off);
     let t_base = e.offset(m_base, k.stage_offset() as i64 - k.input_scratch() as i64);
-    let two_d = ly > 1 && lx > 1;
     for j in 0..lanes.div_ceil(4) {
         let valid = (lanes - 4 * j).min(4);
         let load_m = |e: &mut Emitter, a: usize, b: usize| {
@@ -834,44 +798,73 @@ fn output_tile(
             let res = res_at.map(|r| e.offset(r, at));
             finish(e, v, valid, res, range.relu, to, j as i64 * VEC);
         };
-        if !two_d {
-            // One axis: each output from the tile's L products, finished at once.
-            let (at, len) = match ly > 1 {
-                true => (&y.transform.at, ly),
-                false => (&x.transform.at, lx),
-            };
-            let m: Vec<Option<Value>> = (0..len)
-                .map(|i| match ly > 1 {
-                    true => load_m(e, i, 0),
-                    false => load_m(e, 0, i),
-                })
-                .collect();
-            for (o, a) in at.iter().enumerate() {
-                let v = combine(e, a.iter().zip(&m).map(|(c, v)| (*c, *v)));
-                match ly > 1 {
-                    true => store_y(e, o, 0, v),
-                    false => store_y(e, 0, o, v),
-                }
+        separable(
+            e,
+            &y.transform.at,
+            &x.transform.at,
+            t_base,
+            &load_m,
+            &store_y,
+        );
+    }
+}
+
+/// Where [`separable`] puts entry (row, column) of its result (`None`: known zero).
+type TileStore<'a> = dyn Fn(&mut Emitter, usize, usize, Option<Value>) + 'a;
+
+/// `M_y · D · M_xᵀ` for one tile, 4 lanes at a time: `load(i, j)` gives `D`'s entries (`None`:
+/// known zero), `store(a, b, v)` takes the result's. Along one axis (the other's matrix is the
+/// 1 × 1 identity) each result is stored as soon as it is formed; along two, the products pass
+/// through the staging buffer at `stage`, along y one column at a time, then along x one row at a
+/// time (a whole tile held in registers spilled).
+fn separable(
+    e: &mut Emitter,
+    my: &[Vec<f64>],
+    mx: &[Vec<f64>],
+    stage: Value,
+    load: &dyn Fn(&mut Emitter, usize, usize) -> Option<Value>,
+    store: &TileStore,
+) {
+    let (ly, lx) = (my[0].len(), mx[0].len());
+    let apply = |e: &mut Emitter, row: &[f64], inputs: &[Option<Value>]| {
+        combine(e, row.iter().zip(inputs).map(|(c, v)| (*c, *v)))
+    };
+    if lx == 1 || ly == 1 {
+        let along_y = ly > 1;
+        let (m, len) = match along_y {
+            true => (my, ly),
+            false => (mx, lx),
+        };
+        let d: Vec<Option<Value>> = (0..len)
+            .map(|i| match along_y {
+                true => load(e, i, 0),
+                false => load(e, 0, i),
+            })
+            .collect();
+        for (o, row) in m.iter().enumerate() {
+            let v = apply(e, row, &d);
+            match along_y {
+                true => store(e, o, 0, v),
+                false => store(e, 0, o, v),
             }
-            continue;
         }
-        // Two axes: along y column by column into the staging buffer, then along x per row.
-        for b in 0..lx {
-            let m: Vec<Option<Value>> = (0..ly).map(|a| load_m(e, a, b)).collect();
-            for (o, a) in y.transform.at.iter().enumerate() {
-                let s = combine(e, a.iter().zip(&m).map(|(c, v)| (*c, *v)));
-                let s = s.unwrap_or_else(|| e.zero(types::F32X4));
-                e.store(s, t_base, ((o * lx + b) as i64) * VEC);
-            }
+        return;
+    }
+    let at = |a: usize, j: usize| (a * lx + j) as i64 * VEC;
+    for j in 0..lx {
+        let d: Vec<Option<Value>> = (0..ly).map(|i| load(e, i, j)).collect();
+        for (a, row) in my.iter().enumerate() {
+            let t = apply(e, row, &d).unwrap_or_else(|| e.zero(types::F32X4));
+            e.store(t, stage, at(a, j));
         }
-        for oy in 0..y.transform.m {
-            let s: Vec<Option<Value>> = (0..lx)
-                .map(|b| Some(e.load(types::F32X4, t_base, ((oy * lx + b) as i64) * VEC)))
-                .collect();
-            for (ox, a) in x.transform.at.iter().enumerate() {
-                let v = combine(e, a.iter().zip(&s).map(|(c, v)| (*c, *v)));
-                store_y(e, oy, ox, v);
-            }
+    }
+    for a in 0..my.len() {
+        let t: Vec<Option<Value>> = (0..lx)
+            .map(|j| Some(e.load(types::F32X4, stage, at(a, j))))
+            .collect();
+        for (b, row) in mx.iter().enumerate() {
+            let v = apply(e, row, &t);
+            store(e, a, b, v);
         }
     }
 }
