@@ -899,7 +899,11 @@ fn report_lists_every_kernel_with_algorithm_tile_and_predicted_time() {
         .any(|r| r.contains("(3 shared)") || r.contains("(2 shared)")));
     assert!(rows
         .iter()
-        .any(|r| r.contains("flat pixel tiles 6 px × 8 ch")));
+        .any(|r| r.contains("flat pixel tiles 12 px × 8 ch avx2")));
+    assert!(rows.iter().any(|r| r.contains("row tiles 6 px × 8 ch sse")));
+    assert!(rows
+        .iter()
+        .any(|r| r.contains("winograd F(4×4,3×3), ") && r.contains(" tiles × 8 ch")));
     assert!(rows.iter().any(|r| r.contains("max pool 3×3/2")));
     let shares: f64 = rows
         .iter()

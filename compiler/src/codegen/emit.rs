@@ -18,12 +18,22 @@ use super::lower::{
     ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel,
     WinogradKernel, CONV_LANES, LINEAR_LANES,
 };
-use super::wide::{WideTile, WIDE_MIN_CHANNELS, WIDE_PIXELS};
+use super::wide::{wide_pixels, WideTile, WIDE_MIN_CHANNELS, WIDE_PIXELS};
 use super::winograd::Transform;
 use inceptc_runtime::layout::{MapLayout, VecLayout};
 
-/// Output pixels of a full convolution register tile.
+/// Output pixels of a full 128-bit register tile.
 pub const TILE_PIXELS: usize = 6;
+
+/// Output pixels of a full register tile over `channels` input channels whose pixels are
+/// `pixel_step` bytes apart: the AVX2 tile's from [`WIDE_MIN_CHANNELS`] on (see
+/// [`wide_pixels`]), else the 128-bit tile's.
+pub fn tile_pixels(channels: usize, pixel_step: usize) -> usize {
+    match channels >= WIDE_MIN_CHANNELS {
+        true => wide_pixels(pixel_step),
+        false => TILE_PIXELS,
+    }
+}
 
 const F32: i64 = 4;
 const VEC: i64 = 16;
@@ -271,7 +281,8 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
             let o = e.map_origin(&res, n);
             e.scaled(o, oy, res.row_stride() as i64)
         });
-        let full = (k.out_w / TILE_PIXELS * TILE_PIXELS) as i64;
+        let tile = tile_pixels(input.channels, k.stride[1] * input.pixel_stride());
+        let full = (k.out_w / tile * tile) as i64;
         let tile_at = |e: &mut Emitter, ox: Value, pixels: usize| {
             let along = |e: &mut Emitter, row: Value, stride: usize| -> Vec<Value> {
                 let first = e.scaled(row, ox, stride as i64);
@@ -294,10 +305,8 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
             };
             conv_ranges(e, k, &bases, pixels);
         };
-        e.for_const(0, full, TILE_PIXELS as i64, |e, ox| {
-            tile_at(e, ox, TILE_PIXELS)
-        });
-        let rest = k.out_w % TILE_PIXELS;
+        e.for_const(0, full, tile as i64, |e, ox| tile_at(e, ox, tile));
+        let rest = k.out_w % tile;
         if rest > 0 {
             let ox = e.int(full);
             tile_at(e, ox, rest);
@@ -311,10 +320,11 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
 fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
     let input = k.input;
     let pixels = input.n * k.out_h * k.out_w;
-    let full = (pixels / TILE_PIXELS) as i64;
-    let rest = pixels % TILE_PIXELS;
-    let tile_at = |e: &mut Emitter, tile: Value, count: usize| {
-        let first = e.b.ins().imul_imm_s(tile, TILE_PIXELS as i64);
+    let tile = tile_pixels(input.channels, input.pixel_stride());
+    let full = (pixels / tile) as i64;
+    let rest = pixels % tile;
+    let tile_at = |e: &mut Emitter, index: Value, count: usize| {
+        let first = e.b.ins().imul_imm_s(index, tile as i64);
         let base = e.offset(e.arena, input.address(0, 0, 0, 0) as i64);
         let bases = TileBases {
             input: e.scaled(base, first, input.pixel_stride() as i64),
@@ -329,7 +339,7 @@ fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
     };
     let full_v = e.int(full);
     let stop = e.b.ins().smin(end, full_v);
-    e.for_range(begin, stop, 1, |e, tile| tile_at(e, tile, TILE_PIXELS));
+    e.for_range(begin, stop, 1, |e, index| tile_at(e, index, tile));
     if rest > 0 {
         // The short last tile, when this call's range reaches it.
         let last = e.b.create_block();
@@ -614,8 +624,9 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
                     let wptr = e.scaled(wblock, point, (ci * CONV_LANES) as i64 * F32);
                     let vp = e.scaled(v_base, point, (tiles * ci) as i64 * F32);
                     let mp = e.scaled(m_base, point, (tiles * CONV_LANES) as i64 * F32);
-                    for first in (0..tiles).step_by(TILE_PIXELS) {
-                        let pixels = TILE_PIXELS.min(tiles - first);
+                    let step = tile_pixels(ci, ci * F32 as usize);
+                    for first in (0..tiles).step_by(step) {
+                        let pixels = step.min(tiles - first);
                         let vt = e.offset(vp, (first * ci) as i64 * F32);
                         let acc = conv_tile(e, &source, vt, wptr, None, pixels, 2);
                         for (p, row) in acc.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
 use inceptc_ir::{Graph, NodeId, Shape};
 
-use super::emit::TILE_PIXELS;
+use super::emit::tile_pixels;
 use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan};
 use inceptc_runtime::exec::Guard;
@@ -129,18 +129,25 @@ impl WinogradKernel {
     }
 }
 
-/// Tile rows per Winograd work item for `tile_rows` × `tile_columns` tiles over `images` images:
-/// enough tiles per item to fill register tiles, items spread evenly over two threads.
-pub fn winograd_group(images: usize, tile_rows: usize, tile_columns: usize) -> usize {
+/// Tile rows per Winograd work item for `tile_rows` × `tile_columns` tiles over `images` images,
+/// multiplied in register tiles of `register` tiles: enough tiles per item to fill register tiles,
+/// items spread evenly over two threads.
+pub fn winograd_group(
+    images: usize,
+    tile_rows: usize,
+    tile_columns: usize,
+    register: usize,
+) -> usize {
     let time = |group: usize| {
         let tiles = group * tile_columns;
-        let fill = tiles as f64 / (tiles.div_ceil(TILE_PIXELS) * TILE_PIXELS) as f64;
+        let fill = tiles as f64 / (tiles.div_ceil(register) * register) as f64;
         let items = images * tile_rows.div_ceil(group);
         (items.div_ceil(2) * group) as f64 / fill
     };
-    // Fewest tiles wins ties (more items for more threads); at most 8 register tiles per item.
+    // Fewest tiles wins ties (more items for more threads); at most 48 tiles per item (the
+    // scratch grows with them).
     (1..=tile_rows)
-        .filter(|g| g * tile_columns <= 8 * TILE_PIXELS || *g == 1)
+        .filter(|g| g * tile_columns <= 48 || *g == 1)
         .min_by(|a, b| time(*a).total_cmp(&time(*b)))
         .unwrap_or(1)
 }
@@ -212,7 +219,10 @@ impl Kernel {
     /// How many independent work items the kernel splits into (the range a call covers).
     pub fn items(&self) -> usize {
         match self {
-            Kernel::Conv(k) if k.flat => (k.input.n * k.out_h * k.out_w).div_ceil(TILE_PIXELS),
+            Kernel::Conv(k) if k.flat => {
+                let tile = tile_pixels(k.input.channels, k.input.pixel_stride());
+                (k.input.n * k.out_h * k.out_w).div_ceil(tile)
+            }
             Kernel::Conv(k) => k.input.n * k.out_h,
             Kernel::Winograd(k) => k.input.n * k.groups(),
             Kernel::Pool(k) => k.out.n * k.out.h,
@@ -566,7 +576,8 @@ impl Lowering<'_> {
         let (best, time) = tiles
             .map(|t| {
                 let [th, tw] = [out.h.div_ceil(t[0]), out.w.div_ceil(t[1])];
-                let group = winograd_group(input.n, th, tw);
+                let register = tile_pixels(input.channels, input.channels * MapLayout::F32);
+                let group = winograd_group(input.n, th, tw, register);
                 (t, cost::winograd_time(&shape, t, group))
             })
             .min_by(|a, b| a.1.total_cmp(&b.1))?;
@@ -637,14 +648,20 @@ impl Lowering<'_> {
                         out_w: out.w,
                         ranges,
                         residual,
-                        group: winograd_group(input.n, th, tw),
+                        group: winograd_group(
+                            input.n,
+                            th,
+                            tw,
+                            tile_pixels(input.channels, input.channels * MapLayout::F32),
+                        ),
                         scratch: 0,
                     }));
                 }
                 // Row tiles leave the ends of short rows (8 pixels: a 6-tile and a 2-tile) badly
                 // filled; flat tiles fill all but the last. Where rows fill their tiles to 90 %
                 // or more, row tiles measured as fast or faster (35×35, 17×17).
-                let row_fill = out.w as f64 / (out.w.div_ceil(TILE_PIXELS) * TILE_PIXELS) as f64;
+                let tile = tile_pixels(input.channels, f.conv.stride[1] * input.pixel_stride());
+                let row_fill = out.w as f64 / (out.w.div_ceil(tile) * tile) as f64;
                 let flat = f.conv.kernel == [1, 1]
                     && f.conv.stride == [1, 1]
                     && f.conv.padding == [0, 0]

@@ -3,7 +3,9 @@
 //! [`WIDE_PIXELS`] output pixels × 8 output channels (one 256-bit accumulator per pixel) over
 //! `count` input channels and is placed next to the kernels with
 //! `cranelift_module::Module::define_function_bytes`; the kernels call it from
-//! [`super::emit`]'s register-tile seam.
+//! [`super::emit`]'s register-tile seam. Twelve pixels per tile halve the weight traffic per FMA
+//! against six (the weights stream from L2 or L3 for large layers); accumulators and broadcasts
+//! take 15 of the 16 ymm registers.
 //!
 //! Contract (System V): `tile(input, weights, acc, count)`. `input` is the tile's first pixel at
 //! the current tap, its other pixels `pixel_step` bytes apart; `weights` the tap's packed weights,
@@ -16,10 +18,24 @@
 //! 213 and 132 forms, whose result replaces a multiplicand).
 
 /// Output pixels of a full wide tile.
-pub const WIDE_PIXELS: usize = 6;
+pub const WIDE_PIXELS: usize = 12;
 /// Input channels from which a register tile calls the AVX2 tile function (below, the call and
 /// the accumulators' round trip through memory cost more than the narrower tile loses).
 pub const WIDE_MIN_CHANNELS: usize = 8;
+
+/// Pixels per tile for inputs `pixel_step` bytes apart: [`WIDE_PIXELS`], or 6 where the pixels'
+/// addresses would crowd the same sets of a 64-set, 8-way L1 cache (more than 4 of the 12 in one
+/// set, e.g. a step of 4096 bytes puts all of them in one) and evict each other every channel.
+pub fn wide_pixels(pixel_step: usize) -> usize {
+    let mut per_set = [0usize; 64];
+    for p in 0..WIDE_PIXELS {
+        per_set[(p * pixel_step / 64) % 64] += 1;
+    }
+    match per_set.iter().max() {
+        Some(&most) if most > 4 => WIDE_PIXELS / 2,
+        _ => WIDE_PIXELS,
+    }
+}
 
 /// The shape a tile function is specialized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,8 +57,8 @@ impl WideTile {
         assert!((1..=WIDE_PIXELS).contains(&self.pixels), "{self:?}");
         let mut a = Asm::default();
         let (input, weights, acc, count) = (RDI, RSI, RDX, RCX);
-        // Accumulators ymm0.., broadcasts ymm6.., weights ymm15.
-        let broadcast = |p: usize| (WIDE_PIXELS + p) as u8;
+        // Accumulators ymm0..ymm11, broadcasts rotating through ymm12..ymm14, weights ymm15.
+        let broadcast = |p: usize| (WIDE_PIXELS + p % 3) as u8;
         let w = 15;
         for p in 0..self.pixels {
             a.vmovups_load(p as u8, acc, 32 * p as i32);
@@ -171,6 +187,17 @@ mod tests {
             0x48, 0xFF, 0xC9, // dec
         ];
         assert_eq!(a.code, want);
+    }
+
+    #[test]
+    fn pixels_that_would_share_cache_sets_get_half_a_tile() {
+        // 1024 channels: 4096 bytes apart, all in one set; 1536: two sets.
+        assert_eq!(wide_pixels(4096), 6);
+        assert_eq!(wide_pixels(6144), 6);
+        // 1088, 384 and 192 channels spread over many sets.
+        assert_eq!(wide_pixels(4352), 12);
+        assert_eq!(wide_pixels(1536), 12);
+        assert_eq!(wide_pixels(768), 12);
     }
 
     #[test]
