@@ -2,9 +2,11 @@
 //! work items `begin .. end` with every shape, stride and offset baked in, f32x4 SIMD with
 //! explicit `fma`.
 //!
-//! The convolution's register tile (up to [`TILE_PIXELS`] output pixels × 8 output channels, two
-//! f32x4 accumulators per pixel) is computed by [`conv_tile`], the one place that knows how a tile
-//! is formed; the loops around it, packing and epilogue do not.
+//! The convolution's register tile (up to [`tile_pixels`] output pixels × 8 output channels) is
+//! computed by [`conv_tile`], the one place that knows how a tile is formed: from 8 input channels
+//! on it calls the AVX2 tile function of [`super::wide`] (256-bit accumulators, machine code
+//! inceptc writes), below that it is f32x4 Cranelift code with two accumulators per pixel. The
+//! loops around it, packing, Winograd transforms and epilogues do not care which.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{

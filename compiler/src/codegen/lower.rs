@@ -657,9 +657,9 @@ impl Lowering<'_> {
                         scratch: 0,
                     }));
                 }
-                // Row tiles leave the ends of short rows (8 pixels: a 6-tile and a 2-tile) badly
-                // filled; flat tiles fill all but the last. Where rows fill their tiles to 90 %
-                // or more, row tiles measured as fast or faster (35×35, 17×17).
+                // Row tiles leave the ends of short rows (8 pixels in 6-pixel tiles: a 6-tile and
+                // a 2-tile) badly filled; flat tiles fill all but the last. Where rows fill their
+                // tiles to 90 % or more, row tiles measured as fast or faster.
                 let tile = tile_pixels(input.channels, f.conv.stride[1] * input.pixel_stride());
                 let row_fill = out.w as f64 / (out.w.div_ceil(tile) * tile) as f64;
                 let flat = f.conv.kernel == [1, 1]
