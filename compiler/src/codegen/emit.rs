@@ -10,8 +10,8 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, FuncRef, Function, InstBuilder, MemFlagsData, Signature, StackSlotData,
-    StackSlotKind, UserFuncName, Value,
+    types, AbiParam, ExtFuncData, ExternalName, FuncRef, Function, InstBuilder, MemFlagsData,
+    Signature, StackSlotData, StackSlotKind, UserExternalName, UserFuncName, Value,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -50,7 +50,6 @@ pub fn kernel_signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-/// Builds the Cranelift function of `kernel`, the `index`-th function of its module.
 /// Imports the function of a wide register tile into the kernel being built (declaring it in the
 /// module the first time); see [`super::wide`].
 pub type TileImporter<'a> = dyn FnMut(WideTile, &mut Function) -> FuncRef + 'a;
@@ -58,6 +57,24 @@ pub type TileImporter<'a> = dyn FnMut(WideTile, &mut Function) -> FuncRef + 'a;
 /// The signature of a wide tile function: `extern "C" fn(input, weights, acc, count)`.
 pub fn wide_signature(call_conv: CallConv) -> Signature {
     kernel_signature(call_conv)
+}
+
+/// Imports a wide tile function into `func` by the user name `namespace:index` alone, without a
+/// module (listings; and a placeholder when declaring it in the module failed).
+pub fn import_tile(
+    func: &mut Function,
+    namespace: u32,
+    index: u32,
+    call_conv: CallConv,
+) -> FuncRef {
+    let name = func.declare_imported_user_function(UserExternalName::new(namespace, index));
+    let signature = func.import_signature(wide_signature(call_conv));
+    func.import_function(ExtFuncData {
+        name: ExternalName::user(name),
+        signature,
+        colocated: true,
+        patchable: false,
+    })
 }
 
 /// Builds the Cranelift function of `kernel`, the `index`-th function of its module; its register

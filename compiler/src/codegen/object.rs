@@ -4,10 +4,7 @@
 //! `inceptc_weights_len`, `inceptc_kernels` (one pointer per step, null for the input step), and
 //! for executables `main`, which calls the runtime's `inceptc_main`.
 
-use cranelift_codegen::ir::{
-    types, AbiParam, ExtFuncData, ExternalName, Function, InstBuilder, Signature, UserExternalName,
-    UserFuncName,
-};
+use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, Signature, UserFuncName};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
@@ -143,16 +140,7 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
                         tiles.len() - 1
                     }
                 };
-                let name =
-                    func.declare_imported_user_function(UserExternalName::new(1, index as u32));
-                let signature =
-                    func.import_signature(emit::wide_signature(isa.default_call_conv()));
-                func.import_function(ExtFuncData {
-                    name: ExternalName::user(name),
-                    signature,
-                    colocated: true,
-                    patchable: false,
-                })
+                emit::import_tile(func, 1, index as u32, isa.default_call_conv())
             },
         );
         let mut text = format!(
