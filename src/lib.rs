@@ -158,6 +158,12 @@ pub fn run_bounded(program: &Path, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("sh starts");
+    outcome(out)
+}
+
+/// A finished process as the tests read it: exit code (-1 when killed by a signal), standard
+/// output, standard error.
+pub fn outcome(out: std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

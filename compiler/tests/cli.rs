@@ -19,11 +19,7 @@ where
         .args(args)
         .output()
         .expect("inceptc starts");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    inceptc_suite::outcome(out)
 }
 
 /// facenet's InceptionResnetV1 with seeded weights, as f16 tensors plus the bookkeeping and the

@@ -23,12 +23,7 @@ fn run(exe: &Path, args: &[&str], cwd: Option<&Path>) -> (i32, String, String) {
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let out = cmd.output().expect("the program starts");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    inceptc_suite::outcome(cmd.output().expect("the program starts"))
 }
 
 /// A PNG that is only a signature and an IHDR chunk declaring `width × height` RGB pixels.

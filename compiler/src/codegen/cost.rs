@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use super::lower::{Kernel, WinogradKernel, CONV_LANES};
+use super::lower::{tile_fill, Kernel, CONV_LANES};
 use super::wide::WIDE_MIN_CHANNELS;
 use super::Program;
 use crate::codegen::emit::tile_pixels;
@@ -69,10 +69,10 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
-    fn flops(&self) -> f64 {
+    /// Floating-point operations of the direct convolution (2 per multiply–add).
+    pub fn flops(&self) -> u64 {
         let pixels = self.images * self.out[0] * self.out[1];
-        2.0 * (pixels * self.out_channels * self.in_channels * self.kernel[0] * self.kernel[1])
-            as f64
+        2 * (pixels * self.out_channels * self.in_channels * self.kernel[0] * self.kernel[1]) as u64
     }
 }
 
@@ -84,9 +84,9 @@ fn peak() -> f64 {
 pub fn direct_time(shape: &ConvShape) -> f64 {
     if shape.in_channels < WIDE_MIN_CHANNELS {
         let narrow = NARROW_PEAK_FLOP_PER_CYCLE * CLOCK_GHZ * 1e9;
-        return shape.flops() / (NARROW_EFFICIENCY * narrow);
+        return shape.flops() as f64 / (NARROW_EFFICIENCY * narrow);
     }
-    shape.flops() / (conv_efficiency(shape.kernel, shape.stride) * peak())
+    shape.flops() as f64 / (conv_efficiency(shape.kernel, shape.stride) * peak())
 }
 
 /// Fraction of the AVX2 tile's peak the point-wise products of a Winograd convolution reach with
@@ -108,7 +108,7 @@ pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize) -> f64 {
     ];
     let item_tiles = group * tw;
     let register = tile_pixels(shape.in_channels, shape.in_channels * 4);
-    let fill = item_tiles as f64 / (item_tiles.div_ceil(register) * register) as f64;
+    let fill = tile_fill(item_tiles, register);
     let tiles = (shape.images * th.div_ceil(group) * item_tiles) as f64;
     let co = shape.out_channels.next_multiple_of(CONV_LANES) as f64;
     let ci = shape.in_channels as f64;
@@ -121,18 +121,6 @@ pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize) -> f64 {
         + 3.0 * (tile[0] * tile[1]) as f64;
     let transform_ops = tiles * (ci / 4.0 * input_ops + co / 4.0 * output_ops);
     products + transform_ops / (TRANSFORM_OPS_PER_CYCLE * CLOCK_GHZ * 1e9)
-}
-
-/// The cost-model shape of a Winograd kernel.
-fn winograd_shape(k: &WinogradKernel) -> ConvShape {
-    ConvShape {
-        images: k.input.n,
-        in_channels: k.input.channels,
-        out_channels: k.ranges.iter().map(|r| r.channels).sum(),
-        out: [k.out_h, k.out_w],
-        kernel: k.kernel,
-        stride: [1, 1],
-    }
 }
 
 /// Window taps per second of max pooling, one core.
@@ -169,15 +157,8 @@ pub fn report(program: &Program) -> Vec<KernelReport> {
 fn describe(kernel: &Kernel) -> (String, String, f64) {
     match kernel {
         Kernel::Conv(k) => {
-            let out: usize = k.ranges.iter().map(|r| r.channels).sum();
-            let shared = match k.ranges.len() {
-                1 => String::new(),
-                n => format!(" ({n} shared)"),
-            };
-            let op = format!(
-                "conv {}×{}/{} {}→{out}{shared} {}×{}",
-                k.kernel[0], k.kernel[1], k.stride[0], k.input.channels, k.out_h, k.out_w
-            );
+            let shape = k.shape();
+            let op = conv_op(&shape, k.ranges.len());
             let tiles = match k.flat {
                 true => "flat pixel tiles",
                 false => "row tiles",
@@ -188,26 +169,11 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
             };
             let pixels = tile_pixels(k.input.channels, k.stride[1] * k.input.pixel_stride());
             let algorithm = format!("direct, {tiles} {pixels} px × {CONV_LANES} ch {isa}");
-            let shape = ConvShape {
-                images: k.input.n,
-                in_channels: k.input.channels,
-                out_channels: out,
-                out: [k.out_h, k.out_w],
-                kernel: k.kernel,
-                stride: k.stride,
-            };
             (op, algorithm, direct_time(&shape))
         }
         Kernel::Winograd(k) => {
-            let shape = winograd_shape(k);
-            let shared = match k.ranges.len() {
-                1 => String::new(),
-                n => format!(" ({n} shared)"),
-            };
-            let op = format!(
-                "conv {}×{}/1 {}→{}{shared} {}×{}",
-                k.kernel[0], k.kernel[1], shape.in_channels, shape.out_channels, k.out_h, k.out_w
-            );
+            let shape = k.shape();
+            let op = conv_op(&shape, k.ranges.len());
             let [my, mx] = k.tile;
             let [ry, rx] = k.kernel;
             let name = match (my, ry) {
@@ -266,6 +232,20 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
             )
         }
     }
+}
+
+/// A convolution as the report names it: `conv 3×3/2 192→192 35×35`, with `(N shared)` for a
+/// kernel that computes `ranges` sibling convolutions.
+fn conv_op(shape: &ConvShape, ranges: usize) -> String {
+    let shared = match ranges {
+        1 => String::new(),
+        n => format!(" ({n} shared)"),
+    };
+    let ([kh, kw], [oh, ow]) = (shape.kernel, shape.out);
+    format!(
+        "conv {kh}×{kw}/{} {}→{}{shared} {oh}×{ow}",
+        shape.stride[0], shape.in_channels, shape.out_channels
+    )
 }
 
 /// The report as a table, with totals.

@@ -400,15 +400,21 @@ fn pixel_addresses(e: &mut Emitter, m: &MapLayout, first: Value, count: usize) -
 /// Every output channel block of every range for one tile of `pixels` output pixels.
 fn conv_ranges(e: &mut Emitter, k: &ConvKernel, bases: &TileBases, pixels: usize) {
     for (r, range) in k.ranges.iter().enumerate() {
-        let full_blocks = (range.channels / CONV_LANES) as i64;
-        e.for_const(0, full_blocks, 1, |e, block| {
-            conv_block(e, k, range, bases, r, pixels, block, CONV_LANES)
+        for_blocks(e, range.channels, &|e, block, lanes| {
+            conv_block(e, k, range, bases, r, pixels, block, lanes)
         });
-        let rest = range.channels % CONV_LANES;
-        if rest > 0 {
-            let block = e.int(full_blocks);
-            conv_block(e, k, range, bases, r, pixels, block, rest);
-        }
+    }
+}
+
+/// Calls `body(block, lanes)` for every block of [`CONV_LANES`] of `channels` output channels: a
+/// loop over the full blocks, then the partial one with its `lanes`.
+fn for_blocks(e: &mut Emitter, channels: usize, body: &dyn Fn(&mut Emitter, Value, usize)) {
+    let full_blocks = (channels / CONV_LANES) as i64;
+    e.for_const(0, full_blocks, 1, |e, block| body(e, block, CONV_LANES));
+    let rest = channels % CONV_LANES;
+    if rest > 0 {
+        let block = e.int(full_blocks);
+        body(e, block, rest);
     }
 }
 
@@ -616,6 +622,14 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
     let ci = input.channels;
     let tiles = k.item_tiles();
     let points = y.transform.points() * x.transform.points();
+    // The products read the transformed input: per point, `tiles` pixels of `ci` channels.
+    let source = TileSource {
+        taps: vec![(0, 0)],
+        channels: ci,
+        pixel_step: ci as i64 * F32,
+        readonly: false,
+    };
+    let step = tile_pixels(ci, ci * F32 as usize);
     e.for_range(begin, end, 1, |e, item| {
         let (n, group) = e.image_and_row(item, k.groups());
         let scratch = e.offset(e.arena, k.scratch as i64);
@@ -633,17 +647,10 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
                 let block_bytes = (points * ci * CONV_LANES) as i64 * F32;
                 let wbase = e.offset(e.weights, range.weights as i64);
                 let wblock = e.scaled(wbase, block, block_bytes);
-                let source = TileSource {
-                    taps: vec![(0, 0)],
-                    channels: ci,
-                    pixel_step: ci as i64 * F32,
-                    readonly: false,
-                };
                 e.for_const(0, points as i64, 1, |e, point| {
                     let wptr = e.scaled(wblock, point, (ci * CONV_LANES) as i64 * F32);
                     let vp = e.scaled(v_base, point, (tiles * ci) as i64 * F32);
                     let mp = e.scaled(m_base, point, (tiles * CONV_LANES) as i64 * F32);
-                    let step = tile_pixels(ci, ci * F32 as usize);
                     for first in (0..tiles).step_by(step) {
                         let pixels = step.min(tiles - first);
                         let vt = e.offset(vp, (first * ci) as i64 * F32);
@@ -668,15 +675,7 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
                     )
                 });
             };
-            let full_blocks = (range.channels / CONV_LANES) as i64;
-            e.for_const(0, full_blocks, 1, |e, block| {
-                block_body(e, block, CONV_LANES)
-            });
-            let rest = range.channels % CONV_LANES;
-            if rest > 0 {
-                let block = e.int(full_blocks);
-                block_body(e, block, rest);
-            }
+            for_blocks(e, range.channels, &block_body);
         }
     });
 }

@@ -81,7 +81,33 @@ pub struct WinogradKernel {
     pub scratch: usize,
 }
 
+impl ConvKernel {
+    /// What the cost model and the FLOP count see.
+    pub fn shape(&self) -> cost::ConvShape {
+        cost::ConvShape {
+            images: self.input.n,
+            in_channels: self.input.channels,
+            out_channels: self.ranges.iter().map(|r| r.channels).sum(),
+            out: [self.out_h, self.out_w],
+            kernel: self.kernel,
+            stride: self.stride,
+        }
+    }
+}
+
 impl WinogradKernel {
+    /// What the cost model and the FLOP count see (those of the direct convolution).
+    pub fn shape(&self) -> cost::ConvShape {
+        cost::ConvShape {
+            images: self.input.n,
+            in_channels: self.input.channels,
+            out_channels: self.ranges.iter().map(|r| r.channels).sum(),
+            out: [self.out_h, self.out_w],
+            kernel: self.kernel,
+            stride: [1, 1],
+        }
+    }
+
     /// Tiles per image along y and x.
     pub fn tiles(&self) -> [usize; 2] {
         [
@@ -129,6 +155,18 @@ impl WinogradKernel {
     }
 }
 
+/// The fraction of `count` items' tiles of `tile` that is filled: `count / (⌈count / tile⌉ · tile)`.
+pub fn tile_fill(count: usize, tile: usize) -> f64 {
+    count as f64 / (count.div_ceil(tile) * tile) as f64
+}
+
+/// [`winograd_group`] for a convolution from `input` to `out` in Winograd tiles `tile`.
+fn winograd_group_for(input: &MapLayout, out: &MapLayout, tile: [usize; 2]) -> usize {
+    let [th, tw] = [out.h.div_ceil(tile[0]), out.w.div_ceil(tile[1])];
+    let register = tile_pixels(input.channels, input.channels * MapLayout::F32);
+    winograd_group(input.n, th, tw, register)
+}
+
 /// Tile rows per Winograd work item for `tile_rows` × `tile_columns` tiles over `images` images,
 /// multiplied in register tiles of `register` tiles: enough tiles per item to fill register tiles,
 /// items spread evenly over two threads.
@@ -140,7 +178,7 @@ pub fn winograd_group(
 ) -> usize {
     let time = |group: usize| {
         let tiles = group * tile_columns;
-        let fill = tiles as f64 / (tiles.div_ceil(register) * register) as f64;
+        let fill = tile_fill(tiles, register);
         let items = images * tile_rows.div_ceil(group);
         (items.div_ceil(2) * group) as f64 / fill
     };
@@ -236,16 +274,8 @@ impl Kernel {
     /// a Winograd convolution counts the direct convolution's.
     pub fn flops(&self) -> u64 {
         match self {
-            Kernel::Conv(k) => {
-                let channels: usize = k.ranges.iter().map(|r| r.channels).sum();
-                let pixels = k.input.n * k.out_h * k.out_w;
-                2 * (pixels * channels * k.input.channels * k.kernel[0] * k.kernel[1]) as u64
-            }
-            Kernel::Winograd(k) => {
-                let channels: usize = k.ranges.iter().map(|r| r.channels).sum();
-                let pixels = k.input.n * k.out_h * k.out_w;
-                2 * (pixels * channels * k.input.channels * k.kernel[0] * k.kernel[1]) as u64
-            }
+            Kernel::Conv(k) => k.shape().flops(),
+            Kernel::Winograd(k) => k.shape().flops(),
             Kernel::Linear(k) => 2 * (k.out.n * k.out.features * k.input.features) as u64,
             _ => 0,
         }
@@ -539,15 +569,16 @@ impl Lowering<'_> {
             .ok_or_else(|| CodegenError::Unbound(node.name.clone()))
     }
 
-    /// The Winograd tile (outputs along y and x) for a convolution, or `None` for the direct
-    /// path: by [`ConvAlgorithm`], and under `Auto` only where the cost model predicts it faster.
+    /// The Winograd tile (outputs along y and x) for a convolution and its tile rows per work
+    /// item, or `None` for the direct path: by [`ConvAlgorithm`], and under `Auto` only where the
+    /// cost model predicts it faster.
     fn winograd_tile(
         &self,
         f: &inceptc_ir::op::FusedConvAttrs,
         input: &MapLayout,
         out: &MapLayout,
         out_channels: usize,
-    ) -> Option<[usize; 2]> {
+    ) -> Option<([usize; 2], usize)> {
         let [ry, rx] = f.conv.kernel;
         let applies = f.conv.stride == [1, 1]
             && [ry, rx] != [1, 1]
@@ -559,7 +590,8 @@ impl Lowering<'_> {
         }
         if let ConvAlgorithm::WinogradTile(t) = self.conv {
             let fits = |m: usize, r: usize| winograd::choices(r).contains(&m);
-            return (fits(t[0], ry) && fits(t[1], rx)).then_some(t);
+            return (fits(t[0], ry) && fits(t[1], rx))
+                .then(|| (t, winograd_group_for(input, out, t)));
         }
         let shape = cost::ConvShape {
             images: input.n,
@@ -575,10 +607,8 @@ impl Lowering<'_> {
             .map(|&m| [if ry == 1 { 1 } else { m }, if rx == 1 { 1 } else { m }]);
         let (best, time) = tiles
             .map(|t| {
-                let [th, tw] = [out.h.div_ceil(t[0]), out.w.div_ceil(t[1])];
-                let register = tile_pixels(input.channels, input.channels * MapLayout::F32);
-                let group = winograd_group(input.n, th, tw, register);
-                (t, cost::winograd_time(&shape, t, group))
+                let group = winograd_group_for(input, out, t);
+                ((t, group), cost::winograd_time(&shape, t, group))
             })
             .min_by(|a, b| a.1.total_cmp(&b.1))?;
         match self.conv {
@@ -606,7 +636,7 @@ impl Lowering<'_> {
                         _ => 0,
                     })
                     .sum();
-                let tile = self.winograd_tile(f, &input, &out, out_channels);
+                let winograd = self.winograd_tile(f, &input, &out, out_channels);
                 let mut ranges = Vec::with_capacity(members.len());
                 for m in members {
                     let Op::FusedConv(g) = &self.graph.node(*m).op else {
@@ -620,8 +650,8 @@ impl Lowering<'_> {
                         true => Some(self.param(*m, "bias")?),
                         false => None,
                     };
-                    let (w, b) = match tile {
-                        Some(tile) => pack_winograd(weight, bias, &g.conv, tile),
+                    let (w, b) = match winograd {
+                        Some((tile, _)) => pack_winograd(weight, bias, &g.conv, tile),
                         None => pack_conv(weight, bias, &g.conv),
                     };
                     ranges.push(ConvRange {
@@ -637,8 +667,7 @@ impl Lowering<'_> {
                     true => Some(self.read_map(self.graph.inputs(id)[1])?),
                     false => None,
                 };
-                if let Some(tile) = tile {
-                    let [th, tw] = [out.h.div_ceil(tile[0]), out.w.div_ceil(tile[1])];
+                if let Some((tile, group)) = winograd {
                     return Ok(Kernel::Winograd(WinogradKernel {
                         input,
                         kernel: f.conv.kernel,
@@ -648,12 +677,7 @@ impl Lowering<'_> {
                         out_w: out.w,
                         ranges,
                         residual,
-                        group: winograd_group(
-                            input.n,
-                            th,
-                            tw,
-                            tile_pixels(input.channels, input.channels * MapLayout::F32),
-                        ),
+                        group,
                         scratch: 0,
                     }));
                 }
@@ -661,7 +685,7 @@ impl Lowering<'_> {
                 // a 2-tile) badly filled; flat tiles fill all but the last. Where rows fill their
                 // tiles to 90 % or more, row tiles measured as fast or faster.
                 let tile = tile_pixels(input.channels, f.conv.stride[1] * input.pixel_stride());
-                let row_fill = out.w as f64 / (out.w.div_ceil(tile) * tile) as f64;
+                let row_fill = tile_fill(out.w, tile);
                 let flat = f.conv.kernel == [1, 1]
                     && f.conv.stride == [1, 1]
                     && f.conv.padding == [0, 0]
