@@ -1,9 +1,12 @@
 //! One convolution layer compiled in process and timed on one thread: the quickest loop for kernel
 //! work. `cargo run --release --example conv_layer -- IN OUT SIZE KERNEL [auto|direct|M]` (square
 //! kernel, stride 1, "same" padding; `M` forces Winograd tiles of M × M outputs) prints the best
-//! of 30 runs in ms and GFLOP/s (the direct convolution's FLOPs, whatever the algorithm).
+//! of 30 runs in ms and GFLOP/s (the direct convolution's FLOPs, whatever the algorithm), and its
+//! share of one core's FMA peak for the tier's vectors, measured in the same process. Code is
+//! for this machine's best tier, or the one `INCEPTC_TIER` names (`x86-64-v3`, `x86-64-v4`).
 
-use inceptc::codegen::{jit::JitProgram, ConvAlgorithm, LowerOptions, Program};
+use inceptc::codegen::tile::Tier;
+use inceptc::codegen::{jit::JitProgram, ConvAlgorithm, Kernel, LowerOptions, Program};
 use inceptc_ir::text;
 use inceptc_runtime::{exec::Arena, pool::ThreadPool};
 
@@ -37,12 +40,24 @@ fn main() {
     );
     let mut g = text::parse(&body).unwrap();
     inceptc_ir::init::seed_weights(&mut g, 1);
+    let tier = match std::env::var("INCEPTC_TIER").as_deref() {
+        Ok("x86-64-v3") => Tier::V3,
+        Ok("x86-64-v4") => Tier::V4,
+        _ => Tier::native(),
+    };
     let options = LowerOptions {
         conv,
+        tier,
         ..LowerOptions::default()
     };
     let prog = Program::with_options(&g, 1, hw, hw, &options).unwrap();
-    let flops = prog.steps[1].kernel.as_ref().unwrap().flops();
+    let kernel = prog.steps[1].kernel.as_ref().unwrap();
+    let flops = kernel.flops();
+    let tile = match kernel {
+        Kernel::Conv(k) => format!("direct, {}", k.register.describe()),
+        Kernel::Winograd(k) => format!("winograd {:?}, {}", k.tile, k.register.describe()),
+        _ => unreachable!("a convolution"),
+    };
     let jit = JitProgram::new(prog).unwrap();
     let m = jit.model();
     let mut arena = Arena::new(m.arena_bytes).unwrap();
@@ -55,9 +70,15 @@ fn main() {
             .unwrap();
         best = best.min(times.duration[1].as_secs_f64());
     }
+    let gflops = flops as f64 / best / 1e9;
+    let wide = tier == Tier::V4;
+    let peak = inceptc::codegen::jit::fma_peak(wide, 5).unwrap();
     println!(
-        "{ic}->{oc} {hw}x{hw} k{k}: {:.2} ms, {:.1} GFLOP/s",
+        "{ic}->{oc} {hw}x{hw} k{k} ({}, {tile}): {:.3} ms, {gflops:.1} GFLOP/s = {:.0}% of the {} FMA peak \
+         ({peak:.1} GFLOP/s, measured by a loop of independent vfmadd231ps)",
+        tier.name(),
         best * 1e3,
-        flops as f64 / best / 1e9
+        100.0 * gflops / peak,
+        if wide { "zmm" } else { "ymm" },
     );
 }

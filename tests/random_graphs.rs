@@ -14,6 +14,7 @@
 //! the long run is 2,000).
 
 use inceptc::codegen::jit::JitProgram;
+use inceptc::codegen::tile::Tier;
 use inceptc::codegen::{LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::blocks::{column, pointwise, row, square, Builder, ConvSpec};
@@ -206,11 +207,19 @@ fn input(n: usize, size: usize, seed: u64) -> Tensor {
     Tensor::new(vec![n, 3, size, size], data).unwrap()
 }
 
-/// Optimizes and compiles `original` (weights bound), runs it under the bounds check on a seeded
-/// input and compares with the interpreter on `original`; `Err` says what went wrong (a panic
-/// anywhere counts).
+/// Optimizes and compiles `original` (weights bound) for every register-tile tier this machine
+/// runs, runs it under the bounds check on a seeded input and compares with the interpreter on
+/// `original`; `Err` says what went wrong and on which tier (a panic anywhere counts).
 fn check(original: &Graph, batch: usize, size: usize, seed: u64) -> Result<(), String> {
-    check_with(original, batch, size, seed, &LowerOptions::default())
+    for tier in Tier::ALL.into_iter().filter(|t| t.runs_here()) {
+        let options = LowerOptions {
+            tier,
+            ..LowerOptions::default()
+        };
+        check_with(original, batch, size, seed, &options)
+            .map_err(|e| format!("{e} on {}", tier.name()))?;
+    }
+    Ok(())
 }
 
 fn check_with(
@@ -376,7 +385,17 @@ fn random_inception_networks_compile_to_what_the_interpreter_computes() {
             saved.display()
         );
     }
-    eprintln!("{regressions} regressions and {count} random networks match the interpreter; features {seen:?}");
+    let tiers: Vec<String> = Tier::ALL
+        .iter()
+        .map(|t| match t.runs_here() {
+            true => t.name().to_string(),
+            false => format!("not {} (this CPU cannot run it)", t.name()),
+        })
+        .collect();
+    eprintln!(
+        "{regressions} regressions and {count} random networks match the interpreter on {tiers:?}; \
+         features {seen:?}"
+    );
     if count >= 40 {
         for f in FEATURES {
             assert!(seen.contains(f), "no network had `{f}`: {seen:?}");

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use inceptc::codegen::tile::Tier;
 use inceptc_graphs::{Model, Options, Weights};
 use inceptc_ir::text::PrintOptions;
 use inceptc_ir::{infer_shapes, Graph, NodeId, Tensor};
@@ -129,6 +130,11 @@ enum Command {
         /// kernels, input channels a multiple of 4). --report shows the choice.
         #[arg(long, value_enum, default_value_t = ConvArg::Auto)]
         conv: ConvArg,
+        /// The CPUs the code is for: this machine's best tier (native), x86-64-v4 (AVX-512
+        /// register tiles) or x86-64-v3 (AVX2 and FMA, for older servers). The executable checks
+        /// at start-up that the CPU has every feature of its tier.
+        #[arg(long, value_enum, default_value_t = TargetCpu::Native)]
+        target_cpu: TargetCpu,
         /// Test-only: make the named convolution write one pixel too far (see --check-bounds).
         #[arg(long, hide = true, value_name = "NODE")]
         inject_fault: Option<String>,
@@ -262,6 +268,16 @@ enum Emit {
     Asm,
 }
 
+/// `--target-cpu`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetCpu {
+    Native,
+    #[value(name = "x86-64-v4")]
+    X86_64V4,
+    #[value(name = "x86-64-v3")]
+    X86_64V3,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ConvArg {
     Auto,
@@ -367,6 +383,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             weights_dtype,
             report,
             conv,
+            target_cpu,
             inject_fault,
         } => {
             let options = inceptc::codegen::LowerOptions {
@@ -376,6 +393,11 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                     ConvArg::Auto => inceptc::codegen::ConvAlgorithm::Auto,
                     ConvArg::Direct => inceptc::codegen::ConvAlgorithm::Direct,
                     ConvArg::Winograd => inceptc::codegen::ConvAlgorithm::Winograd,
+                },
+                tier: match target_cpu {
+                    TargetCpu::Native => Tier::native(),
+                    TargetCpu::X86_64V4 => Tier::V4,
+                    TargetCpu::X86_64V3 => Tier::V3,
                 },
             };
             let target = Target {
@@ -733,9 +755,10 @@ fn compile(
         return Ok(());
     }
     eprintln!(
-        "compiled {} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, weights {:.1} MiB) \
-         into {} in {:.1} s",
+        "compiled {} for {} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, \
+         weights {:.1} MiB) into {} in {:.1} s",
         args.model(),
+        program.tier.name(),
         program.arena_bytes as f64 / (1 << 20) as f64,
         program.weights.len() as f64 / (1 << 20) as f64,
         output.display(),

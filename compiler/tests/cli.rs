@@ -868,6 +868,13 @@ fn common_error_messages_read_well() {
 
 #[test]
 fn report_lists_every_kernel_with_algorithm_tile_and_predicted_time() {
+    for tier in ["x86-64-v3", "x86-64-v4"] {
+        report_for(tier);
+    }
+}
+
+/// `--report` for `--target-cpu tier` (compiling for a tier needs no CPU of that tier).
+fn report_for(tier: &str) {
     let dir = tempfile::tempdir().unwrap();
     let obj = dir.path().join("v1.o");
     let (code, stdout, stderr) = run_inceptc([
@@ -877,6 +884,8 @@ fn report_lists_every_kernel_with_algorithm_tile_and_predicted_time() {
         "--emit",
         "obj",
         "--report",
+        "--target-cpu",
+        tier,
         "-q",
         "-o",
         obj.to_str().unwrap(),
@@ -893,13 +902,25 @@ fn report_lists_every_kernel_with_algorithm_tile_and_predicted_time() {
     assert!(rows
         .iter()
         .any(|r| r.contains("(3 shared)") || r.contains("(2 shared)")));
-    assert!(rows
-        .iter()
-        .any(|r| r.contains("flat pixel tiles 12 px × 8 ch avx2")));
-    assert!(rows.iter().any(|r| r.contains("row tiles 6 px × 8 ch sse")));
-    assert!(rows
-        .iter()
-        .any(|r| r.contains("winograd F(4×4,3×3), ") && r.contains(" tiles × 8 ch")));
+    if tier == "x86-64-v3" {
+        assert!(rows
+            .iter()
+            .any(|r| r.contains("flat pixel tiles 12 px × 8 ch avx2")));
+        assert!(rows.iter().any(|r| r.contains("row tiles 6 px × 8 ch sse")));
+        assert!(rows.iter().any(
+            |r| r.contains("winograd F(4×4,3×3), ") && r.contains(" tiles, 12 px × 8 ch avx2")
+        ));
+    } else {
+        // Every convolution, the stem's 3-channel one included, runs on zmm tiles.
+        assert!(rows[0].contains(" ch avx512"), "{}", rows[0]);
+        assert!(!rows
+            .iter()
+            .any(|r| r.contains(" sse") || r.contains(" avx2")));
+        assert!(rows.iter().any(|r| r.contains("flat pixel tiles ")));
+        assert!(rows
+            .iter()
+            .any(|r| r.contains("winograd F(4×4,3×3), ") && r.contains(" ch avx512")));
+    }
     assert!(rows.iter().any(|r| r.contains("max pool 3×3/2")));
     let shares: f64 = rows
         .iter()
@@ -914,7 +935,10 @@ fn report_lists_every_kernel_with_algorithm_tile_and_predicted_time() {
         .sum();
     assert!((shares - 100.0).abs() < 1.0, "shares add up to {shares}");
     let total = lines.last().unwrap();
-    assert!(total.starts_with("110 kernels, "), "{total}");
+    assert!(
+        total.starts_with(&format!("110 kernels for {tier}, ")),
+        "{total}"
+    );
     assert!(
         total.contains("predicted") && total.contains("ms on one core"),
         "{total}"

@@ -80,9 +80,17 @@ fn npy_tensor(bytes: &[u8]) -> Tensor {
 }
 
 /// Compiles `model` (seeded weights) into `dir/name`.
+/// Compiles `model` into `dir/name` for the tier `INCEPTC_TEST_TARGET_CPU` names (CI runs these
+/// tests for x86-64-v3 too), else this machine's, unless `extra` names one.
 fn compile(dir: &Path, name: &str, model: &str, extra: &[&str]) -> PathBuf {
     let exe = dir.join(name);
     let mut args = vec!["compile", "--model", model, "-o", exe.to_str().unwrap()];
+    let tier = std::env::var("INCEPTC_TEST_TARGET_CPU").ok();
+    if let Some(tier) = &tier {
+        if !extra.contains(&"--target-cpu") {
+            args.extend(["--target-cpu", tier.as_str()]);
+        }
+    }
     args.extend_from_slice(extra);
     let (code, _, stderr) = inceptc(&args);
     assert_eq!(code, 0, "compile {model} {extra:?}: {stderr}");
@@ -679,13 +687,28 @@ fn failed_compiles_leave_no_file_and_listings_name_nodes() {
     assert!(stderr.contains("input too small"), "{stderr}");
     assert!(!out.exists());
 
-    // Listings: one file per kernel (110 kernels here), named after the kernel's first node.
-    for (emit, file, needles) in [
-        ("clif", "k1_conv2d_1a_conv.clif", &["fma"][..]),
+    // Listings: one file per kernel (110 kernels here), named after the kernel's first node. On
+    // x86-64-v3 the stem's 3-channel convolution is 128-bit Cranelift code; on x86-64-v4 it calls
+    // an AVX-512 tile, whose instructions the asm listing shows after the kernel's.
+    for (emit, tier, file, needles) in [
+        ("clif", "x86-64-v3", "k1_conv2d_1a_conv.clif", &["fma"][..]),
         (
             "asm",
+            "x86-64-v3",
             "k1_conv2d_1a_conv.s",
             &["vfmadd213ps", "vbroadcastss"][..],
+        ),
+        (
+            "clif",
+            "x86-64-v4",
+            "k1_conv2d_1a_conv.clif",
+            &["is the register tile tile0_avx512_", "call fn0"][..],
+        ),
+        (
+            "asm",
+            "x86-64-v4",
+            "k3_conv2d_2b_conv.s",
+            &["; u1:0: tile0_avx512_", "vfmadd231ps zmm", "vzeroupper"][..],
         ),
     ] {
         let out = d.join(emit);
@@ -697,6 +720,8 @@ fn failed_compiles_leave_no_file_and_listings_name_nodes() {
             "80",
             "--emit",
             emit,
+            "--target-cpu",
+            tier,
             "-o",
             out.to_str().unwrap(),
         ]);
@@ -707,16 +732,17 @@ fn failed_compiles_leave_no_file_and_listings_name_nodes() {
             "{emit}: one file per kernel"
         );
         let text = std::fs::read_to_string(out.join(file)).unwrap();
-        assert!(text.contains("; nodes: conv2d_1a.conv"), "{text}");
+        assert!(text.contains("; nodes: conv2d_"), "{text}");
         for n in needles {
-            assert!(text.contains(n), "{emit}: `{n}` missing:\n{text}");
+            assert!(text.contains(n), "{emit} {tier}: `{n}` missing:\n{text}");
         }
+        std::fs::remove_dir_all(&out).unwrap();
     }
 }
 
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
-fn an_executable_on_a_cpu_without_avx_says_so() {
+fn an_executable_on_a_cpu_without_its_tier_says_so() {
     // qemu's user-mode emulator runs the executable on an emulated Nehalem (SSE4.2, no AVX).
     // .ci/run installs it; elsewhere the test needs it too, unless it is absent outside CI.
     let qemu = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
@@ -731,26 +757,40 @@ fn an_executable_on_a_cpu_without_avx_says_so() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let exe = compile(
-        dir.path(),
-        "v1",
-        "inception-resnet-v1",
-        &["--image-size", "80"],
-    );
-    let exe = exe.to_str().unwrap();
-    let (code, stdout, stderr) = run(&qemu, &["-cpu", "Nehalem", exe, "--bench"], None);
+    let [v3, v4] = ["x86-64-v3", "x86-64-v4"].map(|tier| {
+        compile(
+            dir.path(),
+            tier,
+            "inception-resnet-v1",
+            &["--image-size", "80", "--target-cpu", tier],
+        )
+    });
+    let (v3, v4) = (v3.to_str().unwrap(), v4.to_str().unwrap());
+    let (code, stdout, stderr) = run(&qemu, &["-cpu", "Nehalem", v3, "--bench"], None);
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(
-        stderr.contains("this CPU lacks AVX") && !stderr.contains("panicked"),
+        stderr.contains("this CPU lacks AVX, AVX2, FMA, BMI1, BMI2")
+            && stderr.contains("(it was built for x86-64-v3)")
+            && !stderr.contains("panicked"),
         "{stderr}"
     );
-    // The same executable under an emulated CPU with AVX2 and FMA gets past the check.
+    // An emulated CPU with AVX2 and FMA runs the x86-64-v3 executable, and refuses the
+    // x86-64-v4 one, naming what it lacks (qemu emulates no AVX-512).
     let (code, _, stderr) = run(
         &qemu,
-        &["-cpu", "Haswell", exe, "--bench", "--runs", "1"],
+        &["-cpu", "Haswell", v3, "--bench", "--runs", "1"],
         None,
     );
     assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(&qemu, &["-cpu", "Haswell", v4, "--bench"], None);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "this CPU lacks AVX512F, AVX512BW, AVX512CD, AVX512DQ, AVX512VL, which the generated \
+             code uses (it was built for x86-64-v4)"
+        ) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -858,7 +898,13 @@ fn valgrind_finds_no_memory_errors_in_a_compiled_network() {
     );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let exe = compile(d, "v1", "inception-resnet-v1", &["--image-size", "75"]);
+    // valgrind emulates no AVX-512: the AVX2 tier.
+    let exe = compile(
+        d,
+        "v1",
+        "inception-resnet-v1",
+        &["--image-size", "75", "--target-cpu", "x86-64-v3"],
+    );
     let x = random_tensor([1, 3, 75, 75], 8);
     let xp = d.join("x.npy");
     inceptc_runtime::npy::write_f32(&xp, x.shape(), x.data()).unwrap();

@@ -9,7 +9,7 @@ use crate::exec::Guard;
 use crate::layout::{Layout, MapLayout, VecLayout};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
-const VERSION: u64 = 3;
+const VERSION: u64 = 4;
 
 /// How input images become the network's input tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,6 +83,8 @@ pub struct ModelDesc {
     pub output_kind: OutputKind,
     pub arena_bytes: usize,
     pub weights_dtype: WeightsDtype,
+    /// The CPU features the kernels use.
+    pub tier: crate::exec::Tier,
     pub input: MapLayout,
     pub outputs: Vec<Layout>,
     pub blocks: Vec<String>,
@@ -204,6 +206,10 @@ impl ModelDesc {
             WeightsDtype::F32 => 0,
             WeightsDtype::F16 => 1,
         });
+        w.u(match self.tier {
+            crate::exec::Tier::V3 => 3,
+            crate::exec::Tier::V4 => 4,
+        });
         w.map(&self.input);
         w.u(self.outputs.len());
         for o in &self.outputs {
@@ -279,6 +285,11 @@ impl ModelDesc {
             1 => WeightsDtype::F16,
             _ => return Err(DescError("unknown weights dtype")),
         };
+        let tier = match r.u()? {
+            3 => crate::exec::Tier::V3,
+            4 => crate::exec::Tier::V4,
+            _ => return Err(DescError("unknown CPU tier")),
+        };
         let input = r.map()?;
         let mut outputs = Vec::new();
         for _ in 0..r.len()? {
@@ -345,6 +356,7 @@ impl ModelDesc {
             output_kind,
             arena_bytes,
             weights_dtype,
+            tier,
             input,
             outputs,
             blocks,
@@ -426,6 +438,7 @@ mod tests {
             output_kind: OutputKind::Logits,
             arena_bytes: 4096,
             weights_dtype: WeightsDtype::F16,
+            tier: crate::exec::Tier::V4,
             input: m,
             outputs: vec![Layout::Vector(VecLayout {
                 offset: 0,

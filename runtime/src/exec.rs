@@ -85,30 +85,80 @@ pub enum RunError {
         buffer: String,
         place: String,
     },
-    #[error(
-        "this CPU lacks {0}, which the generated code uses (it needs x86-64 with AVX2 and FMA)"
-    )]
-    Cpu(&'static str),
+    #[error("this CPU lacks {missing}, which the generated code uses (it was built for {tier})")]
+    Cpu { tier: &'static str, missing: String },
 }
 
-/// The CPU features generated code needs, checked before anything runs.
-pub fn check_cpu() -> Result<(), RunError> {
+/// The x86-64 feature tier generated code is built for (`inceptc compile --target-cpu`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// x86-64-v3: AVX2, FMA and what comes with them.
+    #[default]
+    V3,
+    /// x86-64-v4: v3 and AVX-512 F, BW, CD, DQ, VL.
+    V4,
+}
+
+impl Tier {
+    /// `x86-64-v3` or `x86-64-v4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::V3 => "x86-64-v3",
+            Tier::V4 => "x86-64-v4",
+        }
+    }
+}
+
+/// The features of `tier` this CPU lacks, by name (empty when it runs the tier's code).
+pub fn missing_features(tier: Tier) -> Vec<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
-        for (name, present) in [
-            ("SSE4.2", std::is_x86_feature_detected!("sse4.2")),
-            ("AVX", std::is_x86_feature_detected!("avx")),
-            ("AVX2", std::is_x86_feature_detected!("avx2")),
-            ("FMA", std::is_x86_feature_detected!("fma")),
-        ] {
-            if !present {
-                return Err(RunError::Cpu(name));
-            }
+        use std::is_x86_feature_detected as has;
+        let mut features = vec![
+            ("SSE3", has!("sse3")),
+            ("SSSE3", has!("ssse3")),
+            ("SSE4.1", has!("sse4.1")),
+            ("SSE4.2", has!("sse4.2")),
+            ("POPCNT", has!("popcnt")),
+            ("AVX", has!("avx")),
+            ("AVX2", has!("avx2")),
+            ("FMA", has!("fma")),
+            ("BMI1", has!("bmi1")),
+            ("BMI2", has!("bmi2")),
+            ("LZCNT", has!("lzcnt")),
+        ];
+        if tier == Tier::V4 {
+            features.extend([
+                ("AVX512F", has!("avx512f")),
+                ("AVX512BW", has!("avx512bw")),
+                ("AVX512CD", has!("avx512cd")),
+                ("AVX512DQ", has!("avx512dq")),
+                ("AVX512VL", has!("avx512vl")),
+            ]);
         }
-        Ok(())
+        features
+            .into_iter()
+            .filter(|(_, present)| !present)
+            .map(|(name, _)| name)
+            .collect()
     }
     #[cfg(not(target_arch = "x86_64"))]
-    Err(RunError::Cpu("x86-64"))
+    {
+        let _ = tier;
+        vec!["x86-64"]
+    }
+}
+
+/// Checks, before anything runs, that the CPU has every feature code of `tier` uses.
+pub fn check_cpu(tier: Tier) -> Result<(), RunError> {
+    let missing = missing_features(tier);
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(RunError::Cpu {
+            tier: tier.name(),
+            missing: missing.join(", "),
+        }),
+    }
 }
 
 /// A zeroed, 64-byte-aligned block of memory.

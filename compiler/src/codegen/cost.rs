@@ -2,8 +2,9 @@
 //! register tile chosen, its work items, and a predicted time from a cost model.
 //!
 //! The model is deliberately simple and calibrated, not derived: a direct convolution runs at a
-//! fixed fraction of the FMA peak for its kind (32 FLOP per cycle per core with the AVX2 register
-//! tile, 16 with the 128-bit one below [`WIDE_MIN_CHANNELS`] input channels); a Winograd
+//! fixed fraction of its register tile's FMA peak for its kind (16, 32 or 64 FLOP per cycle per
+//! core for the 128-bit, AVX2 and AVX-512 tiles), times the fraction of the tile the layer's
+//! shape fills ([`tile::fill`]); a Winograd
 //! convolution's point-wise products run at one fraction of that peak and its transforms at a
 //! fixed rate of vector instructions; a pool runs at a fixed rate of window taps, a linear layer at
 //! a fixed rate of weight bytes. The convolution constants are fitted to the per-kernel minima of
@@ -11,21 +12,17 @@
 //! `--conv direct` and with the default (the Winograd fit: 213 ms measured, 226 ms predicted over
 //! 66 kernels, single kernels within 45 %); the pool and linear rates come from an earlier
 //! one-thread trace of Inception-v4. The development machine is shared and its speed varies by up
-//! to 2× from minute to minute: the constants come from the quietest of the runs.
+//! to 2× from minute to minute: the constants come from the quietest of the runs. The AVX-512
+//! tiles reuse the AVX2 tile's fitted fractions until they are fitted on their own.
 
 use std::fmt::Write as _;
 
-use super::lower::{tile_fill, Kernel, CONV_LANES};
-use super::wide::WIDE_MIN_CHANNELS;
+use super::lower::{tile_fill, Kernel};
+use super::tile::{self, Isa, Tile};
 use super::Program;
-use crate::codegen::emit::tile_pixels;
 
 /// The clock the predictions assume, in GHz (the development machine's, measured).
 pub const CLOCK_GHZ: f64 = 2.98;
-/// FLOP per cycle per core of the AVX2 register tile: two 256-bit FMA ports.
-pub const PEAK_FLOP_PER_CYCLE: f64 = 32.0;
-/// FLOP per cycle per core of the 128-bit register tile.
-const NARROW_PEAK_FLOP_PER_CYCLE: f64 = 16.0;
 /// Fraction of the 128-bit peak the narrow tile reaches (a stem layer with 3 input channels).
 const NARROW_EFFICIENCY: f64 = 0.66;
 
@@ -76,17 +73,24 @@ impl ConvShape {
     }
 }
 
-fn peak() -> f64 {
-    PEAK_FLOP_PER_CYCLE * CLOCK_GHZ * 1e9
+/// FLOP per second of one core at `register`'s peak.
+fn peak(register: &Tile) -> f64 {
+    register.peak_flop_per_cycle() * CLOCK_GHZ * 1e9
 }
 
-/// Predicted one-core time of the direct convolution.
-pub fn direct_time(shape: &ConvShape) -> f64 {
-    if shape.in_channels < WIDE_MIN_CHANNELS {
-        let narrow = NARROW_PEAK_FLOP_PER_CYCLE * CLOCK_GHZ * 1e9;
-        return shape.flops() as f64 / (NARROW_EFFICIENCY * narrow);
-    }
-    shape.flops() as f64 / (conv_efficiency(shape.kernel, shape.stride) * peak())
+/// Predicted one-core time of the direct convolution in register tiles `register` over runs of
+/// `run` output pixels (a row, or the whole batch of a flat convolution).
+pub fn direct_time(shape: &ConvShape, register: &Tile, run: usize) -> f64 {
+    let efficiency = match register.isa {
+        Isa::Sse => NARROW_EFFICIENCY,
+        Isa::Avx2 => conv_efficiency(shape.kernel, shape.stride),
+        Isa::Avx512 => {
+            let steps = shape.kernel[0] * shape.kernel[1] * shape.in_channels;
+            conv_efficiency(shape.kernel, shape.stride)
+                * tile::fill(register, run, steps, shape.out_channels)
+        }
+    };
+    shape.flops() as f64 / (efficiency * peak(register))
 }
 
 /// Fraction of the AVX2 tile's peak the point-wise products of a Winograd convolution reach with
@@ -97,9 +101,9 @@ const WINOGRAD_PRODUCT_EFFICIENCY: f64 = 0.79;
 const TRANSFORM_OPS_PER_CYCLE: f64 = 1.0;
 
 /// Predicted one-core time of a Winograd convolution with `tile` outputs per tile (y, x) and
-/// `group` tile rows per work item: the point-wise products at the register tile's fill, plus the
-/// transforms, counted in vector instructions.
-pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize) -> f64 {
+/// `group` tile rows per work item, its products in register tiles `register`: the point-wise
+/// products at the register tile's fill, plus the transforms, counted in vector instructions.
+pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize, register: &Tile) -> f64 {
     let [ly, lx] = [tile[0] + shape.kernel[0] - 1, tile[1] + shape.kernel[1] - 1];
     let points = (ly * lx) as f64;
     let [th, tw] = [
@@ -107,12 +111,15 @@ pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize) -> f64 {
         shape.out[1].div_ceil(tile[1]),
     ];
     let item_tiles = group * tw;
-    let register = tile_pixels(shape.in_channels, shape.in_channels * 4);
-    let fill = tile_fill(item_tiles, register);
+    let fill = match register.isa {
+        Isa::Avx512 => tile::fill(register, item_tiles, shape.in_channels, shape.out_channels),
+        Isa::Sse | Isa::Avx2 => tile_fill(item_tiles, register.pixels),
+    };
     let tiles = (shape.images * th.div_ceil(group) * item_tiles) as f64;
-    let co = shape.out_channels.next_multiple_of(CONV_LANES) as f64;
+    let co = register.padded(shape.out_channels) as f64;
     let ci = shape.in_channels as f64;
-    let products = 2.0 * points * tiles * ci * co / (WINOGRAD_PRODUCT_EFFICIENCY * fill * peak());
+    let products =
+        2.0 * points * tiles * ci * co / (WINOGRAD_PRODUCT_EFFICIENCY * fill * peak(register));
     // Per tile and 4 channels: input loads, both transform passes, stores; products stored and
     // loaded, both inverse passes, the epilogue.
     let input_ops = (ly * lx + ly * ly * lx + ly * lx * lx) as f64 + points;
@@ -159,17 +166,12 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
         Kernel::Conv(k) => {
             let shape = k.shape();
             let op = conv_op(&shape, k.ranges.len());
-            let tiles = match k.flat {
-                true => "flat pixel tiles",
-                false => "row tiles",
+            let (tiles, run) = match k.flat {
+                true => ("flat pixel tiles", k.input.n * k.out_h * k.out_w),
+                false => ("row tiles", k.out_w),
             };
-            let isa = match k.input.channels >= WIDE_MIN_CHANNELS {
-                true => "avx2",
-                false => "sse",
-            };
-            let pixels = tile_pixels(k.input.channels, k.stride[1] * k.input.pixel_stride());
-            let algorithm = format!("direct, {tiles} {pixels} px × {CONV_LANES} ch {isa}");
-            (op, algorithm, direct_time(&shape))
+            let algorithm = format!("direct, {tiles} {}", k.register.describe());
+            (op, algorithm, direct_time(&shape, &k.register, run))
         }
         Kernel::Winograd(k) => {
             let shape = k.shape();
@@ -182,10 +184,15 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 _ => format!("F({my}×{mx},{ry}×{rx})"),
             };
             let algorithm = format!(
-                "winograd {name}, {} tiles × {CONV_LANES} ch",
-                k.item_tiles()
+                "winograd {name}, {} tiles, {}",
+                k.item_tiles(),
+                k.register.describe()
             );
-            (op, algorithm, winograd_time(&shape, k.tile, k.group))
+            (
+                op,
+                algorithm,
+                winograd_time(&shape, k.tile, k.group, &k.register),
+            )
         }
         Kernel::Pool(k) => {
             let kind = match k.average {
@@ -275,9 +282,10 @@ pub fn table(program: &Program) -> String {
     }
     let _ = writeln!(
         out,
-        "{} kernels, {:.2} GFLOP; predicted {:.1} ms on one core at {CLOCK_GHZ} GHz (a cost model \
-         calibrated on the development machine; measure with OUT --bench)",
+        "{} kernels for {}, {:.2} GFLOP; predicted {:.1} ms on one core at {CLOCK_GHZ} GHz (a cost \
+         model calibrated on the development machine; measure with OUT --bench)",
         rows.len(),
+        program.tier.name(),
         flops as f64 / 1e9,
         total * 1e3
     );

@@ -2,11 +2,12 @@
 //! work items `begin .. end` with every shape, stride and offset baked in, f32x4 SIMD with
 //! explicit `fma`.
 //!
-//! The convolution's register tile (up to [`tile_pixels`] output pixels × 8 output channels) is
-//! computed by [`conv_tile`], the one place that knows how a tile is formed: from 8 input channels
-//! on it calls the AVX2 tile function of [`super::wide`] (256-bit accumulators, machine code
-//! inceptc writes), below that it is f32x4 Cranelift code with two accumulators per pixel. The
-//! loops around it, packing, Winograd transforms and epilogues do not care which.
+//! A convolution's register tile is the kernel's [`Tile`], chosen by lowering. On the AVX-512
+//! tier, [`zmm_panels`] calls one assembled function per tile and weight panel that also applies
+//! the epilogue ([`super::x86::ZmmTile`]). On the AVX2 tier, [`conv_tile`] accumulates a tile of
+//! 8 output channels, through the assembled AVX2 function per tap ([`super::x86::Avx2Tile`]) or
+//! as f32x4 Cranelift code with two accumulators per pixel, and the epilogue is Cranelift code.
+//! The loops around them, the Winograd transforms and the pools do not care which.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -18,24 +19,15 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::lower::{
     ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel,
-    WinogradKernel, CONV_LANES, LINEAR_LANES,
+    WinogradKernel, LINEAR_LANES,
 };
-use super::wide::{wide_pixels, WideTile, WIDE_MIN_CHANNELS, WIDE_PIXELS};
+use super::tile::{Isa, Tile};
 use super::winograd::Transform;
+use super::x86::{Avx2Tile, TileFn, ZmmTile};
 use inceptc_runtime::layout::{MapLayout, VecLayout};
 
-/// Output pixels of a full 128-bit register tile.
-pub const TILE_PIXELS: usize = 6;
-
-/// Output pixels of a full register tile over `channels` input channels whose pixels are
-/// `pixel_step` bytes apart: the AVX2 tile's from [`WIDE_MIN_CHANNELS`] on (see
-/// [`wide_pixels`]), else the 128-bit tile's.
-pub fn tile_pixels(channels: usize, pixel_step: usize) -> usize {
-    match channels >= WIDE_MIN_CHANNELS {
-        true => wide_pixels(pixel_step),
-        false => TILE_PIXELS,
-    }
-}
+/// Output channels per block of the AVX2 tier's tiles (their weight panel).
+const BLOCK: usize = 8;
 
 const F32: i64 = 4;
 const VEC: i64 = 16;
@@ -50,25 +42,30 @@ pub fn kernel_signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-/// Imports the function of a wide register tile into the kernel being built (declaring it in the
-/// module the first time); see [`super::wide`].
-pub type TileImporter<'a> = dyn FnMut(WideTile, &mut Function) -> FuncRef + 'a;
+/// Imports the function of an assembled register tile into the kernel being built (declaring it
+/// in the module the first time); see [`super::x86`].
+pub type TileImporter<'a> = dyn FnMut(TileFn, &mut Function) -> FuncRef + 'a;
 
-/// The signature of a wide tile function: `extern "C" fn(input, weights, acc, count)`.
-pub fn wide_signature(call_conv: CallConv) -> Signature {
-    kernel_signature(call_conv)
+/// The signature of an assembled tile function: [`TileFn::arguments`] 64-bit integers.
+pub fn tile_signature(tile: &TileFn, call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..tile.arguments() {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
 }
 
-/// Imports a wide tile function into `func` by the user name `namespace:index` alone, without a
+/// Imports a tile function into `func` by the user name `namespace:index` alone, without a
 /// module (listings; and a placeholder when declaring it in the module failed).
 pub fn import_tile(
     func: &mut Function,
     namespace: u32,
     index: u32,
+    tile: &TileFn,
     call_conv: CallConv,
 ) -> FuncRef {
     let name = func.declare_imported_user_function(UserExternalName::new(namespace, index));
-    let signature = func.import_signature(wide_signature(call_conv));
+    let signature = func.import_signature(tile_signature(tile, call_conv));
     func.import_function(ExtFuncData {
         name: ExternalName::user(name),
         signature,
@@ -300,7 +297,7 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
             let o = e.map_origin(&res, n);
             e.scaled(o, oy, res.row_stride() as i64)
         });
-        let tile = tile_pixels(input.channels, k.stride[1] * input.pixel_stride());
+        let tile = k.register.pixels;
         let full = (k.out_w / tile * tile) as i64;
         let tile_at = |e: &mut Emitter, ox: Value, pixels: usize| {
             let along = |e: &mut Emitter, row: Value, stride: usize| -> Vec<Value> {
@@ -334,12 +331,12 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
 }
 
 /// A 1×1, stride-1 convolution whose input has no halo is a matrix product over all pixels of the
-/// batch: work item `t` is the tile of pixels `6t .. 6t + 6` in (image, row, column) order, which
-/// may span rows and images; the last tile may be shorter.
+/// batch: work item `t` is the tile of pixels `Pt .. Pt + P` (P the register tile's pixels) in
+/// (image, row, column) order, which may span rows and images; the last tile may be shorter.
 fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
     let input = k.input;
     let pixels = input.n * k.out_h * k.out_w;
-    let tile = tile_pixels(input.channels, input.pixel_stride());
+    let tile = k.register.pixels;
     let full = (pixels / tile) as i64;
     let rest = pixels % tile;
     let tile_at = |e: &mut Emitter, index: Value, count: usize| {
@@ -397,21 +394,164 @@ fn pixel_addresses(e: &mut Emitter, m: &MapLayout, first: Value, count: usize) -
         .collect()
 }
 
-/// Every output channel block of every range for one tile of `pixels` output pixels.
+/// Every output channel panel of every range for one tile of `pixels` output pixels.
 fn conv_ranges(e: &mut Emitter, k: &ConvKernel, bases: &TileBases, pixels: usize) {
+    if k.register.isa == Isa::Avx512 {
+        let source = TileSource::conv(k);
+        let residuals = bases.residual.as_ref().map(|r| pointer_table(e, r));
+        for (r, range) in k.ranges.iter().enumerate() {
+            let outputs = pointer_table(e, &bases.outputs[r]);
+            let epilogue = Epilogue {
+                bias: Some(range.bias),
+                outputs,
+                residuals,
+                relu: range.relu,
+            };
+            let panels = RangePanels {
+                register: &k.register,
+                weights: range.weights,
+                channels: range.channels,
+            };
+            zmm_panels(e, &source, bases.input, &panels, &epilogue, pixels);
+        }
+        return;
+    }
     for (r, range) in k.ranges.iter().enumerate() {
-        for_blocks(e, range.channels, &|e, block, lanes| {
+        for_blocks(e, range.channels, BLOCK, &|e, block, lanes| {
             conv_block(e, k, range, bases, r, pixels, block, lanes)
         });
     }
 }
 
-/// Calls `body(block, lanes)` for every block of [`CONV_LANES`] of `channels` output channels: a
-/// loop over the full blocks, then the partial one with its `lanes`.
-fn for_blocks(e: &mut Emitter, channels: usize, body: &dyn Fn(&mut Emitter, Value, usize)) {
-    let full_blocks = (channels / CONV_LANES) as i64;
-    e.for_const(0, full_blocks, 1, |e, block| body(e, block, CONV_LANES));
-    let rest = channels % CONV_LANES;
+/// `addresses` stored in a stack slot, one 8-byte pointer each; returns the slot's address.
+fn pointer_table(e: &mut Emitter, addresses: &[Value]) -> Value {
+    let bytes = 8 * addresses.len() as u32;
+    let slot =
+        e.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 3));
+    let table = e.b.ins().stack_addr(types::I64, slot, 0);
+    for (p, a) in addresses.iter().enumerate() {
+        e.store(*a, table, 8 * p as i64);
+    }
+    table
+}
+
+/// What an AVX-512 tile does with its accumulators.
+struct Epilogue {
+    /// Byte offset of the range's bias in the weights; `None`: start from zero.
+    bias: Option<usize>,
+    /// The table of the tile's output pixels (channel 0 of the range).
+    outputs: Value,
+    /// The table of the tile's residual pixels.
+    residuals: Option<Value>,
+    relu: bool,
+}
+
+/// The weights of one range as an AVX-512 tile reads them.
+struct RangePanels<'a> {
+    register: &'a Tile,
+    /// Byte offset of the range's packed weights.
+    weights: usize,
+    channels: usize,
+}
+
+/// One call per weight panel of `panels` to the AVX-512 tile of `pixels` pixels reading `source`
+/// from `input`: a loop over the full panels, then the narrower last one.
+fn zmm_panels(
+    e: &mut Emitter,
+    source: &TileSource,
+    input: Value,
+    panels: &RangePanels,
+    epilogue: &Epilogue,
+    pixels: usize,
+) {
+    let rows = (source.taps.len() * source.channels) as i64;
+    let width = panels.register.panel();
+    let call = |e: &mut Emitter, panel: Value, packed: usize, channels: usize| {
+        // Channel `first = panel · width`: weights at first · rows floats, bias and outputs at
+        // first floats.
+        let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
+        let wbase = e.offset(e.weights, panels.weights as i64);
+        let w = e.scaled(wbase, panel, width as i64 * rows * F32);
+        let panel = ZmmPanel {
+            weights: w,
+            first,
+            width: packed,
+            channels,
+        };
+        zmm_call(e, source, input, &panel, epilogue, pixels);
+    };
+    let full = (panels.channels / width) as i64;
+    e.for_const(0, full, 1, |e, panel| call(e, panel, width, width));
+    let rest = panels.channels % width;
+    if rest > 0 {
+        let panel = e.int(full);
+        call(e, panel, rest.next_multiple_of(16), rest);
+    }
+}
+
+/// One weight panel of an AVX-512 tile call.
+struct ZmmPanel {
+    /// Address of the panel's packed weights.
+    weights: Value,
+    /// Byte offset of its channel 0 in the bias and the output and residual pixels.
+    first: Value,
+    /// Packed channels (a multiple of 16).
+    width: usize,
+    /// Channels stored.
+    channels: usize,
+}
+
+/// Calls the AVX-512 tile of `pixels` pixels for `panel`, reading `source` from `input`.
+fn zmm_call(
+    e: &mut Emitter,
+    source: &TileSource,
+    input: Value,
+    panel: &ZmmPanel,
+    epilogue: &Epilogue,
+    pixels: usize,
+) {
+    let tile = TileFn::Zmm(ZmmTile {
+        pixels,
+        vectors: panel.width / 16,
+        last_lanes: panel.channels - (panel.width - 16),
+        taps: source.taps.iter().map(|t| t.0 as i32).collect(),
+        channels: source.channels,
+        pixel_step: source.pixel_step as i32,
+        bias: epilogue.bias.is_some(),
+        residual: epilogue.residuals.is_some(),
+        relu: epilogue.relu,
+    });
+    let func = (e.tiles)(tile, e.b.func);
+    let bias = match epilogue.bias {
+        Some(b) => {
+            let base = e.offset(e.weights, b as i64);
+            e.b.ins().iadd(base, panel.first)
+        }
+        None => e.int(0),
+    };
+    let residuals = epilogue.residuals.unwrap_or_else(|| e.int(0));
+    let args = [
+        input,
+        panel.weights,
+        bias,
+        epilogue.outputs,
+        residuals,
+        panel.first,
+    ];
+    e.b.ins().call(func, &args);
+}
+
+/// Calls `body(block, lanes)` for every block of `width` of `channels` output channels: a loop
+/// over the full blocks, then the partial one with its `lanes`.
+fn for_blocks(
+    e: &mut Emitter,
+    channels: usize,
+    width: usize,
+    body: &dyn Fn(&mut Emitter, Value, usize),
+) {
+    let full_blocks = (channels / width) as i64;
+    e.for_const(0, full_blocks, 1, |e, block| body(e, block, width));
+    let rest = channels % width;
     if rest > 0 {
         let block = e.int(full_blocks);
         body(e, block, rest);
@@ -433,16 +573,25 @@ fn conv_block(
 ) {
     let vectors = lanes.div_ceil(4);
     let taps = k.kernel[0] * k.kernel[1];
-    let block_bytes = (taps * k.input.channels * CONV_LANES) as i64 * F32;
+    let block_bytes = (taps * k.input.channels * BLOCK) as i64 * F32;
     let wbase = e.offset(e.weights, range.weights as i64);
     let wptr = e.scaled(wbase, block, block_bytes);
     let bbase = e.offset(e.weights, range.bias as i64);
-    let bias = e.scaled(bbase, block, CONV_LANES as i64 * F32);
+    let bias = e.scaled(bbase, block, BLOCK as i64 * F32);
     let source = TileSource::conv(k);
-    let acc = conv_tile(e, &source, bases.input, wptr, Some(bias), pixels, vectors);
+    let acc = conv_tile(
+        e,
+        &k.register,
+        &source,
+        bases.input,
+        wptr,
+        Some(bias),
+        pixels,
+        vectors,
+    );
 
     // Epilogue: residual, ReLU, store (channel block `block` of each pixel).
-    let channel = e.b.ins().imul_imm_s(block, CONV_LANES as i64 * F32);
+    let channel = e.b.ins().imul_imm_s(block, BLOCK as i64 * F32);
     for (p, row) in acc.iter().enumerate() {
         let out = e.b.ins().iadd(bases.outputs[r][p], channel);
         let residual = bases
@@ -477,7 +626,7 @@ impl TileSource {
             .enumerate()
             .map(|(t, (ky, kx))| {
                 let input = (ky * k.input.row_stride() + kx * k.input.pixel_stride()) as i64;
-                (input, (t * ic * CONV_LANES) as i64 * F32)
+                (input, (t * ic * BLOCK) as i64 * F32)
             })
             .collect();
         TileSource {
@@ -622,6 +771,7 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
     let ci = input.channels;
     let tiles = k.item_tiles();
     let points = y.transform.points() * x.transform.points();
+    let width = k.register.panel();
     // The products read the transformed input: per point, `tiles` pixels of `ci` channels.
     let source = TileSource {
         taps: vec![(0, 0)],
@@ -629,7 +779,7 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
         pixel_step: ci as i64 * F32,
         readonly: false,
     };
-    let step = tile_pixels(ci, ci * F32 as usize);
+    let step = k.register.pixels;
     e.for_range(begin, end, 1, |e, item| {
         let (n, group) = e.image_and_row(item, k.groups());
         let scratch = e.offset(e.arena, k.scratch as i64);
@@ -643,30 +793,52 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
             let out_origin = e.map_origin(&range.out, n);
             let res_origin = k.residual.map(|r| e.map_origin(&r, n));
             let block_body = |e: &mut Emitter, block: Value, lanes: usize| {
-                // Products: for each point, the item's tiles × 8 channels, into the scratch.
-                let block_bytes = (points * ci * CONV_LANES) as i64 * F32;
+                // Products: for each point, the item's tiles × the panel's channels, into the
+                // scratch (a row of `width` floats per tile).
+                let block_bytes = (points * ci * width) as i64 * F32;
                 let wbase = e.offset(e.weights, range.weights as i64);
                 let wblock = e.scaled(wbase, block, block_bytes);
+                // The panel's packed width: a narrower last panel rounds up to the granule.
+                let packed = lanes.next_multiple_of(k.register.granule()).min(width);
                 e.for_const(0, points as i64, 1, |e, point| {
-                    let wptr = e.scaled(wblock, point, (ci * CONV_LANES) as i64 * F32);
+                    let wptr = e.scaled(wblock, point, (ci * packed) as i64 * F32);
                     let vp = e.scaled(v_base, point, (tiles * ci) as i64 * F32);
-                    let mp = e.scaled(m_base, point, (tiles * CONV_LANES) as i64 * F32);
+                    let mp = e.scaled(m_base, point, (tiles * width) as i64 * F32);
                     for first in (0..tiles).step_by(step) {
                         let pixels = step.min(tiles - first);
                         let vt = e.offset(vp, (first * ci) as i64 * F32);
-                        let acc = conv_tile(e, &source, vt, wptr, None, pixels, 2);
+                        if k.register.isa == Isa::Avx512 {
+                            let rows: Vec<Value> = (0..pixels)
+                                .map(|p| e.offset(mp, ((first + p) * width) as i64 * F32))
+                                .collect();
+                            let epilogue = Epilogue {
+                                bias: None,
+                                outputs: pointer_table(e, &rows),
+                                residuals: None,
+                                relu: false,
+                            };
+                            let panel = ZmmPanel {
+                                weights: wptr,
+                                first: e.int(0),
+                                width: packed,
+                                channels: lanes,
+                            };
+                            zmm_call(e, &source, vt, &panel, &epilogue, pixels);
+                            continue;
+                        }
+                        let acc = conv_tile(e, &k.register, &source, vt, wptr, None, pixels, 2);
                         for (p, row) in acc.iter().enumerate() {
                             for (j, a) in row.iter().enumerate() {
                                 let v = e.b.use_var(*a);
-                                let at = ((first + p) * CONV_LANES + 4 * j) as i64 * F32;
+                                let at = ((first + p) * width + 4 * j) as i64 * F32;
                                 e.store(v, mp, at);
                             }
                         }
                     }
                 });
                 let bbase = e.offset(e.weights, range.bias as i64);
-                let bias = e.scaled(bbase, block, CONV_LANES as i64 * F32);
-                let channel = e.b.ins().imul_imm_s(block, CONV_LANES as i64 * F32);
+                let bias = e.scaled(bbase, block, width as i64 * F32);
+                let channel = e.b.ins().imul_imm_s(block, width as i64 * F32);
                 let out = e.b.ins().iadd(out_origin, channel);
                 let res = res_origin.map(|r| e.b.ins().iadd(r, channel));
                 for_tiles(e, k, &y, &x, group, &|e, row, ty, tx| {
@@ -675,7 +847,7 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
                     )
                 });
             };
-            for_blocks(e, range.channels, &block_body);
+            for_blocks(e, range.channels, width, &block_body);
         }
     });
 }
@@ -791,10 +963,11 @@ fn output_tile(
     tx: Coord,
 ) {
     let tiles = k.item_tiles();
+    let width = k.register.panel();
     let lx = x.transform.points();
     let (oy_step, ox_step) = (range.out.row_stride(), range.out.pixel_stride());
-    let mut m_off = (row * k.tiles()[1] * CONV_LANES) as i64 * F32;
-    let m_at = advance(e, m_base, &mut m_off, tx, CONV_LANES * F32 as usize);
+    let mut m_off = (row * k.tiles()[1] * width) as i64 * F32;
+    let m_at = advance(e, m_base, &mut m_off, tx, width * F32 as usize);
     let mut out_off = 0;
     let out_at = advance(e, out, &mut out_off, ty, y.transform.m * oy_step);
     let out_at = advance(e, out_at, &mut out_off, tx, x.transform.m * ox_step);
@@ -810,7 +983,7 @@ fn output_tile(
         let valid = (lanes - 4 * j).min(4);
         let load_m = |e: &mut Emitter, a: usize, b: usize| {
             let point = (a * lx + b) as i64;
-            let at = m_off + (point * (tiles * CONV_LANES) as i64 + 4 * j as i64) * F32;
+            let at = m_off + (point * (tiles * width) as i64 + 4 * j as i64) * F32;
             Some(e.load(types::F32X4, m_at, at))
         };
         let b0 = e.load(types::F32X4, bias, j as i64 * VEC);
@@ -898,12 +1071,15 @@ fn separable(
     }
 }
 
-/// The micro-kernel seam: accumulates a `pixels` × (4·`vectors`) register tile over all taps and
-/// input channels of `source`, starting from the vectors at `init` (the bias) or from zero, and
-/// returns the accumulator variables `[pixel][vector]`. `input` is the tile's first input pixel
-/// at tap (0, 0); `wptr` the block's packed weights, a row of [`CONV_LANES`] floats per channel.
+/// The AVX2 tier's micro-kernel seam: accumulates a `pixels` × (4·`vectors`) register tile of
+/// `register` ([`Isa::Sse`] or [`Isa::Avx2`]) over all taps and input channels of `source`,
+/// starting from the vectors at `init` (the bias) or from zero, and returns the accumulator
+/// variables `[pixel][vector]`. `input` is the tile's first input pixel at tap (0, 0); `wptr`
+/// the block's packed weights, a row of [`BLOCK`] floats per channel.
+#[allow(clippy::too_many_arguments)]
 fn conv_tile(
     e: &mut Emitter,
+    register: &Tile,
     source: &TileSource,
     input: Value,
     wptr: Value,
@@ -912,7 +1088,7 @@ fn conv_tile(
     vectors: usize,
 ) -> Vec<Vec<Variable>> {
     let ic = source.channels;
-    if ic >= WIDE_MIN_CHANNELS && pixels <= WIDE_PIXELS {
+    if register.isa == Isa::Avx2 {
         return wide_tile(e, source, input, wptr, init, pixels, vectors);
     }
     let mut acc = Vec::with_capacity(pixels);
@@ -968,7 +1144,7 @@ fn conv_tile(
     acc
 }
 
-/// [`conv_tile`] through the AVX2 tile function ([`super::wide`]): the accumulators (8 lanes per
+/// [`conv_tile`] through the AVX2 tile function ([`Avx2Tile`]): the accumulators (8 lanes per
 /// pixel) start from `init` in a stack slot, one call per tap adds the tap's products, and the
 /// result comes back as f32x4 variables.
 fn wide_tile(
@@ -980,7 +1156,7 @@ fn wide_tile(
     pixels: usize,
     vectors: usize,
 ) -> Vec<Vec<Variable>> {
-    let bytes = (pixels * CONV_LANES) as u32 * F32 as u32;
+    let bytes = (pixels * BLOCK) as u32 * F32 as u32;
     let slot =
         e.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 5));
     let acc = e.b.ins().stack_addr(types::I64, slot, 0);
@@ -992,13 +1168,13 @@ fn wide_tile(
         .collect();
     for p in 0..pixels {
         for (j, v) in start.iter().enumerate() {
-            e.store(*v, acc, (p * CONV_LANES) as i64 * F32 + j as i64 * VEC);
+            e.store(*v, acc, (p * BLOCK) as i64 * F32 + j as i64 * VEC);
         }
     }
-    let tile = WideTile {
+    let tile = TileFn::Avx2(Avx2Tile {
         pixels,
         pixel_step: source.pixel_step,
-    };
+    });
     let func = (e.tiles)(tile, e.b.func);
     let count = e.int(source.channels as i64);
     for &(tap, wtap) in &source.taps {
@@ -1010,11 +1186,7 @@ fn wide_tile(
         .map(|p| {
             (0..vectors)
                 .map(|j| {
-                    let v = e.load(
-                        types::F32X4,
-                        acc,
-                        (p * CONV_LANES) as i64 * F32 + j as i64 * VEC,
-                    );
+                    let v = e.load(types::F32X4, acc, (p * BLOCK) as i64 * F32 + j as i64 * VEC);
                     e.var(types::F32X4, v)
                 })
                 .collect()

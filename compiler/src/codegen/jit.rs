@@ -74,3 +74,41 @@ impl Drop for JitProgram {
         }
     }
 }
+
+/// One core's FMA throughput in GFLOP/s, measured: the best of `rounds` runs of
+/// [`super::x86::fma_probe`] (zmm when `wide`, else ymm) on the calling thread. The caller must
+/// run on a CPU with AVX-512 for `wide`.
+pub fn fma_peak(wide: bool, rounds: usize) -> Result<f64, CodegenError> {
+    use cranelift_module::{Linkage, Module};
+    let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
+    let code = super::x86::fma_probe(wide).map_err(|e| CodegenError::Assembler(e.to_string()))?;
+    let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
+    let mut module = JITModule::new(builder);
+    let mut sig = module.make_signature();
+    sig.params.push(cranelift_codegen::ir::AbiParam::new(
+        cranelift_codegen::ir::types::I64,
+    ));
+    let id = module
+        .declare_function("fma_probe", Linkage::Local, &sig)
+        .map_err(|e| err(&e))?;
+    module
+        .define_function_bytes(id, 64, &code, &[])
+        .map_err(|e| err(&e))?;
+    module.finalize_definitions().map_err(|e| err(&e))?;
+    // SAFETY: the probe is `extern "C" fn(u64)` and touches only vector registers and rdi.
+    let probe = unsafe {
+        std::mem::transmute::<*const u8, extern "C" fn(u64)>(module.get_finalized_function(id))
+    };
+    let iterations: u64 = 20_000_000;
+    let lanes = if wide { 16.0 } else { 8.0 };
+    let flop = iterations as f64 * 2.0 * super::x86::PROBE_ACCUMULATORS as f64 * lanes * 2.0;
+    let mut best = f64::MAX;
+    for _ in 0..rounds.max(1) {
+        let start = std::time::Instant::now();
+        probe(iterations);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    // SAFETY: `probe` is not used after this.
+    unsafe { module.free_memory() };
+    Ok(flop / best / 1e9)
+}

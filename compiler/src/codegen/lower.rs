@@ -7,14 +7,12 @@ use std::collections::HashMap;
 use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
 use inceptc_ir::{Graph, NodeId, Shape};
 
-use super::emit::tile_pixels;
+use super::tile::{self, Tier, Tile, TileNeeds};
 use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan};
 use inceptc_runtime::exec::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, VecLayout};
 
-/// Output channels of one register tile of a convolution: two f32x4 vectors.
-pub const CONV_LANES: usize = 8;
 /// Output features per step of a linear layer: one f32x4 vector.
 pub const LINEAR_LANES: usize = 4;
 /// Alignment of every packed weight segment, in bytes.
@@ -23,9 +21,10 @@ pub const WEIGHT_ALIGN: usize = 64;
 /// One output range of a convolution kernel: `channels` output channels whose packed weights
 /// start at `weights` and bias at `bias` (byte offsets into the weight blob), written to `out`.
 ///
-/// Packed weights: for each block of [`CONV_LANES`] output channels (the last one zero-padded), the
-/// taps in order `ky`, `kx`, then the input channels, each a row of [`CONV_LANES`] floats. Bias:
-/// the channels, zero-padded to a multiple of [`CONV_LANES`].
+/// Packed weights: for each panel of the kernel's register tile ([`Tile::panels`]), the taps in
+/// order `ky`, `kx`, then the input channels, each a row of the panel's width in floats (zero past
+/// its channels); panel `p` starts at `weights + p.first · taps · input channels · 4`. Bias: the
+/// channels, zero-padded to [`Tile::padded`].
 #[derive(Clone, Debug)]
 pub struct ConvRange {
     pub node: String,
@@ -52,6 +51,8 @@ pub struct ConvKernel {
     /// A 1×1, stride-1, unpadded convolution over a halo-free input: work items are tiles of
     /// consecutive pixels of the whole batch instead of output rows.
     pub flat: bool,
+    /// The register tile.
+    pub register: Tile,
 }
 
 /// A stride-1 convolution computed in Winograd tiles F(m_y × m_x, r_y × r_x) (see
@@ -60,9 +61,8 @@ pub struct ConvKernel {
 /// matrix product through [`super::emit`]'s register tile), and transforms the products back,
 /// adding bias and residual and applying ReLU.
 ///
-/// Packed weights per range: for each block of [`CONV_LANES`] output channels, for each of the
-/// L_y·L_x points, the input channels, each a row of [`CONV_LANES`] floats. Bias as for
-/// [`ConvRange`].
+/// Packed weights per range: for each panel of the register tile, for each of the L_y·L_x points,
+/// the input channels, each a row of the panel's width in floats. Bias as for [`ConvRange`].
 #[derive(Clone, Debug)]
 pub struct WinogradKernel {
     pub input: MapLayout,
@@ -79,6 +79,8 @@ pub struct WinogradKernel {
     /// Arena offset of the scratch: work item `i` owns [`WinogradKernel::item_scratch`] bytes
     /// from `scratch + i · item_scratch`.
     pub scratch: usize,
+    /// The register tile of the point-wise products.
+    pub register: Tile,
 }
 
 impl ConvKernel {
@@ -142,10 +144,10 @@ impl WinogradKernel {
 
     /// Offset in a work item's scratch of the staging buffer a two-axis transform passes one
     /// tile's vectors through (points × 4 floats), after the transformed input and the products
-    /// of one block of output channels (points × tiles × [`CONV_LANES`]).
+    /// of one panel of output channels (points × tiles × [`Tile::panel`]).
     pub fn stage_offset(&self) -> usize {
         let [ly, lx] = self.points();
-        self.input_scratch() + ly * lx * self.item_tiles() * CONV_LANES * MapLayout::F32
+        self.input_scratch() + ly * lx * self.item_tiles() * self.register.panel() * MapLayout::F32
     }
 
     /// Bytes of scratch one work item owns (see [`WinogradKernel::stage_offset`]).
@@ -160,11 +162,29 @@ pub fn tile_fill(count: usize, tile: usize) -> f64 {
     count as f64 / (count.div_ceil(tile) * tile) as f64
 }
 
-/// [`winograd_group`] for a convolution from `input` to `out` in Winograd tiles `tile`.
-fn winograd_group_for(input: &MapLayout, out: &MapLayout, tile: [usize; 2]) -> usize {
+/// [`winograd_group`] for a convolution from `input` to `out` in Winograd tiles `tile`, its
+/// products in register tiles `register`.
+fn winograd_group_for(
+    input: &MapLayout,
+    out: &MapLayout,
+    tile: [usize; 2],
+    register: &Tile,
+) -> usize {
     let [th, tw] = [out.h.div_ceil(tile[0]), out.w.div_ceil(tile[1])];
-    let register = tile_pixels(input.channels, input.channels * MapLayout::F32);
-    winograd_group(input.n, th, tw, register)
+    winograd_group(input.n, th, tw, register.pixels)
+}
+
+/// The register tile of a Winograd convolution's products: runs of up to 48 transformed tiles
+/// (see [`winograd_group`]), the input channels per step.
+fn winograd_register(tier: Tier, input: &MapLayout, out: &MapLayout, out_channels: usize) -> Tile {
+    tile::choose(TileNeeds {
+        tier,
+        in_channels: input.channels,
+        steps: input.channels,
+        pixel_step: input.channels * MapLayout::F32,
+        run: (out.h.div_ceil(2) * out.w.div_ceil(2)).clamp(1, 48),
+        out_channels,
+    })
 }
 
 /// Tile rows per Winograd work item for `tile_rows` × `tile_columns` tiles over `images` images,
@@ -258,8 +278,7 @@ impl Kernel {
     pub fn items(&self) -> usize {
         match self {
             Kernel::Conv(k) if k.flat => {
-                let tile = tile_pixels(k.input.channels, k.input.pixel_stride());
-                (k.input.n * k.out_h * k.out_w).div_ceil(tile)
+                (k.input.n * k.out_h * k.out_w).div_ceil(k.register.pixels)
             }
             Kernel::Conv(k) => k.input.n * k.out_h,
             Kernel::Winograd(k) => k.input.n * k.groups(),
@@ -311,6 +330,8 @@ pub struct Program {
     pub outputs: Vec<Layout>,
     /// Buffers the runtime watches for out-of-bounds writes (`--check-bounds`); empty otherwise.
     pub guards: Vec<Guard>,
+    /// The instruction-set tier of its register tiles.
+    pub tier: Tier,
 }
 
 /// How to lower.
@@ -325,6 +346,8 @@ pub struct LowerOptions {
     pub inject_fault: Option<String>,
     /// Direct or Winograd convolutions.
     pub conv: ConvAlgorithm,
+    /// The instruction-set tier of the register tiles.
+    pub tier: Tier,
 }
 
 impl Program {
@@ -363,6 +386,7 @@ impl Program {
             shapes: &plan.shapes,
             fault: options.inject_fault.as_deref(),
             conv: options.conv,
+            tier: options.tier,
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -455,6 +479,7 @@ impl Program {
             input,
             outputs,
             guards,
+            tier: options.tier,
         })
     }
 }
@@ -507,6 +532,7 @@ struct Lowering<'a> {
     /// See [`LowerOptions::inject_fault`].
     fault: Option<&'a str>,
     conv: ConvAlgorithm,
+    tier: Tier,
 }
 
 impl Lowering<'_> {
@@ -569,16 +595,55 @@ impl Lowering<'_> {
             .ok_or_else(|| CodegenError::Unbound(node.name.clone()))
     }
 
-    /// The Winograd tile (outputs along y and x) for a convolution and its tile rows per work
-    /// item, or `None` for the direct path: by [`ConvAlgorithm`], and under `Auto` only where the
-    /// cost model predicts it faster.
+    /// The register tile of a direct convolution and whether it runs flat (see
+    /// [`ConvKernel::flat`]).
+    fn direct_register(
+        &self,
+        f: &inceptc_ir::op::FusedConvAttrs,
+        input: &MapLayout,
+        out: &MapLayout,
+        out_channels: usize,
+    ) -> (Tile, bool) {
+        let needs = TileNeeds {
+            tier: self.tier,
+            in_channels: input.channels,
+            steps: f.conv.kernel[0] * f.conv.kernel[1] * input.channels,
+            pixel_step: f.conv.stride[1] * input.pixel_stride(),
+            run: out.w,
+            out_channels,
+        };
+        let row = tile::choose(needs);
+        let can_flatten = f.conv.kernel == [1, 1]
+            && f.conv.stride == [1, 1]
+            && f.conv.padding == [0, 0]
+            && input.halo == [0, 0];
+        if !can_flatten {
+            return (row, false);
+        }
+        match row.isa {
+            // Row tiles leave the ends of short rows badly filled (8 pixels in 6-pixel tiles: a
+            // 6-tile and a 2-tile); flat tiles fill all but the last. Where rows fill their tiles
+            // to 90 % or more, row tiles measured as fast or faster.
+            tile::Isa::Sse | tile::Isa::Avx2 => (row, tile_fill(out.w, row.pixels) < 0.9),
+            tile::Isa::Avx512 => {
+                let run = input.n * out.h * out.w;
+                (tile::choose(TileNeeds { run, ..needs }), true)
+            }
+        }
+    }
+
+    /// The Winograd tile (outputs along y and x) for a convolution, its tile rows per work item
+    /// and its products' register tile, or `None` for the direct path: by [`ConvAlgorithm`], and
+    /// under `Auto` only where the cost model predicts it faster than `direct` (the direct
+    /// path's register tile, over runs of `direct_run` pixels).
     fn winograd_tile(
         &self,
         f: &inceptc_ir::op::FusedConvAttrs,
         input: &MapLayout,
         out: &MapLayout,
         out_channels: usize,
-    ) -> Option<([usize; 2], usize)> {
+        direct: (&Tile, usize),
+    ) -> Option<([usize; 2], usize, Tile)> {
         let [ry, rx] = f.conv.kernel;
         let applies = f.conv.stride == [1, 1]
             && [ry, rx] != [1, 1]
@@ -588,10 +653,11 @@ impl Lowering<'_> {
         if !applies || self.conv == ConvAlgorithm::Direct {
             return None;
         }
+        let register = winograd_register(self.tier, input, out, out_channels);
         if let ConvAlgorithm::WinogradTile(t) = self.conv {
             let fits = |m: usize, r: usize| winograd::choices(r).contains(&m);
             return (fits(t[0], ry) && fits(t[1], rx))
-                .then(|| (t, winograd_group_for(input, out, t)));
+                .then(|| (t, winograd_group_for(input, out, t, &register), register));
         }
         let shape = cost::ConvShape {
             images: input.n,
@@ -607,13 +673,16 @@ impl Lowering<'_> {
             .map(|&m| [if ry == 1 { 1 } else { m }, if rx == 1 { 1 } else { m }]);
         let (best, time) = tiles
             .map(|t| {
-                let group = winograd_group_for(input, out, t);
-                ((t, group), cost::winograd_time(&shape, t, group))
+                let group = winograd_group_for(input, out, t, &register);
+                (
+                    (t, group, register),
+                    cost::winograd_time(&shape, t, group, &register),
+                )
             })
             .min_by(|a, b| a.1.total_cmp(&b.1))?;
         match self.conv {
             ConvAlgorithm::Winograd => Some(best),
-            _ => (time < cost::direct_time(&shape)).then_some(best),
+            _ => (time < cost::direct_time(&shape, direct.0, direct.1)).then_some(best),
         }
     }
 
@@ -636,7 +705,12 @@ impl Lowering<'_> {
                         _ => 0,
                     })
                     .sum();
-                let winograd = self.winograd_tile(f, &input, &out, out_channels);
+                let (register, flat) = self.direct_register(f, &input, &out, out_channels);
+                let run = match flat {
+                    true => input.n * out.h * out.w,
+                    false => out.w,
+                };
+                let winograd = self.winograd_tile(f, &input, &out, out_channels, (&register, run));
                 let mut ranges = Vec::with_capacity(members.len());
                 for m in members {
                     let Op::FusedConv(g) = &self.graph.node(*m).op else {
@@ -651,8 +725,10 @@ impl Lowering<'_> {
                         false => None,
                     };
                     let (w, b) = match winograd {
-                        Some((tile, _)) => pack_winograd(weight, bias, &g.conv, tile),
-                        None => pack_conv(weight, bias, &g.conv),
+                        Some((tile, _, register)) => {
+                            pack_winograd(weight, bias, &g.conv, tile, &register)
+                        }
+                        None => pack_conv(weight, bias, &g.conv, &register),
                     };
                     ranges.push(ConvRange {
                         node: self.graph.node(*m).name.clone(),
@@ -667,7 +743,7 @@ impl Lowering<'_> {
                     true => Some(self.read_map(self.graph.inputs(id)[1])?),
                     false => None,
                 };
-                if let Some((tile, group)) = winograd {
+                if let Some((tile, group, register)) = winograd {
                     return Ok(Kernel::Winograd(WinogradKernel {
                         input,
                         kernel: f.conv.kernel,
@@ -679,18 +755,9 @@ impl Lowering<'_> {
                         residual,
                         group,
                         scratch: 0,
+                        register,
                     }));
                 }
-                // Row tiles leave the ends of short rows (8 pixels in 6-pixel tiles: a 6-tile and
-                // a 2-tile) badly filled; flat tiles fill all but the last. Where rows fill their
-                // tiles to 90 % or more, row tiles measured as fast or faster.
-                let tile = tile_pixels(input.channels, f.conv.stride[1] * input.pixel_stride());
-                let row_fill = tile_fill(out.w, tile);
-                let flat = f.conv.kernel == [1, 1]
-                    && f.conv.stride == [1, 1]
-                    && f.conv.padding == [0, 0]
-                    && input.halo == [0, 0]
-                    && row_fill < 0.9;
                 ConvKernel {
                     input,
                     flat,
@@ -701,6 +768,7 @@ impl Lowering<'_> {
                     out_w: out.w,
                     ranges,
                     residual,
+                    register,
                 }
                 .into()
             }
@@ -764,74 +832,86 @@ fn pad(values: &[f32], lanes: usize) -> Vec<f32> {
     v
 }
 
-/// Conv weights `[O, I, KH, KW]` in the order of [`ConvRange`]; bias padded (zeros without one).
+/// A range's bias, padded for `register` (zeros without one).
+fn pack_bias(bias: Option<&[f32]>, channels: usize, register: &Tile) -> Vec<f32> {
+    let mut b = bias.map_or_else(Vec::new, <[f32]>::to_vec);
+    b.resize(register.padded(channels), 0.0);
+    b
+}
+
+/// Weights of `channels` output channels in the panels of `register`, each panel `rows` rows
+/// (taps × input channels, or points × input channels) of its width: `value(co, row)` gives
+/// output channel `co`'s entry of row `row`.
+fn pack_panels(
+    channels: usize,
+    rows: usize,
+    register: &Tile,
+    value: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    let mut packed = vec![0.0; register.padded(channels) * rows];
+    for panel in register.panels(channels) {
+        let base = panel.first * rows;
+        for row in 0..rows {
+            for lane in 0..panel.channels {
+                packed[base + row * panel.width + lane] = value(panel.first + lane, row);
+            }
+        }
+    }
+    packed
+}
+
+/// Conv weights `[O, I, KH, KW]` in the order of [`ConvRange`]; bias as [`pack_bias`].
 fn pack_conv(
     weight: &[f32],
     bias: Option<&[f32]>,
     a: &inceptc_ir::op::Conv2dAttrs,
+    register: &Tile,
 ) -> (Vec<f32>, Vec<f32>) {
     let (o, i, kh, kw) = (a.out_channels, a.in_channels, a.kernel[0], a.kernel[1]);
-    let blocks = o.div_ceil(CONV_LANES);
-    let mut packed = vec![0.0; blocks * kh * kw * i * CONV_LANES];
-    let mut at = 0;
-    for b in 0..blocks {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                for ci in 0..i {
-                    for lane in 0..CONV_LANES {
-                        let co = b * CONV_LANES + lane;
-                        if co < o {
-                            packed[at] = weight[((co * i + ci) * kh + ky) * kw + kx];
-                        }
-                        at += 1;
-                    }
-                }
-            }
-        }
-    }
-    let bias = match bias {
-        Some(b) => pad(b, CONV_LANES),
-        None => vec![0.0; blocks * CONV_LANES],
-    };
-    (packed, bias)
+    // Row `(ky·KW + kx)·I + ci`.
+    let packed = pack_panels(o, kh * kw * i, register, |co, row| {
+        let (tap, ci) = (row / i, row % i);
+        let (ky, kx) = (tap / kw, tap % kw);
+        weight[((co * i + ci) * kh + ky) * kw + kx]
+    });
+    (packed, pack_bias(bias, o, register))
 }
 
 /// Conv weights `[O, I, KH, KW]` transformed for Winograd tile `tile` in the order of
-/// [`WinogradKernel`] (computed in f64); bias as [`pack_conv`].
+/// [`WinogradKernel`] (computed in f64); bias as [`pack_bias`].
 fn pack_winograd(
     weight: &[f32],
     bias: Option<&[f32]>,
     a: &inceptc_ir::op::Conv2dAttrs,
     tile: [usize; 2],
+    register: &Tile,
 ) -> (Vec<f32>, Vec<f32>) {
     let (o, i, kh, kw) = (a.out_channels, a.in_channels, a.kernel[0], a.kernel[1]);
     // The lowering offers only tiles `winograd::choices` lists, which all exist.
     let ty = winograd::Transform::new(tile[0], kh).expect("an offered Winograd tile");
     let tx = winograd::Transform::new(tile[1], kw).expect("an offered Winograd tile");
     let points = ty.points() * tx.points();
-    let blocks = o.div_ceil(CONV_LANES);
-    let mut packed = vec![0.0; blocks * points * i * CONV_LANES];
+    // Transformed kernels, [co][ci][point].
+    let mut transformed = vec![0.0f32; o * i * points];
     let mut taps = vec![0.0f64; kh * kw];
     for co in 0..o {
-        let (b, lane) = (co / CONV_LANES, co % CONV_LANES);
         for ci in 0..i {
             let at = (co * i + ci) * kh * kw;
             for (t, w) in taps.iter_mut().zip(&weight[at..at + kh * kw]) {
                 *t = *w as f64;
             }
-            for (x, u) in winograd::transform_kernel(&ty, &tx, &taps)
-                .into_iter()
-                .enumerate()
-            {
-                packed[((b * points + x) * i + ci) * CONV_LANES + lane] = u as f32;
+            let u = winograd::transform_kernel(&ty, &tx, &taps);
+            for (x, v) in u.into_iter().enumerate() {
+                transformed[(co * i + ci) * points + x] = v as f32;
             }
         }
     }
-    let bias = match bias {
-        Some(b) => pad(b, CONV_LANES),
-        None => vec![0.0; blocks * CONV_LANES],
-    };
-    (packed, bias)
+    // Row `point · I + ci`.
+    let packed = pack_panels(o, points * i, register, |co, row| {
+        let (x, ci) = (row / i, row % i);
+        transformed[(co * i + ci) * points + x]
+    });
+    (packed, pack_bias(bias, o, register))
 }
 
 /// Linear weights `[O, I]` in the order of [`LinearKernel`].

@@ -1,17 +1,19 @@
 //! The Cranelift backend: lowering a planned graph to kernels ([`lower`]), emitting each kernel as
 //! a Cranelift function ([`emit`]), and compiling them in process ([`jit`]) or into an object.
 //!
-//! Code is generated for x86-64 with the ISA flags set explicitly (AVX2 and FMA, 128-bit vectors),
-//! at `opt_level = none`: the kernels are written register-blocked already, and the optimizer's
-//! rematerialization spilled accumulators in measurements (DESIGN.md §6).
+//! Cranelift generates code for x86-64 with the ISA flags set explicitly (AVX2 and FMA, 128-bit
+//! vectors), at `opt_level = none`: the kernels are written register-blocked already, and the
+//! optimizer's rematerialization spilled accumulators in measurements (DESIGN.md §6). The register
+//! tiles ([`tile`]) of the AVX2 and AVX-512 tiers are assembled by [`x86`].
 
 pub mod cost;
 pub mod emit;
 pub mod jit;
 pub mod lower;
 pub mod object;
-pub mod wide;
+pub mod tile;
 pub mod winograd;
+pub mod x86;
 
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
@@ -43,9 +45,12 @@ pub enum CodegenError {
     NoSuchFault(String),
     #[error("Cranelift: {0}")]
     Cranelift(String),
+    #[error("assembling a register tile: {0}")]
+    Assembler(String),
 }
 
-/// The x86-64 feature flags generated code uses; the runtime checks the CPU for the same set.
+/// The x86-64 feature flags Cranelift's code uses: x86-64-v3's, which the runtime checks for every
+/// tier ([`inceptc_runtime::exec::missing_features`]).
 pub const X86_FLAGS: &[&str] = &[
     "has_sse3",
     "has_ssse3",
@@ -94,7 +99,7 @@ pub fn define_kernels<M: cranelift_module::Module>(
     let call_conv = module.isa().default_call_conv();
     let mut ctx = cranelift_codegen::Context::new();
     let mut ids = Vec::with_capacity(program.steps.len());
-    let mut tiles: std::collections::BTreeMap<wide::WideTile, cranelift_module::FuncId> =
+    let mut tiles: std::collections::BTreeMap<x86::TileFn, cranelift_module::FuncId> =
         Default::default();
     for (i, step) in program.steps.iter().enumerate() {
         let Some(kernel) = &step.kernel else {
@@ -116,19 +121,19 @@ pub fn define_kernels<M: cranelift_module::Module>(
             let id = match tiles.get(&tile) {
                 Some(id) => *id,
                 None => match module.declare_function(
-                    &tile.name(),
+                    &tile.name(tiles.len()),
                     cranelift_module::Linkage::Local,
-                    &emit::wide_signature(call_conv),
+                    &emit::tile_signature(&tile, call_conv),
                 ) {
                     Ok(id) => {
-                        tiles.insert(tile, id);
+                        tiles.insert(tile.clone(), id);
                         new_tiles.push((tile, id));
                         id
                     }
                     Err(e) => {
                         failed.get_or_insert(err(e));
                         // A name only; the error below stops the compilation before it is used.
-                        return emit::import_tile(func, 1, 0, call_conv);
+                        return emit::import_tile(func, 1, 0, &tile, call_conv);
                     }
                 },
             };
@@ -138,8 +143,11 @@ pub fn define_kernels<M: cranelift_module::Module>(
             return Err(e);
         }
         for (tile, id) in new_tiles {
+            let code = tile
+                .code()
+                .map_err(|e| CodegenError::Assembler(format!("{}: {e}", tile.name(0))))?;
             module
-                .define_function_bytes(id, 64, &tile.code(), &[])
+                .define_function_bytes(id, 64, &code, &[])
                 .map_err(err)?;
         }
         module
@@ -168,6 +176,7 @@ pub fn describe(
         output_kind,
         arena_bytes: program.arena_bytes,
         weights_dtype: Default::default(),
+        tier: program.tier.runtime(),
         input: program.input,
         outputs: program.outputs.clone(),
         blocks: program.blocks.clone(),

@@ -126,8 +126,8 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
     let mut out = Vec::new();
     for (i, step) in program.steps.iter().enumerate() {
         let Some(kernel) = &step.kernel else { continue };
-        // Wide tiles are imported by name only (their machine code is not Cranelift's).
-        let mut tiles = Vec::new();
+        // Assembled tiles are imported by name only (their machine code is not Cranelift's).
+        let mut tiles: Vec<super::x86::TileFn> = Vec::new();
         let func = emit::function(
             kernel,
             isa.frontend_config(),
@@ -136,11 +136,11 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
                 let index = match tiles.iter().position(|t| *t == tile) {
                     Some(i) => i,
                     None => {
-                        tiles.push(tile);
+                        tiles.push(tile.clone());
                         tiles.len() - 1
                     }
                 };
-                emit::import_tile(func, 1, index as u32, isa.default_call_conv())
+                emit::import_tile(func, 1, index as u32, &tile, isa.default_call_conv())
             },
         );
         let mut text = format!(
@@ -152,8 +152,8 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
         );
         for (n, tile) in tiles.iter().enumerate() {
             text.push_str(&format!(
-                "; u1:{n} is the AVX2 register tile {} (machine code inceptc writes, see codegen/wide.rs)\n",
-                tile.name()
+                "; u1:{n} is the register tile {} (assembled by inceptc, see codegen/x86.rs)\n",
+                tile.name(n)
             ));
         }
         match what {
@@ -165,6 +165,13 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
                     .compile(&*isa, &mut Default::default())
                     .map_err(|e| CodegenError::Cranelift(format!("{:?}", e.inner)))?;
                 text.push_str(code.vcode.as_deref().unwrap_or_default());
+                for (n, tile) in tiles.iter().enumerate() {
+                    let code = tile
+                        .code()
+                        .map_err(|e| CodegenError::Assembler(format!("{}: {e}", tile.name(n))))?;
+                    text.push_str(&format!("\n; u1:{n}: {}\n", tile.name(n)));
+                    text.push_str(&super::x86::disassemble(&code));
+                }
             }
         }
         out.push((kernel_name(i, &step.nodes[0]), text));

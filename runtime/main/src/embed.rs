@@ -31,10 +31,9 @@ pub struct Model {
 pub type Context = Model;
 
 impl Model {
-    /// The model running on `threads` threads (0: all cores). Fails when the CPU lacks AVX2 or
-    /// FMA, the model data is corrupt, or memory is short.
+    /// The model running on `threads` threads (0: all cores). Fails when the CPU lacks a feature
+    /// the kernels use, the model data is corrupt, or memory is short.
     pub fn new(threads: usize) -> Result<Model, String> {
-        exec::check_cpu().map_err(|e| e.to_string())?;
         let linked = linked()?;
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -106,6 +106,7 @@ pub(crate) fn linked_model() -> Result<Linked> {
         )
     };
     let desc = ModelDesc::decode(desc)?;
+    exec::check_cpu(desc.tier)?;
     let weights = match desc.weights_dtype {
         WeightsDtype::F32 => weights,
         WeightsDtype::F16 => widen(weights)?,
@@ -210,7 +211,6 @@ pub(crate) fn model(linked: &Linked) -> exec::Model<'static> {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    exec::check_cpu()?;
     let linked = linked_model()?;
     let model = model(&linked);
     let desc = &linked.desc;

@@ -1,0 +1,412 @@
+//! The assembled register tiles: machine code encoded with iced-x86's `code_asm`, because
+//! Cranelift's x86-64 backend has 128-bit vectors only and its FMA lowering overwrites a
+//! multiplicand (DESIGN.md §6). Each function is specialized for one shape and placed beside the
+//! kernels with `cranelift_module::Module::define_function_bytes`; the kernels call it from
+//! [`super::emit`]'s register-tile seam. Both families end with `vzeroupper` and clobber only
+//! caller-saved registers (System V).
+//!
+//! - [`Avx2Tile`] `(input, weights, acc, count)`: up to 12 pixels × 8 channels, one ymm
+//!   accumulator per pixel, over `count` input channels of one tap. `acc` holds 8 floats per pixel,
+//!   read at entry and written back at exit.
+//! - [`ZmmTile`] `(input, weights, bias, outputs, residuals, channel)`: `pixels` × `vectors` zmm
+//!   accumulators over every tap and input channel, then the epilogue: residual, ReLU, and the
+//!   store, masked in the last vector. `input` is the tile's first pixel at tap (0, 0); `weights`
+//!   the panel, `[tap][input channel][16 · vectors]`; `bias` 16 · vectors floats (or unused);
+//!   `outputs` and `residuals` tables of one pointer per pixel, to which `channel` bytes are added.
+
+use iced_x86::code_asm::registers::{ymm::get_ymm, zmm::get_zmm};
+use iced_x86::code_asm::*;
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter, Register};
+
+use super::tile::AVX2_PIXELS;
+
+/// `ymm<i>`.
+fn ymm(i: usize) -> AsmRegisterYmm {
+    get_ymm(Register::YMM0 + i as u32).expect("ymm0..ymm15")
+}
+
+/// `zmm<i>`.
+fn zmm(i: usize) -> AsmRegisterZmm {
+    get_zmm(Register::ZMM0 + i as u32).expect("zmm0..zmm31")
+}
+
+/// An assembled tile function of either family.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TileFn {
+    Avx2(Avx2Tile),
+    Zmm(ZmmTile),
+}
+
+impl TileFn {
+    /// The function's symbol (unique per shape within a module: see [`ZmmTile::name`]).
+    pub fn name(&self, index: usize) -> String {
+        match self {
+            TileFn::Avx2(t) => t.name(),
+            TileFn::Zmm(t) => t.name(index),
+        }
+    }
+
+    /// The machine code.
+    pub fn code(&self) -> Result<Vec<u8>, IcedError> {
+        match self {
+            TileFn::Avx2(t) => t.code(),
+            TileFn::Zmm(t) => t.code(),
+        }
+    }
+
+    /// Arguments the function takes (all 64-bit).
+    pub fn arguments(&self) -> usize {
+        match self {
+            TileFn::Avx2(_) => 4,
+            TileFn::Zmm(_) => 6,
+        }
+    }
+}
+
+/// The AVX2 tile for one shape (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Avx2Tile {
+    /// Output pixels, 1 ..= [`AVX2_PIXELS`].
+    pub pixels: usize,
+    /// Bytes from one of the tile's input pixels to the next.
+    pub pixel_step: i64,
+}
+
+impl Avx2Tile {
+    pub fn name(&self) -> String {
+        format!("tile_avx2_{}px_step{}", self.pixels, self.pixel_step)
+    }
+
+    /// Per input channel: one weight load, then per pixel a broadcast into one of three rotating
+    /// registers and a `vfmadd231ps` into the pixel's accumulator, which stays in its register.
+    pub fn code(&self) -> Result<Vec<u8>, IcedError> {
+        assert!((1..=AVX2_PIXELS).contains(&self.pixels), "{self:?}");
+        let mut a = CodeAssembler::new(64)?;
+        // Accumulators ymm0..ymm11, broadcasts ymm12..ymm14, weights ymm15.
+        let broadcast = |p: usize| ymm(AVX2_PIXELS + p % 3);
+        let w = ymm(15);
+        for p in 0..self.pixels {
+            a.vmovups(ymm(p), ymmword_ptr(rdx + 32 * p as i32))?;
+        }
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.vmovups(w, ymmword_ptr(rsi))?;
+        for p in 0..self.pixels {
+            let at = (self.pixel_step * p as i64) as i32;
+            a.vbroadcastss(broadcast(p), dword_ptr(rdi + at))?;
+            a.vfmadd231ps(ymm(p), w, broadcast(p))?;
+        }
+        a.add(rsi, 32)?;
+        a.add(rdi, 4)?;
+        a.dec(rcx)?;
+        a.jnz(top)?;
+        for p in 0..self.pixels {
+            a.vmovups(ymmword_ptr(rdx + 32 * p as i32), ymm(p))?;
+        }
+        a.vzeroupper()?;
+        a.ret()?;
+        a.assemble(0)
+    }
+}
+
+/// Input channel steps per loop iteration of a [`ZmmTile`].
+const ZMM_UNROLL: usize = 4;
+
+/// The AVX-512 tile for one shape and epilogue (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ZmmTile {
+    /// Output pixels.
+    pub pixels: usize,
+    /// zmm vectors of 16 output channels per pixel (the panel is 16 · `vectors` wide).
+    pub vectors: usize,
+    /// Channels stored of the last vector, 1 ..= 16 (a mask below 16).
+    pub last_lanes: usize,
+    /// Per tap, the byte offset of its input from the tile's first input pixel; the weights
+    /// follow in the same order.
+    pub taps: Vec<i32>,
+    /// Input channels per tap.
+    pub channels: usize,
+    /// Bytes from one of the tile's input pixels to the next.
+    pub pixel_step: i32,
+    /// Whether the accumulators start from the bias (else from zero).
+    pub bias: bool,
+    pub residual: bool,
+    pub relu: bool,
+}
+
+impl ZmmTile {
+    /// `tile<index>_avx512_<pixels>x<vectors>`: the shape, and the module's index of the
+    /// specialization.
+    pub fn name(&self, index: usize) -> String {
+        format!("tile{index}_avx512_{}x{}", self.pixels, self.vectors)
+    }
+
+    fn acc(&self, pixel: usize, vector: usize) -> AsmRegisterZmm {
+        zmm(pixel * self.vectors + vector)
+    }
+
+    /// Registers: accumulators zmm0.., weights after them, the broadcast (and after the loops,
+    /// ReLU's zero) in zmm31. Each tap is a loop of [`ZMM_UNROLL`] channel steps over `r10`
+    /// (input) and `r11` (weights), with the leftover steps after it.
+    pub fn code(&self) -> Result<Vec<u8>, IcedError> {
+        let (m, n) = (self.pixels, self.vectors);
+        assert!(m >= 1 && n >= 1 && m * n + n < 32, "{self:?}");
+        assert!((1..=16).contains(&self.last_lanes), "{self:?}");
+        let mut a = CodeAssembler::new(64)?;
+        let masked = self.last_lanes < 16;
+        if masked {
+            a.mov(eax, (1u32 << self.last_lanes) - 1)?;
+            a.kmovw(k1, eax)?;
+        }
+        for p in 0..m {
+            for j in 0..n {
+                let acc = self.acc(p, j);
+                match self.bias {
+                    true => a.vmovups(acc, zmmword_ptr(rdx + 64 * j as i32))?,
+                    false => a.vpxord(acc, acc, acc)?,
+                }
+            }
+        }
+        let row = (16 * n * 4) as i32;
+        let tap_bytes = self.channels as i64 * row as i64;
+        for (t, &offset) in self.taps.iter().enumerate() {
+            a.lea(r10, qword_ptr(rdi + offset))?;
+            let w = i32::try_from(t as i64 * tap_bytes).expect("a weight panel under 2 GiB");
+            a.lea(r11, qword_ptr(rsi + w))?;
+            let loops = self.channels / ZMM_UNROLL;
+            if loops > 0 {
+                a.mov(eax, loops as u32)?;
+                let mut top = a.create_label();
+                a.set_label(&mut top)?;
+                for u in 0..ZMM_UNROLL {
+                    self.step(&mut a, u)?;
+                }
+                a.add(r10, (4 * ZMM_UNROLL) as i32)?;
+                a.add(r11, row * ZMM_UNROLL as i32)?;
+                a.dec(eax)?;
+                a.jnz(top)?;
+            }
+            for u in 0..self.channels % ZMM_UNROLL {
+                self.step(&mut a, u)?;
+            }
+        }
+        let zero = zmm(31);
+        if self.relu {
+            a.vpxord(zero, zero, zero)?;
+        }
+        for p in 0..m {
+            a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
+            if self.residual {
+                a.mov(r10, qword_ptr(r8 + 8 * p as i32))?;
+            }
+            for j in 0..n {
+                let acc = self.acc(p, j);
+                let partial = masked && j == n - 1;
+                let at = 64 * j as i32;
+                if self.residual {
+                    match partial {
+                        true => a.vaddps(acc.k1().z(), acc, zmmword_ptr(r10 + r9 + at))?,
+                        false => a.vaddps(acc, acc, zmmword_ptr(r10 + r9 + at))?,
+                    }
+                }
+                if self.relu {
+                    // maxps returns its second operand when either is NaN: NaN becomes 0, as in
+                    // the interpreter's f32::max.
+                    a.vmaxps(acc, acc, zero)?;
+                }
+                match partial {
+                    true => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
+                    false => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
+                }
+            }
+        }
+        a.vzeroupper()?;
+        a.ret()?;
+        a.assemble(0)
+    }
+
+    /// Channel step `u` of the current loop iteration: the panel's weight vectors, then per pixel
+    /// a broadcast and its FMAs (with one vector, the broadcast is the FMA's memory operand).
+    fn step(&self, a: &mut CodeAssembler, u: usize) -> Result<(), IcedError> {
+        let (m, n) = (self.pixels, self.vectors);
+        let row = 16 * n * 4;
+        for j in 0..n {
+            a.vmovups(zmm(m * n + j), zmmword_ptr(r11 + (u * row + 64 * j) as i32))?;
+        }
+        for p in 0..m {
+            let at = p as i32 * self.pixel_step + 4 * u as i32;
+            if n == 1 {
+                a.vfmadd231ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?;
+                continue;
+            }
+            a.vbroadcastss(zmm(31), dword_ptr(r10 + at))?;
+            for j in 0..n {
+                a.vfmadd231ps(self.acc(p, j), zmm(m * n + j), zmm(31))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Independent accumulators of [`fma_probe`]: enough to cover the FMA latency on both ports.
+pub const PROBE_ACCUMULATORS: usize = 12;
+
+/// A throughput probe `fn(iterations)`: per iteration, [`PROBE_ACCUMULATORS`] independent
+/// `vfmadd231ps` on zmm (`wide`) or ymm registers, twice. Each call does
+/// `iterations · 2 · PROBE_ACCUMULATORS` FMAs of 16 or 8 lanes.
+pub fn fma_probe(wide: bool) -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    let accumulators = PROBE_ACCUMULATORS;
+    for i in 0..accumulators + 2 {
+        a.vxorps(ymm(i % 16), ymm(i % 16), ymm(i % 16))?;
+    }
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    for _ in 0..2 {
+        for i in 0..accumulators {
+            match wide {
+                true => a.vfmadd231ps(zmm(i), zmm(accumulators), zmm(accumulators + 1))?,
+                false => a.vfmadd231ps(ymm(i), ymm(accumulators), ymm(accumulators + 1))?,
+            }
+        }
+    }
+    a.dec(rdi)?;
+    a.jnz(top)?;
+    a.vzeroupper()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
+/// `code` disassembled, one instruction a line in Intel syntax with its offset.
+pub fn disassemble(code: &[u8]) -> String {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut formatter = IntelFormatter::new();
+    let mut out = String::new();
+    let mut text = String::new();
+    for instruction in &mut decoder {
+        text.clear();
+        formatter.format(&instruction, &mut text);
+        out.push_str(&format!("  {:5x}: {text}\n", instruction.ip()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(code: &[u8]) -> Vec<String> {
+        disassemble(code)
+            .lines()
+            .map(|l| l.split_once(": ").map_or("", |x| x.1).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_avx2_tile_disassembles_to_its_loop() {
+        let code = Avx2Tile {
+            pixels: 2,
+            pixel_step: 0x1800,
+        }
+        .code()
+        .unwrap();
+        let want = [
+            "vmovups ymm0,[rdx]",
+            "vmovups ymm1,[rdx+20h]",
+            "vmovups ymm15,[rsi]",
+            "vbroadcastss ymm12,[rdi]",
+            "vfmadd231ps ymm0,ymm15,ymm12",
+            "vbroadcastss ymm13,[rdi+1800h]",
+            "vfmadd231ps ymm1,ymm15,ymm13",
+            "add rsi,20h",
+            "add rdi,4",
+            "dec rcx",
+            "jne short 9",
+            "vmovups [rdx],ymm0",
+            "vmovups [rdx+20h],ymm1",
+            "vzeroupper",
+            "ret",
+        ];
+        assert_eq!(lines(&code), want);
+    }
+
+    #[test]
+    fn a_zmm_tile_keeps_its_accumulators_and_fuses_the_epilogue() {
+        let tile = ZmmTile {
+            pixels: 2,
+            vectors: 2,
+            last_lanes: 5,
+            taps: vec![0, 0x2000],
+            channels: 5,
+            pixel_step: 0x40,
+            bias: true,
+            residual: true,
+            relu: true,
+        };
+        let got = lines(&tile.code().unwrap());
+        let want_start = [
+            "mov eax,1Fh",
+            "kmovw k1,eax",
+            "vmovups zmm0,[rdx]",
+            "vmovups zmm1,[rdx+40h]",
+            "vmovups zmm2,[rdx]",
+            "vmovups zmm3,[rdx+40h]",
+            "lea r10,[rdi]",
+            "lea r11,[rsi]",
+            "mov eax,1",
+            "vmovups zmm4,[r11]",
+            "vmovups zmm5,[r11+40h]",
+            "vbroadcastss zmm31,[r10]",
+            "vfmadd231ps zmm0,zmm4,zmm31",
+            "vfmadd231ps zmm1,zmm5,zmm31",
+            "vbroadcastss zmm31,[r10+40h]",
+            "vfmadd231ps zmm2,zmm4,zmm31",
+            "vfmadd231ps zmm3,zmm5,zmm31",
+        ];
+        assert_eq!(got[..want_start.len()], want_start);
+        // The second tap starts 0x2000 input bytes and 5 channels × 128 weight bytes on.
+        assert!(got.contains(&"lea r10,[rdi+2000h]".to_string()), "{got:#?}");
+        assert!(got.contains(&"lea r11,[rsi+280h]".to_string()), "{got:#?}");
+        let want_end = [
+            "vpxord zmm31,zmm31,zmm31",
+            "mov rax,[rcx]",
+            "mov r10,[r8]",
+            "vaddps zmm0,zmm0,[r10+r9]",
+            "vmaxps zmm0,zmm0,zmm31",
+            "vmovups [rax+r9],zmm0",
+            "vaddps zmm1{k1}{z},zmm1,[r10+r9+40h]",
+            "vmaxps zmm1,zmm1,zmm31",
+            "vmovups [rax+r9+40h]{k1},zmm1",
+            "mov rax,[rcx+8]",
+            "mov r10,[r8+8]",
+            "vaddps zmm2,zmm2,[r10+r9]",
+            "vmaxps zmm2,zmm2,zmm31",
+            "vmovups [rax+r9],zmm2",
+            "vaddps zmm3{k1}{z},zmm3,[r10+r9+40h]",
+            "vmaxps zmm3,zmm3,zmm31",
+            "vmovups [rax+r9+40h]{k1},zmm3",
+            "vzeroupper",
+            "ret",
+        ];
+        assert_eq!(got[got.len() - want_end.len()..], want_end);
+    }
+
+    #[test]
+    fn a_one_vector_zmm_tile_broadcasts_from_memory() {
+        let tile = ZmmTile {
+            pixels: 3,
+            vectors: 1,
+            last_lanes: 16,
+            taps: vec![0],
+            channels: 1,
+            pixel_step: 0x100,
+            bias: false,
+            residual: false,
+            relu: false,
+        };
+        let got = lines(&tile.code().unwrap());
+        assert_eq!(got[0], "vpxord zmm0,zmm0,zmm0");
+        assert!(got.contains(&"vfmadd231ps zmm2,zmm3,[r10+200h]{1to16}".to_string()));
+        assert!(!got.iter().any(|l| l.contains("k1")));
+    }
+}
