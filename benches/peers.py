@@ -43,6 +43,16 @@ print(float(np.abs(y).max()))
 """
 
 
+def cpu_model():
+    """The CPU's model name and its vector extensions, as lscpu reports them."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    name = fields.get("Model name", "unknown").strip()
+    flags = fields.get("Flags", "").split()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return f"{name} ({', '.join(f for f in wanted if f in flags)}), {os.cpu_count()} CPUs"
+
+
 def rel_err(ours, ref):
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
@@ -64,6 +74,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--target-cpu", default="native", help="inceptc's tier (native, x86-64-v4, x86-64-v3)")
     p.add_argument("--work")
     a = p.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="inceptc-peers-")
@@ -94,7 +105,7 @@ def main():
                                   opset_version=17, dynamo=False)
             exe = os.path.join(work, f"{label}-b{batch}")
             subprocess.run([a.inceptc, "-q", "compile", "--model", MODELS[label], "--weights", weights,
-                            "--batch", str(batch), "-o", exe], check=True)
+                            "--batch", str(batch), "--target-cpu", a.target_cpu, "-o", exe], check=True)
             ypath = os.path.join(work, f"{label}-b{batch}-y.npy")
             subprocess.run([exe, "--input", xpath, "--output", ypath, "--threads", str(a.threads)], check=True)
             so = ort.SessionOptions()
@@ -133,8 +144,9 @@ def main():
             rows.append((label, batch, med, first, errs))
             print(f"{label} batch {batch}: " + ", ".join(f"{e} {m:.1f} ms" for e, m in med.items()), file=sys.stderr)
 
-    print(f"\nfp32, {a.threads} threads, {a.rounds} interleaved rounds of {a.runs} runs; "
-          f"onnxruntime {ort.__version__}, openvino {ov.__version__}, torch {torch.__version__}\n")
+    print(f"\nfp32, {a.threads} threads, {a.rounds} interleaved rounds of {a.runs} runs; inceptc --target-cpu "
+          f"{a.target_cpu}; onnxruntime {ort.__version__}, openvino {ov.__version__}, torch {torch.__version__}")
+    print(f"CPU: {cpu_model()}\n")
     print("| model | batch | inceptc ms | onnxruntime ms | openvino ms | ours/ORT | ours/OV | "
           "first result s (ours / ORT / OV) | peak RSS MiB (ours / ORT / OV) | rel err (ours / ORT / OV) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
