@@ -18,7 +18,7 @@ use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::lower::{
-    ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel,
+    ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel, Split,
     WinogradKernel, LINEAR_LANES,
 };
 use super::tile::{Isa, Tile};
@@ -272,10 +272,29 @@ struct TileBases {
     residual: Option<Vec<Value>>,
 }
 
+/// Where a tile's pixels are: the body of [`for_units`] gets the tile's addresses and pixels.
+type TileBody<'a> = dyn Fn(&mut Emitter, &TileBases, usize) + 'a;
+
 fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
-    if k.flat {
-        return conv_flat(e, k, begin, end);
+    match k.split {
+        Split::Units => for_units(e, k, begin, end, &|e, bases, pixels| {
+            conv_ranges(e, k, bases, pixels)
+        }),
+        Split::Panels { groups } => conv_by_panels(e, k, begin, end, groups),
     }
+}
+
+/// Calls `body` for every register tile of units `begin .. end` (see [`ConvKernel::units`]).
+fn for_units(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, body: &TileBody) {
+    match k.flat {
+        true => flat_tiles(e, k, begin, end, body),
+        false => row_tiles(e, k, begin, end, body),
+    }
+}
+
+/// The tiles of output rows `begin .. end` (image-major): full tiles along the row, then the
+/// shorter last one.
+fn row_tiles(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, body: &TileBody) {
     let input = k.input;
     e.for_range(begin, end, 1, |e, item| {
         let (n, oy) = e.image_and_row(item, k.out_h);
@@ -319,7 +338,7 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
                     .zip(res_row)
                     .map(|(res, row)| along(e, row, res.pixel_stride())),
             };
-            conv_ranges(e, k, &bases, pixels);
+            body(e, &bases, pixels);
         };
         e.for_const(0, full, tile as i64, |e, ox| tile_at(e, ox, tile));
         let rest = k.out_w % tile;
@@ -331,9 +350,9 @@ fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
 }
 
 /// A 1×1, stride-1 convolution whose input has no halo is a matrix product over all pixels of the
-/// batch: work item `t` is the tile of pixels `Pt .. Pt + P` (P the register tile's pixels) in
+/// batch: unit `t` is the tile of pixels `Pt .. Pt + P` (P the register tile's pixels) in
 /// (image, row, column) order, which may span rows and images; the last tile may be shorter.
-fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
+fn flat_tiles(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, body: &TileBody) {
     let input = k.input;
     let pixels = input.n * k.out_h * k.out_w;
     let tile = k.register.pixels;
@@ -351,7 +370,7 @@ fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
                 .collect(),
             residual: k.residual.map(|res| pixel_addresses(e, &res, first, count)),
         };
-        conv_ranges(e, k, &bases, count);
+        body(e, &bases, count);
     };
     let full_v = e.int(full);
     let stop = e.b.ins().smin(end, full_v);
@@ -366,6 +385,75 @@ fn conv_flat(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
         tile_at(e, full_v, rest);
         e.b.ins().jump(done, &[]);
         e.b.switch_to_block(done);
+    }
+}
+
+/// The AVX-512 tier's panel-major split: the work items of range `r` are its panels × `groups`
+/// groups of units, panel-major after those of the ranges before it, so that consecutive items
+/// reuse one weight panel from cache. Each item calls the panel's tile for every tile of its
+/// units.
+fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, groups: usize) {
+    let units = k.units();
+    let per_group = units.div_ceil(groups) as i64;
+    let source = TileSource::conv(k);
+    let rows = (source.taps.len() * source.channels) as i64;
+    let width = k.register.panel();
+    let mut start = 0;
+    for (r, range) in k.ranges.iter().enumerate() {
+        let panels = k.register.panels(range.channels);
+        let count = (panels.len() * groups) as i64;
+        let (lo, hi) = (e.int(start), e.int(start + count));
+        let from = e.b.ins().smax(begin, lo);
+        let to = e.b.ins().smin(end, hi);
+        e.for_range(from, to, 1, |e, item| {
+            let local = e.b.ins().iadd_imm_s(item, -start);
+            let panel = e.b.ins().udiv_imm_u(local, groups as i64);
+            let before = e.b.ins().imul_imm_s(panel, groups as i64);
+            let group = e.b.ins().isub(local, before);
+            let u0 = e.b.ins().imul_imm_s(group, per_group);
+            let u1 = e.b.ins().iadd_imm_s(u0, per_group);
+            let all = e.int(units as i64);
+            let u1 = e.b.ins().smin(u1, all);
+            let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
+            let wbase = e.offset(e.weights, range.weights as i64);
+            let weights = e.scaled(wbase, panel, width as i64 * rows * F32);
+            let call = |e: &mut Emitter, packed: usize, channels: usize| {
+                for_units(e, k, u0, u1, &|e, bases, pixels| {
+                    let epilogue = Epilogue {
+                        bias: Some(range.bias),
+                        outputs: pointer_table(e, &bases.outputs[r]),
+                        residuals: bases.residual.as_ref().map(|p| pointer_table(e, p)),
+                        relu: range.relu,
+                    };
+                    let panel = ZmmPanel {
+                        weights,
+                        first,
+                        width: packed,
+                        channels,
+                    };
+                    zmm_call(e, &source, bases.input, &panel, &epilogue, pixels);
+                });
+            };
+            let last = panels[panels.len() - 1];
+            if last.channels == width {
+                call(e, width, width);
+                return;
+            }
+            // The narrower last panel has its own tile.
+            let (full, tail, done) = (e.b.create_block(), e.b.create_block(), e.b.create_block());
+            let is_full =
+                e.b.ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThan, panel, (panels.len() - 1) as i64);
+            e.b.ins().brif(is_full, full, &[], tail, &[]);
+            e.b.switch_to_block(full);
+            call(e, width, width);
+            e.b.ins().jump(done, &[]);
+            e.b.switch_to_block(tail);
+            call(e, last.width, last.channels);
+            e.b.ins().jump(done, &[]);
+            e.b.switch_to_block(done);
+        });
+        start += count;
     }
 }
 

@@ -37,7 +37,8 @@ pub struct ConvRange {
 }
 
 /// A convolution with its epilogue over one or more output ranges (a shared kernel of sibling
-/// 1×1 convs has several). Work items are output rows (image, row), or pixel tiles when `flat`.
+/// 1×1 convs has several). Its units are output rows (image, row), or pixel tiles when `flat`;
+/// [`ConvKernel::split`] makes work items of them.
 #[derive(Clone, Debug)]
 pub struct ConvKernel {
     pub input: MapLayout,
@@ -53,6 +54,28 @@ pub struct ConvKernel {
     pub flat: bool,
     /// The register tile.
     pub register: Tile,
+    /// How units and output channels form work items.
+    pub split: Split,
+}
+
+/// How a direct convolution's work items are formed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// One work item per unit, covering every output channel (the AVX2 tier).
+    Units,
+    /// Per range, every weight panel × `groups` groups of units, panel-major: a panel's weights
+    /// stay in cache while one thread computes consecutive groups with it, instead of every
+    /// unit streaming the whole layer's weights (the AVX-512 tier).
+    Panels { groups: usize },
+}
+
+/// Work items per range's panel (see [`Split::Panels`]) for `units` units and `panels` panels in
+/// all: enough items that each of up to 16 threads gets 4, without splitting a panel's units
+/// into groups of fewer than 4.
+fn panel_groups(units: usize, panels: usize) -> usize {
+    const ITEMS: usize = 64;
+    let wanted = ITEMS.div_ceil(panels.max(1));
+    wanted.min(units.div_ceil(4)).clamp(1, units.max(1))
 }
 
 /// A stride-1 convolution computed in Winograd tiles F(m_y × m_x, r_y × r_x) (see
@@ -84,6 +107,14 @@ pub struct WinogradKernel {
 }
 
 impl ConvKernel {
+    /// Output rows, or pixel tiles when `flat`.
+    pub fn units(&self) -> usize {
+        match self.flat {
+            true => (self.input.n * self.out_h * self.out_w).div_ceil(self.register.pixels),
+            false => self.input.n * self.out_h,
+        }
+    }
+
     /// What the cost model and the FLOP count see.
     pub fn shape(&self) -> cost::ConvShape {
         cost::ConvShape {
@@ -277,10 +308,17 @@ impl Kernel {
     /// How many independent work items the kernel splits into (the range a call covers).
     pub fn items(&self) -> usize {
         match self {
-            Kernel::Conv(k) if k.flat => {
-                (k.input.n * k.out_h * k.out_w).div_ceil(k.register.pixels)
-            }
-            Kernel::Conv(k) => k.input.n * k.out_h,
+            Kernel::Conv(k) => match k.split {
+                Split::Units => k.units(),
+                Split::Panels { groups } => {
+                    let panels: usize = k
+                        .ranges
+                        .iter()
+                        .map(|r| k.register.panels(r.channels).len())
+                        .sum();
+                    panels * groups
+                }
+            },
             Kernel::Winograd(k) => k.input.n * k.groups(),
             Kernel::Pool(k) => k.out.n * k.out.h,
             Kernel::GlobalPool(k) => k.out.n,
@@ -758,7 +796,7 @@ impl Lowering<'_> {
                         register,
                     }));
                 }
-                ConvKernel {
+                let mut conv = ConvKernel {
                     input,
                     flat,
                     kernel: f.conv.kernel,
@@ -769,8 +807,19 @@ impl Lowering<'_> {
                     ranges,
                     residual,
                     register,
+                    split: Split::Units,
+                };
+                if register.isa == tile::Isa::Avx512 {
+                    let panels = conv
+                        .ranges
+                        .iter()
+                        .map(|r| register.panels(r.channels).len())
+                        .sum();
+                    conv.split = Split::Panels {
+                        groups: panel_groups(conv.units(), panels),
+                    };
                 }
-                .into()
+                conv.into()
             }
             Op::MaxPool(p) => Kernel::Pool(PoolKernel {
                 input: self.read_map(operand)?,
