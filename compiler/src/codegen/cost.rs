@@ -12,8 +12,13 @@
 //! `--conv direct` and with the default (the Winograd fit: 213 ms measured, 226 ms predicted over
 //! 66 kernels, single kernels within 45 %); the pool and linear rates come from an earlier
 //! one-thread trace of Inception-v4. The development machine is shared and its speed varies by up
-//! to 2× from minute to minute: the constants come from the quietest of the runs. The AVX-512
-//! tiles reuse the AVX2 tile's fitted fractions until they are fitted on their own.
+//! to 2× from minute to minute: the constants come from the quietest of the runs.
+//!
+//! On the AVX-512 tier a layer also streams its weights from memory once per call (the
+//! panel-major split keeps each panel in cache), and a Winograd layer whose transformed weights
+//! overflow the L2 cache streams them once per work item; that time is added at a fitted rate.
+//! Its constants are fitted to the per-kernel minima of two one-thread traces each of
+//! Inception-v4 and Inception-ResNet-v2, direct and default, on an AVX-512 Xeon.
 
 use std::fmt::Write as _;
 
@@ -53,6 +58,28 @@ fn conv_efficiency(kernel: [usize; 2], stride: [usize; 2]) -> f64 {
     }
 }
 
+/// Fraction of the AVX-512 tile's peak a direct convolution of this shape reaches at full fill
+/// (fitted by kind).
+fn conv_efficiency_avx512(kernel: [usize; 2], stride: [usize; 2]) -> f64 {
+    match (kernel, stride) {
+        (_, s) if s != [1, 1] => 0.82,
+        ([1, 1], _) => 0.85,
+        ([3, 3], _) => 0.92,
+        ([1, 7] | [7, 1], _) => 0.91,
+        ([1, 3] | [3, 1], _) => 0.89,
+        _ => 0.87,
+    }
+}
+
+/// Bytes of weights per second one core streams from memory into its caches (fitted).
+const WEIGHT_STREAM_BYTES_PER_SECOND: f64 = 12e9;
+/// Winograd weights larger than this stream from memory once per work item instead of once per
+/// call (fitted; about the L2 cache of the development machine).
+const WINOGRAD_WEIGHTS_CACHED: usize = 3 << 20;
+/// What the AVX-512 tier's Winograd products and transforms take of the AVX2 fit's prediction
+/// (fitted).
+const WINOGRAD_AVX512_SCALE: f64 = 0.9;
+
 /// What the cost of a convolution depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvShape {
@@ -81,16 +108,23 @@ fn peak(register: &Tile) -> f64 {
 /// Predicted one-core time of the direct convolution in register tiles `register` over runs of
 /// `run` output pixels (a row, or the whole batch of a flat convolution).
 pub fn direct_time(shape: &ConvShape, register: &Tile, run: usize) -> f64 {
+    let steps = shape.kernel[0] * shape.kernel[1] * shape.in_channels;
     let efficiency = match register.isa {
         Isa::Sse => NARROW_EFFICIENCY,
         Isa::Avx2 => conv_efficiency(shape.kernel, shape.stride),
         Isa::Avx512 => {
-            let steps = shape.kernel[0] * shape.kernel[1] * shape.in_channels;
-            conv_efficiency(shape.kernel, shape.stride)
+            conv_efficiency_avx512(shape.kernel, shape.stride)
                 * tile::fill(register, run, steps, shape.out_channels)
         }
     };
-    shape.flops() as f64 / (efficiency * peak(register))
+    let compute = shape.flops() as f64 / (efficiency * peak(register));
+    match register.isa {
+        Isa::Avx512 => {
+            let bytes = steps * register.padded(shape.out_channels) * 4;
+            compute + bytes as f64 / WEIGHT_STREAM_BYTES_PER_SECOND
+        }
+        Isa::Sse | Isa::Avx2 => compute,
+    }
 }
 
 /// Fraction of the AVX2 tile's peak the point-wise products of a Winograd convolution reach with
@@ -127,7 +161,20 @@ pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize, register
         + (tile[0] * ly * lx + tile[0] * tile[1] * lx) as f64
         + 3.0 * (tile[0] * tile[1]) as f64;
     let transform_ops = tiles * (ci / 4.0 * input_ops + co / 4.0 * output_ops);
-    products + transform_ops / (TRANSFORM_OPS_PER_CYCLE * CLOCK_GHZ * 1e9)
+    let compute = products + transform_ops / (TRANSFORM_OPS_PER_CYCLE * CLOCK_GHZ * 1e9);
+    match register.isa {
+        Isa::Avx512 => {
+            let bytes = ly * lx * shape.in_channels * register.padded(shape.out_channels) * 4;
+            let items = shape.images * th.div_ceil(group);
+            let streams = match bytes > WINOGRAD_WEIGHTS_CACHED {
+                true => items,
+                false => 1,
+            };
+            WINOGRAD_AVX512_SCALE * compute
+                + (bytes * streams) as f64 / WEIGHT_STREAM_BYTES_PER_SECOND
+        }
+        Isa::Sse | Isa::Avx2 => compute,
+    }
 }
 
 /// Window taps per second of max pooling, one core.
@@ -290,4 +337,91 @@ pub fn table(program: &Program) -> String {
         total * 1e3
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codegen::lower::winograd_group;
+    use crate::codegen::tile::{choose, Tier, TileNeeds};
+    use crate::codegen::winograd;
+
+    /// (direct time, best Winograd time) of a stride-1 layer on one 299×299 image's map.
+    fn times(tier: Tier, kernel: [usize; 2], ci: usize, co: usize, size: usize) -> (f64, f64) {
+        let shape = ConvShape {
+            images: 1,
+            in_channels: ci,
+            out_channels: co,
+            out: [size, size],
+            kernel,
+            stride: [1, 1],
+        };
+        let needs = TileNeeds {
+            tier,
+            in_channels: ci,
+            steps: kernel[0] * kernel[1] * ci,
+            pixel_step: 4 * ci,
+            run: size,
+            out_channels: co,
+        };
+        let direct = direct_time(&shape, &choose(needs), size);
+        let register = choose(TileNeeds {
+            steps: ci,
+            run: (size.div_ceil(2) * size.div_ceil(2)).clamp(1, 48),
+            ..needs
+        });
+        let r = kernel[0].max(kernel[1]);
+        let wino = winograd::choices(r)
+            .iter()
+            .map(|&m| {
+                let tile = [
+                    if kernel[0] == 1 { 1 } else { m },
+                    if kernel[1] == 1 { 1 } else { m },
+                ];
+                let [th, tw] = [size.div_ceil(tile[0]), size.div_ceil(tile[1])];
+                let group = winograd_group(1, th, tw, register.pixels);
+                winograd_time(&shape, tile, group, &register)
+            })
+            .fold(f64::MAX, f64::min);
+        (direct, wino)
+    }
+
+    #[test]
+    fn the_avx512_model_picks_what_measured_faster() {
+        // One-thread traces of Inception-v4 and Inception-ResNet-v2 on an AVX-512 Xeon: Winograd
+        // won on 17×17 1×7/7×1 and 35×35 3×3 layers, direct on the 8×8 1×3/3×1 layers, whose
+        // transformed weights (six times a tap's) stream from memory for few outputs.
+        let wins = |kernel, ci, co, size| {
+            let (direct, wino) = times(Tier::V4, kernel, ci, co, size);
+            wino < direct
+        };
+        assert!(wins([1, 7], 192, 224, 17));
+        assert!(wins([7, 1], 192, 192, 17));
+        assert!(wins([3, 3], 64, 96, 35));
+        assert!(wins([3, 3], 192, 224, 35));
+        assert!(!wins([1, 3], 448, 512, 8));
+        assert!(!wins([3, 1], 384, 256, 8));
+    }
+
+    #[test]
+    fn weights_that_stream_per_work_item_cost_more() {
+        let shape = ConvShape {
+            images: 1,
+            in_channels: 512,
+            out_channels: 512,
+            out: [8, 8],
+            kernel: [1, 3],
+            stride: [1, 1],
+        };
+        let register = Tile {
+            isa: Isa::Avx512,
+            pixels: 8,
+            vectors: 3,
+        };
+        // F(4,3): 6 points × 512 × 512 × 4 bytes = 6 MiB, over the cached size: two work items
+        // stream them twice.
+        let one = winograd_time(&shape, [1, 4], 8, &register);
+        let two = winograd_time(&shape, [1, 4], 4, &register);
+        assert!(two > one + 4e-4, "{one} {two}");
+    }
 }
