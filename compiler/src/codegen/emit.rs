@@ -3,7 +3,7 @@
 //! explicit `fma`.
 //!
 //! A convolution's register tile is the kernel's [`Tile`], chosen by lowering. On the AVX-512
-//! tier, [`zmm_panels`] calls one assembled function per tile and weight panel that also applies
+//! tier, [`conv_by_panels`] calls one assembled function per tile and weight panel that also applies
 //! the epilogue ([`super::x86::ZmmTile`]). On the AVX2 tier, [`conv_tile`] accumulates a tile of
 //! 8 output channels, through the assembled AVX2 function per tap ([`super::x86::Avx2Tile`]) or
 //! as f32x4 Cranelift code with two accumulators per pixel, and the epilogue is Cranelift code.
@@ -276,6 +276,8 @@ struct TileBases {
 type TileBody<'a> = dyn Fn(&mut Emitter, &TileBases, usize) + 'a;
 
 fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
+    // Lowering splits every AVX-512 convolution by panels; blocks of 8 are the AVX2 tier's.
+    debug_assert!(k.register.isa != Isa::Avx512 || k.split != Split::Units);
     match k.split {
         Split::Units => for_units(e, k, begin, end, &|e, bases, pixels| {
             conv_ranges(e, k, bases, pixels)
@@ -482,28 +484,9 @@ fn pixel_addresses(e: &mut Emitter, m: &MapLayout, first: Value, count: usize) -
         .collect()
 }
 
-/// Every output channel panel of every range for one tile of `pixels` output pixels.
+/// Every output channel block of every range for one tile of `pixels` output pixels (the AVX2
+/// tier: the AVX-512 tier splits by panels, see [`conv_by_panels`]).
 fn conv_ranges(e: &mut Emitter, k: &ConvKernel, bases: &TileBases, pixels: usize) {
-    if k.register.isa == Isa::Avx512 {
-        let source = TileSource::conv(k);
-        let residuals = bases.residual.as_ref().map(|r| pointer_table(e, r));
-        for (r, range) in k.ranges.iter().enumerate() {
-            let outputs = pointer_table(e, &bases.outputs[r]);
-            let epilogue = Epilogue {
-                bias: Some(range.bias),
-                outputs,
-                residuals,
-                relu: range.relu,
-            };
-            let panels = RangePanels {
-                register: &k.register,
-                weights: range.weights,
-                channels: range.channels,
-            };
-            zmm_panels(e, &source, bases.input, &panels, &epilogue, pixels);
-        }
-        return;
-    }
     for (r, range) in k.ranges.iter().enumerate() {
         for_blocks(e, range.channels, BLOCK, &|e, block, lanes| {
             conv_block(e, k, range, bases, r, pixels, block, lanes)
@@ -532,49 +515,6 @@ struct Epilogue {
     /// The table of the tile's residual pixels.
     residuals: Option<Value>,
     relu: bool,
-}
-
-/// The weights of one range as an AVX-512 tile reads them.
-struct RangePanels<'a> {
-    register: &'a Tile,
-    /// Byte offset of the range's packed weights.
-    weights: usize,
-    channels: usize,
-}
-
-/// One call per weight panel of `panels` to the AVX-512 tile of `pixels` pixels reading `source`
-/// from `input`: a loop over the full panels, then the narrower last one.
-fn zmm_panels(
-    e: &mut Emitter,
-    source: &TileSource,
-    input: Value,
-    panels: &RangePanels,
-    epilogue: &Epilogue,
-    pixels: usize,
-) {
-    let rows = (source.taps.len() * source.channels) as i64;
-    let width = panels.register.panel();
-    let call = |e: &mut Emitter, panel: Value, packed: usize, channels: usize| {
-        // Channel `first = panel · width`: weights at first · rows floats, bias and outputs at
-        // first floats.
-        let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
-        let wbase = e.offset(e.weights, panels.weights as i64);
-        let w = e.scaled(wbase, panel, width as i64 * rows * F32);
-        let panel = ZmmPanel {
-            weights: w,
-            first,
-            width: packed,
-            channels,
-        };
-        zmm_call(e, source, input, &panel, epilogue, pixels);
-    };
-    let full = (panels.channels / width) as i64;
-    e.for_const(0, full, 1, |e, panel| call(e, panel, width, width));
-    let rest = panels.channels % width;
-    if rest > 0 {
-        let panel = e.int(full);
-        call(e, panel, rest.next_multiple_of(16), rest);
-    }
 }
 
 /// One weight panel of an AVX-512 tile call.
