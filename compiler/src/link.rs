@@ -64,7 +64,8 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// Links `object` with the runtime into the executable `out`.
+/// Links `object` with the runtime into the executable `out`, without the runtime's debug
+/// sections (line tables of the release build, a few MiB that a deployed model does not need).
 pub fn link(object: &[u8], out: &Path) -> Result<(), LinkError> {
     let work = tempfile::tempdir().map_err(io(Path::new("a temporary directory")))?;
     let obj = work.path().join("model.o");
@@ -79,6 +80,7 @@ pub fn link(object: &[u8], out: &Path) -> Result<(), LinkError> {
         .arg("-o")
         .arg(&exe)
         .arg("-Wl,--gc-sections")
+        .arg("-Wl,--strip-debug")
         .args(SYSTEM_LIBS)
         .output()
         .map_err(|source| LinkError::NoCompiler {

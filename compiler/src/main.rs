@@ -756,10 +756,11 @@ fn compile(
     }
     eprintln!(
         "compiled {} for {} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, \
-         weights {:.1} MiB) into {} in {:.1} s",
+         weights {:.1} MiB, packed to {:.1} MiB at start-up) into {} in {:.1} s",
         args.model(),
         program.tier.name(),
         program.arena_bytes as f64 / (1 << 20) as f64,
+        (program.stored.len() * target.weights_dtype.size()) as f64 / (1 << 20) as f64,
         program.weights.len() as f64 / (1 << 20) as f64,
         output.display(),
         total.as_secs_f64()

@@ -116,6 +116,18 @@ fn f16_weights_halve_the_executable_within_f16_precision() {
     let ratio = bytes(&f16_exe) / bytes(&f32_exe);
     // The weights (89.5 MiB in f32) are almost the whole file.
     assert!((0.5..0.56).contains(&ratio), "f16 / f32 size = {ratio}");
+    // The executable stores the weights as the checkpoint holds them, not their packed or
+    // Winograd-transformed copies (built at start-up): at most 1.05× the f32 weights.
+    let (code, info, stderr) = inceptc(&["info", "--model", "inception-resnet-v1"]);
+    assert_eq!(code, 0, "{stderr}");
+    let parameters: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("parameters"))
+        .map(|v| v.trim().replace(',', "").parse().unwrap())
+        .expect("info lists the parameters");
+    let growth = bytes(&f32_exe) / (4.0 * parameters);
+    assert!(growth <= 1.05, "executable / f32 weights = {growth}");
+    eprintln!("f32 executable: {growth:.3} × its weights");
     let x = random_tensor([2, 3, 80, 80], 12);
     let want = interpret(Model::InceptionResnetV1, &x);
     let (code, stderr, y) = run_tensor(&f16_exe, d, &x, &[]);

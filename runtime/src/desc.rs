@@ -7,9 +7,10 @@
 
 use crate::exec::Guard;
 use crate::layout::{Layout, MapLayout, VecLayout};
+use crate::pack::{ConvPacking, Recipe, Segment};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
-const VERSION: u64 = 4;
+const VERSION: u64 = 5;
 
 /// How input images become the network's input tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,8 +26,8 @@ pub enum Preprocess {
     Facenet,
 }
 
-/// How the executable stores the packed weights: f32 as the kernels read them, or f16 (half the
-/// size), converted to f32 once at start-up.
+/// How the executable stores its weights: f32, or f16 (half the size), converted to f32 once at
+/// start-up (before they are packed, see [`crate::pack`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightsDtype {
     #[default]
@@ -91,6 +92,10 @@ pub struct ModelDesc {
     pub steps: Vec<StepDesc>,
     /// Buffers watched by the bounds check (`--check-bounds`); empty otherwise.
     pub guards: Vec<Guard>,
+    /// How the stored weights become the packed weights the kernels read.
+    pub segments: Vec<Segment>,
+    /// Bytes of the packed weights.
+    pub packed_bytes: usize,
 }
 
 /// The bytes are not a description this runtime understands.
@@ -251,6 +256,36 @@ impl ModelDesc {
                 None => w.u(0),
             }
         }
+        w.u(self.segments.len());
+        for seg in &self.segments {
+            w.u(seg.offset);
+            w.u(seg.source);
+            match &seg.recipe {
+                Recipe::Copy { floats } => {
+                    w.u(0);
+                    w.u(*floats);
+                }
+                Recipe::Conv(c) => {
+                    w.u(1);
+                    for v in [c.out, c.inputs, c.kernel[0], c.kernel[1]] {
+                        w.u(v);
+                    }
+                    match &c.transform {
+                        Some(gs) => {
+                            w.u(1);
+                            for g in gs {
+                                w.u(g.len());
+                                g.iter().for_each(|v| w.u(v.to_bits() as usize));
+                            }
+                        }
+                        None => w.u(0),
+                    }
+                    w.u(c.panels.len());
+                    c.panels.iter().flatten().for_each(|v| w.u(*v));
+                }
+            }
+        }
+        w.u(self.packed_bytes);
         w.0
     }
 
@@ -345,6 +380,45 @@ impl ModelDesc {
                 },
             });
         }
+        let mut segments = Vec::new();
+        for _ in 0..r.len()? {
+            let (offset, source) = (r.u()?, r.u()?);
+            let recipe = match r.u()? {
+                0 => Recipe::Copy { floats: r.u()? },
+                1 => {
+                    let [out, inputs, kh, kw] = [r.u()?, r.u()?, r.u()?, r.u()?];
+                    let transform = match r.u()? {
+                        0 => None,
+                        1 => {
+                            let mut matrix = || -> Result<Vec<f64>, DescError> {
+                                (0..r.len()?)
+                                    .map(|_| Ok(f64::from_bits(r.u()? as u64)))
+                                    .collect()
+                            };
+                            Some([matrix()?, matrix()?])
+                        }
+                        _ => return Err(DescError("bad weight transform")),
+                    };
+                    let panels = (0..r.len()?)
+                        .map(|_| Ok([r.u()?, r.u()?, r.u()?]))
+                        .collect::<Result<_, DescError>>()?;
+                    Recipe::Conv(ConvPacking {
+                        out,
+                        inputs,
+                        kernel: [kh, kw],
+                        transform,
+                        panels,
+                    })
+                }
+                _ => return Err(DescError("bad weight segment")),
+            };
+            segments.push(Segment {
+                offset,
+                source,
+                recipe,
+            });
+        }
+        let packed_bytes = r.u()?;
         if !r.0.is_empty() {
             return Err(DescError("trailing bytes"));
         }
@@ -362,6 +436,8 @@ impl ModelDesc {
             blocks,
             steps,
             guards,
+            segments,
+            packed_bytes,
         };
         desc.check()?;
         Ok(desc)
@@ -396,6 +472,11 @@ impl ModelDesc {
             {
                 return Err(DescError("a guarded buffer lies outside the arena"));
             }
+        }
+        if crate::pack::packed_bytes(&self.segments).is_none_or(|b| b > self.packed_bytes) {
+            return Err(DescError(
+                "a weight segment lies outside the packed weights",
+            ));
         }
         for o in &self.outputs {
             if let Layout::Vector(v) = o {
@@ -463,6 +544,25 @@ mod tests {
                 live: [0, 1],
                 halo: Some(m),
             }],
+            segments: vec![
+                Segment {
+                    offset: 0,
+                    source: 0,
+                    recipe: Recipe::Copy { floats: 3 },
+                },
+                Segment {
+                    offset: 64,
+                    source: 3,
+                    recipe: Recipe::Conv(ConvPacking {
+                        out: 2,
+                        inputs: 1,
+                        kernel: [1, 3],
+                        transform: Some([vec![1.0], vec![0.5; 12]]),
+                        panels: vec![[0, 2, 16]],
+                    }),
+                },
+            ],
+            packed_bytes: 64 + 4 * 16 * 4,
         };
         let bytes = d.encode();
         assert_eq!(ModelDesc::decode(&bytes).unwrap(), d);

@@ -542,7 +542,8 @@ fn zmm_call(
         pixels,
         vectors: panel.width / 16,
         last_lanes: panel.channels - (panel.width - 16),
-        taps: source.taps.iter().map(|t| t.0 as i32).collect(),
+        taps: source.grid,
+        tap_steps: source.grid_steps.map(|s| s as i32),
         channels: source.channels,
         pixel_step: source.pixel_step as i32,
         bias: epilogue.bias.is_some(),
@@ -635,10 +636,13 @@ fn conv_block(
 }
 
 /// What one register tile reads: per tap, the byte offset of its input pixel from the tile's
-/// first and of its weights from the block's; the input channels; and the bytes from one of the
+/// first and of its weights from the block's (an AVX2 tier block); the same taps as a grid of
+/// rows × columns and the bytes between them; the input channels; and the bytes from one of the
 /// tile's pixels to the next.
 struct TileSource {
     taps: Vec<(i64, i64)>,
+    grid: [usize; 2],
+    grid_steps: [i64; 2],
     channels: usize,
     pixel_step: i64,
     /// Whether the input is never written while the kernel runs (see [`readonly`]).
@@ -659,6 +663,8 @@ impl TileSource {
             .collect();
         TileSource {
             taps,
+            grid: k.kernel,
+            grid_steps: [k.input.row_stride() as i64, k.input.pixel_stride() as i64],
             channels: ic,
             pixel_step: (k.stride[1] * k.input.pixel_stride()) as i64,
             readonly: true,
@@ -803,6 +809,8 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
     // The products read the transformed input: per point, `tiles` pixels of `ci` channels.
     let source = TileSource {
         taps: vec![(0, 0)],
+        grid: [1, 1],
+        grid_steps: [0, 0],
         channels: ci,
         pixel_step: ci as i64 * F32,
         readonly: false,
@@ -1007,14 +1015,17 @@ fn output_tile(
     });
     let out_at = e.offset(out_at, out_off);
     let t_base = e.offset(m_base, k.stage_offset() as i64 - k.input_scratch() as i64);
-    for j in 0..lanes.div_ceil(4) {
-        let valid = (lanes - 4 * j).min(4);
+    // One vector of 4 channels `j` (`valid` of them stored): every address moves by j · 16 bytes.
+    let vector = |e: &mut Emitter, j: Value, valid: usize| {
+        let shift = |e: &mut Emitter, base: Value| e.scaled(base, j, VEC);
+        let (m_j, bias_j, out_j) = (shift(e, m_at), shift(e, bias), shift(e, out_at));
+        let res_j = res_at.map(|r| shift(e, r));
         let load_m = |e: &mut Emitter, a: usize, b: usize| {
             let point = (a * lx + b) as i64;
-            let at = m_off + (point * (tiles * width) as i64 + 4 * j as i64) * F32;
-            Some(e.load(types::F32X4, m_at, at))
+            let at = m_off + point * (tiles * width) as i64 * F32;
+            Some(e.load(types::F32X4, m_j, at))
         };
-        let b0 = e.load(types::F32X4, bias, j as i64 * VEC);
+        let b0 = e.load(types::F32X4, bias_j, 0);
         let store_y = |e: &mut Emitter, oy: usize, ox: usize, v: Option<Value>| {
             if !(y.writes(ty, oy) && x.writes(tx, ox)) {
                 return;
@@ -1024,9 +1035,9 @@ fn output_tile(
                 None => b0,
             };
             let at = (oy * oy_step + ox * ox_step) as i64;
-            let to = e.offset(out_at, at);
-            let res = res_at.map(|r| e.offset(r, at));
-            finish(e, v, valid, res, range.relu, to, j as i64 * VEC);
+            let to = e.offset(out_j, at);
+            let res = res_j.map(|r| e.offset(r, at));
+            finish(e, v, valid, res, range.relu, to, 0);
         };
         separable(
             e,
@@ -1036,6 +1047,12 @@ fn output_tile(
             &load_m,
             &store_y,
         );
+    };
+    // Whole vectors in a loop (a panel has up to 16), then the partial one.
+    e.for_const(0, (lanes / 4) as i64, 1, |e, j| vector(e, j, 4));
+    if !lanes.is_multiple_of(4) {
+        let j = e.int((lanes / 4) as i64);
+        vector(e, j, lanes % 4);
     }
 }
 

@@ -12,6 +12,7 @@ use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan};
 use inceptc_runtime::exec::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, VecLayout};
+use inceptc_runtime::pack::{self, ConvPacking, Recipe, Segment};
 
 /// Output features per step of a linear layer: one f32x4 vector.
 pub const LINEAR_LANES: usize = 4;
@@ -359,8 +360,12 @@ pub struct Program {
     /// Block names; [`Step::block`] indexes them.
     pub blocks: Vec<String>,
     pub arena_bytes: usize,
-    /// Packed weights, 64-byte-aligned segments of little-endian f32.
+    /// Packed weights, 64-byte-aligned segments of little-endian f32: what the kernels read.
     pub weights: Vec<u8>,
+    /// The weights an executable stores, from which [`Program::segments`] make the packed ones
+    /// at start-up.
+    pub stored: Vec<f32>,
+    pub segments: Vec<Segment>,
     /// Where the runtime writes the NCHW input (converted to NHWC).
     pub input: MapLayout,
     /// Where the outputs are after the last step (each output's whole value), in the graph's
@@ -513,7 +518,9 @@ impl Program {
             steps,
             blocks,
             arena_bytes,
-            weights: weights.bytes,
+            weights: weights.pack(),
+            stored: weights.stored,
+            segments: weights.segments,
             input,
             outputs,
             guards,
@@ -545,21 +552,44 @@ fn buffer_layout(buffer: &Buffer, channel_offset: usize, channels: usize) -> Lay
     }
 }
 
-/// Packed weights under construction.
+/// The weights under construction: what an executable stores, and how each packed segment is
+/// made from it (see [`inceptc_runtime::pack`]).
 #[derive(Default)]
 struct WeightBlob {
-    bytes: Vec<u8>,
+    stored: Vec<f32>,
+    segments: Vec<Segment>,
+    /// Bytes of the packed weights so far.
+    end: usize,
 }
 
 impl WeightBlob {
-    /// Appends `values` as an aligned segment; returns its byte offset.
+    /// Appends a segment made by `recipe` from `values`, stored as they are; returns its byte
+    /// offset in the packed weights (aligned to [`WEIGHT_ALIGN`]).
+    fn push_recipe(&mut self, values: &[f32], recipe: Recipe) -> usize {
+        let offset = self.end.next_multiple_of(WEIGHT_ALIGN);
+        let segment = Segment {
+            offset,
+            source: self.stored.len(),
+            recipe,
+        };
+        self.stored.extend_from_slice(values);
+        self.segments.push(segment);
+        self.end = pack::packed_bytes(&self.segments).expect("segments the lowering sized");
+        offset
+    }
+
+    /// Appends `values`, packed as they are.
     fn push(&mut self, values: &[f32]) -> usize {
-        let start = self.bytes.len().next_multiple_of(WEIGHT_ALIGN);
-        self.bytes.resize(start, 0);
-        for v in values {
-            self.bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        start
+        let floats = values.len();
+        self.push_recipe(values, Recipe::Copy { floats })
+    }
+
+    /// The packed weights.
+    fn pack(&self) -> Vec<u8> {
+        let mut packed = vec![0u8; self.end];
+        pack::pack(&self.stored, &self.segments, &mut packed)
+            .expect("segments the lowering made fit their weights");
+        packed
     }
 }
 
@@ -762,18 +792,17 @@ impl Lowering<'_> {
                         true => Some(self.param(*m, "bias")?),
                         false => None,
                     };
-                    let (w, b) = match winograd {
-                        Some((tile, _, register)) => {
-                            pack_winograd(weight, bias, &g.conv, tile, &register)
-                        }
-                        None => pack_conv(weight, bias, &g.conv, &register),
+                    let packing = match winograd {
+                        Some((tile, _, register)) => winograd_packing(&g.conv, tile, &register),
+                        None => conv_packing(&g.conv, &register),
                     };
+                    let reg = winograd.map_or(register, |w| w.2);
                     ranges.push(ConvRange {
                         node: self.graph.node(*m).name.clone(),
                         channels: g.conv.out_channels,
                         relu: g.relu,
-                        weights: blob.push(&w),
-                        bias: blob.push(&b),
+                        weights: blob.push_recipe(weight, Recipe::Conv(packing)),
+                        bias: blob.push(&pack_bias(bias, g.conv.out_channels, &reg)),
                         out: self.conv_out(*m)?,
                     });
                 }
@@ -888,79 +917,43 @@ fn pack_bias(bias: Option<&[f32]>, channels: usize, register: &Tile) -> Vec<f32>
     b
 }
 
-/// Weights of `channels` output channels in the panels of `register`, each panel `rows` rows
-/// (taps × input channels, or points × input channels) of its width: `value(co, row)` gives
-/// output channel `co`'s entry of row `row`.
-fn pack_panels(
-    channels: usize,
-    rows: usize,
-    register: &Tile,
-    value: impl Fn(usize, usize) -> f32,
-) -> Vec<f32> {
-    let mut packed = vec![0.0; register.padded(channels) * rows];
-    for panel in register.panels(channels) {
-        let base = panel.first * rows;
-        for row in 0..rows {
-            for lane in 0..panel.channels {
-                packed[base + row * panel.width + lane] = value(panel.first + lane, row);
-            }
-        }
+/// How a convolution's `[O, I, KH, KW]` weights are packed for `register`: panels of its tile,
+/// taps row-major (the order of [`ConvRange`]).
+fn conv_packing(a: &inceptc_ir::op::Conv2dAttrs, register: &Tile) -> ConvPacking {
+    ConvPacking {
+        out: a.out_channels,
+        inputs: a.in_channels,
+        kernel: a.kernel,
+        transform: None,
+        panels: panels_of(a.out_channels, register),
     }
-    packed
 }
 
-/// Conv weights `[O, I, KH, KW]` in the order of [`ConvRange`]; bias as [`pack_bias`].
-fn pack_conv(
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    a: &inceptc_ir::op::Conv2dAttrs,
-    register: &Tile,
-) -> (Vec<f32>, Vec<f32>) {
-    let (o, i, kh, kw) = (a.out_channels, a.in_channels, a.kernel[0], a.kernel[1]);
-    // Row `(ky·KW + kx)·I + ci`.
-    let packed = pack_panels(o, kh * kw * i, register, |co, row| {
-        let (tap, ci) = (row / i, row % i);
-        let (ky, kx) = (tap / kw, tap % kw);
-        weight[((co * i + ci) * kh + ky) * kw + kx]
-    });
-    (packed, pack_bias(bias, o, register))
-}
-
-/// Conv weights `[O, I, KH, KW]` transformed for Winograd tile `tile` in the order of
-/// [`WinogradKernel`] (computed in f64); bias as [`pack_bias`].
-fn pack_winograd(
-    weight: &[f32],
-    bias: Option<&[f32]>,
+/// How a convolution's `[O, I, KH, KW]` weights are transformed for Winograd tile `tile` and
+/// packed for `register` (the order of [`WinogradKernel`]).
+fn winograd_packing(
     a: &inceptc_ir::op::Conv2dAttrs,
     tile: [usize; 2],
     register: &Tile,
-) -> (Vec<f32>, Vec<f32>) {
-    let (o, i, kh, kw) = (a.out_channels, a.in_channels, a.kernel[0], a.kernel[1]);
+) -> ConvPacking {
     // The lowering offers only tiles `winograd::choices` lists, which all exist.
-    let ty = winograd::Transform::new(tile[0], kh).expect("an offered Winograd tile");
-    let tx = winograd::Transform::new(tile[1], kw).expect("an offered Winograd tile");
-    let points = ty.points() * tx.points();
-    // Transformed kernels, [co][ci][point].
-    let mut transformed = vec![0.0f32; o * i * points];
-    let mut taps = vec![0.0f64; kh * kw];
-    for co in 0..o {
-        for ci in 0..i {
-            let at = (co * i + ci) * kh * kw;
-            for (t, w) in taps.iter_mut().zip(&weight[at..at + kh * kw]) {
-                *t = *w as f64;
-            }
-            let u = winograd::transform_kernel(&ty, &tx, &taps);
-            for (x, v) in u.into_iter().enumerate() {
-                transformed[(co * i + ci) * points + x] = v as f32;
-            }
-        }
+    let g = |m: usize, r: usize| -> Vec<f64> {
+        let t = winograd::Transform::new(m, r).expect("an offered Winograd tile");
+        t.g.concat()
+    };
+    ConvPacking {
+        transform: Some([g(tile[0], a.kernel[0]), g(tile[1], a.kernel[1])]),
+        ..conv_packing(a, register)
     }
-    // Row `point · I + ci`.
-    let packed = pack_panels(o, points * i, register, |co, row| {
-        let (x, ci) = (row / i, row % i);
-        transformed[(co * i + ci) * points + x]
-    });
-    (packed, pack_bias(bias, o, register))
+}
+
+/// `register`'s panels of `channels` output channels as [`ConvPacking::panels`] lists them.
+fn panels_of(channels: usize, register: &Tile) -> Vec<[usize; 3]> {
+    register
+        .panels(channels)
+        .iter()
+        .map(|p| [p.first, p.channels, p.width])
+        .collect()
 }
 
 /// Linear weights `[O, I]` in the order of [`LinearKernel`].

@@ -193,6 +193,8 @@ pub fn describe(
             })
             .collect(),
         guards: program.guards.clone(),
+        segments: program.segments.clone(),
+        packed_bytes: program.weights.len(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The object file of a compiled network: every kernel as a local function, the packed weights
-//! (64-byte aligned, read-only), the model description, and the kernel table the runtime calls
+//! The object file of a compiled network: every kernel as a local function, the stored weights
+//! (64-byte aligned, read-only; the runtime packs them at start-up), the model description, and the kernel table the runtime calls
 //! through. Exported symbols: `inceptc_desc` / `inceptc_desc_len`, `inceptc_weights` /
 //! `inceptc_weights_len`, `inceptc_kernels` (one pointer per step, null for the input step), and
 //! for executables `main`, which calls the runtime's `inceptc_main`.
@@ -97,9 +97,15 @@ pub fn object(
     let len = (encoded.len() as u64).to_le_bytes().to_vec();
     data(&mut module, "inceptc_desc", encoded, 8)?;
     data(&mut module, "inceptc_desc_len", len, 8)?;
+    // The stored weights; the runtime packs them at start-up (see `inceptc_runtime::pack`).
+    let stored: Vec<u8> = program
+        .stored
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let weights = match desc.weights_dtype {
-        WeightsDtype::F32 => program.weights.clone(),
-        WeightsDtype::F16 => weights_to_f16(&program.weights),
+        WeightsDtype::F32 => stored,
+        WeightsDtype::F16 => weights_to_f16(&stored),
     };
     let wlen = (weights.len() as u64).to_le_bytes().to_vec();
     data(&mut module, "inceptc_weights", weights, 64)?;

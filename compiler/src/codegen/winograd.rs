@@ -134,21 +134,10 @@ fn invert(a: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
 }
 
 /// The transformed weights of a 2-D kernel `taps[ky][kx]` (r_y × r_x): `G_y · taps · G_xᵀ`, L_y × L_x
-/// values in row-major order.
+/// values in row-major order, computed as the runtime computes them when it packs the weights
+/// ([`inceptc_runtime::pack::transform`]).
 pub fn transform_kernel(ty: &Transform, tx: &Transform, taps: &[f64]) -> Vec<f64> {
-    let (ry, rx) = (ty.r, tx.r);
-    // Along x for every kernel row, then along y for every transformed column.
-    let rows: Vec<Vec<f64>> = (0..ry)
-        .map(|ky| tx.weights(&taps[ky * rx..(ky + 1) * rx]))
-        .collect();
-    let mut out = vec![0.0; ty.points() * tx.points()];
-    for j in 0..tx.points() {
-        let column: Vec<f64> = rows.iter().map(|r| r[j]).collect();
-        for (i, v) in ty.weights(&column).into_iter().enumerate() {
-            out[i * tx.points() + j] = v;
-        }
-    }
-    out
+    inceptc_runtime::pack::transform(&ty.g.concat(), &tx.g.concat(), [ty.r, tx.r], taps)
 }
 
 #[cfg(test)]

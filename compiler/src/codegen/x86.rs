@@ -121,9 +121,10 @@ pub struct ZmmTile {
     pub vectors: usize,
     /// Channels stored of the last vector, 1 ..= 16 (a mask below 16).
     pub last_lanes: usize,
-    /// Per tap, the byte offset of its input from the tile's first input pixel; the weights
-    /// follow in the same order.
-    pub taps: Vec<i32>,
+    /// The taps: rows × columns, row-major; the weights follow in the same order.
+    pub taps: [usize; 2],
+    /// Bytes from one tap's input to the next tap row's and to the next column's.
+    pub tap_steps: [i32; 2],
     /// Input channels per tap.
     pub channels: usize,
     /// Bytes from one of the tile's input pixels to the next.
@@ -147,7 +148,9 @@ impl ZmmTile {
 
     /// Registers: accumulators zmm0.., weights after them, the broadcast (and after the loops,
     /// ReLU's zero) in zmm31. Each tap is a loop of [`ZMM_UNROLL`] channel steps over `r10`
-    /// (input) and `r11` (weights), with the leftover steps after it.
+    /// (input) and `r11` (weights), with the leftover steps after it; the weights run on from
+    /// tap to tap, the input moves to the next tap, and loops over the tap rows (`rsi`) and
+    /// columns (`rdx`) repeat that code, which stays small whatever the kernel's size.
     pub fn code(&self) -> Result<Vec<u8>, IcedError> {
         let (m, n) = (self.pixels, self.vectors);
         assert!(m >= 1 && n >= 1 && m * n + n < 32, "{self:?}");
@@ -168,27 +171,56 @@ impl ZmmTile {
             }
         }
         let row = (16 * n * 4) as i32;
-        let tap_bytes = self.channels as i64 * row as i64;
-        for (t, &offset) in self.taps.iter().enumerate() {
-            a.lea(r10, qword_ptr(rdi + offset))?;
-            let w = i32::try_from(t as i64 * tap_bytes).expect("a weight panel under 2 GiB");
-            a.lea(r11, qword_ptr(rsi + w))?;
-            let loops = self.channels / ZMM_UNROLL;
-            if loops > 0 {
-                a.mov(eax, loops as u32)?;
-                let mut top = a.create_label();
-                a.set_label(&mut top)?;
-                for u in 0..ZMM_UNROLL {
-                    self.step(&mut a, u)?;
-                }
-                a.add(r10, (4 * ZMM_UNROLL) as i32)?;
-                a.add(r11, row * ZMM_UNROLL as i32)?;
-                a.dec(eax)?;
-                a.jnz(top)?;
-            }
-            for u in 0..self.channels % ZMM_UNROLL {
+        let loops = self.channels / ZMM_UNROLL;
+        let rest = self.channels % ZMM_UNROLL;
+        let [rows, columns] = self.taps;
+        let [row_step, column_step] = self.tap_steps;
+        // After a tap, the input pointer has moved on by the looped channels.
+        let moved = (4 * ZMM_UNROLL * loops) as i32;
+        a.mov(r10, rdi)?;
+        a.mov(r11, rsi)?;
+        let mut tap_row = a.create_label();
+        let mut tap = a.create_label();
+        if rows > 1 {
+            a.mov(esi, rows as u32)?;
+            a.set_label(&mut tap_row)?;
+        }
+        if columns > 1 {
+            a.mov(edx, columns as u32)?;
+            a.set_label(&mut tap)?;
+        }
+        if loops > 0 {
+            a.mov(eax, loops as u32)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            for u in 0..ZMM_UNROLL {
                 self.step(&mut a, u)?;
             }
+            a.add(r10, (4 * ZMM_UNROLL) as i32)?;
+            a.add(r11, row * ZMM_UNROLL as i32)?;
+            a.dec(eax)?;
+            a.jnz(top)?;
+        }
+        for u in 0..rest {
+            self.step(&mut a, u)?;
+        }
+        if rest > 0 {
+            a.add(r11, row * rest as i32)?;
+        }
+        if columns > 1 {
+            a.add(r10, column_step - moved)?;
+            a.dec(edx)?;
+            a.jnz(tap)?;
+        }
+        if rows > 1 {
+            // From the row's last tap plus one column to the next row's first tap.
+            let back = match columns > 1 {
+                true => row_step - columns as i32 * column_step,
+                false => row_step - moved,
+            };
+            a.add(r10, back)?;
+            a.dec(esi)?;
+            a.jnz(tap_row)?;
         }
         let zero = zmm(31);
         if self.relu {
@@ -336,7 +368,8 @@ mod tests {
             pixels: 2,
             vectors: 2,
             last_lanes: 5,
-            taps: vec![0, 0x2000],
+            taps: [2, 1],
+            tap_steps: [0x2000, 0x40],
             channels: 5,
             pixel_step: 0x40,
             bias: true,
@@ -351,8 +384,9 @@ mod tests {
             "vmovups zmm1,[rdx+40h]",
             "vmovups zmm2,[rdx]",
             "vmovups zmm3,[rdx+40h]",
-            "lea r10,[rdi]",
-            "lea r11,[rsi]",
+            "mov r10,rdi",
+            "mov r11,rsi",
+            "mov esi,2",
             "mov eax,1",
             "vmovups zmm4,[r11]",
             "vmovups zmm5,[r11+40h]",
@@ -364,9 +398,11 @@ mod tests {
             "vfmadd231ps zmm3,zmm5,zmm31",
         ];
         assert_eq!(got[..want_start.len()], want_start);
-        // The second tap starts 0x2000 input bytes and 5 channels × 128 weight bytes on.
-        assert!(got.contains(&"lea r10,[rdi+2000h]".to_string()), "{got:#?}");
-        assert!(got.contains(&"lea r11,[rsi+280h]".to_string()), "{got:#?}");
+        // The weights run on past the leftover channel; the input moves to the next tap row:
+        // 0x2000 bytes on from the first tap, less the 4 channels the loop moved it.
+        for line in ["add r11,80h", "add r10,1FF0h", "dec esi"] {
+            assert!(got.contains(&line.to_string()), "{line}: {got:#?}");
+        }
         let want_end = [
             "vpxord zmm31,zmm31,zmm31",
             "mov rax,[rcx]",
@@ -397,7 +433,8 @@ mod tests {
             pixels: 3,
             vectors: 1,
             last_lanes: 16,
-            taps: vec![0],
+            taps: [1, 1],
+            tap_steps: [0, 0],
             channels: 1,
             pixel_step: 0x100,
             bias: false,

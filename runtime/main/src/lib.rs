@@ -107,10 +107,7 @@ pub(crate) fn linked_model() -> Result<Linked> {
     };
     let desc = ModelDesc::decode(desc)?;
     exec::check_cpu(desc.tier)?;
-    let weights = match desc.weights_dtype {
-        WeightsDtype::F32 => weights,
-        WeightsDtype::F16 => widen(weights)?,
-    };
+    let weights = unpack(weights, &desc)?;
     // SAFETY: the kernel table has one entry per step.
     let kernels =
         unsafe { std::slice::from_raw_parts(&raw const inceptc_kernels, desc.steps.len()) };
@@ -129,37 +126,91 @@ pub(crate) fn linked_model() -> Result<Linked> {
     })
 }
 
-/// f16 weights (`inceptc compile --weights-dtype f16`) converted to the f32 the kernels read, once,
-/// into 64-byte-aligned memory that lives as long as the process. Converted in chunks, each
-/// chunk's pages of the executable's f16 copy are handed back to the kernel once read, so the
-/// process holds little more than the f32 weights at any time.
-fn widen(stored: &'static [u8]) -> Result<&'static [u8]> {
+/// The packed weights the kernels read, made once at start-up from the weights the executable
+/// stores (see [`inceptc_runtime::pack`]) into 64-byte-aligned memory that lives as long as the
+/// process. Segment by segment, on every core: f16 weights (`inceptc compile --weights-dtype
+/// f16`) are widened to f32 first, and the pages of the stored copy are handed back to the kernel
+/// once packed, so the process holds little more than the packed weights at any time.
+fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
     use half::slice::HalfFloatSliceExt as _;
-    if !stored.len().is_multiple_of(2) || stored.as_ptr().align_offset(2) != 0 {
-        bail!("corrupt model: f16 weights of odd length or alignment");
+    use inceptc_runtime::pack;
+    let size = desc.weights_dtype.size();
+    if !stored.len().is_multiple_of(size) || stored.as_ptr().align_offset(size) != 0 {
+        bail!("corrupt model: stored weights of odd length or alignment");
     }
-    let n = stored.len() / 2;
-    let layout = std::alloc::Layout::from_size_align((4 * n).max(64), 64)?;
+    let floats = stored.len() / size;
+    pack::check(floats, &desc.segments, desc.packed_bytes)?;
+    let layout = std::alloc::Layout::from_size_align(desc.packed_bytes.max(64), 64)?;
     // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc(layout) } as *mut f32;
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
-        bail!("cannot allocate {} MiB for the weights", (4 * n) >> 20);
+        bail!(
+            "cannot allocate {} MiB for the weights",
+            desc.packed_bytes >> 20
+        );
     }
-    // SAFETY: `stored` is 2-aligned (checked) and holds `n` f16; `ptr` holds `n` f32, and is
-    // never freed (the weights live as long as the process).
-    let (from, to) = unsafe {
-        (
-            std::slice::from_raw_parts(stored.as_ptr() as *const half::f16, n),
-            std::slice::from_raw_parts_mut(ptr, n),
-        )
+    // SAFETY: `ptr` holds `packed_bytes` zeroed bytes and is never freed (the weights live as long
+    // as the process).
+    let packed = unsafe { std::slice::from_raw_parts_mut(ptr, desc.packed_bytes) };
+    // Each segment's own bytes of the packed weights, from its offset to the next segment's.
+    let mut order: Vec<&inceptc_runtime::pack::Segment> = desc.segments.iter().collect();
+    order.sort_by_key(|s| s.offset);
+    let mut jobs = Vec::with_capacity(order.len());
+    let (mut rest, mut at) = (&mut packed[..], 0);
+    for (i, segment) in order.iter().enumerate() {
+        let end = order
+            .get(i + 1)
+            .map_or(desc.packed_bytes, |next| next.offset);
+        // `check` passed: the segment's own end lies inside the packed weights.
+        let own = pack::packed_bytes(std::slice::from_ref(*segment)).unwrap_or(usize::MAX);
+        if own > end {
+            bail!("corrupt model: weight segments overlap");
+        }
+        let (_, from) = std::mem::take(&mut rest).split_at_mut(segment.offset - at);
+        let (head, tail) = from.split_at_mut(end - segment.offset);
+        jobs.push((*segment, head));
+        (rest, at) = (tail, end);
+    }
+    let jobs = std::sync::Mutex::new(jobs);
+    let pack_one = |segment: &inceptc_runtime::pack::Segment,
+                    dst: &mut [u8],
+                    wide: &mut Vec<f32>| {
+        let n = pack::source_floats(segment).unwrap_or(0);
+        let bytes = &stored[segment.source * size..(segment.source + n) * size];
+        let source: &[f32] = match desc.weights_dtype {
+            // SAFETY: `stored` is 4-aligned (checked) and `bytes` holds `n` little-endian f32.
+            WeightsDtype::F32 => unsafe {
+                std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n)
+            },
+            WeightsDtype::F16 => {
+                // SAFETY: `stored` is 2-aligned (checked) and `bytes` holds `n` f16.
+                let halves =
+                    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const half::f16, n) };
+                wide.resize(n, 0.0);
+                halves.convert_to_f32_slice(wide);
+                wide
+            }
+        };
+        // The segment's bytes start at its own offset in `dst`.
+        let local = inceptc_runtime::pack::Segment {
+            offset: 0,
+            ..segment.clone()
+        };
+        pack::pack_segment(source, &local, dst);
+        release(bytes.as_ptr() as usize, bytes.len());
     };
-    const CHUNK: usize = 1 << 20;
-    for (src, dst) in from.chunks(CHUNK).zip(to.chunks_mut(CHUNK)) {
-        src.convert_to_f32_slice(dst);
-        release(src.as_ptr() as usize, std::mem::size_of_val(src));
-    }
-    // SAFETY: the `4 n` bytes just written.
-    Ok(unsafe { std::slice::from_raw_parts(ptr as *const u8, 4 * n) })
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut wide = Vec::new();
+                while let Some((segment, dst)) = jobs.lock().ok().and_then(|mut j| j.pop()) {
+                    pack_one(segment, dst, &mut wide);
+                }
+            });
+        }
+    });
+    Ok(packed)
 }
 
 /// Tells the kernel that the whole pages inside `len` bytes at `addr` of the executable's
