@@ -138,6 +138,28 @@ const TRANSFORM_OPS_PER_CYCLE: f64 = 1.0;
 /// `group` tile rows per work item, its products in register tiles `register`: the point-wise
 /// products at the register tile's fill, plus the transforms, counted in vector instructions.
 pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize, register: &Tile) -> f64 {
+    let parts = winograd_parts(shape, tile, group, register);
+    parts.products + parts.transforms + parts.streaming
+}
+
+/// A Winograd convolution's predicted time in its parts.
+#[derive(Clone, Copy, Debug)]
+pub struct WinogradParts {
+    /// The point-wise products in the register tiles.
+    pub products: f64,
+    /// The input and output transforms.
+    pub transforms: f64,
+    /// Streaming the transformed weights from memory.
+    pub streaming: f64,
+}
+
+/// [`winograd_time`] in its parts.
+pub fn winograd_parts(
+    shape: &ConvShape,
+    tile: [usize; 2],
+    group: usize,
+    register: &Tile,
+) -> WinogradParts {
     let [ly, lx] = [tile[0] + shape.kernel[0] - 1, tile[1] + shape.kernel[1] - 1];
     let points = (ly * lx) as f64;
     let [th, tw] = [
@@ -161,7 +183,7 @@ pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize, register
         + (tile[0] * ly * lx + tile[0] * tile[1] * lx) as f64
         + 3.0 * (tile[0] * tile[1]) as f64;
     let transform_ops = tiles * (ci / 4.0 * input_ops + co / 4.0 * output_ops);
-    let compute = products + transform_ops / (TRANSFORM_OPS_PER_CYCLE * CLOCK_GHZ * 1e9);
+    let transforms = transform_ops / (TRANSFORM_OPS_PER_CYCLE * CLOCK_GHZ * 1e9);
     match register.isa {
         Isa::Avx512 => {
             let bytes = ly * lx * shape.in_channels * register.padded(shape.out_channels) * 4;
@@ -170,10 +192,17 @@ pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize, register
                 true => items,
                 false => 1,
             };
-            WINOGRAD_AVX512_SCALE * compute
-                + (bytes * streams) as f64 / WEIGHT_STREAM_BYTES_PER_SECOND
+            WinogradParts {
+                products: WINOGRAD_AVX512_SCALE * products,
+                transforms: WINOGRAD_AVX512_SCALE * transforms,
+                streaming: (bytes * streams) as f64 / WEIGHT_STREAM_BYTES_PER_SECOND,
+            }
         }
-        Isa::Sse | Isa::Avx2 => compute,
+        Isa::Sse | Isa::Avx2 => WinogradParts {
+            products,
+            transforms,
+            streaming: 0.0,
+        },
     }
 }
 
@@ -230,16 +259,15 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 _ if mx == 1 && rx == 1 => format!("F({my},{ry})"),
                 _ => format!("F({my}×{mx},{ry}×{rx})"),
             };
+            let parts = winograd_parts(&shape, k.tile, k.group, &k.register);
+            let time = parts.products + parts.transforms + parts.streaming;
             let algorithm = format!(
-                "winograd {name}, {} tiles, {}",
+                "winograd {name}, {} tiles, {}; transforms {:.0}%",
                 k.item_tiles(),
-                k.register.describe()
+                k.register.describe(),
+                100.0 * parts.transforms / time
             );
-            (
-                op,
-                algorithm,
-                winograd_time(&shape, k.tile, k.group, &k.register),
-            )
+            (op, algorithm, time)
         }
         Kernel::Pool(k) => {
             let kind = match k.average {
@@ -270,11 +298,11 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
         Kernel::Linear(k) => {
             let bytes = 4 * k.input.features * k.out.features;
             let op = format!("linear {}→{}", k.input.features, k.out.features);
-            (
-                op,
-                "direct, 4 outputs per step".into(),
-                bytes as f64 / LINEAR_BYTES_PER_SECOND,
-            )
+            let algorithm = match &k.register {
+                Some(register) => format!("direct, {}", register.describe()),
+                None => "direct, 4 outputs per step".into(),
+            };
+            (op, algorithm, bytes as f64 / LINEAR_BYTES_PER_SECOND)
         }
         Kernel::L2Norm(k) => {
             let op = format!("l2 normalize {}", k.input.features);

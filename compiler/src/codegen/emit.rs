@@ -1497,6 +1497,9 @@ fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, end: Value) 
 }
 
 fn linear(e: &mut Emitter, k: &LinearKernel, begin: Value, end: Value) {
+    if let Some(register) = &k.register {
+        return linear_tiled(e, k, register, begin, end);
+    }
     let (input, out) = (k.input, k.out);
     let inputs = input.features;
     e.for_range(begin, end, 1, |e, n| {
@@ -1538,6 +1541,72 @@ fn linear(e: &mut Emitter, k: &LinearKernel, begin: Value, end: Value) {
             let b = e.int(full);
             block(e, b, rest);
         }
+    });
+}
+
+/// A linear layer through the AVX-512 tile: a 1×1 convolution whose pixels are the rows; work
+/// item `p` is weight panel `p` over every row, in tiles of the register tile's pixels.
+fn linear_tiled(e: &mut Emitter, k: &LinearKernel, register: &Tile, begin: Value, end: Value) {
+    let (input, out) = (k.input, k.out);
+    let source = TileSource {
+        taps: vec![(0, 0)],
+        grid: [1, 1],
+        grid_steps: [0, 0],
+        channels: input.features,
+        pixel_step: input.row_stride() as i64,
+        readonly: true,
+    };
+    let width = register.panel();
+    let panels = register.panels(out.features);
+    let last = panels[panels.len() - 1];
+    let rows_per_panel = (width * input.features) as i64 * F32;
+    e.for_range(begin, end, 1, |e, panel| {
+        let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
+        let wbase = e.offset(e.weights, k.weights as i64);
+        let weights = e.scaled(wbase, panel, rows_per_panel);
+        let rows = |e: &mut Emitter, packed: usize, channels: usize| {
+            let tile = register.pixels;
+            for r0 in (0..out.n).step_by(tile) {
+                let pixels = tile.min(out.n - r0);
+                let row = e.int(r0 as i64);
+                let x = e.vec_row(&input, row);
+                let outputs: Vec<Value> = (0..pixels)
+                    .map(|p| {
+                        let r = e.int((r0 + p) as i64);
+                        e.vec_row(&out, r)
+                    })
+                    .collect();
+                let epilogue = Epilogue {
+                    bias: k.bias,
+                    outputs: pointer_table(e, &outputs),
+                    residuals: None,
+                    relu: false,
+                };
+                let panel = ZmmPanel {
+                    weights,
+                    first,
+                    width: packed,
+                    channels,
+                };
+                zmm_call(e, &source, x, &panel, &epilogue, pixels);
+            }
+        };
+        if last.channels == width {
+            rows(e, width, width);
+            return;
+        }
+        let (full, tail, done) = (e.b.create_block(), e.b.create_block(), e.b.create_block());
+        let is_full =
+            e.b.ins()
+                .icmp_imm_u(IntCC::UnsignedLessThan, panel, (panels.len() - 1) as i64);
+        e.b.ins().brif(is_full, full, &[], tail, &[]);
+        e.b.switch_to_block(full);
+        rows(e, width, width);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(tail);
+        rows(e, last.width, last.channels);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(done);
     });
 }
 

@@ -275,15 +275,19 @@ pub struct GlobalPoolKernel {
     pub out: VecLayout,
 }
 
-/// `y = x · Wᵀ + b`. Packed weights: for each block of [`LINEAR_LANES`] outputs (zero-padded),
-/// the input features in order, each a row of [`LINEAR_LANES`] floats; bias zero-padded likewise.
-/// Work items are rows.
+/// `y = x · Wᵀ + b`. Without a register tile (the AVX2 tier): packed weights, for each block of
+/// [`LINEAR_LANES`] outputs (zero-padded), the input features in order, each a row of
+/// [`LINEAR_LANES`] floats; bias zero-padded likewise; work items are rows. With one (the
+/// AVX-512 tier): a 1×1 convolution over the rows as pixels, weights in the tile's panels as
+/// [`ConvRange`]'s, a bias always (zeros without one); work items are panels, each over every
+/// row.
 #[derive(Clone, Debug)]
 pub struct LinearKernel {
     pub input: VecLayout,
     pub out: VecLayout,
     pub weights: usize,
     pub bias: Option<usize>,
+    pub register: Option<Tile>,
 }
 
 /// `y = x / max(‖x‖₂, eps)` per row. Work items are rows.
@@ -323,7 +327,10 @@ impl Kernel {
             Kernel::Winograd(k) => k.input.n * k.groups(),
             Kernel::Pool(k) => k.out.n * k.out.h,
             Kernel::GlobalPool(k) => k.out.n,
-            Kernel::Linear(k) => k.out.n,
+            Kernel::Linear(k) => match k.register {
+                Some(register) => register.panels(k.out.features).len(),
+                None => k.out.n,
+            },
             Kernel::L2Norm(k) => k.out.n,
         }
     }
@@ -870,16 +877,44 @@ impl Lowering<'_> {
                 out: self.vector(id)?,
             }),
             Op::Linear(a) => {
-                let w = pack_linear(self.param(id, "weight")?, a.in_features, a.out_features);
+                let input = self.read_vector(operand)?;
+                let weight = self.param(id, "weight")?;
                 let bias = match a.bias {
-                    true => Some(blob.push(&pad(self.param(id, "bias")?, LINEAR_LANES))),
+                    true => Some(self.param(id, "bias")?),
                     false => None,
                 };
+                if self.tier == Tier::V4 {
+                    let register = tile::choose(TileNeeds {
+                        tier: self.tier,
+                        in_channels: a.in_features,
+                        steps: a.in_features,
+                        pixel_step: input.row_stride(),
+                        run: input.n,
+                        out_channels: a.out_features,
+                    });
+                    let packing = ConvPacking {
+                        out: a.out_features,
+                        inputs: a.in_features,
+                        kernel: [1, 1],
+                        transform: None,
+                        panels: panels_of(a.out_features, &register),
+                    };
+                    return Ok(Kernel::Linear(LinearKernel {
+                        input,
+                        out: self.vector(id)?,
+                        weights: blob.push_recipe(weight, Recipe::Conv(packing)),
+                        bias: Some(blob.push(&pack_bias(bias, a.out_features, &register))),
+                        register: Some(register),
+                    }));
+                }
+                let w = pack_linear(weight, a.in_features, a.out_features);
+                let bias = bias.map(|b| blob.push(&pad(b, LINEAR_LANES)));
                 Kernel::Linear(LinearKernel {
-                    input: self.read_vector(operand)?,
+                    input,
                     out: self.vector(id)?,
                     weights: blob.push(&w),
                     bias,
+                    register: None,
                 })
             }
             Op::L2Normalize(a) => Kernel::L2Norm(L2NormKernel {
