@@ -3,8 +3,8 @@
 //!
 //! The model is deliberately simple and calibrated, not derived: a direct convolution runs at a
 //! fixed fraction of its register tile's FMA peak for its kind (16, 32 or 64 FLOP per cycle per
-//! core for the 128-bit, AVX2 and AVX-512 tiles), times the fraction of the tile the layer's
-//! shape fills ([`tile::fill`]); a Winograd
+//! core for the 128-bit, AVX2 and AVX-512 tiles; on the AVX-512 tier, times the fraction of the
+//! tile's ideal rate the layer's shape allows, [`tile::fill`]); a Winograd
 //! convolution's point-wise products run at one fraction of that peak and its transforms at a
 //! fixed rate of vector instructions; a pool runs at a fixed rate of window taps, a linear layer at
 //! a fixed rate of weight bytes. The convolution constants are fitted to the per-kernel minima of
