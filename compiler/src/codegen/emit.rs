@@ -398,12 +398,9 @@ fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, gro
     let units = k.units();
     let per_group = units.div_ceil(groups) as i64;
     let source = TileSource::conv(k);
-    let rows = (source.taps.len() * source.channels) as i64;
-    let width = k.register.panel();
     let mut start = 0;
     for (r, range) in k.ranges.iter().enumerate() {
-        let panels = k.register.panels(range.channels);
-        let count = (panels.len() * groups) as i64;
+        let count = (k.register.panels(range.channels).len() * groups) as i64;
         let (lo, hi) = (e.int(start), e.int(start + count));
         let from = e.b.ins().smax(begin, lo);
         let to = e.b.ins().smin(end, hi);
@@ -416,10 +413,13 @@ fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, gro
             let u1 = e.b.ins().iadd_imm_s(u0, per_group);
             let all = e.int(units as i64);
             let u1 = e.b.ins().smin(u1, all);
-            let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
-            let wbase = e.offset(e.weights, range.weights as i64);
-            let weights = e.scaled(wbase, panel, width as i64 * rows * F32);
-            let call = |e: &mut Emitter, packed: usize, channels: usize| {
+            let weights = RangePanels {
+                register: &k.register,
+                weights: range.weights,
+                channels: range.channels,
+                rows: source.taps.len() * source.channels,
+            };
+            for_panel(e, &weights, panel, &|e, panel| {
                 for_units(e, k, u0, u1, &|e, bases, pixels| {
                     let epilogue = Epilogue {
                         bias: Some(range.bias),
@@ -427,36 +427,65 @@ fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, gro
                         residuals: bases.residual.as_ref().map(|p| pointer_table(e, p)),
                         relu: range.relu,
                     };
-                    let panel = ZmmPanel {
-                        weights,
-                        first,
-                        width: packed,
-                        channels,
-                    };
-                    zmm_call(e, &source, bases.input, &panel, &epilogue, pixels);
+                    zmm_call(e, &source, bases.input, panel, &epilogue, pixels);
                 });
-            };
-            let last = panels[panels.len() - 1];
-            if last.channels == width {
-                call(e, width, width);
-                return;
-            }
-            // The narrower last panel has its own tile.
-            let (full, tail, done) = (e.b.create_block(), e.b.create_block(), e.b.create_block());
-            let is_full =
-                e.b.ins()
-                    .icmp_imm_u(IntCC::UnsignedLessThan, panel, (panels.len() - 1) as i64);
-            e.b.ins().brif(is_full, full, &[], tail, &[]);
-            e.b.switch_to_block(full);
-            call(e, width, width);
-            e.b.ins().jump(done, &[]);
-            e.b.switch_to_block(tail);
-            call(e, last.width, last.channels);
-            e.b.ins().jump(done, &[]);
-            e.b.switch_to_block(done);
+            });
         });
         start += count;
     }
+}
+
+/// One range's weights in a register tile's panels.
+struct RangePanels<'a> {
+    register: &'a Tile,
+    /// Byte offset of the range's packed weights.
+    weights: usize,
+    channels: usize,
+    /// Rows of a panel: taps (or points) × input channels.
+    rows: usize,
+}
+
+/// Calls `body` with panel `panel` (a run-time index) of `range`: the full panels' tile, or the
+/// narrower last panel's, which has a tile of its own.
+fn for_panel(
+    e: &mut Emitter,
+    range: &RangePanels,
+    panel: Value,
+    body: &dyn Fn(&mut Emitter, &ZmmPanel),
+) {
+    let width = range.register.panel();
+    let panels = range.register.panels(range.channels);
+    // Channel `first = panel · width`: weights at first · rows floats, bias and outputs at first
+    // floats.
+    let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
+    let wbase = e.offset(e.weights, range.weights as i64);
+    let weights = e.scaled(wbase, panel, (width * range.rows) as i64 * F32);
+    let call = |e: &mut Emitter, packed: usize, channels: usize| {
+        let panel = ZmmPanel {
+            weights,
+            first,
+            width: packed,
+            channels,
+        };
+        body(e, &panel);
+    };
+    let last = panels[panels.len() - 1];
+    if last.channels == width {
+        call(e, width, width);
+        return;
+    }
+    let (full, tail, done) = (e.b.create_block(), e.b.create_block(), e.b.create_block());
+    let is_full =
+        e.b.ins()
+            .icmp_imm_u(IntCC::UnsignedLessThan, panel, (panels.len() - 1) as i64);
+    e.b.ins().brif(is_full, full, &[], tail, &[]);
+    e.b.switch_to_block(full);
+    call(e, width, width);
+    e.b.ins().jump(done, &[]);
+    e.b.switch_to_block(tail);
+    call(e, last.width, last.channels);
+    e.b.ins().jump(done, &[]);
+    e.b.switch_to_block(done);
 }
 
 /// Addresses of channel 0 of `count` consecutive pixels of `m` starting at flat pixel index `first`
@@ -1556,15 +1585,14 @@ fn linear_tiled(e: &mut Emitter, k: &LinearKernel, register: &Tile, begin: Value
         pixel_step: input.row_stride() as i64,
         readonly: true,
     };
-    let width = register.panel();
-    let panels = register.panels(out.features);
-    let last = panels[panels.len() - 1];
-    let rows_per_panel = (width * input.features) as i64 * F32;
+    let weights = RangePanels {
+        register,
+        weights: k.weights,
+        channels: out.features,
+        rows: input.features,
+    };
     e.for_range(begin, end, 1, |e, panel| {
-        let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
-        let wbase = e.offset(e.weights, k.weights as i64);
-        let weights = e.scaled(wbase, panel, rows_per_panel);
-        let rows = |e: &mut Emitter, packed: usize, channels: usize| {
+        for_panel(e, &weights, panel, &|e, panel| {
             let tile = register.pixels;
             for r0 in (0..out.n).step_by(tile) {
                 let pixels = tile.min(out.n - r0);
@@ -1582,31 +1610,9 @@ fn linear_tiled(e: &mut Emitter, k: &LinearKernel, register: &Tile, begin: Value
                     residuals: None,
                     relu: false,
                 };
-                let panel = ZmmPanel {
-                    weights,
-                    first,
-                    width: packed,
-                    channels,
-                };
-                zmm_call(e, &source, x, &panel, &epilogue, pixels);
+                zmm_call(e, &source, x, panel, &epilogue, pixels);
             }
-        };
-        if last.channels == width {
-            rows(e, width, width);
-            return;
-        }
-        let (full, tail, done) = (e.b.create_block(), e.b.create_block(), e.b.create_block());
-        let is_full =
-            e.b.ins()
-                .icmp_imm_u(IntCC::UnsignedLessThan, panel, (panels.len() - 1) as i64);
-        e.b.ins().brif(is_full, full, &[], tail, &[]);
-        e.b.switch_to_block(full);
-        rows(e, width, width);
-        e.b.ins().jump(done, &[]);
-        e.b.switch_to_block(tail);
-        rows(e, last.width, last.channels);
-        e.b.ins().jump(done, &[]);
-        e.b.switch_to_block(done);
+        });
     });
 }
 
