@@ -761,7 +761,7 @@ fn compile(
         program.tier.name(),
         program.arena_bytes as f64 / (1 << 20) as f64,
         (program.stored.len() * target.weights_dtype.size()) as f64 / (1 << 20) as f64,
-        program.weights.len() as f64 / (1 << 20) as f64,
+        program.packed_bytes as f64 / (1 << 20) as f64,
         output.display(),
         total.as_secs_f64()
     );

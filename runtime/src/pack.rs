@@ -88,14 +88,16 @@ impl ConvPacking {
 }
 
 impl Recipe {
-    fn source_floats(&self) -> Option<usize> {
+    /// Stored floats the segment reads (`None` when the count overflows).
+    pub fn source_floats(&self) -> Option<usize> {
         match self {
             Recipe::Copy { floats } => Some(*floats),
             Recipe::Conv(c) => c.source_floats(),
         }
     }
 
-    fn packed_floats(&self) -> Option<usize> {
+    /// Packed floats the segment writes (`None` when the count overflows).
+    pub fn packed_floats(&self) -> Option<usize> {
         match self {
             Recipe::Copy { floats } => Some(*floats),
             Recipe::Conv(c) => c.packed_floats(),
@@ -164,14 +166,10 @@ pub fn pack(stored: &[f32], segments: &[Segment], packed: &mut [u8]) -> Result<(
     check(stored.len(), segments, packed.len())?;
     for s in segments {
         let floats = s.recipe.source_floats().unwrap_or(0);
-        pack_segment(&stored[s.source..s.source + floats], s, packed);
+        let source = &stored[s.source..s.source + floats];
+        pack_segment(source, &s.recipe, &mut packed[s.offset..]);
     }
     Ok(())
-}
-
-/// Floats of the stored weights `segment` reads, from [`Segment::source`] on.
-pub fn source_floats(segment: &Segment) -> Option<usize> {
-    segment.recipe.source_floats()
 }
 
 /// Checks every segment against `stored` stored floats and `packed` packed bytes, and its panels.
@@ -198,11 +196,10 @@ pub fn check(stored: usize, segments: &[Segment], packed: usize) -> Result<(), P
     Ok(())
 }
 
-/// Packs one segment, checked by [`check`], from `source` (its [`source_floats`] stored floats)
-/// into `packed`.
-pub fn pack_segment(source: &[f32], segment: &Segment, packed: &mut [u8]) {
-    let dst = &mut packed[segment.offset..];
-    match &segment.recipe {
+/// Packs one segment, checked by [`check`], from `source` (its [`Recipe::source_floats`] stored
+/// floats) into `dst`, the packed weights from the segment's offset on.
+pub fn pack_segment(source: &[f32], recipe: &Recipe, dst: &mut [u8]) {
+    match recipe {
         Recipe::Copy { .. } => {
             for (d, v) in dst.chunks_exact_mut(4).zip(source) {
                 d.copy_from_slice(&v.to_le_bytes());

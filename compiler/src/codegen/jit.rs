@@ -10,6 +10,8 @@ use super::{define_kernels, isa, CodegenError, Program};
 /// A program whose kernels are compiled into this process.
 pub struct JitProgram {
     pub program: Program,
+    /// The packed weights the kernels read.
+    weights: Vec<u8>,
     kernels: Vec<Option<KernelFn>>,
     module: Option<JITModule>,
 }
@@ -33,6 +35,7 @@ impl JitProgram {
             })
             .collect();
         Ok(JitProgram {
+            weights: program.packed_weights(),
             program,
             kernels,
             module: Some(module),
@@ -44,7 +47,7 @@ impl JitProgram {
         let p = &self.program;
         exec::Model {
             arena_bytes: p.arena_bytes,
-            weights: &p.weights,
+            weights: &self.weights,
             input: p.input,
             outputs: p.outputs.clone(),
             steps: p

@@ -367,12 +367,12 @@ pub struct Program {
     /// Block names; [`Step::block`] indexes them.
     pub blocks: Vec<String>,
     pub arena_bytes: usize,
-    /// Packed weights, 64-byte-aligned segments of little-endian f32: what the kernels read.
-    pub weights: Vec<u8>,
     /// The weights an executable stores, from which [`Program::segments`] make the packed ones
-    /// at start-up.
+    /// the kernels read, at start-up ([`Program::packed_weights`] in process).
     pub stored: Vec<f32>,
     pub segments: Vec<Segment>,
+    /// Bytes of the packed weights: 64-byte-aligned segments of little-endian f32.
+    pub packed_bytes: usize,
     /// Where the runtime writes the NCHW input (converted to NHWC).
     pub input: MapLayout,
     /// Where the outputs are after the last step (each output's whole value), in the graph's
@@ -401,6 +401,15 @@ pub struct LowerOptions {
 }
 
 impl Program {
+    /// The packed weights the kernels read, made from the stored ones as an executable makes
+    /// them at start-up.
+    pub fn packed_weights(&self) -> Vec<u8> {
+        let mut packed = vec![0u8; self.packed_bytes];
+        pack::pack(&self.stored, &self.segments, &mut packed)
+            .expect("segments the lowering made fit their weights");
+        packed
+    }
+
     /// Lowers `graph` (after the whole pass pipeline, weights bound) for input
     /// `[batch, C, height, width]`.
     pub fn new(
@@ -525,7 +534,7 @@ impl Program {
             steps,
             blocks,
             arena_bytes,
-            weights: weights.pack(),
+            packed_bytes: weights.end,
             stored: weights.stored,
             segments: weights.segments,
             input,
@@ -574,6 +583,9 @@ impl WeightBlob {
     /// offset in the packed weights (aligned to [`WEIGHT_ALIGN`]).
     fn push_recipe(&mut self, values: &[f32], recipe: Recipe) -> usize {
         let offset = self.end.next_multiple_of(WEIGHT_ALIGN);
+        let floats = recipe
+            .packed_floats()
+            .expect("a segment the lowering sized");
         let segment = Segment {
             offset,
             source: self.stored.len(),
@@ -581,7 +593,7 @@ impl WeightBlob {
         };
         self.stored.extend_from_slice(values);
         self.segments.push(segment);
-        self.end = pack::packed_bytes(&self.segments).expect("segments the lowering sized");
+        self.end = offset + 4 * floats;
         offset
     }
 
@@ -589,14 +601,6 @@ impl WeightBlob {
     fn push(&mut self, values: &[f32]) -> usize {
         let floats = values.len();
         self.push_recipe(values, Recipe::Copy { floats })
-    }
-
-    /// The packed weights.
-    fn pack(&self) -> Vec<u8> {
-        let mut packed = vec![0u8; self.end];
-        pack::pack(&self.stored, &self.segments, &mut packed)
-            .expect("segments the lowering made fit their weights");
-        packed
     }
 }
 

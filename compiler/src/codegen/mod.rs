@@ -194,7 +194,7 @@ pub fn describe(
             .collect(),
         guards: program.guards.clone(),
         segments: program.segments.clone(),
-        packed_bytes: program.weights.len(),
+        packed_bytes: program.packed_bytes,
     }
 }
 

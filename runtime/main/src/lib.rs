@@ -162,7 +162,9 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
             .get(i + 1)
             .map_or(desc.packed_bytes, |next| next.offset);
         // `check` passed: the segment's own end lies inside the packed weights.
-        let own = pack::packed_bytes(std::slice::from_ref(*segment)).unwrap_or(usize::MAX);
+        let own = (segment.recipe.packed_floats()).map_or(usize::MAX, |f| {
+            f.saturating_mul(4).saturating_add(segment.offset)
+        });
         if own > end {
             bail!("corrupt model: weight segments overlap");
         }
@@ -175,7 +177,7 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
     let pack_one = |segment: &inceptc_runtime::pack::Segment,
                     dst: &mut [u8],
                     wide: &mut Vec<f32>| {
-        let n = pack::source_floats(segment).unwrap_or(0);
+        let n = segment.recipe.source_floats().unwrap_or(0);
         let bytes = &stored[segment.source * size..(segment.source + n) * size];
         let source: &[f32] = match desc.weights_dtype {
             // SAFETY: `stored` is 4-aligned (checked) and `bytes` holds `n` little-endian f32.
@@ -191,12 +193,7 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
                 wide
             }
         };
-        // The segment's bytes start at its own offset in `dst`.
-        let local = inceptc_runtime::pack::Segment {
-            offset: 0,
-            ..segment.clone()
-        };
-        pack::pack_segment(source, &local, dst);
+        pack::pack_segment(source, &segment.recipe, dst);
         release(bytes.as_ptr() as usize, bytes.len());
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
