@@ -23,7 +23,7 @@ use super::lower::{
 };
 use super::tile::{Isa, Tile};
 use super::winograd::Transform;
-use super::x86::{Avx2Tile, TileFn, ZmmTile};
+use super::x86::{Avx2Tile, TileFn, ZmmTile, ZMM_UNROLL};
 use inceptc_runtime::layout::{MapLayout, VecLayout};
 
 /// Output channels per block of the AVX2 tier's tiles (their weight panel).
@@ -398,6 +398,7 @@ fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, gro
     let units = k.units();
     let per_group = units.div_ceil(groups) as i64;
     let source = TileSource::conv(k);
+    let prefetch = NextPanel::new(k, &source);
     let mut start = 0;
     for (r, range) in k.ranges.iter().enumerate() {
         let count = (k.register.panels(range.channels).len() * groups) as i64;
@@ -420,6 +421,14 @@ fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, gro
                 rows: source.taps.len() * source.channels,
             };
             for_panel(e, &weights, panel, &|e, panel| {
+                // The tile calls of a panel spread the prefetch of the next panel between
+                // them, each a share, so that it streams in while this one is reused from cache.
+                let start = e.offset(panel.weights, prefetch.panel as i64);
+                let skip =
+                    e.b.ins()
+                        .imul_imm_s(u0, (prefetch.per_unit * prefetch.share) as i64);
+                let start = e.b.ins().iadd(start, skip);
+                let cursor = e.var(types::I64, start);
                 for_units(e, k, u0, u1, &|e, bases, pixels| {
                     let epilogue = Epilogue {
                         bias: Some(range.bias),
@@ -427,11 +436,56 @@ fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, gro
                         residuals: bases.residual.as_ref().map(|p| pointer_table(e, p)),
                         relu: range.relu,
                     };
-                    zmm_call(e, &source, bases.input, panel, &epilogue, pixels);
+                    let at = e.b.use_var(cursor);
+                    let panel = ZmmPanel {
+                        prefetch: (prefetch.step > 0).then_some((at, prefetch.step)),
+                        ..*panel
+                    };
+                    zmm_call(e, &source, bases.input, &panel, &epilogue, pixels);
+                    let next = e.offset(at, prefetch.share as i64);
+                    e.b.def_var(cursor, next);
                 });
             });
         });
         start += count;
+    }
+}
+
+/// How the tile calls of one weight panel prefetch the next: the panel's bytes divided in equal
+/// shares between the calls that reuse it, each share prefetched `step` bytes per channel loop
+/// iteration of a call.
+struct NextPanel {
+    /// Bytes of a full panel.
+    panel: usize,
+    /// Tile calls per unit (tiles along an output row, or one flat tile).
+    per_unit: usize,
+    /// Bytes each call prefetches.
+    share: usize,
+    /// 0 when the tile has no channel loop to spread the prefetch over.
+    step: i32,
+}
+
+impl NextPanel {
+    fn new(k: &ConvKernel, source: &TileSource) -> NextPanel {
+        let panel = k.register.panel() * source.taps.len() * source.channels * F32 as usize;
+        let per_unit = match k.flat {
+            true => 1,
+            false => k.out_w.div_ceil(k.register.pixels),
+        };
+        let calls = k.units() * per_unit;
+        let share = panel.div_ceil(calls).next_multiple_of(64);
+        let iterations = source.taps.len() * (source.channels / ZMM_UNROLL);
+        let step = match iterations {
+            0 => 0,
+            // At most 4 lines an iteration: a share beyond that is prefetched in part.
+            _ => share.div_ceil(iterations).min(256) as i32,
+        };
+        NextPanel {
+            panel,
+            per_unit,
+            share,
+            step,
+        }
     }
 }
 
@@ -466,6 +520,7 @@ fn for_panel(
             first,
             width: packed,
             channels,
+            prefetch: None,
         };
         body(e, &panel);
     };
@@ -547,6 +602,7 @@ struct Epilogue {
 }
 
 /// One weight panel of an AVX-512 tile call.
+#[derive(Clone, Copy)]
 struct ZmmPanel {
     /// Address of the panel's packed weights.
     weights: Value,
@@ -556,6 +612,9 @@ struct ZmmPanel {
     width: usize,
     /// Channels stored.
     channels: usize,
+    /// Where the tile starts prefetching weights into L2, and how far it moves on per channel
+    /// loop iteration.
+    prefetch: Option<(Value, i32)>,
 }
 
 /// Calls the AVX-512 tile of `pixels` pixels for `panel`, reading `source` from `input`.
@@ -578,6 +637,7 @@ fn zmm_call(
         bias: epilogue.bias.is_some(),
         residual: epilogue.residuals.is_some(),
         relu: epilogue.relu,
+        prefetch_step: panel.prefetch.map_or(0, |p| p.1),
     });
     let func = (e.tiles)(tile, e.b.func);
     let bias = match epilogue.bias {
@@ -595,6 +655,7 @@ fn zmm_call(
         epilogue.outputs,
         residuals,
         panel.first,
+        panel.prefetch.map_or_else(|| e.int(0), |p| p.0),
     ];
     e.b.ins().call(func, &args);
 }
@@ -865,11 +926,21 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
                 let wblock = e.scaled(wbase, block, block_bytes);
                 // The panel's packed width: a narrower last panel rounds up to the granule.
                 let packed = lanes.next_multiple_of(k.register.granule()).min(width);
+                // The calls of a point prefetch the weights that follow its own (the next
+                // point's, or the next block's), each a share.
+                let point_bytes = ci * packed * F32 as usize;
+                let share = point_bytes
+                    .div_ceil(tiles.div_ceil(step))
+                    .next_multiple_of(64);
+                let prefetch_step = match ci / ZMM_UNROLL {
+                    0 => 0,
+                    iterations => share.div_ceil(iterations).min(256) as i32,
+                };
                 e.for_const(0, points as i64, 1, |e, point| {
-                    let wptr = e.scaled(wblock, point, (ci * packed) as i64 * F32);
+                    let wptr = e.scaled(wblock, point, point_bytes as i64);
                     let vp = e.scaled(v_base, point, (tiles * ci) as i64 * F32);
                     let mp = e.scaled(m_base, point, (tiles * width) as i64 * F32);
-                    for first in (0..tiles).step_by(step) {
+                    for (call, first) in (0..tiles).step_by(step).enumerate() {
                         let pixels = step.min(tiles - first);
                         let vt = e.offset(vp, (first * ci) as i64 * F32);
                         if k.register.isa == Isa::Avx512 {
@@ -887,6 +958,10 @@ fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: Value) {
                                 first: e.int(0),
                                 width: packed,
                                 channels: lanes,
+                                prefetch: (prefetch_step > 0).then(|| {
+                                    let at = (point_bytes + call * share) as i64;
+                                    (e.offset(wptr, at), prefetch_step)
+                                }),
                             };
                             zmm_call(e, &source, vt, &panel, &epilogue, pixels);
                             continue;
