@@ -7,7 +7,9 @@
 //! the epilogue ([`super::x86::ZmmTile`]). On the AVX2 tier, [`conv_tile`] accumulates a tile of
 //! 8 output channels, through the assembled AVX2 function per tap ([`super::x86::Avx2Tile`]) or
 //! as f32x4 Cranelift code with two accumulators per pixel, and the epilogue is Cranelift code.
-//! The loops around them, the Winograd transforms and the pools do not care which.
+//! The loops around them and the pools do not care which. The Winograd transforms are assembled
+//! too on the AVX-512 tier ([`super::x86::TransformTile`], 16 channels a vector), and f32x4
+//! Cranelift code ([`separable`]) on the AVX2 tier.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -23,7 +25,7 @@ use super::lower::{
 };
 use super::tile::{Isa, Tile};
 use super::winograd::Transform;
-use super::x86::{Avx2Tile, TileFn, ZmmTile, ZMM_UNROLL};
+use super::x86::{Avx2Tile, TileFn, TransformTile, ZmmTile, ZMM_UNROLL};
 use inceptc_runtime::layout::{MapLayout, VecLayout};
 
 /// Output channels per block of the AVX2 tier's tiles (their weight panel).
@@ -834,12 +836,7 @@ fn combine(
         .into_iter()
         .filter_map(|(c, v)| v.filter(|_| c != 0.0).map(|v| (c, v)))
         .collect();
-    let rank = |c: f64| match c {
-        1.0 => 0,
-        -1.0 => 2,
-        _ => 1,
-    };
-    terms.sort_by_key(|(c, _)| rank(*c));
+    terms.sort_by_key(|(c, _)| super::winograd::sum_order(*c));
     let mut acc: Option<Value> = None;
     for (c, v) in terms {
         acc = Some(match (acc, c) {
@@ -1041,8 +1038,9 @@ fn for_tiles(
     }
 }
 
-/// The input transform `Bᵀ_y · d · B_x` of one tile, 4 channels at a time, stored as point ξ of
-/// the item's tile `row · tiles + tx`: `v_base + (ξ · tiles + tile) · C · 4`.
+/// The input transform `Bᵀ_y · d · B_x` of one tile, 16 channels at a time in one assembled call
+/// on the AVX-512 tier, else 4 at a time, stored as point ξ of the item's tile `row · tiles + tx`:
+/// `v_base + (ξ · tiles + tile) · C · 4`.
 #[allow(clippy::too_many_arguments)]
 fn input_tile(
     e: &mut Emitter,
@@ -1064,6 +1062,33 @@ fn input_tile(
     let src = advance(e, src, &mut src_off, tx, x.transform.m * x.input_step);
     let mut dst_off = (row * k.tiles()[1] * ci) as i64 * F32;
     let dst = advance(e, v_base, &mut dst_off, tx, ci * F32 as usize);
+    if k.register.isa == Isa::Avx512 {
+        let loads = (0..y.transform.points())
+            .flat_map(|i| (0..lx).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let at = src_off + (i * y.input_step + j * x.input_step) as i64;
+                (y.reads(ty, i) && x.reads(tx, j)).then_some(at as i32)
+            })
+            .collect();
+        let stores = (0..y.transform.points() * lx)
+            .map(|point| Some((dst_off + (point * tiles * ci) as i64 * F32) as i32))
+            .collect();
+        let tile = TransformTile {
+            y: (y.transform.m, y.transform.r),
+            x: (x.transform.m, x.transform.r),
+            output: false,
+            loads,
+            stores,
+            vectors: ci / 16,
+            last_lanes: ci % 16,
+            bias: false,
+            residual: false,
+            relu: false,
+        };
+        let zero = e.int(0);
+        transform_call(e, tile, [src, dst, zero, zero]);
+        return;
+    }
     let t_base = e.offset(v_base, k.stage_offset() as i64);
     e.for_const(0, ci as i64 * F32, VEC, |e, c| {
         let from = e.b.ins().iadd(src, c);
@@ -1085,7 +1110,8 @@ fn input_tile(
 }
 
 /// The output transform `Aᵀ_y · M · A_x` of one tile for one block of output channels, plus bias,
-/// residual and ReLU, stored where the tile's outputs fall inside the map.
+/// residual and ReLU, stored where the tile's outputs fall inside the map (one assembled call on
+/// the AVX-512 tier).
 #[allow(clippy::too_many_arguments)]
 fn output_tile(
     e: &mut Emitter,
@@ -1118,6 +1144,33 @@ fn output_tile(
         e.offset(r, off)
     });
     let out_at = e.offset(out_at, out_off);
+    if k.register.isa == Isa::Avx512 {
+        let loads = (0..y.transform.points() * lx)
+            .map(|point| Some((m_off + (point * tiles * width) as i64 * F32) as i32))
+            .collect();
+        let stores = (0..y.transform.m)
+            .flat_map(|oy| (0..x.transform.m).map(move |ox| (oy, ox)))
+            .map(|(oy, ox)| {
+                let at = oy * oy_step + ox * ox_step;
+                (y.writes(ty, oy) && x.writes(tx, ox)).then_some(at as i32)
+            })
+            .collect();
+        let tile = TransformTile {
+            y: (y.transform.m, y.transform.r),
+            x: (x.transform.m, x.transform.r),
+            output: true,
+            loads,
+            stores,
+            vectors: lanes / 16,
+            last_lanes: lanes % 16,
+            bias: true,
+            residual: res_at.is_some(),
+            relu: range.relu,
+        };
+        let residual = res_at.unwrap_or_else(|| e.int(0));
+        transform_call(e, tile, [m_at, out_at, bias, residual]);
+        return;
+    }
     let t_base = e.offset(m_base, k.stage_offset() as i64 - k.input_scratch() as i64);
     // One vector of 4 channels `j` (`valid` of them stored): every address moves by j · 16 bytes.
     let vector = |e: &mut Emitter, j: Value, valid: usize| {
@@ -1158,6 +1211,12 @@ fn output_tile(
         let j = e.int((lanes / 4) as i64);
         vector(e, j, lanes % 4);
     }
+}
+
+/// Calls the assembled transform `tile` with its four pointers.
+fn transform_call(e: &mut Emitter, tile: TransformTile, args: [Value; 4]) {
+    let func = (e.tiles)(TileFn::Transform(tile), e.b.func);
+    e.b.ins().call(func, &args);
 }
 
 /// Where [`separable`] puts entry (row, column) of its result (`None`: known zero).

@@ -97,6 +97,17 @@ impl Transform {
     }
 }
 
+/// Where a term of coefficient `c` goes in a transform's sum: +1 terms first (the sum starts from
+/// one without a negation or multiply), then the others, then −1 terms (subtracted). Both
+/// emitters order their sums so.
+pub fn sum_order(c: f64) -> u8 {
+    match c {
+        1.0 => 0,
+        -1.0 => 2,
+        _ => 1,
+    }
+}
+
 /// The inverse of a small square matrix by Gauss–Jordan elimination with partial pivoting;
 /// `None` if it is singular.
 fn invert(a: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
