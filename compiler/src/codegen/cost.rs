@@ -76,9 +76,13 @@ const WEIGHT_STREAM_BYTES_PER_SECOND: f64 = 12e9;
 /// Winograd weights larger than this stream from memory once per work item instead of once per
 /// call (fitted; about the L2 cache of the development machine).
 const WINOGRAD_WEIGHTS_CACHED: usize = 3 << 20;
-/// What the AVX-512 tier's Winograd products and transforms take of the AVX2 fit's prediction
-/// (fitted).
-const WINOGRAD_AVX512_SCALE: f64 = 0.9;
+/// What the AVX-512 tier's Winograd products take of the AVX2 fit's prediction (fitted, with
+/// the transforms' factor below, to the per-layer choices one-thread traces measured faster: see
+/// the test `the_avx512_model_picks_what_measured_faster`).
+const WINOGRAD_AVX512_SCALE: f64 = 1.2;
+/// What its transforms, assembled on zmm vectors of 16 channels, take of the 128-bit ones' (fitted
+/// to the Winograd layers of one-thread Inception-v4 traces before and after they went wide).
+const WINOGRAD_AVX512_TRANSFORMS: f64 = 0.45;
 
 /// What the cost of a convolution depends on.
 #[derive(Clone, Copy, Debug)]
@@ -194,7 +198,7 @@ pub fn winograd_parts(
             };
             WinogradParts {
                 products: WINOGRAD_AVX512_SCALE * products,
-                transforms: WINOGRAD_AVX512_SCALE * transforms,
+                transforms: WINOGRAD_AVX512_TRANSFORMS * transforms,
                 streaming: (bytes * streams) as f64 / WEIGHT_STREAM_BYTES_PER_SECOND,
             }
         }
@@ -416,9 +420,12 @@ mod tests {
 
     #[test]
     fn the_avx512_model_picks_what_measured_faster() {
-        // One-thread traces of Inception-v4 and Inception-ResNet-v2 on an AVX-512 Xeon: Winograd
-        // won on 17×17 1×7/7×1 and 35×35 3×3 layers, direct on the 8×8 1×3/3×1 layers, whose
-        // transformed weights (six times a tap's) stream from memory for few outputs.
+        // Per-kernel minima of three one-thread traces each of Inception-v4 built --conv direct
+        // and --conv winograd on an AVX-512 Xeon, with the wide transforms (direct / Winograd,
+        // ms over the network's layers of the shape): Winograd won on 17×17 1×7/7×1 (12.1 / 8.8,
+        // 5.2 / 3.5), on 35×35 3×3 (5.3 / 2.6, 4.8 / 2.2) and 147×147 32→64 (4.7 / 3.6); direct on
+        // 147×147 32→32 (2.3 / 2.6) and on every 8×8 1×3/3×1 layer (1.5 / 3.0, 0.7 / 0.8,
+        // 0.9 / 1.2, 1.2 / 1.6), whose transformed weights stream from memory for few outputs.
         let wins = |kernel, ci, co, size| {
             let (direct, wino) = times(Tier::V4, kernel, ci, co, size);
             wino < direct
@@ -427,8 +434,12 @@ mod tests {
         assert!(wins([7, 1], 192, 192, 17));
         assert!(wins([3, 3], 64, 96, 35));
         assert!(wins([3, 3], 192, 224, 35));
+        assert!(wins([3, 3], 32, 64, 147));
+        assert!(!wins([3, 3], 32, 32, 147));
         assert!(!wins([1, 3], 448, 512, 8));
         assert!(!wins([3, 1], 384, 256, 8));
+        assert!(!wins([1, 3], 512, 256, 8));
+        assert!(!wins([3, 1], 384, 448, 8));
     }
 
     #[test]
