@@ -77,6 +77,7 @@ pub fn image(data: &[u8]) {
     assert!(img.width() <= MAX_SIDE && img.height() <= MAX_SIDE);
     let timm = Preprocess::Timm {
         crop_pct: 0.875,
+        interpolation: inceptc_runtime::resample::Filter::Bicubic,
         mean: [0.5; 3],
         std: [0.5; 3],
     };

@@ -15,6 +15,7 @@ use inceptc_graphs::{Model, Options, Weights};
 use inceptc_ir::text::PrintOptions;
 use inceptc_ir::{infer_shapes, Graph, NodeId, Tensor};
 use inceptc_runtime::desc::{OutputKind, Preprocess, WeightsDtype};
+use inceptc_runtime::resample::Filter;
 
 #[derive(Parser)]
 #[command(
@@ -121,6 +122,11 @@ enum Command {
         /// once at start-up; results change by about f16's precision).
         #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
         weights_dtype: WeightsArg,
+        /// How images are resized (timm's `interpolation`; the networks' own is bicubic): set
+        /// it to what your checkpoint's pretrained config says. Not for inception-resnet-v1,
+        /// whose face crops are resized bilinear as facenet-pytorch does.
+        #[arg(long, value_enum)]
+        interpolation: Option<InterpolationArg>,
         /// Print every kernel: operation, algorithm and register tile, work items, FLOPs and the
         /// time a cost model predicts for one core.
         #[arg(long)]
@@ -381,6 +387,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             output,
             check_bounds,
             weights_dtype,
+            interpolation,
             report,
             conv,
             target_cpu,
@@ -408,6 +415,10 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                     WeightsArg::F32 => WeightsDtype::F32,
                     WeightsArg::F16 => WeightsDtype::F16,
                 },
+                interpolation: interpolation.map(|i| match i {
+                    InterpolationArg::Bicubic => Filter::Bicubic,
+                    InterpolationArg::Bilinear => Filter::Bilinear,
+                }),
             };
             compile(&model, batch, image_size, &target, &options, quiet)
         }
@@ -647,8 +658,10 @@ fn plan(args: &ModelArgs, image_size: Option<usize>, batch: usize, buffers: bool
 
 /// How images become input for `model` (DESIGN.md §4).
 fn preprocess(model: Model) -> Preprocess {
+    // timm's pretrained configurations of these models: bicubic, Inception mean and std.
     let timm = |crop_pct| Preprocess::Timm {
         crop_pct,
+        interpolation: Filter::Bicubic,
         mean: [0.5; 3],
         std: [0.5; 3],
     };
@@ -713,12 +726,18 @@ fn compile(
         Some(_) => OutputKind::Logits,
         None => OutputKind::Embedding,
     };
-    let mut desc = inceptc::codegen::describe(
-        &program,
-        args.model().name(),
-        preprocess(args.model()),
-        output_kind,
-    );
+    let mut preprocessing = preprocess(args.model());
+    match (&mut preprocessing, target.interpolation) {
+        (_, None) => {}
+        (Preprocess::Timm { interpolation, .. }, Some(filter)) => *interpolation = filter,
+        (Preprocess::Facenet, Some(_)) => bail!(
+            "--interpolation is for the timm networks; {} resizes face crops bilinear, as \
+             facenet-pytorch does",
+            args.model().name()
+        ),
+    }
+    let mut desc =
+        inceptc::codegen::describe(&program, args.model().name(), preprocessing, output_kind);
     desc.weights_dtype = target.weights_dtype;
     let kernels = program.steps.iter().filter(|s| s.kernel.is_some()).count();
     progress.counted("generating code", kernels);
@@ -774,6 +793,15 @@ struct Target {
     output: PathBuf,
     report: bool,
     weights_dtype: WeightsDtype,
+    /// `--interpolation`, when given.
+    interpolation: Option<Filter>,
+}
+
+/// `--interpolation`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum InterpolationArg {
+    Bicubic,
+    Bilinear,
 }
 
 /// `--weights-dtype`.

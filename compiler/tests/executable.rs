@@ -344,6 +344,7 @@ fn images_are_classified_like_the_interpreter_sees_them() {
     assert_eq!(y.shape, [4, 1000]);
     let how = inceptc_runtime::desc::Preprocess::Timm {
         crop_pct: 0.875,
+        interpolation: inceptc_runtime::resample::Filter::Bicubic,
         mean: [0.5; 3],
         std: [0.5; 3],
     };

@@ -8,21 +8,24 @@
 use crate::exec::Guard;
 use crate::layout::{Layout, MapLayout, VecLayout};
 use crate::pack::{ConvPacking, Recipe, Segment};
+use crate::resample::Filter;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
-const VERSION: u64 = 5;
+const VERSION: u64 = 6;
 
 /// How input images become the network's input tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Preprocess {
-    /// timm: resize the shorter side to size / crop_pct (bicubic), center crop, scale to [0, 1],
-    /// then (x − mean) / std per channel.
+    /// timm's eval transform (see [`crate::image`]): the shorter side resized to ⌊size / crop_pct⌋
+    /// with `interpolation`, a center crop, scaled to [0, 1], then (x − mean) / std per channel.
     Timm {
         crop_pct: f32,
+        interpolation: Filter,
         mean: [f32; 3],
         std: [f32; 3],
     },
-    /// facenet: resize to the input size, then (x − 127.5) / 128 on 0..255 values.
+    /// facenet-pytorch's face crop: the image resized to the input size (bilinear, aspect not
+    /// kept), then (x − 127.5) / 128 on 0..255 values.
     Facenet,
 }
 
@@ -193,11 +196,16 @@ impl ModelDesc {
         match self.preprocess {
             Preprocess::Timm {
                 crop_pct,
+                interpolation,
                 mean,
                 std,
             } => {
                 w.u(0);
                 w.f(crop_pct);
+                w.u(match interpolation {
+                    Filter::Bilinear => 0,
+                    Filter::Bicubic => 1,
+                });
                 mean.iter().chain(&std).for_each(|v| w.f(*v));
             }
             Preprocess::Facenet => w.u(1),
@@ -303,6 +311,11 @@ impl ModelDesc {
         let preprocess = match r.u()? {
             0 => Preprocess::Timm {
                 crop_pct: r.f()?,
+                interpolation: match r.u()? {
+                    0 => Filter::Bilinear,
+                    1 => Filter::Bicubic,
+                    _ => return Err(DescError("unknown interpolation")),
+                },
                 mean: [r.f()?, r.f()?, r.f()?],
                 std: [r.f()?, r.f()?, r.f()?],
             },
@@ -513,6 +526,7 @@ mod tests {
             image: [5, 5],
             preprocess: Preprocess::Timm {
                 crop_pct: 0.875,
+                interpolation: Filter::Bicubic,
                 mean: [0.5; 3],
                 std: [0.5; 3],
             },

@@ -1,12 +1,19 @@
-//! Image input: decoding PNG and JPEG (any color type, converted to RGB), and the model's
-//! preprocessing into an NCHW float tensor.
+//! Image input: decoding PNG and JPEG (any color type, converted to RGB as Pillow's
+//! `convert("RGB")` does), and the model's preprocessing into an NCHW float tensor, as timm's eval
+//! transform or facenet-pytorch's face crop computes it on a PIL image (resizing through
+//! [`crate::resample`]).
+//!
+//! PNG and JPEG are decoded by the `image` crate (its PNG decoder and zune-jpeg). Conversions
+//! follow Pillow: grey is replicated and alpha dropped (not composited); 16-bit channels keep their
+//! high byte, except 16-bit grey, whose values Pillow clips to 255 (so a timm user's 16-bit grey
+//! photo is mostly white; this matches it, and says so on stderr).
 
 use std::path::Path;
 
-use image::imageops::{self, FilterType};
-use image::RgbImage;
+use image::{DynamicImage, RgbImage};
 
 use crate::desc::Preprocess;
+use crate::resample::{self, Filter};
 
 /// An image that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -66,37 +73,110 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, ImageError> {
     if img.width() == 0 || img.height() == 0 {
         return Err(err("the image is empty".into()));
     }
-    Ok(img.to_rgb8())
+    Ok(to_rgb(img, path))
 }
 
-/// The network input for one image, CHW f32 of `[3, size[0], size[1]]`.
+/// `img` as Pillow's `Image.open(path).convert("RGB")` gives it.
+fn to_rgb(img: DynamicImage, path: &Path) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let rgb = |values: Vec<u8>, channels: usize, f: &dyn Fn(&[u8]) -> [u8; 3]| {
+        let data = values.chunks_exact(channels).flat_map(f).collect();
+        RgbImage::from_raw(w, h, data).expect("the decoded size")
+    };
+    match img {
+        DynamicImage::ImageLuma16(g) => {
+            eprintln!(
+                "{}: 16-bit grey; values above 255 become 255, as in Pillow's convert(\"RGB\") \
+                 that timm's loader applies (scale it to 8 bits first for a usable image)",
+                path.display()
+            );
+            let clipped = g.into_raw().iter().map(|v| (*v).min(255) as u8).collect();
+            rgb(clipped, 1, &|p| [p[0]; 3])
+        }
+        DynamicImage::ImageLumaA16(g) => {
+            let high = g.into_raw().iter().map(|v| (v >> 8) as u8).collect();
+            rgb(high, 2, &|p| [p[0]; 3])
+        }
+        DynamicImage::ImageRgb16(c) => {
+            let high = c.into_raw().iter().map(|v| (v >> 8) as u8).collect();
+            rgb(high, 3, &|p| [p[0], p[1], p[2]])
+        }
+        DynamicImage::ImageRgba16(c) => {
+            let high = c.into_raw().iter().map(|v| (v >> 8) as u8).collect();
+            rgb(high, 4, &|p| [p[0], p[1], p[2]])
+        }
+        other => other.to_rgb8(),
+    }
+}
+
+/// The network input for one image, CHW f32 of `[3, size[0], size[1]]`: [`crop`], then scaled as
+/// the preprocessing says.
 pub fn preprocess(img: &RgbImage, how: Preprocess, size: [usize; 2]) -> Vec<f32> {
+    let pixels = crop(img, how, size);
+    match how {
+        // torchvision's ToTensor and Normalize, in f32.
+        Preprocess::Timm { mean, std, .. } => {
+            to_chw(&pixels, |c, v| (v as f32 / 255.0 - mean[c]) / std[c])
+        }
+        // facenet-pytorch's fixed_image_standardization.
+        Preprocess::Facenet => to_chw(&pixels, |_, v| (v as f32 - 127.5) / 128.0),
+    }
+}
+
+/// The 8-bit pixels the network sees, `size[1]` wide and `size[0]` high.
+///
+/// timm (`transforms_imagenet_eval` on a square size S, crop_mode "center"): torchvision's
+/// `Resize(⌊S / crop_pct⌋)` sets the shorter side to that and the longer to
+/// `int(short' · long / short)`, through `Image.resize` with the interpolation; `CenterCrop(S)`
+/// takes the crop at `round((side − S) / 2)` (Python's round, half to even), padding with black
+/// first should the image be smaller. facenet-pytorch's MTCNN crops a face box and resizes it
+/// to the input size with `Image.resize(…, BILINEAR)`; here the whole image is the box.
+pub fn crop(img: &RgbImage, how: Preprocess, size: [usize; 2]) -> RgbImage {
     let (h, w) = (size[0] as u32, size[1] as u32);
     match how {
         Preprocess::Timm {
             crop_pct,
-            mean,
-            std,
+            interpolation,
+            ..
         } => {
-            // timm: the shorter side to ⌊size / crop_pct⌋, then a center crop.
-            let scale = (h.max(w) as f32 / crop_pct).floor() as u32;
-            let (iw, ih) = (img.width(), img.height());
-            let (rw, rh) = if iw <= ih {
-                (scale, ((ih as u64 * scale as u64) / iw as u64) as u32)
-            } else {
-                (((iw as u64 * scale as u64) / ih as u64) as u32, scale)
+            // The compiler builds square inputs; timm's shorter-side resize is for those.
+            let scale = (h.max(w) as f64 / crop_pct as f64).floor() as u64;
+            let (iw, ih) = (img.width() as u64, img.height() as u64);
+            let (short, long) = (iw.min(ih), iw.max(ih));
+            // Python's int(scale * long / short): a correctly rounded quotient, truncated.
+            let stretched = ((scale * long) as f64 / short as f64) as u64;
+            let (rw, rh) = match iw <= ih {
+                true => (scale, stretched),
+                false => (stretched, scale),
             };
-            let resized = imageops::resize(img, rw.max(w), rh.max(h), FilterType::CatmullRom);
-            let top = ((resized.height() - h) as f32 / 2.0).round() as u32;
-            let left = ((resized.width() - w) as f32 / 2.0).round() as u32;
-            let crop = imageops::crop_imm(&resized, left, top, w, h).to_image();
-            to_chw(&crop, |c, v| (v as f32 / 255.0 - mean[c]) / std[c])
+            center_crop(img, [rw as u32, rh as u32], interpolation, w, h)
         }
-        Preprocess::Facenet => {
-            let resized = imageops::resize(img, w, h, FilterType::CatmullRom);
-            to_chw(&resized, |_, v| (v as f32 - 127.5) / 128.0)
-        }
+        Preprocess::Facenet => resample::resize(img, w, h, Filter::Bilinear),
     }
+}
+
+/// torchvision's `CenterCrop(w × h)` of `img` resized to `size`, computing only the pixels it
+/// keeps: a photo of extreme aspect would otherwise be resized to millions of pixels along its
+/// long side.
+fn center_crop(img: &RgbImage, size: [u32; 2], filter: Filter, w: u32, h: u32) -> RgbImage {
+    let [rw, rh] = size;
+    // Smaller than the crop: padded with black, the odd pixel after.
+    let (pw, ph) = (rw.max(w), rh.max(h));
+    let (left, top) = ((pw - rw) / 2, (ph - rh) / 2);
+    // round(d / 2) in Python: half to even.
+    let half = |d: u32| match d % 2 == 1 && (d / 2) % 2 == 1 {
+        true => d / 2 + 1,
+        false => d / 2,
+    };
+    let (x, y) = (half(pw - w), half(ph - h));
+    // The crop's part of the resized image (all of it along a padded axis, where x or y is 0).
+    let (x0, y0) = (x.saturating_sub(left), y.saturating_sub(top));
+    let (x1, y1) = ((x + w - left).min(rw), (y + h - top).min(rh));
+    let kept = resample::resize_region(img, size, filter, [x0, y0], [x1 - x0, y1 - y0]);
+    let mut out = RgbImage::new(w, h);
+    let at = |origin: u32, pad: u32, crop: u32| (origin + pad - crop) as i64;
+    image::imageops::replace(&mut out, &kept, at(x0, left, x), at(y0, top, y));
+    out
 }
 
 fn to_chw(img: &RgbImage, f: impl Fn(usize, u8) -> f32) -> Vec<f32> {
@@ -127,6 +207,7 @@ mod tests {
         });
         let how = Preprocess::Timm {
             crop_pct: 0.8,
+            interpolation: Filter::Bicubic,
             mean: [0.5; 3],
             std: [0.5; 3],
         };
@@ -136,6 +217,42 @@ mod tests {
         assert!((x[15] - 1.0).abs() < 1e-6, "right edge is white → 1");
         let facenet = preprocess(&img, Preprocess::Facenet, [8, 8]);
         assert!((facenet[0] + 127.5 / 128.0).abs() < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod conversions {
+    use super::*;
+    use image::{ImageBuffer, ImageFormat, Luma, Rgb};
+
+    fn png<P: image::PixelWithColorType>(img: &ImageBuffer<P, Vec<P::Subpixel>>) -> Vec<u8>
+    where
+        [P::Subpixel]: image::EncodableLayout,
+    {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, ImageFormat::Png).unwrap();
+        bytes.into_inner()
+    }
+
+    #[test]
+    fn sixteen_bit_images_convert_as_pillow_does() {
+        // Values measured with Pillow 13: 16-bit grey is clipped to 255, 16-bit RGB keeps the
+        // high byte.
+        let values = [
+            0u16, 127, 128, 255, 256, 383, 32767, 32768, 65279, 65280, 65535,
+        ];
+        let grey = ImageBuffer::from_fn(values.len() as u32, 1, |x, _| Luma([values[x as usize]]));
+        let got = decode(Path::new("g16.png"), &png(&grey)).unwrap();
+        let want = [0u8, 127, 128, 255, 255, 255, 255, 255, 255, 255, 255];
+        assert_eq!(got.pixels().map(|p| p.0[0]).collect::<Vec<_>>(), want);
+        let rgb = ImageBuffer::from_fn(values.len() as u32, 1, |x, _| {
+            let v = values[x as usize];
+            Rgb([v, 65535 - v, v])
+        });
+        let got = decode(Path::new("rgb16.png"), &png(&rgb)).unwrap();
+        let want = [0u8, 0, 0, 0, 1, 1, 127, 128, 254, 255, 255];
+        assert_eq!(got.pixels().map(|p| p.0[0]).collect::<Vec<_>>(), want);
+        assert_eq!(got.get_pixel(0, 0).0, [0, 255, 0]);
     }
 }
 
@@ -172,6 +289,22 @@ mod hostile {
         png.extend_from_slice(b"IEND");
         png.extend_from_slice(&crc32(b"IEND").to_be_bytes());
         png
+    }
+
+    #[test]
+    fn an_extreme_aspect_is_cropped_without_resizing_all_of_it() {
+        // timm would stretch the long side to 341 · 16000 pixels; only the crop is computed.
+        let img = RgbImage::from_fn(1, 16000, |_, y| image::Rgb([(y % 256) as u8, 0, 255]));
+        let how = Preprocess::Timm {
+            crop_pct: 0.875,
+            interpolation: Filter::Bicubic,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let start = std::time::Instant::now();
+        let x = preprocess(&img, how, [299, 299]);
+        assert_eq!(x.len(), 3 * 299 * 299);
+        assert!(start.elapsed().as_secs() < 5);
     }
 
     #[test]

@@ -12,3 +12,4 @@ pub mod layout;
 pub mod npy;
 pub mod pack;
 pub mod pool;
+pub mod resample;

@@ -43,6 +43,10 @@ struct Cli {
     /// Write the output tensor (float32 [N, K]) here.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Write the preprocessed images here, the tensor the network runs on (float32 NCHW [N, 3, S,
+    /// S]): compare it with your own pipeline's.
+    #[arg(long, requires = "images")]
+    save_input: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -296,6 +300,7 @@ fn run() -> Result<()> {
         &mut arena,
         &cli.images,
         cli.output.as_ref(),
+        cli.save_input.as_ref(),
     )
 }
 
@@ -351,6 +356,7 @@ fn images(
     arena: &mut Arena,
     paths: &[PathBuf],
     output: Option<&PathBuf>,
+    save_input: Option<&PathBuf>,
 ) -> Result<()> {
     let per_image = desc.input.channels * desc.image[0] * desc.image[1];
     let mut decoded = Vec::with_capacity(paths.len());
@@ -361,6 +367,15 @@ fn images(
             desc.preprocess,
             desc.image,
         ));
+    }
+    if let Some(path) = save_input {
+        let dims = [
+            paths.len(),
+            desc.input.channels,
+            desc.image[0],
+            desc.image[1],
+        ];
+        inceptc_runtime::npy::write_f32(path, &dims, &decoded.concat())?;
     }
     let dims = output_dims(&desc.outputs[0]);
     let k: usize = dims[1..].iter().product();
