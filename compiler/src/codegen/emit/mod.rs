@@ -1,0 +1,280 @@
+//! Cranelift IR for each [`Kernel`]: one function `(arena, weights, begin, end)` that computes
+//! work items `begin .. end` with every shape, stride and offset baked in, f32x4 SIMD with
+//! explicit `fma`.
+//!
+//! A convolution's register tile is the kernel's [`Tile`], chosen by lowering. On the AVX-512
+//! tier, [`conv::conv_by_panels`] calls one assembled function per tile and weight panel that also applies
+//! the epilogue ([`super::x86::ZmmTile`]). On the AVX2 tier, [`seam::conv_tile`] accumulates a tile of
+//! 8 output channels, through the assembled AVX2 function per tap ([`super::x86::Avx2Tile`]) or
+//! as f32x4 Cranelift code with two accumulators per pixel, and the epilogue is Cranelift code.
+//! The loops around them and the pools do not care which. The Winograd transforms are assembled
+//! too on the AVX-512 tier ([`super::x86::TransformTile`], 16 channels a vector), and f32x4
+//! Cranelift code ([`winograd::separable`]) on the AVX2 tier.
+//!
+//! One file per kernel family: [`conv`], [`winograd`], [`pool`], [`dense`], and [`seam`], where
+//! kernels call the register tiles.
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, ExtFuncData, ExternalName, FuncRef, Function, InstBuilder, MemFlagsData,
+    Signature, StackSlotData, StackSlotKind, UserExternalName, UserFuncName, Value,
+};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+
+use super::lower::{
+    ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel, Split,
+    WinogradKernel, LINEAR_LANES,
+};
+use super::tile::{Isa, Tile};
+use super::winograd::Transform;
+use super::x86::{Avx2Tile, TileFn, TransformTile, ZmmTile, ZMM_UNROLL};
+use inceptc_runtime::layout::{MapLayout, VecLayout};
+
+mod conv;
+mod dense;
+mod pool;
+mod seam;
+mod winograd;
+
+use conv::*;
+use dense::*;
+use pool::*;
+use seam::*;
+use winograd::*;
+
+/// Output channels per block of the AVX2 tier's tiles (their weight panel).
+const BLOCK: usize = 8;
+
+const F32: i64 = 4;
+
+const VEC: i64 = 16;
+
+/// The signature every kernel has: `extern "C" fn(arena: *mut u8, weights: *const u8, begin: u64,
+/// end: u64)`.
+pub fn kernel_signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+/// Imports the function of an assembled register tile into the kernel being built (declaring it
+/// in the module the first time); see [`super::x86`].
+pub type TileImporter<'a> = dyn FnMut(TileFn, &mut Function) -> FuncRef + 'a;
+
+/// The signature of an assembled tile function: [`TileFn::arguments`] 64-bit integers.
+pub fn tile_signature(tile: &TileFn, call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..tile.arguments() {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+/// Imports a tile function into `func` by the user name `namespace:index` alone, without a
+/// module (listings; and a placeholder when declaring it in the module failed).
+pub fn import_tile(
+    func: &mut Function,
+    namespace: u32,
+    index: u32,
+    tile: &TileFn,
+    call_conv: CallConv,
+) -> FuncRef {
+    let name = func.declare_imported_user_function(UserExternalName::new(namespace, index));
+    let signature = func.import_signature(tile_signature(tile, call_conv));
+    func.import_function(ExtFuncData {
+        name: ExternalName::user(name),
+        signature,
+        colocated: true,
+        patchable: false,
+    })
+}
+
+/// Builds the Cranelift function of `kernel`, the `index`-th function of its module; its register
+/// tiles call the wide tile functions `tiles` imports.
+pub fn function(
+    kernel: &Kernel,
+    config: TargetFrontendConfig,
+    index: u32,
+    tiles: &mut TileImporter,
+) -> Function {
+    let mut func = Function::with_name_signature(
+        UserFuncName::user(0, index),
+        kernel_signature(config.default_call_conv),
+    );
+    let mut ctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut func, &mut ctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let mut e = Emitter {
+            b,
+            arena: params[0],
+            weights: params[1],
+            tiles,
+        };
+        let (begin, end) = (params[2], params[3]);
+        match kernel {
+            Kernel::Conv(k) => conv(&mut e, k, begin, end),
+            Kernel::Winograd(k) => winograd(&mut e, k, begin, end),
+            Kernel::Pool(k) => pool(&mut e, k, begin, end),
+            Kernel::GlobalPool(k) => global_pool(&mut e, k, begin, end),
+            Kernel::Linear(k) => linear(&mut e, k, begin, end),
+            Kernel::L2Norm(k) => l2_norm(&mut e, k, begin, end),
+        }
+        e.b.ins().return_(&[]);
+        e.b.seal_all_blocks();
+        e.b.finalize(config);
+    }
+    func
+}
+
+/// Memory accesses of kernels: into the arena or the weights, never trapping (the plan keeps every
+/// address inside its buffer); alignment is not promised.
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Loads of memory that does not change while the kernel runs: weights, and activations the kernel
+/// reads but never writes (the plan rejects a kernel that writes a buffer it reads, except an
+/// in-place residual, which is loaded with [`flags`]). Such loads can be folded into the
+/// instruction that uses them.
+fn readonly() -> MemFlagsData {
+    MemFlagsData::new().with_notrap().with_readonly()
+}
+
+struct Emitter<'a, 't> {
+    b: FunctionBuilder<'a>,
+    arena: Value,
+    weights: Value,
+    tiles: &'t mut TileImporter<'t>,
+}
+
+impl Emitter<'_, '_> {
+    fn int(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    /// `base + offset` for a compile-time offset.
+    fn offset(&mut self, base: Value, offset: i64) -> Value {
+        if offset == 0 {
+            base
+        } else {
+            self.b.ins().iadd_imm_s(base, offset)
+        }
+    }
+
+    /// `base + index · scale`.
+    fn scaled(&mut self, base: Value, index: Value, scale: i64) -> Value {
+        let s = self.b.ins().imul_imm_s(index, scale);
+        self.b.ins().iadd(base, s)
+    }
+
+    fn load(&mut self, ty: types::Type, addr: Value, offset: i64) -> Value {
+        self.b.ins().load(ty, flags(), addr, offset as i32)
+    }
+
+    fn load_const(&mut self, ty: types::Type, addr: Value, offset: i64) -> Value {
+        self.b.ins().load(ty, readonly(), addr, offset as i32)
+    }
+
+    fn store(&mut self, v: Value, addr: Value, offset: i64) {
+        self.b.ins().store(flags(), v, addr, offset as i32);
+    }
+
+    fn var(&mut self, ty: types::Type, init: Value) -> Variable {
+        let v = self.b.declare_var(ty);
+        self.b.def_var(v, init);
+        v
+    }
+
+    fn zero(&mut self, ty: types::Type) -> Value {
+        let z = self.b.ins().f32const(0.0);
+        if ty == types::F32 {
+            z
+        } else {
+            self.b.ins().splat(ty, z)
+        }
+    }
+
+    fn f32s(&mut self, ty: types::Type, v: f32) -> Value {
+        let s = self.b.ins().f32const(v);
+        if ty == types::F32 {
+            s
+        } else {
+            self.b.ins().splat(ty, s)
+        }
+    }
+
+    /// `for i in (start .. end).step_by(step)`, top-tested; `body` gets `i`.
+    fn for_range(
+        &mut self,
+        start: Value,
+        end: Value,
+        step: i64,
+        body: impl FnOnce(&mut Self, Value),
+    ) {
+        let i = self.var(types::I64, start);
+        let header = self.b.create_block();
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let iv = self.b.use_var(i);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, iv, end);
+        self.b.ins().brif(more, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        body(self, iv);
+        let iv = self.b.use_var(i);
+        let next = self.b.ins().iadd_imm_s(iv, step);
+        self.b.def_var(i, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+    }
+
+    /// [`Emitter::for_range`] over compile-time bounds; nothing when the range is empty.
+    fn for_const(&mut self, start: i64, end: i64, step: i64, body: impl FnOnce(&mut Self, Value)) {
+        if start >= end {
+            return;
+        }
+        let (s, e) = (self.int(start), self.int(end));
+        self.for_range(s, e, step, body);
+    }
+
+    /// Address of logical pixel (0, 0), channel `channel_offset`, of image `n` of a map.
+    fn map_origin(&mut self, m: &MapLayout, n: Value) -> Value {
+        let base = self.offset(self.arena, m.address(0, 0, 0, 0) as i64);
+        self.scaled(base, n, m.image_stride() as i64)
+    }
+
+    /// Address of feature `feature_offset` of row `n` of a vector batch.
+    fn vec_row(&mut self, v: &VecLayout, n: Value) -> Value {
+        let base = self.offset(self.arena, v.address(0, 0) as i64);
+        self.scaled(base, n, v.row_stride() as i64)
+    }
+
+    /// Stores the first `lanes` lanes of `v` at `addr + offset`, one float each (all four as one
+    /// store when `lanes` is 4).
+    fn store_lanes(&mut self, v: Value, lanes: usize, addr: Value, offset: i64) {
+        if lanes == 4 {
+            self.store(v, addr, offset);
+            return;
+        }
+        for lane in 0..lanes {
+            let x = self.b.ins().extractlane(v, lane as u8);
+            self.store(x, addr, offset + lane as i64 * F32);
+        }
+    }
+
+    /// Splits `item` into (image, row) for maps of `rows` rows.
+    fn image_and_row(&mut self, item: Value, rows: usize) -> (Value, Value) {
+        let n = self.b.ins().udiv_imm_u(item, rows as i64);
+        let start = self.b.ins().imul_imm_s(n, rows as i64);
+        let row = self.b.ins().isub(item, start);
+        (n, row)
+    }
+}

@@ -1,0 +1,225 @@
+//! Max and average pooling (a straight-line inner window and a clamped one at the edges) and the
+//! global average pool.
+
+use super::*;
+
+/// Max or average pooling, a row per work item. Windows that lie wholly inside the image (every
+/// column of an inner row but the edges) take a straight-line path over their taps, 16 channels
+/// at a time; the others clamp their window at run time. Both combine the taps in the same order
+/// from the same start, so they compute the same values.
+pub(super) fn pool(e: &mut Emitter, k: &PoolKernel, begin: Value, end: Value) {
+    let (input, out, win) = (k.input, k.out, &k.window);
+    let [(kh, kw), (sy, sx), (py, px)] = [
+        (win.kernel[0], win.kernel[1]),
+        (win.stride[0], win.stride[1]),
+        (win.padding[0], win.padding[1]),
+    ];
+    // Columns whose window is inside the image along x: x0 = ox·s − p ≥ 0 and x0 + kw ≤ W.
+    let inner_x0 = px.div_ceil(sx).min(out.w);
+    let inner_x1 = match (input.w + px).checked_sub(kw) {
+        Some(room) => (room / sx + 1).clamp(inner_x0, out.w),
+        None => inner_x0,
+    };
+    e.for_range(begin, end, 1, |e, item| {
+        let (n, oy) = e.image_and_row(item, out.h);
+        let in_origin = e.map_origin(&input, n);
+        let out_origin = e.map_origin(&out, n);
+        let out_row = e.scaled(out_origin, oy, out.row_stride() as i64);
+        // Window rows inside the image: ky in [max(0, −y0), min(kh, H − y0)), y0 = oy·s − p.
+        let y0 = e.b.ins().imul_imm_s(oy, sy as i64);
+        let y0 = e.b.ins().iadd_imm_s(y0, -(py as i64));
+        let (ky_lo, ky_hi) = clamp_window(e, y0, kh, input.h);
+        let wy = e.scaled(in_origin, y0, input.row_stride() as i64);
+        let general = |e: &mut Emitter, from: usize, to: usize| {
+            e.for_const(from as i64, to as i64, 1, |e, ox| {
+                pool_clamped(e, k, wy, out_row, ox, (ky_lo, ky_hi))
+            });
+        };
+        // The row is inner when ky_lo = 0 and ky_hi = kh.
+        let top = e.b.ins().icmp_imm_u(IntCC::Equal, ky_lo, 0);
+        let bottom = e.b.ins().icmp_imm_u(IntCC::Equal, ky_hi, kh as i64);
+        let inner = e.b.ins().band(top, bottom);
+        let (fast, slow, done) = (e.b.create_block(), e.b.create_block(), e.b.create_block());
+        e.b.ins().brif(inner, fast, &[], slow, &[]);
+        e.b.switch_to_block(fast);
+        general(e, 0, inner_x0);
+        e.for_const(inner_x0 as i64, inner_x1 as i64, 1, |e, ox| {
+            pool_inner(e, k, wy, out_row, ox)
+        });
+        general(e, inner_x1, out.w);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(slow);
+        general(e, 0, out.w);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(done);
+    });
+}
+
+/// The start of every pooling window: −∞ for max pooling, 0 for average pooling.
+pub(super) fn pool_init(e: &mut Emitter, k: &PoolKernel, ty: types::Type) -> Value {
+    match k.average {
+        None => e.f32s(ty, f32::NEG_INFINITY),
+        Some(_) => e.zero(ty),
+    }
+}
+
+/// `acc` combined with one tap: max or sum.
+pub(super) fn pool_step(e: &mut Emitter, k: &PoolKernel, acc: Value, v: Value) -> Value {
+    match k.average {
+        None => e.b.ins().fmax(acc, v),
+        Some(_) => e.b.ins().fadd(acc, v),
+    }
+}
+
+/// Output column `ox` of a pooling row whose window rows start at `wy`, with every tap inside
+/// the image: taps unrolled, four vectors of channels per step, then single vectors and floats.
+pub(super) fn pool_inner(e: &mut Emitter, k: &PoolKernel, wy: Value, out_row: Value, ox: Value) {
+    let (input, out, win) = (k.input, k.out, &k.window);
+    let x0 = e.b.ins().imul_imm_s(ox, win.stride[1] as i64);
+    let x0 = e.b.ins().iadd_imm_s(x0, -(win.padding[1] as i64));
+    let window = e.scaled(wy, x0, input.pixel_stride() as i64);
+    let out_px = e.scaled(out_row, ox, out.pixel_stride() as i64);
+    let taps: Vec<i64> = (0..win.kernel[0])
+        .flat_map(|ky| {
+            (0..win.kernel[1])
+                .map(move |kx| (ky * input.row_stride() + kx * input.pixel_stride()) as i64)
+        })
+        .collect();
+    let scale = k
+        .average
+        .map(|_| 1.0 / (win.kernel[0] * win.kernel[1]) as f32);
+    let lanes = |e: &mut Emitter, c: Value, ty: types::Type, vectors: usize| {
+        let base = e.b.ins().iadd(window, c);
+        let dst = e.b.ins().iadd(out_px, c);
+        let bytes = ty.bytes() as i64;
+        for v in 0..vectors as i64 {
+            let mut acc = pool_init(e, k, ty);
+            for &tap in &taps {
+                let x = e.load(ty, base, tap + v * bytes);
+                acc = pool_step(e, k, acc, x);
+            }
+            if let Some(s) = scale {
+                let s = e.f32s(ty, s);
+                acc = e.b.ins().fmul(acc, s);
+            }
+            e.store(acc, dst, v * bytes);
+        }
+    };
+    let channels = input.channels as i64;
+    let wide_end = channels / 16 * 16 * F32;
+    let vec_end = channels / 4 * 4 * F32;
+    e.for_const(0, wide_end, 4 * VEC, |e, c| lanes(e, c, types::F32X4, 4));
+    e.for_const(wide_end, vec_end, VEC, |e, c| lanes(e, c, types::F32X4, 1));
+    e.for_const(vec_end, channels * F32, F32, |e, c| {
+        lanes(e, c, types::F32, 1)
+    });
+}
+
+/// Output column `ox` of a pooling row whose window rows start at `wy` and whose taps inside
+/// the image are rows `ky_lo .. ky_hi`: the window is clamped at run time.
+pub(super) fn pool_clamped(
+    e: &mut Emitter,
+    k: &PoolKernel,
+    wy: Value,
+    out_row: Value,
+    ox: Value,
+    (ky_lo, ky_hi): (Value, Value),
+) {
+    let (input, out, win) = (k.input, k.out, &k.window);
+    let x0 = e.b.ins().imul_imm_s(ox, win.stride[1] as i64);
+    let x0 = e.b.ins().iadd_imm_s(x0, -(win.padding[1] as i64));
+    let (kx_lo, kx_hi) = clamp_window(e, x0, win.kernel[1], input.w);
+    // Window origin (may lie in or beyond the halo; only in-image taps are read).
+    let window = e.scaled(wy, x0, input.pixel_stride() as i64);
+    let out_px = e.scaled(out_row, ox, out.pixel_stride() as i64);
+    let scale = match k.average {
+        None => None,
+        Some(true) => Some(e.f32s(types::F32, 1.0 / (win.kernel[0] * win.kernel[1]) as f32)),
+        Some(false) => {
+            let h = e.b.ins().isub(ky_hi, ky_lo);
+            let w = e.b.ins().isub(kx_hi, kx_lo);
+            let count = e.b.ins().imul(h, w);
+            let count = e.b.ins().fcvt_from_sint(types::F32, count);
+            let one = e.f32s(types::F32, 1.0);
+            Some(e.b.ins().fdiv(one, count))
+        }
+    };
+    let channels = input.channels;
+    let pool_lanes = |e: &mut Emitter, c: Value, ty: types::Type| {
+        let init = pool_init(e, k, ty);
+        let acc = e.var(ty, init);
+        let base = e.b.ins().iadd(window, c);
+        e.for_range(ky_lo, ky_hi, 1, |e, ky| {
+            let row = e.scaled(base, ky, input.row_stride() as i64);
+            e.for_range(kx_lo, kx_hi, 1, |e, kx| {
+                let px = e.scaled(row, kx, input.pixel_stride() as i64);
+                let v = e.load(ty, px, 0);
+                let a = e.b.use_var(acc);
+                let r = pool_step(e, k, a, v);
+                e.b.def_var(acc, r);
+            });
+        });
+        let mut r = e.b.use_var(acc);
+        if let Some(s) = scale {
+            let s = if ty == types::F32 {
+                s
+            } else {
+                e.b.ins().splat(ty, s)
+            };
+            r = e.b.ins().fmul(r, s);
+        }
+        let dst = e.b.ins().iadd(out_px, c);
+        e.store(r, dst, 0);
+    };
+    let vec_end = (channels / 4 * 4) as i64 * F32;
+    e.for_const(0, vec_end, VEC, |e, c| pool_lanes(e, c, types::F32X4));
+    e.for_const(vec_end, channels as i64 * F32, F32, |e, c| {
+        pool_lanes(e, c, types::F32)
+    });
+}
+
+/// `[max(0, −origin), min(kernel, size − origin))` for a window starting at `origin`.
+pub(super) fn clamp_window(e: &mut Emitter, origin: Value, kernel: usize, size: usize) -> (Value, Value) {
+    let zero = e.int(0);
+    let neg = e.b.ins().ineg(origin);
+    let lo = e.b.ins().smax(zero, neg);
+    let k = e.int(kernel as i64);
+    let s = e.int(size as i64);
+    let room = e.b.ins().isub(s, origin);
+    let hi = e.b.ins().smin(k, room);
+    (lo, hi)
+}
+
+pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, end: Value) {
+    let (input, out) = (k.input, k.out);
+    e.for_range(begin, end, 1, |e, n| {
+        let origin = e.map_origin(&input, n);
+        let dst = e.vec_row(&out, n);
+        let inv = 1.0 / (input.h * input.w) as f32;
+        let lanes = |e: &mut Emitter, c: Value, ty: types::Type| {
+            let init = e.zero(ty);
+            let acc = e.var(ty, init);
+            let base = e.b.ins().iadd(origin, c);
+            e.for_const(0, input.h as i64, 1, |e, y| {
+                let row = e.scaled(base, y, input.row_stride() as i64);
+                e.for_const(0, input.w as i64, 1, |e, x| {
+                    let px = e.scaled(row, x, input.pixel_stride() as i64);
+                    let v = e.load(ty, px, 0);
+                    let a = e.b.use_var(acc);
+                    let s = e.b.ins().fadd(a, v);
+                    e.b.def_var(acc, s);
+                });
+            });
+            let a = e.b.use_var(acc);
+            let scale = e.f32s(ty, inv);
+            let mean = e.b.ins().fmul(a, scale);
+            let at = e.b.ins().iadd(dst, c);
+            e.store(mean, at, 0);
+        };
+        let vec_end = (input.channels / 4 * 4) as i64 * F32;
+        e.for_const(0, vec_end, VEC, |e, c| lanes(e, c, types::F32X4));
+        e.for_const(vec_end, input.channels as i64 * F32, F32, |e, c| {
+            lanes(e, c, types::F32)
+        });
+    });
+}
