@@ -41,7 +41,7 @@ pub struct Transform {
 const POINTS: [f64; 10] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0, 1.0 / 3.0];
 
 impl Transform {
-    /// F(m, r); `None` when it would need more points than [`POINTS`] has (m + r − 1 > 11).
+    /// F(m, r); `None` when it would need more points than `POINTS` has (m + r − 1 > 11).
     pub fn new(m: usize, r: usize) -> Option<Transform> {
         let len = m + r - 1;
         if m == 0 || r == 0 || len > POINTS.len() + 1 {

@@ -30,7 +30,13 @@ pub(super) fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
 }
 
 /// Calls `body` for every register tile of units `begin .. end` (see [`ConvKernel::units`]).
-pub(super) fn for_units(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, body: &TileBody) {
+pub(super) fn for_units(
+    e: &mut Emitter,
+    k: &ConvKernel,
+    begin: Value,
+    end: Value,
+    body: &TileBody,
+) {
     match k.flat {
         true => flat_tiles(e, k, begin, end, body),
         false => row_tiles(e, k, begin, end, body),
@@ -39,7 +45,13 @@ pub(super) fn for_units(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Valu
 
 /// The tiles of output rows `begin .. end` (image-major): full tiles along the row, then the
 /// shorter last one.
-pub(super) fn row_tiles(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, body: &TileBody) {
+pub(super) fn row_tiles(
+    e: &mut Emitter,
+    k: &ConvKernel,
+    begin: Value,
+    end: Value,
+    body: &TileBody,
+) {
     let input = k.input;
     e.for_range(begin, end, 1, |e, item| {
         let (n, oy) = e.image_and_row(item, k.out_h);
@@ -97,7 +109,13 @@ pub(super) fn row_tiles(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Valu
 /// A 1×1, stride-1 convolution whose input has no halo is a matrix product over all pixels of the
 /// batch: unit `t` is the tile of pixels `Pt .. Pt + P` (P the register tile's pixels) in
 /// (image, row, column) order, which may span rows and images; the last tile may be shorter.
-pub(super) fn flat_tiles(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, body: &TileBody) {
+pub(super) fn flat_tiles(
+    e: &mut Emitter,
+    k: &ConvKernel,
+    begin: Value,
+    end: Value,
+    body: &TileBody,
+) {
     let input = k.input;
     let pixels = input.n * k.out_h * k.out_w;
     let tile = k.register.pixels;
@@ -137,7 +155,13 @@ pub(super) fn flat_tiles(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Val
 /// groups of units, panel-major after those of the ranges before it, so that consecutive items
 /// reuse one weight panel from cache. Each item calls the panel's tile for every tile of its
 /// units.
-pub(super) fn conv_by_panels(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value, groups: usize) {
+pub(super) fn conv_by_panels(
+    e: &mut Emitter,
+    k: &ConvKernel,
+    begin: Value,
+    end: Value,
+    groups: usize,
+) {
     let units = k.units();
     let per_group = units.div_ceil(groups) as i64;
     let source = TileSource::conv(k);
@@ -234,7 +258,12 @@ impl NextPanel {
 
 /// Addresses of channel 0 of `count` consecutive pixels of `m` starting at flat pixel index `first`
 /// (image, row, column order), each split into its image, row and column.
-pub(super) fn pixel_addresses(e: &mut Emitter, m: &MapLayout, first: Value, count: usize) -> Vec<Value> {
+pub(super) fn pixel_addresses(
+    e: &mut Emitter,
+    m: &MapLayout,
+    first: Value,
+    count: usize,
+) -> Vec<Value> {
     let origin = e.offset(e.arena, m.address(0, 0, 0, 0) as i64);
     let plane = (m.h * m.w) as i64;
     (0..count)

@@ -52,7 +52,13 @@ pub(super) fn linear(e: &mut Emitter, k: &LinearKernel, begin: Value, end: Value
 
 /// A linear layer through the AVX-512 tile: a 1×1 convolution whose pixels are the rows; work
 /// item `p` is weight panel `p` over every row, in tiles of the register tile's pixels.
-pub(super) fn linear_tiled(e: &mut Emitter, k: &LinearKernel, register: &Tile, begin: Value, end: Value) {
+pub(super) fn linear_tiled(
+    e: &mut Emitter,
+    k: &LinearKernel,
+    register: &Tile,
+    begin: Value,
+    end: Value,
+) {
     let (input, out) = (k.input, k.out);
     let source = TileSource {
         taps: vec![(0, 0)],

@@ -3,15 +3,15 @@
 //! explicit `fma`.
 //!
 //! A convolution's register tile is the kernel's [`Tile`], chosen by lowering. On the AVX-512
-//! tier, [`conv::conv_by_panels`] calls one assembled function per tile and weight panel that also applies
-//! the epilogue ([`super::x86::ZmmTile`]). On the AVX2 tier, [`seam::conv_tile`] accumulates a tile of
+//! tier, `conv::conv_by_panels` calls one assembled function per tile and weight panel that also applies
+//! the epilogue ([`super::x86::ZmmTile`]). On the AVX2 tier, `seam::conv_tile` accumulates a tile of
 //! 8 output channels, through the assembled AVX2 function per tap ([`super::x86::Avx2Tile`]) or
 //! as f32x4 Cranelift code with two accumulators per pixel, and the epilogue is Cranelift code.
 //! The loops around them and the pools do not care which. The Winograd transforms are assembled
 //! too on the AVX-512 tier ([`super::x86::TransformTile`], 16 channels a vector), and f32x4
-//! Cranelift code ([`winograd::separable`]) on the AVX2 tier.
+//! Cranelift code (`winograd::separable`) on the AVX2 tier.
 //!
-//! One file per kernel family: [`conv`], [`winograd`], [`pool`], [`dense`], and [`seam`], where
+//! One file per kernel family: `conv`, `winograd`, `pool`, `dense`, and `seam`, where
 //! kernels call the register tiles.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};

@@ -179,7 +179,12 @@ pub(super) fn pool_clamped(
 }
 
 /// `[max(0, −origin), min(kernel, size − origin))` for a window starting at `origin`.
-pub(super) fn clamp_window(e: &mut Emitter, origin: Value, kernel: usize, size: usize) -> (Value, Value) {
+pub(super) fn clamp_window(
+    e: &mut Emitter,
+    origin: Value,
+    kernel: usize,
+    size: usize,
+) -> (Value, Value) {
     let zero = e.int(0);
     let neg = e.b.ins().ineg(origin);
     let lo = e.b.ins().smax(zero, neg);

@@ -27,7 +27,14 @@ pub(super) struct Axis {
 }
 
 impl Axis {
-    pub(super) fn new(m: usize, r: usize, pad: usize, input: usize, output: usize, step: usize) -> Axis {
+    pub(super) fn new(
+        m: usize,
+        r: usize,
+        pad: usize,
+        input: usize,
+        output: usize,
+        step: usize,
+    ) -> Axis {
         // The lowering offers only tiles that exist.
         let transform = Transform::new(m, r).expect("an offered Winograd tile");
         let tiles = output.div_ceil(m);
@@ -98,7 +105,13 @@ pub(super) fn combine(
 }
 
 /// `base` advanced to tile `at` of `step` bytes: a runtime product or a constant added to `offset`.
-pub(super) fn advance(e: &mut Emitter, base: Value, offset: &mut i64, at: Coord, step: usize) -> Value {
+pub(super) fn advance(
+    e: &mut Emitter,
+    base: Value,
+    offset: &mut i64,
+    at: Coord,
+    step: usize,
+) -> Value {
     match at {
         Coord::Loop(t) => e.scaled(base, t, step as i64),
         Coord::At(t) => {

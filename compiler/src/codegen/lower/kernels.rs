@@ -1,0 +1,343 @@
+//! The kernels a program runs: one struct per kernel family with every shape, stride, arena
+//! offset and register tile fixed, and what lowering decides for them (work split, Winograd group).
+
+use super::*;
+
+/// One output range of a convolution kernel: `channels` output channels whose packed weights
+/// start at `weights` and bias at `bias` (byte offsets into the weight blob), written to `out`.
+///
+/// Packed weights: for each panel of the kernel's register tile ([`Tile::panels`]), the taps in
+/// order `ky`, `kx`, then the input channels, each a row of the panel's width in floats (zero past
+/// its channels); panel `p` starts at `weights + p.first · taps · input channels · 4`. Bias: the
+/// channels, zero-padded to [`Tile::padded`].
+#[derive(Clone, Debug)]
+pub struct ConvRange {
+    pub node: String,
+    pub channels: usize,
+    /// Whether the epilogue ends with ReLU.
+    pub relu: bool,
+    pub weights: usize,
+    pub bias: usize,
+    pub out: MapLayout,
+}
+
+/// A convolution with its epilogue over one or more output ranges (a shared kernel of sibling
+/// 1×1 convs has several). Its units are output rows (image, row), or pixel tiles when `flat`;
+/// [`ConvKernel::split`] makes work items of them.
+#[derive(Clone, Debug)]
+pub struct ConvKernel {
+    pub input: MapLayout,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub out_h: usize,
+    pub out_w: usize,
+    pub ranges: Vec<ConvRange>,
+    pub residual: Option<MapLayout>,
+    /// A 1×1, stride-1, unpadded convolution over a halo-free input: work items are tiles of
+    /// consecutive pixels of the whole batch instead of output rows.
+    pub flat: bool,
+    /// The register tile.
+    pub register: Tile,
+    /// How units and output channels form work items.
+    pub split: Split,
+}
+
+/// How a direct convolution's work items are formed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// One work item per unit, covering every output channel (the AVX2 tier).
+    Units,
+    /// Per range, every weight panel × `groups` groups of units, panel-major: a panel's weights
+    /// stay in cache while one thread computes consecutive groups with it, instead of every
+    /// unit streaming the whole layer's weights (the AVX-512 tier).
+    Panels { groups: usize },
+}
+
+/// Work items per range's panel (see [`Split::Panels`]) for `units` units and `panels` panels in
+/// all: enough items that each of up to 16 threads gets 4, without splitting a panel's units
+/// into groups of fewer than 4.
+pub(super) fn panel_groups(units: usize, panels: usize) -> usize {
+    const ITEMS: usize = 64;
+    let wanted = ITEMS.div_ceil(panels.max(1));
+    wanted.min(units.div_ceil(4)).clamp(1, units.max(1))
+}
+
+/// A stride-1 convolution computed in Winograd tiles F(m_y × m_x, r_y × r_x) (see
+/// [`super::winograd`]): each work item transforms the input tiles of `group` tile rows of one
+/// image into its scratch, multiplies them by the transformed weights one point at a time (a
+/// matrix product through [`crate::codegen::emit`]'s register tile), and transforms the products back,
+/// adding bias and residual and applying ReLU.
+///
+/// Packed weights per range: for each panel of the register tile, for each of the L_y·L_x points,
+/// the input channels, each a row of the panel's width in floats. Bias as for [`ConvRange`].
+#[derive(Clone, Debug)]
+pub struct WinogradKernel {
+    pub input: MapLayout,
+    pub kernel: [usize; 2],
+    pub padding: [usize; 2],
+    /// Outputs per tile along y and x (`m`); 1 along an axis with a 1-tap kernel.
+    pub tile: [usize; 2],
+    pub out_h: usize,
+    pub out_w: usize,
+    pub ranges: Vec<ConvRange>,
+    pub residual: Option<MapLayout>,
+    /// Tile rows per work item.
+    pub group: usize,
+    /// Arena offset of the scratch: work item `i` owns [`WinogradKernel::item_scratch`] bytes
+    /// from `scratch + i · item_scratch`.
+    pub scratch: usize,
+    /// The register tile of the point-wise products.
+    pub register: Tile,
+}
+
+impl ConvKernel {
+    /// Output rows, or pixel tiles when `flat`.
+    pub fn units(&self) -> usize {
+        match self.flat {
+            true => (self.input.n * self.out_h * self.out_w).div_ceil(self.register.pixels),
+            false => self.input.n * self.out_h,
+        }
+    }
+
+    /// What the cost model and the FLOP count see.
+    pub fn shape(&self) -> cost::ConvShape {
+        cost::ConvShape {
+            images: self.input.n,
+            in_channels: self.input.channels,
+            out_channels: self.ranges.iter().map(|r| r.channels).sum(),
+            out: [self.out_h, self.out_w],
+            kernel: self.kernel,
+            stride: self.stride,
+        }
+    }
+}
+
+impl WinogradKernel {
+    /// What the cost model and the FLOP count see (those of the direct convolution).
+    pub fn shape(&self) -> cost::ConvShape {
+        cost::ConvShape {
+            images: self.input.n,
+            in_channels: self.input.channels,
+            out_channels: self.ranges.iter().map(|r| r.channels).sum(),
+            out: [self.out_h, self.out_w],
+            kernel: self.kernel,
+            stride: [1, 1],
+        }
+    }
+
+    /// Tiles per image along y and x.
+    pub fn tiles(&self) -> [usize; 2] {
+        [
+            self.out_h.div_ceil(self.tile[0]),
+            self.out_w.div_ceil(self.tile[1]),
+        ]
+    }
+
+    /// Points per tile along y and x (`m + r − 1`).
+    pub fn points(&self) -> [usize; 2] {
+        [
+            self.tile[0] + self.kernel[0] - 1,
+            self.tile[1] + self.kernel[1] - 1,
+        ]
+    }
+
+    /// Work items per image.
+    pub fn groups(&self) -> usize {
+        self.tiles()[0].div_ceil(self.group)
+    }
+
+    /// Tiles one work item transforms (the last item of an image may use fewer).
+    pub fn item_tiles(&self) -> usize {
+        self.group * self.tiles()[1]
+    }
+
+    /// Bytes of a work item's transformed input (points × tiles × input channels).
+    pub fn input_scratch(&self) -> usize {
+        let [ly, lx] = self.points();
+        ly * lx * self.item_tiles() * self.input.channels * MapLayout::F32
+    }
+
+    /// Offset in a work item's scratch of the staging buffer a two-axis transform passes one
+    /// tile's vectors through (points × 4 floats), after the transformed input and the products
+    /// of one panel of output channels (points × tiles × [`Tile::panel`]).
+    pub fn stage_offset(&self) -> usize {
+        let [ly, lx] = self.points();
+        self.input_scratch() + ly * lx * self.item_tiles() * self.register.panel() * MapLayout::F32
+    }
+
+    /// Bytes of scratch one work item owns (see [`WinogradKernel::stage_offset`]).
+    pub fn item_scratch(&self) -> usize {
+        let [ly, lx] = self.points();
+        (self.stage_offset() + ly * lx * 4 * MapLayout::F32).next_multiple_of(WEIGHT_ALIGN)
+    }
+}
+
+/// The fraction of `count` items' tiles of `tile` that is filled: `count / (⌈count / tile⌉ · tile)`.
+pub fn tile_fill(count: usize, tile: usize) -> f64 {
+    count as f64 / (count.div_ceil(tile) * tile) as f64
+}
+
+/// [`winograd_group`] for a convolution from `input` to `out` in Winograd tiles `tile`, its
+/// products in register tiles `register`.
+pub(super) fn winograd_group_for(
+    input: &MapLayout,
+    out: &MapLayout,
+    tile: [usize; 2],
+    register: &Tile,
+) -> usize {
+    let [th, tw] = [out.h.div_ceil(tile[0]), out.w.div_ceil(tile[1])];
+    winograd_group(input.n, th, tw, register.pixels)
+}
+
+/// The register tile of a Winograd convolution's products: runs of up to 48 transformed tiles
+/// (see [`winograd_group`]), the input channels per step.
+pub(super) fn winograd_register(
+    tier: Tier,
+    input: &MapLayout,
+    out: &MapLayout,
+    out_channels: usize,
+) -> Tile {
+    tile::choose(TileNeeds {
+        tier,
+        in_channels: input.channels,
+        steps: input.channels,
+        pixel_step: input.channels * MapLayout::F32,
+        run: (out.h.div_ceil(2) * out.w.div_ceil(2)).clamp(1, 48),
+        out_channels,
+    })
+}
+
+/// Tile rows per Winograd work item for `tile_rows` × `tile_columns` tiles over `images` images,
+/// multiplied in register tiles of `register` tiles: enough tiles per item to fill register tiles,
+/// items spread evenly over two threads.
+pub fn winograd_group(
+    images: usize,
+    tile_rows: usize,
+    tile_columns: usize,
+    register: usize,
+) -> usize {
+    let time = |group: usize| {
+        let tiles = group * tile_columns;
+        let fill = tile_fill(tiles, register);
+        let items = images * tile_rows.div_ceil(group);
+        (items.div_ceil(2) * group) as f64 / fill
+    };
+    // Fewest tiles wins ties (more items for more threads); at most 48 tiles per item (the
+    // scratch grows with them).
+    (1..=tile_rows)
+        .filter(|g| g * tile_columns <= 48 || *g == 1)
+        .min_by(|a, b| time(*a).total_cmp(&time(*b)))
+        .unwrap_or(1)
+}
+
+/// How convolutions are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Per layer, whichever the cost model predicts faster ([`super::cost`]).
+    #[default]
+    Auto,
+    /// Direct convolution everywhere.
+    Direct,
+    /// Winograd wherever a tile applies (stride 1, a 3- or 7-tap axis, input channels a multiple
+    /// of 4), the tile the cost model prefers.
+    Winograd,
+    /// Test-only: Winograd with these outputs per tile (y, x) wherever it applies.
+    #[doc(hidden)]
+    WinogradTile([usize; 2]),
+}
+
+/// Max or average pooling. Work items are output rows.
+#[derive(Clone, Debug)]
+pub struct PoolKernel {
+    pub input: MapLayout,
+    pub window: PoolAttrs,
+    /// `None` for max pooling, else whether the divisor counts padding.
+    pub average: Option<bool>,
+    pub out: MapLayout,
+}
+
+/// Mean over the pixels of each channel. Work items are images.
+#[derive(Clone, Debug)]
+pub struct GlobalPoolKernel {
+    pub input: MapLayout,
+    pub out: VecLayout,
+}
+
+/// `y = x · Wᵀ + b`. Without a register tile (the AVX2 tier): packed weights, for each block of
+/// [`LINEAR_LANES`] outputs (zero-padded), the input features in order, each a row of
+/// [`LINEAR_LANES`] floats; bias zero-padded likewise; work items are rows. With one (the
+/// AVX-512 tier): a 1×1 convolution over the rows as pixels, weights in the tile's panels as
+/// [`ConvRange`]'s, a bias always (zeros without one); work items are panels, each over every
+/// row.
+#[derive(Clone, Debug)]
+pub struct LinearKernel {
+    pub input: VecLayout,
+    pub out: VecLayout,
+    pub weights: usize,
+    pub bias: Option<usize>,
+    pub register: Option<Tile>,
+}
+
+/// `y = x / max(‖x‖₂, eps)` per row. Work items are rows.
+#[derive(Clone, Debug)]
+pub struct L2NormKernel {
+    pub input: VecLayout,
+    pub out: VecLayout,
+    pub eps: f32,
+}
+
+/// What one step computes.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    Conv(ConvKernel),
+    Winograd(WinogradKernel),
+    Pool(PoolKernel),
+    GlobalPool(GlobalPoolKernel),
+    Linear(LinearKernel),
+    L2Norm(L2NormKernel),
+}
+
+impl Kernel {
+    /// How many independent work items the kernel splits into (the range a call covers).
+    pub fn items(&self) -> usize {
+        match self {
+            Kernel::Conv(k) => match k.split {
+                Split::Units => k.units(),
+                Split::Panels { groups } => {
+                    let panels: usize = k
+                        .ranges
+                        .iter()
+                        .map(|r| k.register.panels(r.channels).len())
+                        .sum();
+                    panels * groups
+                }
+            },
+            Kernel::Winograd(k) => k.input.n * k.groups(),
+            Kernel::Pool(k) => k.out.n * k.out.h,
+            Kernel::GlobalPool(k) => k.out.n,
+            Kernel::Linear(k) => match k.register {
+                Some(register) => register.panels(k.out.features).len(),
+                None => k.out.n,
+            },
+            Kernel::L2Norm(k) => k.out.n,
+        }
+    }
+
+    /// Floating-point operations of one whole call (2 per multiply–add), for throughput figures;
+    /// a Winograd convolution counts the direct convolution's.
+    pub fn flops(&self) -> u64 {
+        match self {
+            Kernel::Conv(k) => k.shape().flops(),
+            Kernel::Winograd(k) => k.shape().flops(),
+            Kernel::Linear(k) => 2 * (k.out.n * k.out.features * k.input.features) as u64,
+            _ => 0,
+        }
+    }
+}
+
+impl From<ConvKernel> for Kernel {
+    fn from(k: ConvKernel) -> Kernel {
+        Kernel::Conv(k)
+    }
+}
