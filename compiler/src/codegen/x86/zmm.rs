@@ -1,0 +1,188 @@
+//! The AVX-512 register tile: M pixels × N zmm vectors over every tap and input channel, with the
+//! fused epilogue and the weight prefetch.
+
+use super::*;
+
+/// Input channel steps per loop iteration of a [`ZmmTile`].
+pub const ZMM_UNROLL: usize = 4;
+
+/// The AVX-512 tile for one shape and epilogue (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ZmmTile {
+    /// Output pixels.
+    pub pixels: usize,
+    /// zmm vectors of 16 output channels per pixel (the panel is 16 · `vectors` wide).
+    pub vectors: usize,
+    /// Channels stored of the last vector, 1 ..= 16 (a mask below 16).
+    pub last_lanes: usize,
+    /// The taps: rows × columns, row-major; the weights follow in the same order.
+    pub taps: [usize; 2],
+    /// Bytes from one tap's input to the next tap row's and to the next column's.
+    pub tap_steps: [i32; 2],
+    /// Input channels per tap.
+    pub channels: usize,
+    /// Bytes from one of the tile's input pixels to the next.
+    pub pixel_step: i32,
+    /// Whether the accumulators start from the bias (else from zero).
+    pub bias: bool,
+    pub residual: bool,
+    pub relu: bool,
+    /// Bytes the `prefetch` pointer moves on per channel loop iteration, each of its cache lines
+    /// prefetched into L2 as it goes; 0: the tile prefetches nothing.
+    pub prefetch_step: i32,
+}
+
+impl ZmmTile {
+    /// `tile<index>_avx512_<pixels>x<vectors>`: the shape, and the module's index of the
+    /// specialization.
+    pub fn name(&self, index: usize) -> String {
+        format!("tile{index}_avx512_{}x{}", self.pixels, self.vectors)
+    }
+
+    fn acc(&self, pixel: usize, vector: usize) -> AsmRegisterZmm {
+        zmm(pixel * self.vectors + vector)
+    }
+
+    /// Registers: accumulators zmm0.., weights after them, the broadcast (and after the loops,
+    /// ReLU's zero) in zmm31. Each tap is a loop of [`ZMM_UNROLL`] channel steps over `r10`
+    /// (input) and `r11` (weights), with the leftover steps after it; the weights run on from
+    /// tap to tap, the input moves to the next tap, and loops over the tap rows (`rsi`) and
+    /// columns (`rdx`) repeat that code, which stays small whatever the kernel's size.
+    pub fn code(&self) -> Result<Vec<u8>, IcedError> {
+        let (m, n) = (self.pixels, self.vectors);
+        assert!(m >= 1 && n >= 1 && m * n + n < 32, "{self:?}");
+        assert!((1..=16).contains(&self.last_lanes), "{self:?}");
+        let mut a = CodeAssembler::new(64)?;
+        let masked = self.last_lanes < 16;
+        if masked {
+            a.mov(eax, (1u32 << self.last_lanes) - 1)?;
+            a.kmovw(k1, eax)?;
+        }
+        for p in 0..m {
+            for j in 0..n {
+                let acc = self.acc(p, j);
+                match self.bias {
+                    true => a.vmovups(acc, zmmword_ptr(rdx + 64 * j as i32))?,
+                    false => a.vpxord(acc, acc, acc)?,
+                }
+            }
+        }
+        let row = (16 * n * 4) as i32;
+        let loops = self.channels / ZMM_UNROLL;
+        let rest = self.channels % ZMM_UNROLL;
+        let [rows, columns] = self.taps;
+        let [row_step, column_step] = self.tap_steps;
+        // After a tap, the input pointer has moved on by the looped channels.
+        let moved = (4 * ZMM_UNROLL * loops) as i32;
+        a.mov(r10, rdi)?;
+        a.mov(r11, rsi)?;
+        if self.prefetch_step > 0 {
+            // The seventh argument, above the return address.
+            a.mov(rdi, qword_ptr(rsp + 8))?;
+        }
+        let mut tap_row = a.create_label();
+        let mut tap = a.create_label();
+        if rows > 1 {
+            a.mov(esi, rows as u32)?;
+            a.set_label(&mut tap_row)?;
+        }
+        if columns > 1 {
+            a.mov(edx, columns as u32)?;
+            a.set_label(&mut tap)?;
+        }
+        if loops > 0 {
+            a.mov(eax, loops as u32)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            for u in 0..ZMM_UNROLL {
+                self.step(&mut a, u)?;
+            }
+            if self.prefetch_step > 0 {
+                for line in 0..(self.prefetch_step as usize).div_ceil(64) {
+                    a.prefetcht1(byte_ptr(rdi + 64 * line as i32))?;
+                }
+                a.add(rdi, self.prefetch_step)?;
+            }
+            a.add(r10, (4 * ZMM_UNROLL) as i32)?;
+            a.add(r11, row * ZMM_UNROLL as i32)?;
+            a.dec(eax)?;
+            a.jnz(top)?;
+        }
+        for u in 0..rest {
+            self.step(&mut a, u)?;
+        }
+        if rest > 0 {
+            a.add(r11, row * rest as i32)?;
+        }
+        if columns > 1 {
+            a.add(r10, column_step - moved)?;
+            a.dec(edx)?;
+            a.jnz(tap)?;
+        }
+        if rows > 1 {
+            // From the row's last tap plus one column to the next row's first tap.
+            let back = match columns > 1 {
+                true => row_step - columns as i32 * column_step,
+                false => row_step - moved,
+            };
+            a.add(r10, back)?;
+            a.dec(esi)?;
+            a.jnz(tap_row)?;
+        }
+        let zero = zmm(31);
+        if self.relu {
+            a.vpxord(zero, zero, zero)?;
+        }
+        for p in 0..m {
+            a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
+            if self.residual {
+                a.mov(r10, qword_ptr(r8 + 8 * p as i32))?;
+            }
+            for j in 0..n {
+                let acc = self.acc(p, j);
+                let partial = masked && j == n - 1;
+                let at = 64 * j as i32;
+                if self.residual {
+                    match partial {
+                        true => a.vaddps(acc.k1().z(), acc, zmmword_ptr(r10 + r9 + at))?,
+                        false => a.vaddps(acc, acc, zmmword_ptr(r10 + r9 + at))?,
+                    }
+                }
+                if self.relu {
+                    // maxps returns its second operand when either is NaN: NaN becomes 0, as in
+                    // the interpreter's f32::max.
+                    a.vmaxps(acc, acc, zero)?;
+                }
+                match partial {
+                    true => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
+                    false => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
+                }
+            }
+        }
+        a.vzeroupper()?;
+        a.ret()?;
+        a.assemble(0)
+    }
+
+    /// Channel step `u` of the current loop iteration: the panel's weight vectors, then per pixel
+    /// a broadcast and its FMAs (with one vector, the broadcast is the FMA's memory operand).
+    fn step(&self, a: &mut CodeAssembler, u: usize) -> Result<(), IcedError> {
+        let (m, n) = (self.pixels, self.vectors);
+        let row = 16 * n * 4;
+        for j in 0..n {
+            a.vmovups(zmm(m * n + j), zmmword_ptr(r11 + (u * row + 64 * j) as i32))?;
+        }
+        for p in 0..m {
+            let at = p as i32 * self.pixel_step + 4 * u as i32;
+            if n == 1 {
+                a.vfmadd231ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?;
+                continue;
+            }
+            a.vbroadcastss(zmm(31), dword_ptr(r10 + at))?;
+            for j in 0..n {
+                a.vfmadd231ps(self.acc(p, j), zmm(m * n + j), zmm(31))?;
+            }
+        }
+        Ok(())
+    }
+}
