@@ -1,5 +1,5 @@
 //! The compiler proper: graph passes over the IR, the schedule and memory plan of an optimized
-//! graph, the Cranelift backend and the linker driver. The CLI in `main.rs` drives it.
+//! graph, the Cranelift backend and the linker driver. The CLI in `main.rs` (its subcommands in `cli/`) drives it.
 
 pub mod codegen;
 pub mod link;

@@ -45,23 +45,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> LinkError + '_ {
 /// Writes `bytes` to `out` atomically (a temporary file beside it, renamed into place), with mode
 /// `mode`.
 pub fn write_file(out: &Path, bytes: &[u8], mode: u32) -> Result<(), LinkError> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".inceptc-")
-        .tempfile_in(dir)
-        .map_err(io(out))?;
-    tmp.write_all(bytes).map_err(io(out))?;
-    set_mode(tmp.path(), mode).map_err(io(out))?;
-    tmp.persist(out).map_err(|e| io(out)(e.error))?;
-    Ok(())
-}
-
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    inceptc_runtime::files::write_with(out, Some(mode), |file| file.write_all(bytes))
+        .map_err(io(out))
 }
 
 /// Links `object` with the runtime into the executable `out`, without the runtime's debug

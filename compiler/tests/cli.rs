@@ -748,10 +748,9 @@ fn plan_reports_the_arena_for_batch_one_and_n() {
     let (code, stdout, _) = run_inceptc(["plan", "--model", "inception-v4", "--buffers"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("features.0.conv"), "{stdout}");
-    fails_with(
-        &["plan", "--model", "inception-v4", "--batch", "0"],
-        &["--batch must be at least 1"],
-    );
+    let (code, _, stderr) = run_inceptc(["plan", "--model", "inception-v4", "--batch", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("0 is outside 1..=65536"), "{stderr}");
     fails_with(
         &["plan", "--model", "inception-v4", "--image-size", "60"],
         &["input too small"],
@@ -944,4 +943,80 @@ fn report_for(tier: &str) {
         "{total}"
     );
     assert!(obj.exists());
+}
+
+/// Every numeric option of `inceptc`, through 0, 1, a huge value and a non-number: a result or a
+/// clean error, never a panic, a hang or a file left behind by a failure.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles networks: cargo test --release")]
+fn numeric_options_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let small = ["--model", "inception-resnet-v1", "--image-size", "75"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["info", "--model", "inception-resnet-v1"], "--batch"),
+        (
+            vec!["info", "--model", "inception-resnet-v1"],
+            "--image-size",
+        ),
+        (vec!["plan", "--model", "inception-resnet-v1"], "--batch"),
+        (
+            vec!["plan", "--model", "inception-resnet-v1"],
+            "--image-size",
+        ),
+        (
+            vec!["dump", "--model", "inception-resnet-v1"],
+            "--image-size",
+        ),
+        (
+            [&["compile", "-q", "-o", out][..], &small[..]].concat(),
+            "--batch",
+        ),
+        (
+            vec!["compile", "-q", "-o", out, "--model", "inception-resnet-v1"],
+            "--image-size",
+        ),
+        (
+            [&["compile", "-q", "-o", out, "--classify"][..], &small[..]].concat(),
+            "--num-classes",
+        ),
+        (
+            [&["compile", "-q", "-o", out][..], &small[..]].concat(),
+            "--seed",
+        ),
+        (
+            [&["compile", "-q", "-o", out][..], &small[..]].concat(),
+            "--max-memory",
+        ),
+    ];
+    for (base, option) in cases {
+        for value in ["0", "1", "99999999999999999999", "x"] {
+            let mut args = base.clone();
+            args.extend([option, value]);
+            let _ = std::fs::remove_file(out);
+            let (code, _, stderr) = run_inceptc(&args);
+            assert!(
+                [0, 1, 2].contains(&code) && !stderr.contains("panicked"),
+                "{args:?}: exit {code}\n{stderr}"
+            );
+            if code != 0 {
+                assert!(!std::path::Path::new(out).exists(), "{args:?} left {out}");
+            }
+        }
+    }
+}
+
+/// A failed write to standard output is an error.
+#[test]
+fn a_full_standard_output_is_an_error() {
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inceptc"))
+        .args(["info", "--model", "inception-v4"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let (code, _, stderr) = inceptc_suite::outcome(out);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("error"), "{stderr}");
 }

@@ -466,10 +466,35 @@ fn bad_input_to_an_executable_is_reported() {
     );
     // Nothing to do, and bad options.
     expect(&[], 1, &["nothing to do"]);
-    expect(
-        &["--bench", "--threads", "0"],
-        1,
-        &["--threads must be at least 1"],
+    expect(&["--bench", "--threads", "0"], 2, &["0 is not in 1..=1024"]);
+    // Every numeric option through 0, 1, a huge value and a non-number: a result or a clean
+    // error, never a panic.
+    for (base, option) in [
+        (&["--bench", "--runs", "1"][..], "--threads"),
+        (&["--bench", "--threads", "1"][..], "--runs"),
+    ] {
+        for value in ["0", "1", "99999999999999999999", "x"] {
+            let mut args = base.to_vec();
+            args.extend([option, value]);
+            let (code, _, stderr) = run(&exe, &args, None);
+            assert!(
+                [0, 2].contains(&code) && !stderr.contains("panicked"),
+                "{args:?}: exit {code}\n{stderr}"
+            );
+        }
+    }
+    // Results that cannot be written are an error, not a silent success.
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = Command::new(&exe)
+        .arg(path("rgb.png"))
+        .stdout(full)
+        .output()
+        .unwrap();
+    let (code, _, stderr) = inceptc_suite::outcome(out);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot write the results to standard output"),
+        "{stderr}"
     );
     expect(&["--frobnicate"], 2, &["--frobnicate"]);
     let (code, stdout, _) = run(&exe, &["--help"], None);

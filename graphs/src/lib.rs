@@ -103,12 +103,17 @@ impl Default for Options {
     }
 }
 
+/// The most classes a seeded classifier may have (ImageNet-21k has 21,843).
+pub const MAX_CLASSES: usize = 1 << 20;
+
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("--classify applies to inception-resnet-v1 only; {0} always ends in its classifier")]
     ClassifyNotApplicable(Model),
     #[error("the number of classes must be at least 1")]
     NoClasses,
+    #[error("{0} classes: at most {MAX_CLASSES} are supported (the classifier's weights alone would take {1:.1} GiB)")]
+    TooManyClasses(usize, f64),
     #[error(
         "{}: --classify needs facenet's classifier, but the checkpoint has no `logits.weight` \
          (it holds an embedding model; drop --classify)",
@@ -191,6 +196,11 @@ pub fn build(model: Model, options: &Options) -> Result<Graph, LoadError> {
     }
     if options.num_classes == 0 {
         return Err(LoadError::NoClasses);
+    }
+    if options.num_classes > MAX_CLASSES {
+        // The widest feature vector of the networks is Inception-v4's and IR-v2's 1536.
+        let gib = (options.num_classes as f64) * 1536.0 * 4.0 / (1u64 << 30) as f64;
+        return Err(LoadError::TooManyClasses(options.num_classes, gib));
     }
     let k = options.num_classes;
     Ok(match model {

@@ -5,7 +5,6 @@
 //! temporary file beside the target that is renamed into place, so a failed write leaves no partial
 //! file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use npyz::WriterBuilder;
@@ -312,29 +311,17 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
             data.len()
         ))));
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".inceptc-")
-        .suffix(".npy.tmp")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
-    {
+    crate::files::write_with(path, None, |file| {
         let dims: Vec<u64> = shape.iter().map(|d| *d as u64).collect();
         let mut writer = npyz::WriteOptions::<f32>::new()
             .default_dtype()
             .shape(&dims)
-            .writer(std::io::BufWriter::new(tmp.as_file_mut()))
-            .begin_nd()
-            .map_err(write_err)?;
-        writer.extend(data.iter().copied()).map_err(write_err)?;
-        writer.finish().map_err(write_err)?;
-    }
-    tmp.as_file_mut().flush().map_err(write_err)?;
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
-    Ok(())
+            .writer(std::io::BufWriter::new(file))
+            .begin_nd()?;
+        writer.extend(data.iter().copied())?;
+        writer.finish()
+    })
+    .map_err(write_err)
 }
 
 #[cfg(test)]

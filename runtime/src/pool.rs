@@ -96,19 +96,25 @@ fn part(items: usize, parts: usize, part: usize) -> (usize, usize) {
 impl ThreadPool {
     /// A pool of `threads` threads in all, the caller's included (at least 1).
     pub fn new(threads: usize) -> ThreadPool {
+        Self::try_new(threads).expect("the pool's threads start")
+    }
+
+    /// [`ThreadPool::new`], with an error instead of a panic when the system cannot start the
+    /// threads (the ones started are stopped again).
+    pub fn try_new(threads: usize) -> std::io::Result<ThreadPool> {
         let threads = threads.max(1);
-        let shared = Arc::new(Shared::default());
-        let workers = (1..threads)
-            .map(|_| {
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || worker(&shared))
-            })
-            .collect();
-        ThreadPool {
+        let mut pool = ThreadPool {
             threads,
-            shared,
-            workers,
+            shared: Arc::new(Shared::default()),
+            workers: Vec::with_capacity(threads - 1),
+        };
+        for _ in 1..threads {
+            let shared = Arc::clone(&pool.shared);
+            // On failure, dropping the pool stops and joins the workers started so far.
+            let worker = std::thread::Builder::new().spawn(move || worker(&shared))?;
+            pool.workers.push(worker);
         }
+        Ok(pool)
     }
 
     /// The number of threads, the caller's included.

@@ -158,7 +158,7 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
         );
         for (n, tile) in tiles.iter().enumerate() {
             text.push_str(&format!(
-                "; u1:{n} is the register tile {} (assembled by inceptc, see codegen/x86.rs)\n",
+                "; u1:{n} is the register tile {} (assembled by inceptc, see codegen/x86/)\n",
                 tile.name(n)
             ));
         }

@@ -19,6 +19,11 @@ use inceptc_runtime::exec::{self, Arena, KernelFn, StepTimes};
 use inceptc_runtime::layout::Layout;
 use inceptc_runtime::pool::ThreadPool;
 
+/// The most threads `--threads` starts (the default takes all cores up to it).
+const MAX_THREADS: usize = 1024;
+/// The most timed runs `--bench --runs` makes.
+const MAX_RUNS: usize = 100_000;
+
 extern "C" {
     static inceptc_desc: u8;
     static inceptc_desc_len: u64;
@@ -47,15 +52,16 @@ struct Cli {
     /// S]): compare it with your own pipeline's.
     #[arg(long, requires = "images")]
     save_input: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads (default: all cores; at most 1024).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
+    threads: Option<u16>,
     /// Time every block and the whole network on seeded input.
     #[arg(long, conflicts_with = "images")]
     bench: bool,
-    /// Timed runs for --bench (after one warm-up run).
-    #[arg(long, default_value_t = 10, requires = "bench")]
-    runs: usize,
+    /// Timed runs for --bench (after one warm-up run; at most 100000).
+    #[arg(long, default_value_t = 10, requires = "bench",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_RUNS as i64))]
+    runs: u32,
     /// Print --bench results as JSON.
     #[arg(long, requires = "bench")]
     json: bool,
@@ -267,11 +273,11 @@ fn run() -> Result<()> {
     let model = model(&linked);
     let desc = &linked.desc;
     let threads = match cli.threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(t) => t,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(t) => t as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS)),
     };
-    let pool = ThreadPool::new(threads);
+    let pool = ThreadPool::try_new(threads)
+        .with_context(|| format!("cannot start {threads} threads (--threads)"))?;
     let mut arena = Arena::new(desc.arena_bytes)?;
     if cli.bench {
         return bench(
@@ -279,7 +285,7 @@ fn run() -> Result<()> {
             &model,
             &pool,
             &mut arena,
-            cli.runs.max(1),
+            cli.runs as usize,
             &BenchOutputs {
                 json: cli.json,
                 trace: cli.trace.as_deref(),
@@ -342,7 +348,8 @@ fn tensor(
         None => {
             let k = dims[1..].iter().product::<usize>();
             for (n, row) in outputs[0].chunks(k).enumerate() {
-                print_result(desc, &format!("{}[{n}]", input.display()), row);
+                print_result(desc, &format!("{}[{n}]", input.display()), row)
+                    .context("cannot write the results to standard output")?;
             }
         }
     }
@@ -387,7 +394,8 @@ fn images(
         }
         let y = model.run(arena, &x, pool)?;
         for (name, row) in names.iter().zip(y[0].chunks(k)) {
-            print_result(desc, &name.display().to_string(), row);
+            print_result(desc, &name.display().to_string(), row)
+                .context("cannot write the results to standard output")?;
             all.extend_from_slice(row);
         }
     }
@@ -400,9 +408,9 @@ fn images(
 }
 
 /// Top-5 classes with probabilities, or the first values of an embedding.
-fn print_result(desc: &ModelDesc, name: &str, row: &[f32]) {
+fn print_result(desc: &ModelDesc, name: &str, row: &[f32]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{name}");
+    writeln!(out, "{name}")?;
     match desc.output_kind {
         OutputKind::Logits => {
             let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
@@ -416,14 +424,15 @@ fn print_result(desc: &ModelDesc, name: &str, row: &[f32]) {
                     true => labels[i].to_string(),
                     false => format!("class {i}"),
                 };
-                let _ = writeln!(out, "  {p:.4}  {i:>4}  {label}");
+                writeln!(out, "  {p:.4}  {i:>4}  {label}")?;
             }
         }
         OutputKind::Embedding => {
             let head: Vec<String> = row.iter().take(8).map(|v| format!("{v:.4}")).collect();
-            let _ = writeln!(out, "  embedding [{}]: {} …", row.len(), head.join(" "));
+            writeln!(out, "  embedding [{}]: {} …", row.len(), head.join(" "))?;
         }
     }
+    out.flush()
 }
 
 /// Deterministic input in [−1, 1) for `--bench`.
@@ -656,4 +665,13 @@ fn bench(
         ms(min_total)
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
