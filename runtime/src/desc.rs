@@ -456,8 +456,21 @@ impl ModelDesc {
         Ok(desc)
     }
 
-    /// Every layout lies inside the arena.
+    /// A batch and an output to run, an input that matches them, and every layout inside the
+    /// arena (all sums checked: the values come from a file).
     fn check(&self) -> Result<(), DescError> {
+        if self.batch == 0 {
+            return Err(DescError("the batch is 0"));
+        }
+        if self.outputs.is_empty() {
+            return Err(DescError("the model has no output"));
+        }
+        let i = &self.input;
+        if i.n != self.batch || [i.h, i.w] != self.image || i.channels == 0 {
+            return Err(DescError(
+                "the input does not match the batch and image size",
+            ));
+        }
         let maps = std::iter::once(&self.input)
             .chain(self.steps.iter().flat_map(|s| &s.clear_halos))
             .chain(self.guards.iter().filter_map(|g| g.halo.as_ref()))
@@ -466,7 +479,9 @@ impl ModelDesc {
                 Layout::Vector(_) => None,
             }));
         for m in maps {
-            if m.offset + m.bytes() > self.arena_bytes || m.channel_offset + m.channels > m.c_total
+            let channels = m.channel_offset.checked_add(m.channels);
+            if m.checked_end().is_none_or(|e| e > self.arena_bytes)
+                || channels.is_none_or(|c| c > m.c_total)
             {
                 return Err(DescError("a feature map lies outside the arena"));
             }
@@ -493,8 +508,9 @@ impl ModelDesc {
         }
         for o in &self.outputs {
             if let Layout::Vector(v) = o {
-                if v.offset + v.n * v.row_stride() > self.arena_bytes
-                    || v.feature_offset + v.features > v.f_total
+                let features = v.feature_offset.checked_add(v.features);
+                if v.checked_end().is_none_or(|e| e > self.arena_bytes)
+                    || features.is_none_or(|f| f > v.f_total)
                 {
                     return Err(DescError("a vector lies outside the arena"));
                 }
@@ -586,5 +602,25 @@ mod tests {
         let mut small = d.clone();
         small.arena_bytes = 100;
         assert!(ModelDesc::decode(&small.encode()).is_err());
+        // Values that would overflow or leave nothing to run are refused, not panicked on.
+        let refused = |change: &dyn Fn(&mut ModelDesc), why: &str| {
+            let mut bad = d.clone();
+            change(&mut bad);
+            let e = ModelDesc::decode(&bad.encode()).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(&|d| d.batch = 0, "the batch is 0");
+        refused(&|d| d.outputs.clear(), "no output");
+        refused(&|d| d.image = [6, 5], "does not match");
+        refused(&|d| d.input.offset = usize::MAX - 8, "outside the arena");
+        refused(&|d| d.input.c_total = usize::MAX / 2, "outside the arena");
+        refused(
+            &|d| {
+                if let Layout::Vector(v) = &mut d.outputs[0] {
+                    v.n = usize::MAX / 3;
+                }
+            },
+            "outside the arena",
+        );
     }
 }

@@ -39,6 +39,16 @@ impl MapLayout {
         self.n * self.image_stride()
     }
 
+    /// The arena bytes from `offset` to the map's end, or `None` where the sum overflows (a
+    /// description read from a file is checked with it).
+    pub fn checked_end(&self) -> Option<usize> {
+        let w = self.w.checked_add(self.halo[1].checked_mul(2)?)?;
+        let h = self.h.checked_add(self.halo[0].checked_mul(2)?)?;
+        let pixel = self.c_total.checked_mul(Self::F32)?;
+        let bytes = w.checked_mul(pixel)?.checked_mul(h)?.checked_mul(self.n)?;
+        self.offset.checked_add(bytes)
+    }
+
     /// Arena offset of channel `channel_offset + c` of pixel `(y, x)` of image `n`; `y` and `x`
     /// may reach into the halo (down to `−halo`).
     pub fn address(&self, n: usize, y: isize, x: isize, c: usize) -> usize {
@@ -75,6 +85,12 @@ pub struct VecLayout {
 impl VecLayout {
     pub fn row_stride(&self) -> usize {
         self.f_total * MapLayout::F32
+    }
+
+    /// The arena offset just past the vector's rows, or `None` where the sum overflows.
+    pub fn checked_end(&self) -> Option<usize> {
+        let row = self.f_total.checked_mul(MapLayout::F32)?;
+        self.offset.checked_add(self.n.checked_mul(row)?)
     }
 
     pub fn address(&self, n: usize, f: usize) -> usize {
