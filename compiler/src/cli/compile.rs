@@ -109,6 +109,20 @@ pub(crate) fn compile(
         }
         _ => inceptc::link::link(&object, output)?,
     }
+    // What linking added to the object: the runtime library and what it pulls in.
+    let runtime = match emit {
+        Emit::Exe => std::fs::metadata(output)
+            .ok()
+            .map(|m| m.len().saturating_sub(object.len() as u64)),
+        _ => None,
+    };
+    if let (true, Some(bytes)) = (target.report, runtime) {
+        println!(
+            "runtime: {:.2} MiB of the executable beside the kernels and weights (the runtime \
+             library: start-up, image decoding, the thread pool, --bench and its chart)",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
     let total = start.elapsed();
     drop(progress);
     log::info!(
@@ -123,12 +137,16 @@ pub(crate) fn compile(
     }
     eprintln!(
         "compiled {} for {} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, \
-         weights {:.1} MiB, packed to {:.1} MiB at start-up) into {} in {:.1} s",
+         weights {:.1} MiB, packed to {:.1} MiB at start-up{}) into {} in {:.1} s",
         args.model(),
         program.tier.name(),
         program.arena_bytes as f64 / (1 << 20) as f64,
         (program.stored.len() * target.weights_dtype.size()) as f64 / (1 << 20) as f64,
         program.packed_bytes as f64 / (1 << 20) as f64,
+        runtime.map_or(String::new(), |b| format!(
+            ", runtime {:.1} MiB",
+            b as f64 / (1 << 20) as f64
+        )),
         output.display(),
         total.as_secs_f64()
     );
