@@ -1,0 +1,103 @@
+//! The description's encoding round trip and the checks of what it decodes.
+
+use super::*;
+
+#[test]
+fn round_trips_and_rejects_truncation() {
+    let m = MapLayout {
+        offset: 64,
+        n: 1,
+        h: 5,
+        w: 5,
+        c_total: 3,
+        channel_offset: 0,
+        channels: 3,
+        halo: [1, 1],
+    };
+    let d = ModelDesc {
+        model: "inception-v4".into(),
+        batch: 1,
+        image: [5, 5],
+        preprocess: Preprocess::Timm {
+            crop_pct: 0.875,
+            interpolation: Filter::Bicubic,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        },
+        output_kind: OutputKind::Logits,
+        arena_bytes: 4096,
+        weights_dtype: WeightsDtype::F16,
+        tier: crate::exec::Tier::V4,
+        input: m,
+        outputs: vec![Layout::Vector(VecLayout {
+            offset: 0,
+            n: 1,
+            f_total: 10,
+            feature_offset: 0,
+            features: 10,
+        })],
+        blocks: vec!["stem".into(), "head".into()],
+        steps: vec![StepDesc {
+            name: "k0_conv".into(),
+            has_kernel: true,
+            items: 5,
+            block: 1,
+            clear_halos: vec![m],
+        }],
+        guards: vec![Guard {
+            buffer: "conv".into(),
+            offset: 64,
+            bytes: 300,
+            guard: 64,
+            live: [0, 1],
+            halo: Some(m),
+        }],
+        segments: vec![
+            Segment {
+                offset: 0,
+                source: 0,
+                recipe: Recipe::Copy { floats: 3 },
+            },
+            Segment {
+                offset: 64,
+                source: 3,
+                recipe: Recipe::Conv(ConvPacking {
+                    out: 2,
+                    inputs: 1,
+                    kernel: [1, 3],
+                    transform: Some([vec![1.0], vec![0.5; 12]]),
+                    panels: vec![[0, 2, 16]],
+                }),
+            },
+        ],
+        packed_bytes: 64 + 4 * 16 * 4,
+    };
+    let bytes = d.encode();
+    assert_eq!(ModelDesc::decode(&bytes).unwrap(), d);
+    for cut in [0, 8, 17, bytes.len() - 8] {
+        assert!(ModelDesc::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut small = d.clone();
+    small.arena_bytes = 100;
+    assert!(ModelDesc::decode(&small.encode()).is_err());
+    // Values that would overflow or leave nothing to run are refused, not panicked on.
+    let refused = |change: &dyn Fn(&mut ModelDesc), why: &str| {
+        let mut bad = d.clone();
+        change(&mut bad);
+        let e = ModelDesc::decode(&bad.encode()).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    };
+    refused(&|d| d.batch = 0, "the batch is 0");
+    refused(&|d| d.outputs.clear(), "no output");
+    refused(&|d| d.image = [6, 5], "does not match");
+    refused(&|d| d.input.offset = usize::MAX - 8, "outside the arena");
+    refused(&|d| d.input.c_total = usize::MAX / 2, "outside the arena");
+    refused(
+        &|d| {
+            if let Layout::Vector(v) = &mut d.outputs[0] {
+                v.n = usize::MAX / 3;
+            }
+        },
+        "outside the arena",
+    );
+}
