@@ -109,44 +109,77 @@ impl Tier {
     }
 }
 
+/// A CPU feature that code of a tier uses: its name in errors, the Cranelift ISA flag that lets
+/// Cranelift's code use it (`None`: only the assembled register tiles do), and its detection.
+#[derive(Clone, Copy, Debug)]
+pub struct Feature {
+    pub name: &'static str,
+    pub cranelift: Option<&'static str>,
+    detect: fn() -> bool,
+}
+
+impl Feature {
+    /// Whether this CPU has it.
+    pub fn present(&self) -> bool {
+        (self.detect)()
+    }
+}
+
+/// `Feature` with a detection by `is_x86_feature_detected!` (never present off x86-64).
+macro_rules! feature {
+    ($name:literal, $cranelift:expr, $detect:tt) => {
+        Feature {
+            name: $name,
+            cranelift: $cranelift,
+            #[cfg(target_arch = "x86_64")]
+            detect: || std::is_x86_feature_detected!($detect),
+            #[cfg(not(target_arch = "x86_64"))]
+            detect: || false,
+        }
+    };
+}
+
+/// x86-64-v3's features: Cranelift's code of every tier is built with all of them.
+const V3_FEATURES: [Feature; 11] = [
+    feature!("SSE3", Some("has_sse3"), "sse3"),
+    feature!("SSSE3", Some("has_ssse3"), "ssse3"),
+    feature!("SSE4.1", Some("has_sse41"), "sse4.1"),
+    feature!("SSE4.2", Some("has_sse42"), "sse4.2"),
+    feature!("POPCNT", Some("has_popcnt"), "popcnt"),
+    feature!("AVX", Some("has_avx"), "avx"),
+    feature!("AVX2", Some("has_avx2"), "avx2"),
+    feature!("FMA", Some("has_fma"), "fma"),
+    feature!("BMI1", Some("has_bmi1"), "bmi1"),
+    feature!("BMI2", Some("has_bmi2"), "bmi2"),
+    feature!("LZCNT", Some("has_lzcnt"), "lzcnt"),
+];
+
+/// What x86-64-v4 adds, for the assembled AVX-512 tiles (Cranelift's code stays on v3's).
+const V4_FEATURES: [Feature; 5] = [
+    feature!("AVX512F", None, "avx512f"),
+    feature!("AVX512BW", None, "avx512bw"),
+    feature!("AVX512CD", None, "avx512cd"),
+    feature!("AVX512DQ", None, "avx512dq"),
+    feature!("AVX512VL", None, "avx512vl"),
+];
+
+/// Every feature code of `tier` uses: the one list the compiler builds Cranelift's ISA from and
+/// the start-up check tests.
+pub fn features(tier: Tier) -> Vec<Feature> {
+    let mut all = V3_FEATURES.to_vec();
+    if tier == Tier::V4 {
+        all.extend(V4_FEATURES);
+    }
+    all
+}
+
 /// The features of `tier` this CPU lacks, by name (empty when it runs the tier's code).
 pub fn missing_features(tier: Tier) -> Vec<&'static str> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::is_x86_feature_detected as has;
-        let mut features = vec![
-            ("SSE3", has!("sse3")),
-            ("SSSE3", has!("ssse3")),
-            ("SSE4.1", has!("sse4.1")),
-            ("SSE4.2", has!("sse4.2")),
-            ("POPCNT", has!("popcnt")),
-            ("AVX", has!("avx")),
-            ("AVX2", has!("avx2")),
-            ("FMA", has!("fma")),
-            ("BMI1", has!("bmi1")),
-            ("BMI2", has!("bmi2")),
-            ("LZCNT", has!("lzcnt")),
-        ];
-        if tier == Tier::V4 {
-            features.extend([
-                ("AVX512F", has!("avx512f")),
-                ("AVX512BW", has!("avx512bw")),
-                ("AVX512CD", has!("avx512cd")),
-                ("AVX512DQ", has!("avx512dq")),
-                ("AVX512VL", has!("avx512vl")),
-            ]);
-        }
-        features
-            .into_iter()
-            .filter(|(_, present)| !present)
-            .map(|(name, _)| name)
-            .collect()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = tier;
-        vec!["x86-64"]
-    }
+    features(tier)
+        .into_iter()
+        .filter(|f| !f.present())
+        .map(|f| f.name)
+        .collect()
 }
 
 /// Checks, before anything runs, that the CPU has every feature code of `tier` uses.

@@ -49,23 +49,16 @@ pub enum CodegenError {
     Assembler(String),
 }
 
-/// The x86-64 feature flags Cranelift's code uses: x86-64-v3's, which the runtime checks for every
-/// tier ([`inceptc_runtime::exec::missing_features`]).
-pub const X86_FLAGS: &[&str] = &[
-    "has_sse3",
-    "has_ssse3",
-    "has_sse41",
-    "has_sse42",
-    "has_popcnt",
-    "has_avx",
-    "has_avx2",
-    "has_fma",
-    "has_bmi1",
-    "has_bmi2",
-    "has_lzcnt",
-];
+/// The Cranelift ISA flags of the features Cranelift's code uses: x86-64-v3's, from the list the
+/// runtime checks at start-up for every tier ([`inceptc_runtime::exec::features`]).
+pub fn x86_flags() -> Vec<&'static str> {
+    inceptc_runtime::exec::features(inceptc_runtime::exec::Tier::V3)
+        .iter()
+        .filter_map(|f| f.cranelift)
+        .collect()
+}
 
-/// The target: x86-64 System V with [`X86_FLAGS`]; position-independent when `pic` (objects for
+/// The target: x86-64 System V with [`x86_flags`]; position-independent when `pic` (objects for
 /// executables), absolute for in-process code.
 pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
     let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
@@ -79,7 +72,7 @@ pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
         .map_err(|e| err(&e))?;
     let mut builder =
         cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu").map_err(|e| err(&e))?;
-    for flag in X86_FLAGS {
+    for flag in x86_flags() {
         builder.enable(flag).map_err(|e| err(&e))?;
     }
     builder
@@ -205,4 +198,34 @@ pub fn kernel_name(index: usize, node: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     format!("k{index}_{clean}")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every CPU feature Cranelift's ISA is built with is one the executable's start-up check
+    /// tests (the assembled tiles' are checked in `x86`'s tests).
+    #[test]
+    fn cranelift_uses_only_features_the_start_up_check_tests() {
+        let isa = super::isa(true).unwrap();
+        let checked: Vec<&str> = inceptc_runtime::exec::features(inceptc_runtime::exec::Tier::V3)
+            .iter()
+            .filter_map(|f| f.cranelift)
+            .collect();
+        let mut enabled = Vec::new();
+        for flag in isa.isa_flags() {
+            if flag.name.starts_with("has_") && flag.as_bool() == Some(true) {
+                enabled.push(flag.name);
+                assert!(
+                    checked.contains(&flag.name),
+                    "Cranelift's ISA has {} on, which the start-up check does not test",
+                    flag.name
+                );
+            }
+        }
+        assert_eq!(
+            enabled.len(),
+            checked.len(),
+            "{enabled:?} against {checked:?}"
+        );
+    }
 }

@@ -351,4 +351,91 @@ mod tests {
             2
         );
     }
+
+    /// Every instruction the assembled functions contain needs only baseline x86-64 and features
+    /// the executable's start-up check tests for its tier (`inceptc_runtime::exec::features`).
+    #[test]
+    fn the_tiles_use_only_features_the_start_up_check_tests() {
+        use inceptc_runtime::exec::{features, Tier};
+        // What every x86-64 CPU has (prefetcht1 is SSE's).
+        let baseline = [
+            "INTEL8086",
+            "INTEL186",
+            "INTEL386",
+            "X64",
+            "SSE",
+            "SSE2",
+            "CMOV",
+        ];
+        let check = |code: &[u8], tier: Tier, what: &str| {
+            let checked: Vec<String> = features(tier)
+                .iter()
+                .map(|f| f.name.replace('.', "_"))
+                .collect();
+            for instruction in Decoder::with_ip(64, code, 0, DecoderOptions::NONE) {
+                for feature in instruction.cpuid_features() {
+                    let name = format!("{feature:?}");
+                    assert!(
+                        baseline.contains(&name.as_str()) || checked.contains(&name),
+                        "{what}: `{instruction}` needs {name}, which the {} check does not test",
+                        tier.name()
+                    );
+                }
+                // A transform's coefficients follow its return.
+                if instruction.mnemonic() == Mnemonic::Ret {
+                    break;
+                }
+            }
+        };
+        check(&fma_probe(false).unwrap(), Tier::V3, "the ymm probe");
+        check(&fma_probe(true).unwrap(), Tier::V4, "the zmm probe");
+        for pixels in [1, 6, 12] {
+            let tile = Avx2Tile {
+                pixels,
+                pixel_step: 0x100,
+            };
+            check(&tile.code().unwrap(), Tier::V3, "an AVX2 tile");
+        }
+        for (pixels, vectors, last_lanes, prefetch_step) in
+            [(6, 4, 16, 0), (3, 1, 5, 96), (14, 2, 9, 256)]
+        {
+            for (bias, residual, relu) in [(false, false, false), (true, true, true)] {
+                let tile = ZmmTile {
+                    pixels,
+                    vectors,
+                    last_lanes,
+                    taps: [3, 3],
+                    tap_steps: [0x2000, 0x40],
+                    channels: 13,
+                    pixel_step: 0x40,
+                    bias,
+                    residual,
+                    relu,
+                    prefetch_step,
+                };
+                check(&tile.code().unwrap(), Tier::V4, "a zmm tile");
+            }
+        }
+        for (y, x, output) in [
+            ((4, 3), (4, 3), false),
+            ((4, 3), (4, 3), true),
+            ((1, 1), (3, 7), true),
+        ] {
+            let [ly, lx] = [y, x].map(|(m, r): (usize, usize)| m + r - 1);
+            let results = if output { y.0 * x.0 } else { ly * lx };
+            let tile = TransformTile {
+                y,
+                x,
+                output,
+                loads: (0..ly * lx).map(|i| Some(64 * i as i32)).collect(),
+                stores: (0..results).map(|i| Some(64 * i as i32)).collect(),
+                vectors: 2,
+                last_lanes: 7,
+                bias: output,
+                residual: output,
+                relu: output,
+            };
+            check(&tile.code().unwrap(), Tier::V4, "a transform");
+        }
+    }
 }
