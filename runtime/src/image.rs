@@ -140,7 +140,8 @@ pub fn crop(img: &RgbImage, how: Preprocess, size: [usize; 2]) -> RgbImage {
             ..
         } => {
             // The compiler builds square inputs; timm's shorter-side resize is for those.
-            let scale = (h.max(w) as f64 / crop_pct as f64).floor() as u64;
+            // At least a pixel (the description bounds crop_pct, see `desc`).
+            let scale = ((h.max(w) as f64 / crop_pct as f64).floor() as u64).max(1);
             let (iw, ih) = (img.width() as u64, img.height() as u64);
             let (short, long) = (iw.min(ih), iw.max(ih));
             // Python's int(scale * long / short): a correctly rounded quotient, truncated.

@@ -465,6 +465,22 @@ impl ModelDesc {
         if self.outputs.is_empty() {
             return Err(DescError("the model has no output"));
         }
+        if let Preprocess::Timm {
+            crop_pct,
+            mean,
+            std,
+            ..
+        } = self.preprocess
+        {
+            // timm's crop fractions lie around 0.8–1; far outside, the resize would be empty or
+            // astronomically large.
+            if !(0.05..=20.0).contains(&crop_pct)
+                || !mean.iter().chain(&std).all(|v| v.is_finite())
+                || std.contains(&0.0)
+            {
+                return Err(DescError("the image preprocessing is out of range"));
+            }
+        }
         let i = &self.input;
         if i.n != self.batch || [i.h, i.w] != self.image || i.channels == 0 {
             return Err(DescError(

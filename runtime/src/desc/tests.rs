@@ -88,6 +88,14 @@ fn round_trips_and_rejects_truncation() {
         assert!(e.contains(why), "{e}");
     };
     refused(&|d| d.batch = 0, "the batch is 0");
+    refused(
+        &|d| {
+            if let Preprocess::Timm { crop_pct, .. } = &mut d.preprocess {
+                *crop_pct = f32::NAN;
+            }
+        },
+        "preprocessing is out of range",
+    );
     refused(&|d| d.outputs.clear(), "no output");
     refused(&|d| d.image = [6, 5], "does not match");
     refused(&|d| d.input.offset = usize::MAX - 8, "outside the arena");
