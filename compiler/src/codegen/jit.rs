@@ -3,6 +3,7 @@
 
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::default_libcall_names;
+use inceptc_runtime::desc::{ModelDesc, OutputKind, Preprocess};
 use inceptc_runtime::exec::{self, KernelFn};
 
 use super::{define_kernels, isa, CodegenError, Program};
@@ -10,6 +11,9 @@ use super::{define_kernels, isa, CodegenError, Program};
 /// A program whose kernels are compiled into this process.
 pub struct JitProgram {
     pub program: Program,
+    /// The program's description, encoded and decoded as an executable's is: the model runs
+    /// from it, so every JIT test also tests the description.
+    desc: ModelDesc,
     /// The packed weights the kernels read.
     weights: Vec<u8>,
     kernels: Vec<Option<KernelFn>>,
@@ -34,7 +38,16 @@ impl JitProgram {
                 })
             })
             .collect();
+        let described = super::describe(
+            &program,
+            &program.name,
+            Preprocess::Facenet,
+            OutputKind::Logits,
+        );
+        let desc = ModelDesc::decode(&described.encode())
+            .map_err(|e| CodegenError::Description(e.to_string()))?;
         Ok(JitProgram {
+            desc,
             weights: program.packed_weights(),
             program,
             kernels,
@@ -44,28 +57,7 @@ impl JitProgram {
 
     /// The runnable model; it borrows this program's code and weights.
     pub fn model(&self) -> exec::Model<'_> {
-        let p = &self.program;
-        exec::Model {
-            arena_bytes: p.arena_bytes,
-            weights: &self.weights,
-            input: p.input,
-            outputs: p.outputs.clone(),
-            steps: p
-                .steps
-                .iter()
-                .zip(&self.kernels)
-                .enumerate()
-                .map(|(i, (s, k))| exec::Step {
-                    name: super::kernel_name(i, &s.nodes[0]),
-                    kernel: *k,
-                    items: s.kernel.as_ref().map_or(0, |k| k.items()),
-                    block: s.block,
-                    clear_halos: s.clear_halos.clone(),
-                })
-                .collect(),
-            blocks: p.blocks.clone(),
-            guards: p.guards.clone(),
-        }
+        self.desc.model(&self.weights, &self.kernels)
     }
 }
 

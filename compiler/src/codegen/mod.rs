@@ -47,6 +47,8 @@ pub enum CodegenError {
     Cranelift(String),
     #[error("assembling a register tile: {0}")]
     Assembler(String),
+    #[error("the model description does not decode: {0}")]
+    Description(String),
 }
 
 /// The Cranelift ISA flags of the features Cranelift's code uses: x86-64-v3's, from the list the

@@ -236,31 +236,7 @@ fn release(addr: usize, len: usize) {
 
 /// The runnable model over the linked kernels and weights.
 pub(crate) fn model(linked: &Linked) -> exec::Model<'static> {
-    let Linked {
-        desc,
-        weights,
-        kernels,
-    } = linked;
-    exec::Model {
-        arena_bytes: desc.arena_bytes,
-        weights,
-        input: desc.input,
-        outputs: desc.outputs.clone(),
-        steps: desc
-            .steps
-            .iter()
-            .zip(kernels.iter())
-            .map(|(s, k)| exec::Step {
-                name: s.name.clone(),
-                kernel: *k,
-                items: s.items,
-                block: s.block,
-                clear_halos: s.clear_halos.clone(),
-            })
-            .collect(),
-        blocks: desc.blocks.clone(),
-        guards: desc.guards.clone(),
-    }
+    linked.desc.model(linked.weights, linked.kernels)
 }
 
 fn run() -> Result<()> {

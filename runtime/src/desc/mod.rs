@@ -185,6 +185,36 @@ impl Reader<'_> {
 }
 
 impl ModelDesc {
+    /// The runnable model this description describes, over the packed `weights` and the
+    /// `kernels` of its steps (`None` where a step has none): what an executable, a library and
+    /// the compiler's JIT all run.
+    pub fn model<'a>(
+        &self,
+        weights: &'a [u8],
+        kernels: &[Option<crate::exec::KernelFn>],
+    ) -> crate::exec::Model<'a> {
+        crate::exec::Model {
+            arena_bytes: self.arena_bytes,
+            weights,
+            input: self.input,
+            outputs: self.outputs.clone(),
+            steps: self
+                .steps
+                .iter()
+                .zip(kernels)
+                .map(|(s, k)| crate::exec::Step {
+                    name: s.name.clone(),
+                    kernel: *k,
+                    items: s.items,
+                    block: s.block,
+                    clear_halos: s.clear_halos.clone(),
+                })
+                .collect(),
+            blocks: self.blocks.clone(),
+            guards: self.guards.clone(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u(MAGIC as usize);
