@@ -50,7 +50,7 @@ pub(crate) fn compile(
     let lowered = start.elapsed();
     if target.report {
         progress.stage("reporting");
-        print!("{}", inceptc::codegen::cost::table(&program));
+        print!("{}", inceptc::codegen::report::table(&program));
     }
     match emit {
         Emit::Clif | Emit::Asm => {

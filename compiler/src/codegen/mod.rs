@@ -11,6 +11,7 @@ pub mod emit;
 pub mod jit;
 pub mod lower;
 pub mod object;
+pub mod report;
 pub mod tile;
 pub mod winograd;
 pub mod x86;

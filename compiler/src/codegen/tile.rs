@@ -271,12 +271,17 @@ pub fn choose(needs: TileNeeds) -> Tile {
 /// The fraction of the peak that AVX-512 tile `tile` reaches on runs of `run` pixels with
 /// `steps` channel steps per call and `channels` output channels (1.0 for the assembled tile's
 /// ideal; the cost model multiplies it by its fitted efficiency). The AVX2 tier's cost model
-/// counts filled tiles instead ([`super::lower::tile_fill`]).
+/// counts filled tiles instead ([`tile_fill`]).
 pub fn fill(tile: &Tile, run: usize, steps: usize, channels: usize) -> f64 {
     debug_assert_eq!(tile.isa, Isa::Avx512, "{tile:?}");
     let (cycles, _) = zmm_cost(tile.vectors, tile.pixels, run, steps, channels);
     let ideal = (run * steps * channels.div_ceil(16)) as f64 / 2.0;
     ideal / cycles
+}
+
+/// The fraction of `count` items' tiles of `tile` that is filled: `count / (⌈count / tile⌉ · tile)`.
+pub fn tile_fill(count: usize, tile: usize) -> f64 {
+    count as f64 / (count.div_ceil(tile) * tile) as f64
 }
 
 #[cfg(test)]

@@ -173,11 +173,6 @@ impl WinogradKernel {
     }
 }
 
-/// The fraction of `count` items' tiles of `tile` that is filled: `count / (⌈count / tile⌉ · tile)`.
-pub fn tile_fill(count: usize, tile: usize) -> f64 {
-    count as f64 / (count.div_ceil(tile) * tile) as f64
-}
-
 /// [`winograd_group`] for a convolution from `input` to `out` in Winograd tiles `tile`, its
 /// products in register tiles `register`.
 pub(super) fn winograd_group_for(
