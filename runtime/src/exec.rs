@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::desc::Guard;
 use crate::layout::{Layout, MapLayout};
 use crate::pool::ThreadPool;
 
@@ -36,25 +37,6 @@ pub struct Model<'a> {
     pub blocks: Vec<String>,
     /// Buffers watched by the bounds check (`inceptc compile --check-bounds`); empty otherwise.
     pub guards: Vec<Guard>,
-}
-
-/// A buffer watched by the bounds check: `guard` canary bytes just before and just after its
-/// `bytes` of data at `offset`, armed before the step that first writes it and checked, with its
-/// halo (which must stay zero), after every step while it is live.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Guard {
-    /// The buffer's name: the first value written into it.
-    pub buffer: String,
-    /// Where its data starts in the arena.
-    pub offset: usize,
-    /// Bytes of data, halo included.
-    pub bytes: usize,
-    /// Canary bytes on each side.
-    pub guard: usize,
-    /// First and last step (inclusive) at which it is live.
-    pub live: [usize; 2],
-    /// Its layout when it is a feature map with a halo.
-    pub halo: Option<MapLayout>,
 }
 
 /// The canary: a NaN no kernel computes.

@@ -104,3 +104,13 @@ pub enum Layout {
     Map(MapLayout),
     Vector(VecLayout),
 }
+
+impl Layout {
+    /// The value's tensor shape as the user sees it: NCHW for a map, [N, features] for a vector.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
+            Layout::Vector(v) => vec![v.n, v.features],
+        }
+    }
+}

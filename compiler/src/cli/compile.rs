@@ -99,10 +99,7 @@ pub(crate) fn compile(
     match emit {
         Emit::Obj => inceptc::link::write_file(output, &object, 0o644)?,
         Emit::Lib => {
-            let out_dims = match program.outputs[0] {
-                inceptc_runtime::layout::Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
-                inceptc_runtime::layout::Layout::Vector(v) => vec![v.n, v.features],
-            };
+            let out_dims = program.outputs[0].dims();
             let header =
                 inceptc::link::header(args.model().name(), [batch, 3, size, size], &out_dims);
             inceptc::link::library(&object, output, &header)?

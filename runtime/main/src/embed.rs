@@ -9,7 +9,6 @@ use std::ffi::{c_char, c_int, CString};
 use std::sync::OnceLock;
 
 use inceptc_runtime::exec::{self, Arena};
-use inceptc_runtime::layout::Layout;
 use inceptc_runtime::pool::ThreadPool;
 
 use crate::{linked_model, model, Linked};
@@ -54,10 +53,7 @@ impl Model {
 
     /// The output's shape: `[N, K]` (logits or embeddings).
     pub fn output_shape(&self) -> Vec<usize> {
-        match self.model.outputs[0] {
-            Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
-            Layout::Vector(v) => vec![v.n, v.features],
-        }
+        self.model.outputs[0].dims()
     }
 
     /// Runs on `input` (the input shape, NCHW) and returns the output (the output shape).
@@ -144,10 +140,7 @@ pub unsafe extern "C" fn inceptc_input_shape(shape: *mut i64) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn inceptc_output_shape(shape: *mut i64) -> c_int {
     guarded(-1, || {
-        let dims = match linked()?.desc.outputs[0] {
-            Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
-            Layout::Vector(v) => vec![v.n, v.features],
-        };
+        let dims = linked()?.desc.outputs[0].dims();
         for (i, v) in dims.iter().enumerate() {
             // SAFETY: the caller provides 4 elements; the rank is at most 4.
             unsafe { *shape.add(i) = *v as i64 };

@@ -19,7 +19,6 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use inceptc_runtime::desc::{ModelDesc, OutputKind, WeightsDtype};
 use inceptc_runtime::exec::{self, Arena, KernelFn, StepTimes};
-use inceptc_runtime::layout::Layout;
 use inceptc_runtime::pool::ThreadPool;
 
 /// The most threads `--threads` starts (the default takes all cores up to it).
@@ -282,13 +281,6 @@ fn run() -> Result<()> {
     )
 }
 
-fn output_dims(layout: &Layout) -> Vec<usize> {
-    match layout {
-        Layout::Map(m) => vec![m.n, m.channels, m.h, m.w],
-        Layout::Vector(v) => vec![v.n, v.features],
-    }
-}
-
 fn tensor(
     desc: &ModelDesc,
     model: &exec::Model,
@@ -314,7 +306,7 @@ fn tensor(
         );
     }
     let outputs = model.run(arena, &x.data, pool)?;
-    let dims = output_dims(&desc.outputs[0]);
+    let dims = desc.outputs[0].dims();
     match output {
         Some(path) => inceptc_runtime::npy::write_f32(path, &dims, &outputs[0])?,
         None => {
@@ -356,7 +348,7 @@ fn images(
         ];
         inceptc_runtime::npy::write_f32(path, &dims, &decoded.concat())?;
     }
-    let dims = output_dims(&desc.outputs[0]);
+    let dims = desc.outputs[0].dims();
     let k: usize = dims[1..].iter().product();
     let mut all = Vec::with_capacity(paths.len() * k);
     for (chunk, names) in decoded.chunks(desc.batch).zip(paths.chunks(desc.batch)) {

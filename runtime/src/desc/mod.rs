@@ -5,10 +5,28 @@
 //! Encoding: a magic word and version, then little-endian `u64` fields; strings as a length and
 //! bytes padded to 8; lists as a length and their elements.
 
-use crate::exec::Guard;
 use crate::layout::{Layout, MapLayout, VecLayout};
 use crate::pack::{ConvPacking, Recipe, Segment};
 use crate::resample::Filter;
+
+/// A buffer watched by the bounds check: `guard` canary bytes just before and just after its
+/// `bytes` of data at `offset`, armed before the step that first writes it and checked, with its
+/// halo (which must stay zero), after every step while it is live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guard {
+    /// The buffer's name: the first value written into it.
+    pub buffer: String,
+    /// Where its data starts in the arena.
+    pub offset: usize,
+    /// Bytes of data, halo included.
+    pub bytes: usize,
+    /// Canary bytes on each side.
+    pub guard: usize,
+    /// First and last step (inclusive) at which it is live.
+    pub live: [usize; 2],
+    /// Its layout when it is a feature map with a halo.
+    pub halo: Option<MapLayout>,
+}
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
 const VERSION: u64 = 6;

@@ -11,7 +11,7 @@ use inceptc_ir::{Graph, NodeId, Shape};
 use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
 use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan};
-use inceptc_runtime::exec::Guard;
+use inceptc_runtime::desc::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, VecLayout};
 use inceptc_runtime::pack::{self, ConvPacking, Recipe, Segment};
 
