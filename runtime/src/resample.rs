@@ -97,9 +97,6 @@ fn clamp(sum: i32) -> u8 {
 
 /// `img` resized to `width` × `height` with `filter`, as Pillow's `Image.resize` on an RGB image.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
-    if img.dimensions() == (width, height) {
-        return img.clone();
-    }
     resize_region(img, [width, height], filter, [0, 0], [width, height])
 }
 

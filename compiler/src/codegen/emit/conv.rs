@@ -240,13 +240,8 @@ impl NextPanel {
             false => k.out_w.div_ceil(k.register.pixels),
         };
         let calls = k.units() * per_unit;
-        let share = panel.div_ceil(calls).next_multiple_of(64);
         let iterations = source.taps.len() * (source.channels / ZMM_UNROLL);
-        let step = match iterations {
-            0 => 0,
-            // At most 4 lines an iteration: a share beyond that is prefetched in part.
-            _ => share.div_ceil(iterations).min(256) as i32,
-        };
+        let (share, step) = prefetch_shares(panel, calls, iterations);
         NextPanel {
             panel,
             per_unit,

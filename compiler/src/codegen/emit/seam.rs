@@ -98,6 +98,19 @@ pub(super) struct ZmmPanel {
     pub(super) prefetch: Option<(Value, i32)>,
 }
 
+/// How `calls` tile calls split the prefetch of `bytes` of weights: each call's share (whole
+/// cache lines) and the bytes its prefetch pointer moves on per channel loop iteration, over
+/// `iterations` of them (0: the tile has no loop to spread it over, and prefetches nothing). At
+/// most 4 lines an iteration: a share beyond that is prefetched in part.
+pub(super) fn prefetch_shares(bytes: usize, calls: usize, iterations: usize) -> (usize, i32) {
+    let share = bytes.div_ceil(calls).next_multiple_of(64);
+    let step = match iterations {
+        0 => 0,
+        _ => share.div_ceil(iterations).min(256) as i32,
+    };
+    (share, step)
+}
+
 /// Calls the AVX-512 tile of `pixels` pixels for `panel`, reading `source` from `input`.
 pub(super) fn zmm_call(
     e: &mut Emitter,

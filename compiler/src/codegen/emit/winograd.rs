@@ -179,13 +179,8 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
                 // The calls of a point prefetch the weights that follow its own (the next
                 // point's, or the next block's), each a share.
                 let point_bytes = ci * packed * F32 as usize;
-                let share = point_bytes
-                    .div_ceil(tiles.div_ceil(step))
-                    .next_multiple_of(64);
-                let prefetch_step = match ci / ZMM_UNROLL {
-                    0 => 0,
-                    iterations => share.div_ceil(iterations).min(256) as i32,
-                };
+                let (share, prefetch_step) =
+                    prefetch_shares(point_bytes, tiles.div_ceil(step), ci / ZMM_UNROLL);
                 e.for_const(0, points as i64, 1, |e, point| {
                     let wptr = e.scaled(wblock, point, point_bytes as i64);
                     let vp = e.scaled(v_base, point, (tiles * ci) as i64 * F32);
