@@ -6,6 +6,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
+use crate::interrupt::Workspace;
+
 /// The static library with the executables' `main` (see `runtime/main`).
 const RUNTIME_LIB: &[u8] = include_bytes!(env!("INCEPTC_RUNTIME_LIB"));
 
@@ -42,32 +44,58 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> LinkError + '_ {
     }
 }
 
-/// Writes `bytes` to `out` atomically (a temporary file beside it, renamed into place), with mode
-/// `mode`.
+/// Writes `bytes` to `out` with mode `mode`: to a workspace beside it, then renamed into place.
 pub fn write_file(out: &Path, bytes: &[u8], mode: u32) -> Result<(), LinkError> {
-    inceptc_runtime::files::write_with(out, Some(mode), |file| file.write_all(bytes))
-        .map_err(io(out))
+    let work = Workspace::beside(out).map_err(io(out))?;
+    write_through(&work, out, bytes, mode)
+}
+
+/// Writes `bytes` to `out` through `work`, a workspace in `out`'s folder.
+pub fn write_through(
+    work: &Workspace,
+    out: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), LinkError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    let path = work.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.flush()
+        })
+        .map_err(io(out))?;
+    work.persist(name, out).map_err(io(out))
 }
 
 /// Links `object` with the runtime into the executable `out`, without the runtime's debug
 /// sections (line tables of the release build, a few MiB that a deployed model does not need).
+/// The work happens in a workspace beside `out` (the C compiler's temporary files too), so the
+/// executable is renamed into place, and an interruption leaves nothing (see `interrupt`).
 pub fn link(object: &[u8], out: &Path) -> Result<(), LinkError> {
-    let work = tempfile::tempdir().map_err(io(Path::new("a temporary directory")))?;
-    let obj = work.path().join("model.o");
-    let lib = work.path().join("libinceptc_main.a");
+    let work = Workspace::beside(out).map_err(io(out))?;
+    let obj = work.join("kernels.o");
+    let lib = work.join("libinceptc_main.a");
     std::fs::write(&obj, object).map_err(io(&obj))?;
     std::fs::write(&lib, RUNTIME_LIB).map_err(io(&lib))?;
-    let exe = work.path().join("model");
+    let exe = "model";
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let output = Command::new(&cc)
-        .arg(&obj)
-        .arg(&lib)
-        .arg("-o")
-        .arg(&exe)
-        .arg("-Wl,--gc-sections")
-        .arg("-Wl,--strip-debug")
-        .args(SYSTEM_LIBS)
-        .output()
+    let output = work
+        .run(
+            Command::new(&cc)
+                .arg(&obj)
+                .arg(&lib)
+                .arg("-o")
+                .arg(work.join(exe))
+                .arg("-Wl,--gc-sections")
+                .arg("-Wl,--strip-debug")
+                .args(SYSTEM_LIBS),
+        )
         .map_err(|source| LinkError::NoCompiler {
             cc: cc.clone(),
             source,
@@ -78,8 +106,7 @@ pub fn link(object: &[u8], out: &Path) -> Result<(), LinkError> {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
-    let bytes = std::fs::read(&exe).map_err(io(&exe))?;
-    write_file(out, &bytes, 0o755)
+    work.persist(exe, out).map_err(io(out))
 }
 
 /// The files `--emit lib` writes: the model object (kernels, weights, description), the runtime
@@ -91,10 +118,16 @@ pub const HEADER: &str = "inceptc_model.h";
 
 /// Writes the files of `--emit lib` into `dir`.
 pub fn library(object: &[u8], dir: &Path, header: &str) -> Result<(), LinkError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    write_file(&dir.join(MODEL_OBJECT), object, 0o644)?;
-    write_file(&dir.join(RUNTIME_LIBRARY), RUNTIME_LIB, 0o644)?;
-    write_file(&dir.join(HEADER), header.as_bytes(), 0o644)
+    crate::interrupt::create_dir_all(dir).map_err(io(dir))?;
+    let work = Workspace::new_in(dir).map_err(io(dir))?;
+    for (name, bytes) in [
+        (MODEL_OBJECT, object),
+        (RUNTIME_LIBRARY, RUNTIME_LIB),
+        (HEADER, header.as_bytes()),
+    ] {
+        write_through(&work, &dir.join(name), bytes, 0o644)?;
+    }
+    Ok(())
 }
 
 /// The C header of a library compiled for `model`: the API of `runtime/main/src/embed.rs` and the

@@ -19,7 +19,25 @@ pub(crate) fn preprocess(model: Model) -> Preprocess {
     }
 }
 
+/// Compiles; an interrupted or failed compile leaves no file behind (`inceptc::interrupt`).
 pub(crate) fn compile(
+    args: &ModelArgs,
+    batch: usize,
+    image_size: Option<usize>,
+    target: &Target,
+    options: &inceptc::codegen::LowerOptions,
+    quiet: bool,
+) -> Result<()> {
+    inceptc::interrupt::install().context("cannot handle interruptions")?;
+    let result = compile_and_write(args, batch, image_size, target, options, quiet);
+    match result {
+        Ok(()) => inceptc::interrupt::finish(),
+        Err(_) => inceptc::interrupt::abandon(),
+    }
+    result
+}
+
+fn compile_and_write(
     args: &ModelArgs,
     batch: usize,
     image_size: Option<usize>,
@@ -59,11 +77,14 @@ pub(crate) fn compile(
                 Emit::Clif => (Listing::Clif, "clif"),
                 _ => (Listing::Asm, "s"),
             };
-            std::fs::create_dir_all(output)
+            inceptc::interrupt::create_dir_all(output)
                 .with_context(|| format!("cannot create {}", output.display()))?;
             let files = listing(&program, what)?;
+            let work = inceptc::interrupt::Workspace::new_in(output)
+                .with_context(|| format!("cannot write in {}", output.display()))?;
             for (stem, text) in &files {
-                write_atomically(&output.join(format!("{stem}.{ext}")), text.as_bytes())?;
+                let path = output.join(format!("{stem}.{ext}"));
+                inceptc::link::write_through(&work, &path, text.as_bytes(), 0o644)?;
             }
             log::info!("wrote {} kernels to {}", files.len(), output.display());
             return Ok(());
@@ -255,12 +276,14 @@ impl Progress {
 
     /// A new stage without a count.
     pub(crate) fn stage(&self, message: &'static str) {
+        log::info!("{message}");
         self.0.set_style(Self::style(Self::SPINNER));
         self.0.set_message(message);
     }
 
     /// A new stage of `len` steps, advanced by [`Progress::tick`].
     pub(crate) fn counted(&self, message: &'static str, len: usize) {
+        log::info!("{message}: {len}");
         self.0.set_style(Self::style(
             "{spinner} {elapsed:>3} {msg} [{bar:30}] {pos}/{len}",
         ));
