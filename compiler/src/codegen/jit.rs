@@ -22,11 +22,10 @@ pub struct JitProgram {
 
 impl JitProgram {
     pub fn new(program: Program) -> Result<JitProgram, CodegenError> {
-        let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
         let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
         let mut module = JITModule::new(builder);
         let ids = define_kernels(&mut module, &program, &|| {})?;
-        module.finalize_definitions().map_err(|e| err(&e))?;
+        module.finalize_definitions()?;
         let kernels = ids
             .into_iter()
             .map(|id| {
@@ -44,8 +43,7 @@ impl JitProgram {
             Preprocess::Facenet,
             OutputKind::Logits,
         );
-        let desc = ModelDesc::decode(&described.encode())
-            .map_err(|e| CodegenError::Description(e.to_string()))?;
+        let desc = ModelDesc::decode(&described.encode())?;
         Ok(JitProgram {
             desc,
             weights: program.packed_weights(),
@@ -75,21 +73,19 @@ impl Drop for JitProgram {
 /// run on a CPU with AVX-512 for `wide`.
 pub fn fma_peak(wide: bool, rounds: usize) -> Result<f64, CodegenError> {
     use cranelift_module::{Linkage, Module};
-    let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
-    let code = super::x86::fma_probe(wide).map_err(|e| CodegenError::Assembler(e.to_string()))?;
+    let code = super::x86::fma_probe(wide).map_err(|source| CodegenError::Assembler {
+        tile: "fma_probe".into(),
+        source,
+    })?;
     let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
     let mut module = JITModule::new(builder);
     let mut sig = module.make_signature();
     sig.params.push(cranelift_codegen::ir::AbiParam::new(
         cranelift_codegen::ir::types::I64,
     ));
-    let id = module
-        .declare_function("fma_probe", Linkage::Local, &sig)
-        .map_err(|e| err(&e))?;
-    module
-        .define_function_bytes(id, 64, &code, &[])
-        .map_err(|e| err(&e))?;
-    module.finalize_definitions().map_err(|e| err(&e))?;
+    let id = module.declare_function("fma_probe", Linkage::Local, &sig)?;
+    module.define_function_bytes(id, 64, &code, &[])?;
+    module.finalize_definitions()?;
     // SAFETY: the probe is `extern "C" fn(u64)` and touches only vector registers and rdi.
     let probe = unsafe {
         std::mem::transmute::<*const u8, extern "C" fn(u64)>(module.get_finalized_function(id))

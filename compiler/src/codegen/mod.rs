@@ -44,12 +44,41 @@ pub enum CodegenError {
     NoInput,
     #[error("--inject-fault: no fused convolution is named `{0}`")]
     NoSuchFault(String),
+    #[error("Cranelift settings: {0}")]
+    Settings(#[from] settings::SetError),
+    #[error("Cranelift target: {0}")]
+    Target(#[from] cranelift_codegen::isa::LookupError),
     #[error("Cranelift: {0}")]
-    Cranelift(String),
-    #[error("assembling a register tile: {0}")]
-    Assembler(String),
+    Codegen(Box<cranelift_codegen::CodegenError>),
+    #[error("Cranelift module: {0}")]
+    Module(Box<cranelift_module::ModuleError>),
+    /// Compiling one kernel failed (Cranelift's verifier errors show with `{:?}`).
+    #[error("kernel {kernel}: {source:?}")]
+    Kernel {
+        kernel: String,
+        source: Box<cranelift_module::ModuleError>,
+    },
+    #[error("writing the object file: {0}")]
+    Object(#[from] cranelift_object::object::write::Error),
+    #[error("assembling the register tile {tile}: {source}")]
+    Assembler {
+        tile: String,
+        source: iced_x86::IcedError,
+    },
     #[error("the model description does not decode: {0}")]
-    Description(String),
+    Description(#[from] inceptc_runtime::desc::DescError),
+}
+
+impl From<cranelift_codegen::CodegenError> for CodegenError {
+    fn from(e: cranelift_codegen::CodegenError) -> Self {
+        CodegenError::Codegen(Box::new(e))
+    }
+}
+
+impl From<cranelift_module::ModuleError> for CodegenError {
+    fn from(e: cranelift_module::ModuleError) -> Self {
+        CodegenError::Module(Box::new(e))
+    }
 }
 
 /// The Cranelift ISA flags of the features Cranelift's code uses: x86-64-v3's, from the list the
@@ -64,23 +93,15 @@ pub fn x86_flags() -> Vec<&'static str> {
 /// The target: x86-64 System V with [`x86_flags`]; position-independent when `pic` (objects for
 /// executables), absolute for in-process code.
 pub fn isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
-    let err = |e: &dyn std::fmt::Display| CodegenError::Cranelift(e.to_string());
     let mut shared = settings::builder();
-    shared.set("opt_level", "none").map_err(|e| err(&e))?;
-    shared
-        .set("is_pic", if pic { "true" } else { "false" })
-        .map_err(|e| err(&e))?;
-    shared
-        .set("use_colocated_libcalls", "false")
-        .map_err(|e| err(&e))?;
-    let mut builder =
-        cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu").map_err(|e| err(&e))?;
+    shared.set("opt_level", "none")?;
+    shared.set("is_pic", if pic { "true" } else { "false" })?;
+    shared.set("use_colocated_libcalls", "false")?;
+    let mut builder = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")?;
     for flag in x86_flags() {
-        builder.enable(flag).map_err(|e| err(&e))?;
+        builder.enable(flag)?;
     }
-    builder
-        .finish(settings::Flags::new(shared))
-        .map_err(|e| err(&e))
+    Ok(builder.finish(settings::Flags::new(shared))?)
 }
 
 /// Declares and defines the kernel of every step in `module` (local functions named by
@@ -91,7 +112,6 @@ pub fn define_kernels<M: cranelift_module::Module>(
     program: &Program,
     defined: &dyn Fn(),
 ) -> Result<Vec<Option<cranelift_module::FuncId>>, CodegenError> {
-    let err = |e: cranelift_module::ModuleError| CodegenError::Cranelift(e.to_string());
     let call_conv = module.isa().default_call_conv();
     let mut ctx = cranelift_codegen::Context::new();
     let mut ids = Vec::with_capacity(program.steps.len());
@@ -103,13 +123,11 @@ pub fn define_kernels<M: cranelift_module::Module>(
             continue;
         };
         let name = kernel_name(i, &step.nodes[0]);
-        let id = module
-            .declare_function(
-                &name,
-                cranelift_module::Linkage::Local,
-                &emit::kernel_signature(call_conv),
-            )
-            .map_err(err)?;
+        let id = module.declare_function(
+            &name,
+            cranelift_module::Linkage::Local,
+            &emit::kernel_signature(call_conv),
+        )?;
         let config = module.isa().frontend_config();
         let mut new_tiles = Vec::new();
         let mut failed = None;
@@ -127,7 +145,7 @@ pub fn define_kernels<M: cranelift_module::Module>(
                         id
                     }
                     Err(e) => {
-                        failed.get_or_insert(err(e));
+                        failed.get_or_insert(e.into());
                         // A name only; the error below stops the compilation before it is used.
                         return emit::import_tile(func, 1, 0, &tile, call_conv);
                     }
@@ -139,16 +157,18 @@ pub fn define_kernels<M: cranelift_module::Module>(
             return Err(e);
         }
         for (tile, id) in new_tiles {
-            let code = tile
-                .code()
-                .map_err(|e| CodegenError::Assembler(format!("{}: {e}", tile.name(0))))?;
-            module
-                .define_function_bytes(id, 64, &code, &[])
-                .map_err(err)?;
+            let code = tile.code().map_err(|source| CodegenError::Assembler {
+                tile: tile.name(0),
+                source,
+            })?;
+            module.define_function_bytes(id, 64, &code, &[])?;
         }
         module
             .define_function(id, &mut ctx)
-            .map_err(|e| CodegenError::Cranelift(format!("{name}: {e:?}")))?;
+            .map_err(|source| CodegenError::Kernel {
+                kernel: name,
+                source: Box::new(source),
+            })?;
         module.clear_context(&mut ctx);
         ids.push(Some(id));
         defined();

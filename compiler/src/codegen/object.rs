@@ -13,10 +13,6 @@ use inceptc_runtime::desc::{weights_to_f16, ModelDesc, WeightsDtype};
 
 use super::{define_kernels, emit, isa, kernel_name, CodegenError, Program};
 
-fn err(e: impl std::fmt::Display) -> CodegenError {
-    CodegenError::Cranelift(e.to_string())
-}
-
 /// Defines read-only data `name` holding `bytes`, aligned to `align`.
 fn data(
     module: &mut ObjectModule,
@@ -24,13 +20,11 @@ fn data(
     bytes: Vec<u8>,
     align: u64,
 ) -> Result<(), CodegenError> {
-    let id = module
-        .declare_data(name, Linkage::Export, false, false)
-        .map_err(err)?;
+    let id = module.declare_data(name, Linkage::Export, false, false)?;
     let mut d = DataDescription::new();
     d.define(bytes.into_boxed_slice());
     d.set_align(align);
-    module.define_data(id, &d).map_err(err)
+    Ok(module.define_data(id, &d)?)
 }
 
 /// Defines `main(argc, argv)` calling the runtime's `inceptc_main(argc, argv)`.
@@ -40,12 +34,8 @@ fn entry_point(module: &mut ObjectModule) -> Result<(), CodegenError> {
     sig.params.push(AbiParam::new(types::I32));
     sig.params.push(AbiParam::new(types::I64));
     sig.returns.push(AbiParam::new(types::I32));
-    let runtime_main = module
-        .declare_function("inceptc_main", Linkage::Import, &sig)
-        .map_err(err)?;
-    let main = module
-        .declare_function("main", Linkage::Export, &sig)
-        .map_err(err)?;
+    let runtime_main = module.declare_function("inceptc_main", Linkage::Import, &sig)?;
+    let main = module.declare_function("main", Linkage::Export, &sig)?;
     let mut ctx = Context::new();
     ctx.func = Function::with_name_signature(UserFuncName::user(1, 0), sig);
     let callee = module.declare_func_in_func(runtime_main, &mut ctx.func);
@@ -62,7 +52,7 @@ fn entry_point(module: &mut ObjectModule) -> Result<(), CodegenError> {
         b.seal_all_blocks();
         b.finalize(module.isa().frontend_config());
     }
-    module.define_function(main, &mut ctx).map_err(err)
+    Ok(module.define_function(main, &mut ctx)?)
 }
 
 /// The object's bytes (ELF, x86-64, position-independent); with `entry`, it also defines the
@@ -73,14 +63,11 @@ pub fn object(
     entry: bool,
     defined: &dyn Fn(),
 ) -> Result<Vec<u8>, CodegenError> {
-    let builder =
-        ObjectBuilder::new(isa(true)?, "inceptc_model", default_libcall_names()).map_err(err)?;
+    let builder = ObjectBuilder::new(isa(true)?, "inceptc_model", default_libcall_names())?;
     let mut module = ObjectModule::new(builder);
     let functions = define_kernels(&mut module, program, defined)?;
 
-    let table = module
-        .declare_data("inceptc_kernels", Linkage::Export, false, false)
-        .map_err(err)?;
+    let table = module.declare_data("inceptc_kernels", Linkage::Export, false, false)?;
     let mut d = DataDescription::new();
     // Explicit zeros, not zero-init: relocations in .bss would be dropped.
     d.define(vec![0u8; 8 * functions.len().max(1)].into_boxed_slice());
@@ -91,7 +78,7 @@ pub fn object(
             d.write_function_addr((8 * i) as u32, r);
         }
     }
-    module.define_data(table, &d).map_err(err)?;
+    module.define_data(table, &d)?;
 
     let encoded = desc.encode();
     let len = (encoded.len() as u64).to_le_bytes().to_vec();
@@ -113,7 +100,7 @@ pub fn object(
     if entry {
         entry_point(&mut module)?;
     }
-    module.finish().emit().map_err(err)
+    Ok(module.finish().emit()?)
 }
 
 /// What [`listing`] prints for each kernel.
@@ -169,12 +156,13 @@ pub fn listing(program: &Program, what: Listing) -> Result<Vec<(String, String)>
                 ctx.set_disasm(true);
                 let code = ctx
                     .compile(&*isa, &mut Default::default())
-                    .map_err(|e| CodegenError::Cranelift(format!("{:?}", e.inner)))?;
+                    .map_err(|e| CodegenError::from(e.inner))?;
                 text.push_str(code.vcode.as_deref().unwrap_or_default());
                 for (n, tile) in tiles.iter().enumerate() {
-                    let code = tile
-                        .code()
-                        .map_err(|e| CodegenError::Assembler(format!("{}: {e}", tile.name(n))))?;
+                    let code = tile.code().map_err(|source| CodegenError::Assembler {
+                        tile: tile.name(n),
+                        source,
+                    })?;
                     text.push_str(&format!("\n; u1:{n}: {}\n", tile.name(n)));
                     text.push_str(&super::x86::disassemble(&code));
                 }

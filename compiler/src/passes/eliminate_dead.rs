@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use inceptc_ir::op::Op;
 use inceptc_ir::Graph;
 
-use super::Pass;
+use super::{Pass, RewriteError};
 
 pub const PASS: Pass = Pass {
     name: "eliminate-dead",
@@ -14,7 +14,7 @@ pub const PASS: Pass = Pass {
     run,
 };
 
-fn run(graph: &mut Graph) -> Result<usize, String> {
+fn run(graph: &mut Graph) -> Result<usize, RewriteError> {
     let mut live: HashSet<_> = HashSet::new();
     let mut stack: Vec<_> = graph.outputs().to_vec();
     while let Some(id) = stack.pop() {

@@ -7,7 +7,7 @@
 use inceptc_ir::op::Op;
 use inceptc_ir::{Graph, NodeId, Tensor};
 
-use super::Pass;
+use super::{Pass, RewriteError};
 
 pub const PASS: Pass = Pass {
     name: "fold-batchnorm",
@@ -28,8 +28,8 @@ fn foldable(graph: &Graph, bn: NodeId) -> Option<NodeId> {
     (matches && exclusive).then_some(src)
 }
 
-fn run(graph: &mut Graph) -> Result<usize, String> {
-    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+fn run(graph: &mut Graph) -> Result<usize, RewriteError> {
+    let order = graph.topo_order().ok_or(RewriteError::Cycle)?;
     let mut folded = 0;
     for bn in order {
         let Some(src) = foldable(graph, bn) else {
@@ -41,17 +41,23 @@ fn run(graph: &mut Graph) -> Result<usize, String> {
     Ok(folded)
 }
 
-fn fold(graph: &mut Graph, src: NodeId, bn: NodeId) -> Result<(), String> {
+fn fold(graph: &mut Graph, src: NodeId, bn: NodeId) -> Result<(), RewriteError> {
     let bn_node = graph.node(bn);
     let (Op::BatchNorm(a) | Op::BatchNorm1d(a)) = &bn_node.op else {
-        return Err(format!("node `{}` is not a BatchNorm", bn_node.name));
+        return Err(RewriteError::Node {
+            node: bn_node.name.clone(),
+            problem: "is not a BatchNorm",
+        });
     };
     let eps = a.eps as f64;
-    let param = |role: &str| {
+    let param = |role: &'static str| {
         bn_node
             .param(role)
             .map(|t| t.data().iter().map(|v| *v as f64).collect::<Vec<f64>>())
-            .ok_or_else(|| format!("node `{}` has no bound `{role}`", bn_node.name))
+            .ok_or_else(|| RewriteError::Unbound {
+                node: bn_node.name.clone(),
+                role,
+            })
     };
     let (gamma, beta, mean, var) = (
         param("weight")?,
@@ -68,9 +74,10 @@ fn fold(graph: &mut Graph, src: NodeId, bn: NodeId) -> Result<(), String> {
     origins.extend(bn_node.origins.iter().cloned());
 
     let node = graph.node(src);
-    let weight = node
-        .param("weight")
-        .ok_or_else(|| format!("node `{}` has no bound weight", node.name))?;
+    let weight = node.param("weight").ok_or_else(|| RewriteError::Unbound {
+        node: node.name.clone(),
+        role: "weight",
+    })?;
     let per_channel = weight.len() / scale.len();
     let new_weight: Vec<f32> = weight
         .data()
@@ -92,11 +99,17 @@ fn fold(graph: &mut Graph, src: NodeId, bn: NodeId) -> Result<(), String> {
     match &mut node.op {
         Op::Conv2d(c) => c.bias = true,
         Op::Linear(l) => l.bias = true,
-        _ => return Err(format!("node `{}` cannot take a bias", node.name)),
+        _ => {
+            return Err(RewriteError::Node {
+                node: node.name.clone(),
+                problem: "cannot take a bias",
+            })
+        }
     }
     node.params = vec![
-        Tensor::new(weight_shape, new_weight).ok_or("weight size changed")?,
-        Tensor::new(vec![channels], new_bias).ok_or("bias size changed")?,
+        Tensor::new(weight_shape, new_weight)
+            .ok_or(RewriteError::Internal("weight size changed"))?,
+        Tensor::new(vec![channels], new_bias).ok_or(RewriteError::Internal("bias size changed"))?,
     ];
     node.origins.extend(origins);
     graph.replace_uses(bn, src);

@@ -5,7 +5,7 @@
 use inceptc_ir::op::Op;
 use inceptc_ir::{Graph, Tensor};
 
-use super::Pass;
+use super::{Pass, RewriteError};
 
 pub const PASS: Pass = Pass {
     name: "fold-residual-scale",
@@ -13,8 +13,8 @@ pub const PASS: Pass = Pass {
     run,
 };
 
-fn run(graph: &mut Graph) -> Result<usize, String> {
-    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+fn run(graph: &mut Graph) -> Result<usize, RewriteError> {
+    let order = graph.topo_order().ok_or(RewriteError::Cycle)?;
     let mut folded = 0;
     for scale in order {
         let Op::Scale(s) = &graph.node(scale).op else {
@@ -32,11 +32,15 @@ fn run(graph: &mut Graph) -> Result<usize, String> {
         origins.extend(graph.node(scale).origins.iter().cloned());
         let node = graph.node_mut(src);
         if !node.is_bound() {
-            return Err(format!("node `{}` has no bound weights", node.name));
+            return Err(RewriteError::Unbound {
+                node: node.name.clone(),
+                role: "weight",
+            });
         }
         for p in &mut node.params {
             let scaled: Vec<f32> = p.data().iter().map(|v| v * factor).collect();
-            *p = Tensor::new(p.shape().to_vec(), scaled).ok_or("parameter size changed")?;
+            *p = Tensor::new(p.shape().to_vec(), scaled)
+                .ok_or(RewriteError::Internal("parameter size changed"))?;
         }
         node.origins.extend(origins);
         graph.replace_uses(scale, src);

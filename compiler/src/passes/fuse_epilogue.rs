@@ -8,7 +8,7 @@
 use inceptc_ir::op::{FusedConvAttrs, Op};
 use inceptc_ir::{Graph, NodeId};
 
-use super::Pass;
+use super::{Pass, RewriteError};
 
 pub const PASS: Pass = Pass {
     name: "fuse-epilogue",
@@ -24,8 +24,8 @@ fn sole_user(graph: &Graph, id: NodeId) -> Option<NodeId> {
     }
 }
 
-fn run(graph: &mut Graph) -> Result<usize, String> {
-    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+fn run(graph: &mut Graph) -> Result<usize, RewriteError> {
+    let order = graph.topo_order().ok_or(RewriteError::Cycle)?;
     let mut fused = 0;
     for conv in order {
         // Nodes absorbed earlier in this loop are gone.

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use inceptc_ir::op::Op;
 use inceptc_ir::{Graph, NodeId};
 
-use super::Pass;
+use super::{Pass, RewriteError};
 
 pub const PASS: Pass = Pass {
     name: "merge-sibling-1x1",
@@ -21,8 +21,8 @@ pub const PASS: Pass = Pass {
     run,
 };
 
-fn run(graph: &mut Graph) -> Result<usize, String> {
-    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+fn run(graph: &mut Graph) -> Result<usize, RewriteError> {
+    let order = graph.topo_order().ok_or(RewriteError::Cycle)?;
     let mut names: HashSet<String> = graph
         .node_ids()
         .filter_map(|id| graph.node(id).shared_kernel.clone())

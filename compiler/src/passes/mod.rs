@@ -22,7 +22,7 @@ pub mod tile_concat;
 pub struct Pass {
     pub name: &'static str,
     pub summary: &'static str,
-    pub run: fn(&mut Graph) -> Result<usize, String>,
+    pub run: fn(&mut Graph) -> Result<usize, RewriteError>,
 }
 
 /// The default pipeline, in order.
@@ -50,12 +50,35 @@ pub fn names() -> String {
         .join(", ")
 }
 
+/// Why a pass could not rewrite the graph it was given.
+#[derive(Debug, Error)]
+pub enum RewriteError {
+    #[error("the graph has a cycle")]
+    Cycle,
+    #[error("node `{node}` has no bound `{role}`")]
+    Unbound { node: String, role: &'static str },
+    #[error("node `{node}` {problem}")]
+    Node { node: String, problem: &'static str },
+    #[error(transparent)]
+    Shape(#[from] inceptc_ir::ShapeError),
+    /// A broken invariant of the pass itself (a bug, not bad input).
+    #[error("internal: {0}")]
+    Internal(&'static str),
+}
+
 /// A pass failed, or left a graph the verifier rejects.
 #[derive(Debug, Error)]
-#[error("pass `{pass}`: {message}")]
-pub struct PassError {
-    pub pass: &'static str,
-    pub message: String,
+pub enum PassError {
+    #[error("pass `{pass}`: {source}")]
+    Rewrite {
+        pass: &'static str,
+        source: RewriteError,
+    },
+    #[error("pass `{pass}` left a graph the verifier rejects: {source}")]
+    Verify {
+        pass: &'static str,
+        source: inceptc_ir::VerifyError,
+    },
 }
 
 /// What one pass did.
@@ -72,14 +95,14 @@ pub struct PassReport {
 pub fn run_pass(pass: &Pass, graph: &mut Graph) -> Result<PassReport, PassError> {
     let nodes_before = graph.len();
     let start = Instant::now();
-    let rewrites = (pass.run)(graph).map_err(|message| PassError {
+    let rewrites = (pass.run)(graph).map_err(|source| PassError::Rewrite {
         pass: pass.name,
-        message,
+        source,
     })?;
     let elapsed = start.elapsed();
-    inceptc_ir::verify(graph).map_err(|e| PassError {
+    inceptc_ir::verify(graph).map_err(|source| PassError::Verify {
         pass: pass.name,
-        message: format!("left a graph the verifier rejects: {e}"),
+        source,
     })?;
     log::debug!("{}: {rewrites} rewrites in {elapsed:?}", pass.name);
     Ok(PassReport {

@@ -7,7 +7,7 @@
 use inceptc_ir::op::Op;
 use inceptc_ir::Graph;
 
-use super::Pass;
+use super::{Pass, RewriteError};
 
 pub const PASS: Pass = Pass {
     name: "plan-memory",
@@ -16,7 +16,7 @@ pub const PASS: Pass = Pass {
     run,
 };
 
-fn run(graph: &mut Graph) -> Result<usize, String> {
+fn run(graph: &mut Graph) -> Result<usize, RewriteError> {
     let mut marked = 0;
     let ids: Vec<_> = graph.node_ids().collect();
     for id in ids {

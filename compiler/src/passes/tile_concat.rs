@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use inceptc_ir::op::Op;
 use inceptc_ir::{infer_shapes, Graph, NodeId, Tile};
 
-use super::Pass;
+use super::{Pass, RewriteError};
 
 pub const PASS: Pass = Pass {
     name: "tile-concat",
@@ -21,15 +21,15 @@ pub const PASS: Pass = Pass {
     run,
 };
 
-fn run(graph: &mut Graph) -> Result<usize, String> {
+fn run(graph: &mut Graph) -> Result<usize, RewriteError> {
     let flattened = flatten(graph)?;
     // Channel counts do not depend on the input size; this size only has to fit every window.
-    let shapes = infer_shapes(graph, 1, 4096, 4096).map_err(|e| e.to_string())?;
+    let shapes = infer_shapes(graph, 1, 4096, 4096)?;
     let channels: HashMap<NodeId, usize> = shapes
         .iter()
         .map(|(id, shape)| (*id, shape.channels()))
         .collect();
-    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+    let order = graph.topo_order().ok_or(RewriteError::Cycle)?;
     let mut tiled = 0;
     for concat in order {
         if !matches!(graph.node(concat).op, Op::Concat) {
@@ -92,8 +92,8 @@ fn tile(graph: &mut Graph, concat: NodeId, operands: &[NodeId], channels: &HashM
 }
 
 /// Splices every concat that only another concat reads (once) into that concat's operand list.
-fn flatten(graph: &mut Graph) -> Result<usize, String> {
-    let order = graph.topo_order().ok_or("the graph has a cycle")?;
+fn flatten(graph: &mut Graph) -> Result<usize, RewriteError> {
+    let order = graph.topo_order().ok_or(RewriteError::Cycle)?;
     let mut flattened = 0;
     for outer in order {
         if !matches!(graph.node(outer).op, Op::Concat) {
@@ -122,7 +122,7 @@ fn flatten(graph: &mut Graph) -> Result<usize, String> {
         for inner in inner_nodes {
             let gone = graph
                 .remove(inner)
-                .ok_or("a concat vanished while flattening")?;
+                .ok_or(RewriteError::Internal("a concat vanished while flattening"))?;
             let node = graph.node_mut(outer);
             node.origins.push(gone.name);
             node.origins.extend(gone.origins);
