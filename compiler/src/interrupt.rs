@@ -107,6 +107,15 @@ pub fn abandon() {
     registry().undo();
 }
 
+/// [`finish`] when the command succeeded, [`abandon`] when it failed; returns `result`.
+pub fn settle<T, E>(result: Result<T, E>) -> Result<T, E> {
+    match result {
+        Ok(_) => finish(),
+        Err(_) => abandon(),
+    }
+    result
+}
+
 /// `std::fs::create_dir_all`, registering each directory it creates.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();

@@ -272,7 +272,9 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                     InterpolationArg::Bilinear => Filter::Bilinear,
                 }),
             };
-            compile(&model, batch, image_size, &target, &options, quiet)
+            // An interrupted or failed compile leaves no file behind.
+            inceptc::interrupt::install().context("cannot handle interruptions")?;
+            inceptc::interrupt::settle(compile(&model, batch, image_size, &target, &options, quiet))
         }
         Command::Passes => {
             for pass in inceptc::passes::PIPELINE {

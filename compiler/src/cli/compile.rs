@@ -19,25 +19,8 @@ pub(crate) fn preprocess(model: Model) -> Preprocess {
     }
 }
 
-/// Compiles; an interrupted or failed compile leaves no file behind (`inceptc::interrupt`).
+/// Compiles; every file is written through `inceptc::interrupt` workspaces.
 pub(crate) fn compile(
-    args: &ModelArgs,
-    batch: usize,
-    image_size: Option<usize>,
-    target: &Target,
-    options: &inceptc::codegen::LowerOptions,
-    quiet: bool,
-) -> Result<()> {
-    inceptc::interrupt::install().context("cannot handle interruptions")?;
-    let result = compile_and_write(args, batch, image_size, target, options, quiet);
-    match result {
-        Ok(()) => inceptc::interrupt::finish(),
-        Err(_) => inceptc::interrupt::abandon(),
-    }
-    result
-}
-
-fn compile_and_write(
     args: &ModelArgs,
     batch: usize,
     image_size: Option<usize>,
