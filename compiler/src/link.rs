@@ -73,8 +73,8 @@ pub fn write_through(
     work.persist(name, out).map_err(io(out))
 }
 
-/// Links `object` with the runtime into the executable `out`, without the runtime's debug
-/// sections (line tables of the release build, a few MiB that a deployed model does not need).
+/// Links `object` with the runtime into the executable `out`, without debug sections or the
+/// runtime's symbols (a few MiB that a deployed model does not need).
 /// The work happens in a workspace beside `out` (the C compiler's temporary files too), so the
 /// executable is renamed into place, and an interruption leaves nothing (see `interrupt`).
 pub fn link(object: &[u8], out: &Path) -> Result<(), LinkError> {
@@ -106,7 +106,49 @@ pub fn link(object: &[u8], out: &Path) -> Result<(), LinkError> {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
+    strip_runtime_symbols(&work, exe, out)?;
     work.persist(exe, out).map_err(io(out))
+}
+
+/// The symbols an executable keeps: the model object's (kernels, register tiles, Winograd
+/// transforms, the model's data and `main`), so that profilers name the kernels. Patterns for
+/// `objcopy --wildcard`.
+const KEPT_SYMBOLS: &[&str] = &[
+    "main",
+    "inceptc_*",
+    "k[0-9]*_*",
+    "tile[0-9]*_*",
+    "transform*",
+];
+
+/// Removes the symbol table entries of the runtime library and the C library (0.3 MiB of Rust
+/// names) from `name` in `work`, with `$OBJCOPY` (default `objcopy`, from binutils like the
+/// linker). Without objcopy the executable keeps them, with a warning.
+fn strip_runtime_symbols(work: &Workspace, name: &str, out: &Path) -> Result<(), LinkError> {
+    let objcopy = std::env::var("OBJCOPY").unwrap_or_else(|_| "objcopy".into());
+    let mut command = Command::new(&objcopy);
+    command.args(["--wildcard", "--strip-all"]);
+    for symbol in KEPT_SYMBOLS {
+        command.arg(format!("--keep-symbol={symbol}"));
+    }
+    match work.run(command.arg(work.join(name))) {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => Err(LinkError::Failed {
+            path: out.display().to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::warn!(
+                "no `{objcopy}` (set OBJCOPY): {} keeps the runtime's symbols",
+                out.display()
+            );
+            Ok(())
+        }
+        Err(source) => Err(LinkError::Io {
+            path: objcopy,
+            source,
+        }),
+    }
 }
 
 /// The files `--emit lib` writes: the model object (kernels, weights, description), the runtime

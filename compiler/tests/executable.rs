@@ -283,6 +283,23 @@ fn check_dependencies_and_size(exe: &Path) {
         .map(|s| s.size())
         .expect("the weights symbol");
     assert!(weights > 160 << 20, "weights symbol size {weights}");
+    // No debug sections; of the symbols, only the model's: every kernel keeps its name.
+    let sections: Vec<&str> = file.sections().filter_map(|s| s.name().ok()).collect();
+    assert!(
+        !sections.iter().any(|s| s.starts_with(".debug")),
+        "{sections:?}"
+    );
+    let names: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+    let rust: Vec<&&str> = names
+        .iter()
+        .filter(|n| n.starts_with("_ZN") || n.starts_with("_R"))
+        .collect();
+    assert!(
+        rust.is_empty(),
+        "runtime symbols kept: {:?}",
+        &rust[..rust.len().min(5)]
+    );
+    assert!(names.contains(&"main") && names.iter().any(|n| n.starts_with("k1_")));
     let budget = 1.05 * (weights + text) as f64;
     assert!(
         bytes.len() as f64 <= budget,

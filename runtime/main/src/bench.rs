@@ -86,53 +86,91 @@ fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
     )
 }
 
-/// A horizontal bar chart of `medians` (ms) per block, top to bottom in block order, as SVG.
-fn latency_chart(title: &str, blocks: &[String], medians: &[f64]) -> Result<String> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
+/// A horizontal bar chart of `medians` (ms) per block, top to bottom in block order, as SVG:
+/// written by hand (a plotting library cost the runtime 60 KB for this one chart).
+fn latency_chart(title: &str, blocks: &[String], medians: &[f64]) -> String {
+    use std::fmt::Write as _;
+    const WIDTH: f64 = 900.0;
+    const ROW: f64 = 22.0;
+    // The plot area: labels on the left, the title above, the axis below.
+    let (left, top, right) = (182.0, 40.0, WIDTH - 16.0);
+    let bottom = top + ROW * blocks.len() as f64;
+    let height = bottom + 50.0;
+    let longest = medians.iter().cloned().fold(0.0, f64::max).max(1e-3);
+    // Ticks at 1, 2 or 5 × 10^k, about six of them.
+    let raw = longest / 6.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    let span = (longest * 1.05 / step).ceil() * step;
+    let x = |v: f64| left + (right - left) * v / span;
+    let escape = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let mut svg = String::new();
-    {
-        let height = 90 + 22 * blocks.len() as u32;
-        let root = SVGBackend::with_string(&mut svg, (900, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let longest = medians.iter().cloned().fold(0.0, f64::max).max(1e-3);
-        let n = blocks.len();
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(170)
-            .build_cartesian_2d(0.0..longest * 1.08, (0..n).into_segmented())
-            .map_err(|e| err(&e))?;
-        // Block 0 at the top: segment i shows block n - 1 - i.
-        let label = |v: &SegmentValue<usize>| match v {
-            SegmentValue::CenterOf(i) if *i < n => blocks[n - 1 - i].clone(),
-            _ => String::new(),
-        };
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(n)
-            .y_label_formatter(&label)
-            .x_desc("median latency (ms)")
-            .draw()
-            .map_err(|e| err(&e))?;
-        let bars = medians.iter().enumerate().map(|(b, v)| {
-            let row = n - 1 - b;
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(row)),
-                    (*v, SegmentValue::Exact(row + 1)),
-                ],
-                RGBColor(52, 101, 164).filled(),
-            );
-            bar.set_margin(3, 3, 0, 0);
-            bar
-        });
-        chart.draw_series(bars).map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
+    let w = &mut svg;
+    let _ = writeln!(
+        w,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
+         viewBox=\"0 0 {WIDTH} {height}\" font-family=\"sans-serif\" font-size=\"12\">"
+    );
+    let _ = writeln!(
+        w,
+        "<rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{height}\" fill=\"#FFFFFF\"/>"
+    );
+    let _ = writeln!(
+        w,
+        "<text x=\"{}\" y=\"24\" font-size=\"16\" text-anchor=\"middle\">{}</text>",
+        WIDTH / 2.0,
+        escape(title)
+    );
+    let ticks = (span / step).round() as usize;
+    for i in 0..=ticks {
+        let v = i as f64 * step;
+        let _ = writeln!(
+            w,
+            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"#DDDDDD\"/>\n\
+             <text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{3}</text>",
+            x(v),
+            bottom + 4.0,
+            bottom + 18.0,
+            format_tick(v, step)
+        );
     }
-    Ok(svg)
+    for (b, (name, v)) in blocks.iter().zip(medians).enumerate() {
+        let y = top + ROW * b as f64;
+        let _ = writeln!(
+            w,
+            "<rect x=\"{left}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#3465A4\"/>\n\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            y + 3.0,
+            (x(*v) - left).max(0.0),
+            ROW - 6.0,
+            left - 8.0,
+            y + ROW / 2.0 + 4.0,
+            escape(name)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "<line x1=\"{left}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" stroke=\"#000000\"/>\n\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{bottom}\" stroke=\"#000000\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">median latency (ms)</text>\n</svg>",
+        (left + right) / 2.0,
+        bottom + 40.0
+    );
+    svg
+}
+
+/// A tick value with as many decimals as its step needs.
+fn format_tick(v: f64, step: f64) -> String {
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 pub(crate) fn bench(
@@ -180,7 +218,7 @@ pub(crate) fn bench(
             pool.threads(),
             ms(median_total)
         );
-        let svg = latency_chart(&title, &desc.blocks, &medians)?;
+        let svg = latency_chart(&title, &desc.blocks, &medians);
         inceptc_runtime::files::write_atomically(path, svg.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
