@@ -21,24 +21,46 @@ pub struct ConvRange {
     pub out: MapLayout,
 }
 
-/// A convolution with its epilogue over one or more output ranges (a shared kernel of sibling
-/// 1×1 convs has several). Its units are output rows (image, row), or pixel tiles when `flat`;
-/// [`ConvKernel::split`] makes work items of them.
+/// What a direct and a Winograd convolution share: the input, the kernel's taps and padding, the
+/// output map, the output ranges with their epilogue, and the register tile of the products.
 #[derive(Clone, Debug)]
-pub struct ConvKernel {
+pub struct ConvCore {
     pub input: MapLayout,
     pub kernel: [usize; 2],
-    pub stride: [usize; 2],
     pub padding: [usize; 2],
     pub out_h: usize,
     pub out_w: usize,
     pub ranges: Vec<ConvRange>,
     pub residual: Option<MapLayout>,
+    /// The register tile.
+    pub register: Tile,
+}
+
+impl ConvCore {
+    /// What the cost model and the FLOP count see, at `stride`.
+    pub fn shape(&self, stride: [usize; 2]) -> cost::ConvShape {
+        cost::ConvShape {
+            images: self.input.n,
+            in_channels: self.input.channels,
+            out_channels: self.ranges.iter().map(|r| r.channels).sum(),
+            out: [self.out_h, self.out_w],
+            kernel: self.kernel,
+            stride,
+        }
+    }
+}
+
+/// A convolution with its epilogue over one or more output ranges (a shared kernel of sibling
+/// 1×1 convs has several). Its units are output rows (image, row), or pixel tiles when `flat`;
+/// [`ConvKernel::split`] makes work items of them. The shared fields are in [`ConvCore`]
+/// (`conv.input` reads through).
+#[derive(Clone, Debug)]
+pub struct ConvKernel {
+    pub core: ConvCore,
+    pub stride: [usize; 2],
     /// A 1×1, stride-1, unpadded convolution over a halo-free input: work items are tiles of
     /// consecutive pixels of the whole batch instead of output rows.
     pub flat: bool,
-    /// The register tile.
-    pub register: Tile,
     /// How units and output channels form work items.
     pub split: Split,
 }
@@ -73,23 +95,34 @@ pub(super) fn panel_groups(units: usize, panels: usize) -> usize {
 /// the input channels, each a row of the panel's width in floats. Bias as for [`ConvRange`].
 #[derive(Clone, Debug)]
 pub struct WinogradKernel {
-    pub input: MapLayout,
-    pub kernel: [usize; 2],
-    pub padding: [usize; 2],
+    /// The shared fields (`register` is the tile of the point-wise products).
+    pub core: ConvCore,
     /// Outputs per tile along y and x (`m`); 1 along an axis with a 1-tap kernel.
     pub tile: [usize; 2],
-    pub out_h: usize,
-    pub out_w: usize,
-    pub ranges: Vec<ConvRange>,
-    pub residual: Option<MapLayout>,
     /// Tile rows per work item.
     pub group: usize,
     /// Arena offset of the scratch: work item `i` owns [`WinogradKernel::item_scratch`] bytes
     /// from `scratch + i · item_scratch`.
     pub scratch: usize,
-    /// The register tile of the point-wise products.
-    pub register: Tile,
 }
+
+/// The fields of [`ConvCore`] read and written as the kernels' own.
+macro_rules! through_core {
+    ($($kernel:ty),*) => {$(
+        impl std::ops::Deref for $kernel {
+            type Target = ConvCore;
+            fn deref(&self) -> &ConvCore {
+                &self.core
+            }
+        }
+        impl std::ops::DerefMut for $kernel {
+            fn deref_mut(&mut self) -> &mut ConvCore {
+                &mut self.core
+            }
+        }
+    )*};
+}
+through_core!(ConvKernel, WinogradKernel);
 
 impl ConvKernel {
     /// Output rows, or pixel tiles when `flat`.
@@ -102,28 +135,14 @@ impl ConvKernel {
 
     /// What the cost model and the FLOP count see.
     pub fn shape(&self) -> cost::ConvShape {
-        cost::ConvShape {
-            images: self.input.n,
-            in_channels: self.input.channels,
-            out_channels: self.ranges.iter().map(|r| r.channels).sum(),
-            out: [self.out_h, self.out_w],
-            kernel: self.kernel,
-            stride: self.stride,
-        }
+        self.core.shape(self.stride)
     }
 }
 
 impl WinogradKernel {
     /// What the cost model and the FLOP count see (those of the direct convolution).
     pub fn shape(&self) -> cost::ConvShape {
-        cost::ConvShape {
-            images: self.input.n,
-            in_channels: self.input.channels,
-            out_channels: self.ranges.iter().map(|r| r.channels).sum(),
-            out: [self.out_h, self.out_w],
-            kernel: self.kernel,
-            stride: [1, 1],
-        }
+        self.core.shape([1, 1])
     }
 
     /// Tiles per image along y and x.

@@ -465,32 +465,28 @@ impl Lowering<'_> {
                     true => Some(self.read_map(self.graph.inputs(id)[1])?),
                     false => None,
                 };
-                if let Some((tile, group, register)) = winograd {
-                    return Ok(Kernel::Winograd(WinogradKernel {
-                        input,
-                        kernel: f.conv.kernel,
-                        padding: f.conv.padding,
-                        tile,
-                        out_h: out.h,
-                        out_w: out.w,
-                        ranges,
-                        residual,
-                        group,
-                        scratch: 0,
-                        register,
-                    }));
-                }
-                let mut conv = ConvKernel {
+                let core = |register| ConvCore {
                     input,
-                    flat,
                     kernel: f.conv.kernel,
-                    stride: f.conv.stride,
                     padding: f.conv.padding,
                     out_h: out.h,
                     out_w: out.w,
                     ranges,
                     residual,
                     register,
+                };
+                if let Some((tile, group, register)) = winograd {
+                    return Ok(Kernel::Winograd(WinogradKernel {
+                        core: core(register),
+                        tile,
+                        group,
+                        scratch: 0,
+                    }));
+                }
+                let mut conv = ConvKernel {
+                    core: core(register),
+                    flat,
+                    stride: f.conv.stride,
                     split: Split::Units,
                 };
                 if register.isa == tile::Isa::Avx512 {
