@@ -172,6 +172,7 @@ impl Workspace {
         Workspace::new_in(output.parent().unwrap_or(Path::new("")))
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir
     }

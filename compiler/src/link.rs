@@ -26,15 +26,30 @@ pub const SYSTEM_LIBS: &[&str] = &[
 /// Why an executable could not be linked.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// A file could not be written or read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The error.
         source: std::io::Error,
     },
+    /// The C compiler did not start.
     #[error("cannot run the C compiler `{cc}` to link (set CC to another): {source}")]
-    NoCompiler { cc: String, source: std::io::Error },
+    NoCompiler {
+        /// The command.
+        cc: String,
+        /// Why it did not start.
+        source: std::io::Error,
+    },
+    /// Linking (or stripping) failed.
     #[error("linking {path} failed:\n{stderr}")]
-    Failed { path: String, stderr: String },
+    Failed {
+        /// The executable.
+        path: String,
+        /// What the tool printed.
+        stderr: String,
+    },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> LinkError + '_ {
@@ -155,7 +170,9 @@ fn strip_runtime_symbols(work: &Workspace, name: &str, out: &Path) -> Result<(),
 /// library (unchanged: rewriting a Rust archive with `ar` trips over its LLVM bitcode members),
 /// and the C header.
 pub const MODEL_OBJECT: &str = "inceptc_model.o";
+/// The runtime library `--emit lib` writes.
 pub const RUNTIME_LIBRARY: &str = "libinceptc_runtime.a";
+/// The C header `--emit lib` writes.
 pub const HEADER: &str = "inceptc_model.h";
 
 /// Writes the files of `--emit lib` into `dir`.

@@ -74,19 +74,26 @@ impl Buffer {
 /// unless the node is a tile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
+    /// Index into [`MemoryPlan::buffers`].
     pub buffer: usize,
+    /// The first channel the node writes.
     pub channel_offset: usize,
+    /// Channels it writes.
     pub channels: usize,
 }
 
 /// The plan: schedule, buffers, where each value lives, and the arena size.
 #[derive(Clone, Debug)]
 pub struct MemoryPlan {
+    /// Images per run.
     pub batch: usize,
+    /// Input height and width.
     pub image: [usize; 2],
     /// The kernels in execution order; each step is one node or the members of a shared kernel.
     pub steps: Vec<Vec<NodeId>>,
+    /// The arena's buffers.
     pub buffers: Vec<Buffer>,
+    /// Where each node's result goes.
     pub placements: HashMap<NodeId, Placement>,
     /// The shape of every value at this batch and size.
     pub shapes: HashMap<NodeId, Shape>,
@@ -100,10 +107,13 @@ pub struct MemoryPlan {
 /// Why no plan could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// Shapes could not be inferred.
     #[error(transparent)]
     Shape(#[from] inceptc_ir::ShapeError),
+    /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
+    /// This node reads the buffer it overwrites.
     #[error("node `{0}` reads the buffer it overwrites")]
     Hazard(String),
 }

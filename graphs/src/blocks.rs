@@ -10,6 +10,7 @@ pub const BN_EPS: f32 = 0.001;
 
 /// A graph under construction and the block that new nodes belong to.
 pub struct Builder {
+    /// The graph built so far.
     pub graph: Graph,
     block: String,
 }
@@ -18,9 +19,13 @@ pub struct Builder {
 /// given with [`ConvSpec::stride`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ConvSpec {
+    /// Output channels.
     pub out: usize,
+    /// Taps along (height, width).
     pub kernel: Hw,
+    /// Stride along both axes.
     pub stride: usize,
+    /// Zero padding rows and columns on each side.
     pub padding: Hw,
 }
 
@@ -60,6 +65,7 @@ pub const fn column(out: usize, k: usize) -> ConvSpec {
 }
 
 impl ConvSpec {
+    /// The same convolution with `stride`.
     pub const fn stride(mut self, stride: usize) -> ConvSpec {
         self.stride = stride;
         self
@@ -90,6 +96,7 @@ impl Builder {
         self.block = block.into();
     }
 
+    /// Adds a node of `op` on `inputs` to the current block.
     pub fn add(&mut self, op: Op, inputs: &[NodeId], name: impl Into<String>) -> NodeId {
         let block = self.block.clone();
         self.graph.add(op, inputs, name, block)
@@ -191,6 +198,7 @@ impl Builder {
         )
     }
 
+    /// Concatenates `parts` along channels.
     pub fn concat(&mut self, parts: &[NodeId], name: &str) -> NodeId {
         self.add(Op::Concat, parts, name)
     }
@@ -238,9 +246,13 @@ pub fn slim_stem(b: &mut Builder, x: NodeId) -> NodeId {
 /// Widths of an Inception-ResNet block: its branches (each a chain of convolutions whose first
 /// reads the block input) and the block input's width, which the 1×1 up-projection restores.
 pub struct ResidualSpec<'a> {
+    /// The block input's channels, which the up-projection restores.
     pub channels: usize,
+    /// The branches, each a chain of convolutions.
     pub branches: &'a [&'a [ConvSpec]],
+    /// The residual scaling of the up-projection's output.
     pub scale: f32,
+    /// Whether ReLU follows the sum.
     pub relu: bool,
 }
 

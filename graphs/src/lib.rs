@@ -23,13 +23,18 @@ use thiserror::Error;
 /// One of the networks inceptc knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Model {
+    /// timm's `inception_v4`.
     InceptionV4,
+    /// facenet-pytorch's `InceptionResnetV1`.
     InceptionResnetV1,
+    /// timm's `inception_resnet_v2`.
     InceptionResnetV2,
+    /// Inception-ResNet-v2 as the paper's Fig. 15 draws it.
     InceptionResnetV2Paper,
 }
 
 impl Model {
+    /// Every network, in the order `--help` lists them.
     pub const ALL: [Model; 4] = [
         Model::InceptionV4,
         Model::InceptionResnetV1,
@@ -47,6 +52,7 @@ impl Model {
         }
     }
 
+    /// The model `--model name` names.
     pub fn from_name(name: &str) -> Option<Model> {
         Model::ALL.into_iter().find(|m| m.name() == name)
     }
@@ -106,34 +112,51 @@ impl Default for Options {
 /// The most classes a seeded classifier may have (ImageNet-21k has 21,843).
 pub const MAX_CLASSES: usize = 1 << 20;
 
+/// Why a network could not be built or loaded.
 #[derive(Debug, Error)]
 pub enum LoadError {
+    /// `--classify` given for a network that is always a classifier.
     #[error("--classify applies to inception-resnet-v1 only; {0} always ends in its classifier")]
     ClassifyNotApplicable(Model),
+    /// A classifier of zero classes.
     #[error("the number of classes must be at least 1")]
     NoClasses,
+    /// More classes than [`MAX_CLASSES`]: the count and the classifier's GiB.
     #[error("{0} classes: at most {MAX_CLASSES} are supported (the classifier's weights alone would take {1:.1} GiB)")]
     TooManyClasses(usize, f64),
+    /// `--classify` with a facenet checkpoint that has no classifier.
     #[error(
         "{}: --classify needs facenet's classifier, but the checkpoint has no `logits.weight` \
          (it holds an embedding model; drop --classify)",
         path.display()
     )]
-    NoLogits { path: std::path::PathBuf },
+    NoLogits {
+        /// The checkpoint.
+        path: std::path::PathBuf,
+    },
+    /// The checkpoint fits another network better than the one asked for.
     #[error(
         "{}: this is not an {model} checkpoint: only {found} of the graph's {expected} tensors are \
          in it, but {likely_found} of the {likely_expected} tensors of {likely} are; use --model {likely}",
         path.display()
     )]
     WrongModel {
+        /// The checkpoint.
         path: std::path::PathBuf,
+        /// The network asked for.
         model: Model,
+        /// Its tensors found in the checkpoint.
         found: usize,
+        /// Its tensors in all.
         expected: usize,
+        /// The network the checkpoint likely holds.
         likely: Model,
+        /// That network's tensors found in the checkpoint.
         likely_found: usize,
+        /// That network's tensors in all.
         likely_expected: usize,
     },
+    /// The checkpoint could not be read or bound.
     #[error(transparent)]
     Weights(#[from] WeightsError),
 }

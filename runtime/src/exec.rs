@@ -20,7 +20,9 @@ pub struct Step {
     pub name: String,
     /// `None` for the step that stands for the graph's input.
     pub kernel: Option<KernelFn>,
+    /// Work items the kernel is called for (`0 .. items`).
     pub items: usize,
+    /// Index into [`Model::blocks`].
     pub block: usize,
     /// Halos to zero before the step runs.
     pub clear_halos: Vec<MapLayout>,
@@ -29,11 +31,17 @@ pub struct Step {
 /// Everything needed to run a compiled model.
 #[derive(Clone, Debug)]
 pub struct Model<'a> {
+    /// Bytes of the arena.
     pub arena_bytes: usize,
+    /// The packed weights the kernels read.
     pub weights: &'a [u8],
+    /// Where the input goes.
     pub input: MapLayout,
+    /// Where the outputs are read from.
     pub outputs: Vec<Layout>,
+    /// The steps, in execution order.
     pub steps: Vec<Step>,
+    /// Block names, for per-block timing.
     pub blocks: Vec<String>,
     /// Buffers watched by the bounds check (`inceptc compile --check-bounds`); empty otherwise.
     pub guards: Vec<Guard>,
@@ -45,30 +53,50 @@ const CANARY: u32 = 0xFFA5_5A3C;
 /// Why a model cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The input does not have the model's size.
     #[error("the input has {found} values, the model takes [{n}, {c}, {h}, {w}] = {expected}")]
     InputSize {
+        /// Values given.
         found: usize,
+        /// Values the model takes.
         expected: usize,
+        /// The model's batch.
         n: usize,
+        /// The model's input channels.
         c: usize,
+        /// The model's input height.
         h: usize,
+        /// The model's input width.
         w: usize,
     },
+    /// The arena of this many bytes cannot be allocated.
     #[error("the arena of {0} bytes cannot be allocated")]
     Arena(usize),
+    /// A kernel wrote outside its buffers (`--check-bounds`).
     #[error(
         "bounds check: kernel `{kernel}` (step {step}, block {block}) wrote out of bounds: \
          {place} of buffer `{buffer}` changed"
     )]
     OutOfBounds {
+        /// The kernel's name.
         kernel: String,
+        /// Its step.
         step: usize,
+        /// Its block.
         block: String,
+        /// The buffer whose canary or halo changed.
         buffer: String,
+        /// Where in the buffer.
         place: String,
     },
+    /// This CPU lacks features the code uses.
     #[error("this CPU lacks {missing}, which the generated code uses (it was built for {tier})")]
-    Cpu { tier: &'static str, missing: String },
+    Cpu {
+        /// The tier the code was built for.
+        tier: &'static str,
+        /// The features this CPU lacks.
+        missing: String,
+    },
 }
 
 /// The x86-64 feature tier generated code is built for (`inceptc compile --target-cpu`).
@@ -95,7 +123,9 @@ impl Tier {
 /// Cranelift's code use it (`None`: only the assembled register tiles do), and its detection.
 #[derive(Clone, Copy, Debug)]
 pub struct Feature {
+    /// Its name in messages (`AVX512F`).
     pub name: &'static str,
+    /// The Cranelift ISA flag (`has_avx512f`), if Cranelift's code may use it.
     pub cranelift: Option<&'static str>,
     detect: fn() -> bool,
 }
@@ -187,6 +217,7 @@ unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
 impl Arena {
+    /// `bytes` zeroed bytes, 64-byte aligned.
     pub fn new(bytes: usize) -> Result<Arena, RunError> {
         let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64)
             .map_err(|_| RunError::Arena(bytes))?;
@@ -198,6 +229,7 @@ impl Arena {
         Ok(Arena { ptr, layout })
     }
 
+    /// The arena's first byte.
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr
     }
@@ -227,7 +259,9 @@ impl Drop for Arena {
 /// order.
 #[derive(Clone, Debug, Default)]
 pub struct StepTimes {
+    /// When each step started, from the start of the run.
     pub start: Vec<Duration>,
+    /// How long each step took.
     pub duration: Vec<Duration>,
 }
 

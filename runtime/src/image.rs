@@ -19,7 +19,9 @@ use crate::resample::{self, Filter};
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct ImageError {
+    /// The image's path.
     pub path: String,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -6,17 +6,26 @@
 /// `channel_offset .. channel_offset + channels` of every pixel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapLayout {
+    /// Bytes into the arena of the first image's first padded pixel.
     pub offset: usize,
+    /// Images.
     pub n: usize,
+    /// Height without the halo.
     pub h: usize,
+    /// Width without the halo.
     pub w: usize,
+    /// Channels of every pixel of the buffer.
     pub c_total: usize,
+    /// The value's first channel in the buffer.
     pub channel_offset: usize,
+    /// The value's channels.
     pub channels: usize,
+    /// Zero rows above and below, and columns left and right.
     pub halo: [usize; 2],
 }
 
 impl MapLayout {
+    /// Bytes per value.
     pub const F32: usize = std::mem::size_of::<f32>();
 
     /// Bytes from one pixel to the next along a row.
@@ -75,14 +84,20 @@ impl MapLayout {
 /// value occupies features `feature_offset .. feature_offset + features` of each row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VecLayout {
+    /// Bytes into the arena of the first row.
     pub offset: usize,
+    /// Rows (the batch).
     pub n: usize,
+    /// Floats per row of the buffer.
     pub f_total: usize,
+    /// The value's first feature in the row.
     pub feature_offset: usize,
+    /// The value's features.
     pub features: usize,
 }
 
 impl VecLayout {
+    /// Bytes from one row to the next.
     pub fn row_stride(&self) -> usize {
         self.f_total * MapLayout::F32
     }
@@ -93,6 +108,7 @@ impl VecLayout {
         self.offset.checked_add(self.n.checked_mul(row)?)
     }
 
+    /// The arena offset of feature `f` of row `n`.
     pub fn address(&self, n: usize, f: usize) -> usize {
         self.offset + n * self.row_stride() + (self.feature_offset + f) * MapLayout::F32
     }
@@ -101,7 +117,9 @@ impl VecLayout {
 /// Where a value lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
+    /// A feature map.
     Map(MapLayout),
+    /// A batch of vectors.
     Vector(VecLayout),
 }
 

@@ -13,29 +13,53 @@ use thiserror::Error;
 /// An f32 array in C order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Array {
+    /// The dimensions.
     pub shape: Vec<usize>,
+    /// The values, in C order.
     pub data: Vec<f32>,
 }
 
 /// Why a `.npy` file could not be read or written. Every variant names the file.
 #[derive(Debug, Error)]
 pub enum NpyError {
+    /// The file cannot be read.
     #[error("cannot read {}: {cause}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The error reading it.
         cause: std::io::Error,
     },
+    /// The file cannot be written.
     #[error("cannot write {}: {cause}", path.display())]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The error writing it.
         cause: std::io::Error,
     },
+    /// The file is not `.npy`.
     #[error("{}: not a valid .npy file: {reason}", path.display())]
-    Format { path: PathBuf, reason: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The array is not little-endian float32.
     #[error("{}: the array has dtype {found}; expected little-endian float32 ('<f4') — convert with x.astype(np.float32)", path.display())]
-    Dtype { path: PathBuf, found: String },
+    Dtype {
+        /// The file.
+        path: PathBuf,
+        /// The dtype in its header.
+        found: String,
+    },
+    /// The array is in Fortran order.
     #[error("{}: the array is in Fortran order; expected C order (np.ascontiguousarray)", path.display())]
-    FortranOrder { path: PathBuf },
+    FortranOrder {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// Reads a little-endian f32 array in C order.

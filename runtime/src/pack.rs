@@ -14,6 +14,7 @@ pub struct Segment {
     pub offset: usize,
     /// Float offset of its source in the stored weights.
     pub source: usize,
+    /// How the segment is made.
     pub recipe: Recipe,
 }
 
@@ -21,7 +22,10 @@ pub struct Segment {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Recipe {
     /// `floats` floats as they are.
-    Copy { floats: usize },
+    Copy {
+        /// How many.
+        floats: usize,
+    },
     /// A convolution's weights in panels.
     Conv(ConvPacking),
 }
@@ -33,12 +37,16 @@ pub enum Recipe {
 /// into the segment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvPacking {
+    /// Output channels.
     pub out: usize,
+    /// Input channels.
     pub inputs: usize,
+    /// Taps along (height, width).
     pub kernel: [usize; 2],
     /// Winograd's `G_y` (L_y × kernel[0]) and `G_x` (L_x × kernel[1]), row-major; `None`: the
     /// taps as they are.
     pub transform: Option<[Vec<f64>; 2]>,
+    /// `[first, channels, width]` of each panel.
     pub panels: Vec<[usize; 3]>,
 }
 
@@ -108,8 +116,10 @@ impl Recipe {
 /// Why stored weights could not be packed.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
+    /// This segment does not fit the stored or packed weights.
     #[error("corrupt model: weight segment {0} does not fit the stored or packed weights")]
     OutOfBounds(usize),
+    /// This segment's panels are inconsistent.
     #[error("corrupt model: weight segment {0} has inconsistent panels")]
     Panels(usize),
 }

@@ -15,6 +15,7 @@ use crate::tensor::Tensor;
 pub struct NodeId(NodeIndex);
 
 impl NodeId {
+    /// The node's index in the graph (stable while nodes are removed).
     pub fn index(self) -> usize {
         self.0.index()
     }
@@ -30,8 +31,11 @@ impl fmt::Display for NodeId {
 /// `features.6.branch1.0.conv`), the block it belongs to (`inception_a.2`), and its parameters.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// Its hierarchical name, unique in the graph.
     pub name: String,
+    /// The block it belongs to (`stem`, `inception_a.2`, …).
     pub block: String,
+    /// What it computes.
     pub op: Op,
     /// The parameter tensors in the order of [`Op::param_specs`]; empty while weights are unbound.
     pub params: Vec<Tensor>,
@@ -55,7 +59,9 @@ pub struct Node {
 /// each the destination of the next, computes a concatenation without copying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
+    /// The first channel of the node's range in the buffer.
     pub offset: usize,
+    /// `Some(c)`: a new buffer of `c` channels; `None`: the node's last operand is the buffer.
     pub new_buffer: Option<usize>,
 }
 
@@ -97,6 +103,7 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// An empty graph named `name`.
     pub fn new(name: impl Into<String>) -> Graph {
         Graph {
             name: name.into(),
@@ -133,22 +140,27 @@ impl Graph {
         self.g.remove_node(id.0)
     }
 
+    /// The node `id` (panics on a removed node).
     pub fn node(&self, id: NodeId) -> &Node {
         &self.g[id.0]
     }
 
+    /// The node `id`, mutably (panics on a removed node).
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.g[id.0]
     }
 
+    /// Whether `id` is a node of the graph (not removed).
     pub fn contains(&self, id: NodeId) -> bool {
         self.g.contains_node(id.0)
     }
 
+    /// The number of nodes.
     pub fn len(&self) -> usize {
         self.g.node_count()
     }
 
+    /// Whether the graph has no node.
     pub fn is_empty(&self) -> bool {
         self.g.node_count() == 0
     }
@@ -236,10 +248,12 @@ impl Graph {
         }
     }
 
+    /// The graph's outputs, in order.
     pub fn outputs(&self) -> &[NodeId] {
         &self.outputs
     }
 
+    /// Replaces the graph's outputs.
     pub fn set_outputs(&mut self, outputs: Vec<NodeId>) {
         self.outputs = outputs;
     }

@@ -16,14 +16,24 @@ use crate::op::*;
 use crate::shape::{infer_shapes, own_shape, Shape, ShapeError};
 use crate::tensor::Tensor;
 
+/// Why the interpreter cannot run a graph on an input.
 #[derive(Debug, Error)]
 pub enum InterpError {
+    /// Shapes could not be inferred.
     #[error(transparent)]
     Shape(#[from] ShapeError),
+    /// The graph has this many input nodes instead of one.
     #[error("the graph must have exactly one input node, found {0}")]
     Inputs(usize),
+    /// The input tensor is not `[N, channels, H, W]`.
     #[error("input tensor has shape {found:?}, expected [N, {channels}, H, W] with N, H, W ≥ 1")]
-    InputShape { found: Vec<usize>, channels: usize },
+    InputShape {
+        /// The input tensor's shape.
+        found: Vec<usize>,
+        /// The channels the graph's input takes.
+        channels: usize,
+    },
+    /// This node's parameters are not bound.
     #[error("node `{0}` has no bound weights")]
     Unbound(String),
 }

@@ -9,6 +9,7 @@ pub type Hw = [usize; 2];
 /// The graph's image input: an NCHW tensor with `channels` channels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputAttrs {
+    /// Channels of the image (3 for RGB).
     pub channels: usize,
 }
 
@@ -16,10 +17,15 @@ pub struct InputAttrs {
 /// right), no groups, no dilation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conv2dAttrs {
+    /// Channels of the operand.
     pub in_channels: usize,
+    /// Channels of the result (filters).
     pub out_channels: usize,
+    /// Taps along (height, width).
     pub kernel: Hw,
+    /// Step between output positions along (height, width).
     pub stride: Hw,
+    /// Zero rows above and below, and columns left and right.
     pub padding: Hw,
     /// Whether the op owns a `bias` parameter of `out_channels` values.
     pub bias: bool,
@@ -29,7 +35,9 @@ pub struct Conv2dAttrs {
 /// `y = (x − running_mean) / sqrt(running_var + eps) · weight + bias`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchNormAttrs {
+    /// Channels (maps) or features (vectors) normalized.
     pub channels: usize,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 
@@ -37,8 +45,11 @@ pub struct BatchNormAttrs {
 /// is rounded down (PyTorch's `ceil_mode = False`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolAttrs {
+    /// Window size along (height, width).
     pub kernel: Hw,
+    /// Step between windows along (height, width).
     pub stride: Hw,
+    /// Padding rows and columns on each side (max pooling ignores them).
     pub padding: Hw,
 }
 
@@ -46,7 +57,9 @@ pub struct PoolAttrs {
 /// inside the image; with `true` it counts the cells inside the padded image (PyTorch semantics).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AvgPoolAttrs {
+    /// The window.
     pub window: PoolAttrs,
+    /// Whether the divisor counts padded cells.
     pub count_include_pad: bool,
 }
 
@@ -55,8 +68,11 @@ pub struct AvgPoolAttrs {
 /// `max(0, ·)`. The operands are the input and, with `residual`, the residual.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FusedConvAttrs {
+    /// The convolution, with its bias.
     pub conv: Conv2dAttrs,
+    /// Whether a second operand (the residual) is added.
     pub residual: bool,
+    /// Whether ReLU ends the epilogue.
     pub relu: bool,
     /// Set by `plan-memory`: the result overwrites the residual operand's storage (no other reader
     /// of the residual runs after this conv).
@@ -66,43 +82,58 @@ pub struct FusedConvAttrs {
 /// Multiplication by a constant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScaleAttrs {
+    /// The constant.
     pub factor: f32,
 }
 
 /// Fully connected layer on `[N, in_features]`: `y = x · weightᵀ + bias`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearAttrs {
+    /// Features of the operand.
     pub in_features: usize,
+    /// Features of the result.
     pub out_features: usize,
+    /// Whether the op owns a `bias` parameter of `out_features` values.
     pub bias: bool,
 }
 
 /// Row-wise L2 normalization: `y = x / max(‖x‖₂, eps)` (PyTorch's `F.normalize`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct L2NormalizeAttrs {
+    /// The smallest norm divided by.
     pub eps: f32,
 }
 
 /// One operation of the graph.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
+    /// The image input (no operand).
     Input(InputAttrs),
+    /// A convolution.
     Conv2d(Conv2dAttrs),
     /// Only after passes: a convolution with its epilogue.
     FusedConv(FusedConvAttrs),
+    /// Batch normalization of a map.
     BatchNorm(BatchNormAttrs),
+    /// `max(0, x)`.
     Relu,
+    /// Max pooling.
     MaxPool(PoolAttrs),
+    /// Average pooling.
     AvgPool(AvgPoolAttrs),
     /// Concatenation along channels, operands in order.
     Concat,
     /// Element-wise sum of two tensors of equal shape.
     Add,
+    /// Multiplication by a constant (the residual scaling).
     Scale(ScaleAttrs),
     /// Mean over height and width: `[N, C, H, W]` → `[N, C]`.
     GlobalAvgPool,
+    /// A fully connected layer.
     Linear(LinearAttrs),
+    /// Batch normalization of vectors.
     BatchNorm1d(BatchNormAttrs),
+    /// Row-wise L2 normalization.
     L2Normalize(L2NormalizeAttrs),
     /// Softmax over the features of `[N, F]`.
     Softmax,
@@ -111,11 +142,14 @@ pub enum Op {
 /// How many operands an op takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arity {
+    /// Exactly this many operands.
     Exactly(usize),
+    /// This many or more.
     AtLeast(usize),
 }
 
 impl Arity {
+    /// Whether `n` operands are allowed.
     pub fn accepts(self, n: usize) -> bool {
         match self {
             Arity::Exactly(k) => n == k,
@@ -136,7 +170,9 @@ impl fmt::Display for Arity {
 /// A parameter tensor an op owns: its role (the checkpoint key suffix) and its shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {
+    /// The checkpoint key suffix (`weight`, `bias`, `running_mean`, …).
     pub role: &'static str,
+    /// Its shape.
     pub shape: Vec<usize>,
 }
 
@@ -168,6 +204,7 @@ impl Op {
         }
     }
 
+    /// How many operands the op takes.
     pub fn arity(&self) -> Arity {
         match self {
             Op::Input(_) => Arity::Exactly(0),

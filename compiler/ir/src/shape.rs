@@ -12,19 +12,28 @@ use crate::op::{FusedConvAttrs, Hw, Op};
 /// The shape of a value: a feature map `[N, C, H, W]` or a batch of vectors `[N, F]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shape {
+    /// A feature map.
     Map {
+        /// Images.
         n: usize,
+        /// Channels.
         c: usize,
+        /// Height.
         h: usize,
+        /// Width.
         w: usize,
     },
+    /// A batch of vectors.
     Vector {
+        /// Vectors.
         n: usize,
+        /// Features per vector.
         f: usize,
     },
 }
 
 impl Shape {
+    /// The dimensions: `[N, C, H, W]` or `[N, F]`.
     pub fn dims(&self) -> Vec<usize> {
         match *self {
             Shape::Map { n, c, h, w } => vec![n, c, h, w],
@@ -32,10 +41,12 @@ impl Shape {
         }
     }
 
+    /// The number of values.
     pub fn elements(&self) -> usize {
         self.dims().iter().product()
     }
 
+    /// The batch size `N`.
     pub fn batch(&self) -> usize {
         match *self {
             Shape::Map { n, .. } | Shape::Vector { n, .. } => n,
@@ -61,36 +72,58 @@ impl fmt::Display for Shape {
 /// Why a shape could not be inferred. Each names the node.
 #[derive(Debug, Error, PartialEq)]
 pub enum ShapeError {
+    /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
+    /// A node has the wrong number of operands.
     #[error("node `{node}` ({op}) expects {expected} operand(s), found {found}")]
     Arity {
+        /// The node's name.
         node: String,
+        /// Its op's keyword.
         op: &'static str,
+        /// The operand count the op takes.
         expected: String,
+        /// The operand count it has.
         found: usize,
     },
+    /// An operand's shape does not fit the op.
     #[error("node `{node}` ({op}) expects {expected}, found {found}")]
     Mismatch {
+        /// The node's name.
         node: String,
+        /// Its op's keyword.
         op: &'static str,
+        /// What the op takes.
         expected: String,
+        /// What it got.
         found: String,
     },
+    /// A window does not fit its input: the image is too small for the network.
     #[error(
         "input too small: node `{node}` ({op}) receives {h}×{w} but its {kh}×{kw} window with \
          padding {ph}×{pw} needs at least {min_h}×{min_w}; use a larger image size"
     )]
     TooSmall {
+        /// The node's name.
         node: String,
+        /// Its op's keyword.
         op: &'static str,
+        /// The input's height.
         h: usize,
+        /// The input's width.
         w: usize,
+        /// The window's height.
         kh: usize,
+        /// The window's width.
         kw: usize,
+        /// Padding rows on each side.
         ph: usize,
+        /// Padding columns on each side.
         pw: usize,
+        /// The smallest input height that fits.
         min_h: usize,
+        /// The smallest input width that fits.
         min_w: usize,
     },
 }

@@ -9,6 +9,7 @@ use crate::shape::{node_macs, Shape};
 /// The cost and output of one block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockStats {
+    /// The block's name.
     pub block: String,
     /// Trainable parameters of the block's nodes.
     pub parameters: u64,

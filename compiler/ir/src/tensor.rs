@@ -28,18 +28,22 @@ impl Tensor {
         }
     }
 
+    /// The dimensions.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The values, row-major.
     pub fn data(&self) -> &[f32] {
         &self.data
     }
 
+    /// The number of values.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether it holds no value.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

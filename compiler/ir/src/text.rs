@@ -177,7 +177,9 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
 #[derive(Debug, Error, PartialEq)]
 #[error("line {line}: {message}")]
 pub struct ParseError {
+    /// The 1-based line.
     pub line: usize,
+    /// What is wrong there.
     pub message: String,
 }
 

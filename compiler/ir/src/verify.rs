@@ -32,7 +32,9 @@ use crate::shape::infer_shapes;
 #[derive(Debug, Error, PartialEq)]
 #[error("{}{message}", node.as_ref().map(|n| format!("node `{n}`: ")).unwrap_or_default())]
 pub struct VerifyError {
+    /// The offending node's name, when there is one.
     pub node: Option<String>,
+    /// The broken invariant.
     pub message: String,
 }
 

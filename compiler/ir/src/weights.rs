@@ -14,36 +14,58 @@ use crate::tensor::Tensor;
 /// Why weights could not be read or bound. Every variant names the file.
 #[derive(Debug, Error)]
 pub enum WeightsError {
+    /// The file cannot be read.
     #[error("cannot read weights file {}: {cause}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error reading it.
         cause: std::io::Error,
     },
+    /// The file is not safetensors.
     #[error("{}: not a valid safetensors file: {reason}", path.display())]
-    Format { path: PathBuf, reason: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor has a type the reader does not convert.
     #[error(
         "{}: tensor `{tensor}` has dtype {dtype}; supported are F32, F16, BF16 and F64",
         path.display()
     )]
     Dtype {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         tensor: String,
+        /// Its dtype as the file names it.
         dtype: String,
     },
+    /// A tensor holds NaN or an infinity.
     #[error(
         "{}: tensor `{tensor}` holds {value} at flat index {index}: weights must be finite",
         path.display()
     )]
     NonFinite {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         tensor: String,
+        /// The flat index of the first such value.
         index: usize,
+        /// The value.
         value: f32,
     },
+    /// The checkpoint's tensors do not match the graph's parameters.
     #[error("{}: the checkpoint does not fit the `{graph}` graph:\n{}", path.display(), list(problems))]
     Binding {
+        /// The file.
         path: PathBuf,
+        /// The graph's name.
         graph: String,
+        /// Every mismatch.
         problems: Vec<BindProblem>,
     },
 }
@@ -51,17 +73,27 @@ pub enum WeightsError {
 /// One mismatch between a checkpoint and the graph's parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BindProblem {
+    /// The graph needs a tensor the checkpoint lacks.
     Missing {
+        /// Its name.
         tensor: String,
+        /// The shape the graph expects.
         expected: Vec<usize>,
     },
+    /// The checkpoint has a tensor the graph does not use.
     Unexpected {
+        /// Its name.
         tensor: String,
+        /// Its shape.
         shape: Vec<usize>,
     },
+    /// A tensor's shape differs from the graph's.
     Shape {
+        /// Its name.
         tensor: String,
+        /// The shape the graph expects.
         expected: Vec<usize>,
+        /// The shape in the checkpoint.
         found: Vec<usize>,
     },
 }
@@ -178,6 +210,7 @@ impl Checkpoint {
         })
     }
 
+    /// The file the weights came from.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -187,6 +220,7 @@ impl Checkpoint {
         self.entries.keys().map(String::as_str)
     }
 
+    /// Whether the file has a tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }

@@ -68,12 +68,17 @@ const WINOGRAD_AVX512_TRANSFORMS: f64 = 0.45;
 /// What the cost of a convolution depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvShape {
+    /// Images in the batch.
     pub images: usize,
+    /// Input channels.
     pub in_channels: usize,
     /// All output ranges together.
     pub out_channels: usize,
+    /// Output height and width.
     pub out: [usize; 2],
+    /// Taps along (height, width).
     pub kernel: [usize; 2],
+    /// Stride along (height, width).
     pub stride: [usize; 2],
 }
 

@@ -10,6 +10,7 @@ use super::{define_kernels, isa, CodegenError, Program};
 
 /// A program whose kernels are compiled into this process.
 pub struct JitProgram {
+    /// The program compiled.
     pub program: Program,
     /// The program's description, encoded and decoded as an executable's is: the model runs
     /// from it, so every JIT test also tests the description.
@@ -21,6 +22,7 @@ pub struct JitProgram {
 }
 
 impl JitProgram {
+    /// Compiles every kernel of `program` into this process.
     pub fn new(program: Program) -> Result<JitProgram, CodegenError> {
         let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
         let mut module = JITModule::new(builder);

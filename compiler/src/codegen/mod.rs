@@ -24,47 +24,73 @@ pub use lower::{ConvAlgorithm, Kernel, LowerOptions, Program, Step};
 /// Why a graph could not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
+    /// No memory plan could be made.
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    /// Shapes could not be inferred.
     #[error(transparent)]
     Shape(#[from] inceptc_ir::ShapeError),
+    /// A node has no kernel (the passes did not run).
     #[error(
         "node `{node}`: the backend has no kernel for `{op}`; run the whole pass pipeline first"
     )]
-    Unsupported { node: String, op: &'static str },
+    Unsupported {
+        /// The node.
+        node: String,
+        /// Its op's keyword.
+        op: &'static str,
+    },
+    /// This node's weights are not bound.
     #[error("node `{0}` has no bound weights")]
     Unbound(String),
+    /// A value's layout is not what its kernel needs.
     #[error("node `{node}`: expected {expected}, found {found}")]
     Layout {
+        /// The node.
         node: String,
+        /// The layout the kernel needs.
         expected: String,
+        /// The layout it has.
         found: String,
     },
+    /// The graph has no input.
     #[error("the graph has no input node")]
     NoInput,
+    /// `--inject-fault` names no fused convolution.
     #[error("--inject-fault: no fused convolution is named `{0}`")]
     NoSuchFault(String),
+    /// A Cranelift setting was refused.
     #[error("Cranelift settings: {0}")]
     Settings(#[from] settings::SetError),
+    /// Cranelift has no x86-64 backend.
     #[error("Cranelift target: {0}")]
     Target(#[from] cranelift_codegen::isa::LookupError),
+    /// Cranelift could not compile a function.
     #[error("Cranelift: {0}")]
     Codegen(Box<cranelift_codegen::CodegenError>),
+    /// Declaring, defining or finalizing a function or data failed.
     #[error("Cranelift module: {0}")]
     Module(Box<cranelift_module::ModuleError>),
     /// Compiling one kernel failed (Cranelift's verifier errors show with `{:?}`).
     #[error("kernel {kernel}: {source:?}")]
     Kernel {
+        /// Its symbol name.
         kernel: String,
+        /// Cranelift's error.
         source: Box<cranelift_module::ModuleError>,
     },
+    /// The object file could not be written.
     #[error("writing the object file: {0}")]
     Object(#[from] cranelift_object::object::write::Error),
+    /// iced-x86 refused a register tile's code.
     #[error("assembling the register tile {tile}: {source}")]
     Assembler {
+        /// The tile's name.
         tile: String,
+        /// The assembler's error.
         source: iced_x86::IcedError,
     },
+    /// The description does not decode (a bug: it was just encoded).
     #[error("the model description does not decode: {0}")]
     Description(#[from] inceptc_runtime::desc::DescError),
 }

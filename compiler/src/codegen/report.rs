@@ -10,13 +10,17 @@ use super::Program;
 /// One kernel as the report shows it.
 #[derive(Clone, Debug)]
 pub struct KernelReport {
+    /// The kernel's symbol name.
     pub name: String,
+    /// Its block.
     pub block: String,
     /// What it computes: `conv 3×3/2 192→192 35×35`.
     pub op: String,
     /// How: algorithm and register tile.
     pub algorithm: String,
+    /// Work items.
     pub items: usize,
+    /// Floating-point operations (2 per multiply-add).
     pub flops: u64,
     /// Predicted time on one core, in seconds.
     pub predicted: f64,

@@ -76,6 +76,7 @@ pub const SSE_PIXELS: usize = 6;
 /// One register tile: see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
+    /// The instruction set.
     pub isa: Isa,
     /// Output pixels of a full tile.
     pub pixels: usize,
@@ -87,8 +88,11 @@ pub struct Tile {
 /// channels wide (`channels` rounded up to the tile's granule).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Panel {
+    /// The first output channel.
     pub first: usize,
+    /// Output channels.
     pub channels: usize,
+    /// Packed width (channels rounded up).
     pub width: usize,
 }
 
@@ -225,7 +229,9 @@ fn zmm_cost(
 /// What the choice of a convolution's tile looks at.
 #[derive(Clone, Copy, Debug)]
 pub struct TileNeeds {
+    /// The code's tier.
     pub tier: Tier,
+    /// Input channels of the convolution.
     pub in_channels: usize,
     /// Input channel steps per call: taps × input channels.
     pub steps: usize,

@@ -27,7 +27,9 @@ pub fn choices(r: usize) -> &'static [usize] {
 /// The transforms of F(m, r) along one axis, in f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transform {
+    /// Outputs per tile.
     pub m: usize,
+    /// Taps of the kernel.
     pub r: usize,
     /// `Aᵀ`: m rows of L.
     pub at: Vec<Vec<f64>>,

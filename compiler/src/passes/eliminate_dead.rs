@@ -8,6 +8,7 @@ use inceptc_ir::Graph;
 
 use super::{Pass, RewriteError};
 
+/// The pass.
 pub const PASS: Pass = Pass {
     name: "eliminate-dead",
     summary: "removes what no output needs",

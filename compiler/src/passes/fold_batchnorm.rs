@@ -9,6 +9,7 @@ use inceptc_ir::{Graph, NodeId, Tensor};
 
 use super::{Pass, RewriteError};
 
+/// The pass.
 pub const PASS: Pass = Pass {
     name: "fold-batchnorm",
     summary: "Conv → BatchNorm (Linear → BatchNorm1d) becomes one conv (linear) with folded weights and bias",

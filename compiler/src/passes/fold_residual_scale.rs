@@ -7,6 +7,7 @@ use inceptc_ir::{Graph, Tensor};
 
 use super::{Pass, RewriteError};
 
+/// The pass.
 pub const PASS: Pass = Pass {
     name: "fold-residual-scale",
     summary: "Conv → Scale(s) becomes one conv with s·W and s·b",

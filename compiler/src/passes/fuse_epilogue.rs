@@ -10,6 +10,7 @@ use inceptc_ir::{Graph, NodeId};
 
 use super::{Pass, RewriteError};
 
+/// The pass.
 pub const PASS: Pass = Pass {
     name: "fuse-epilogue",
     summary: "Conv [→ Add(residual)] [→ Relu] becomes one fused conv with bias, residual and ReLU in its epilogue",

@@ -14,6 +14,7 @@ use inceptc_ir::{Graph, NodeId};
 
 use super::{Pass, RewriteError};
 
+/// The pass.
 pub const PASS: Pass = Pass {
     name: "merge-sibling-1x1",
     summary:

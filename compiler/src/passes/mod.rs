@@ -20,8 +20,11 @@ pub mod tile_concat;
 /// A pass: its kebab-case name, a one-line summary and its entry point, which returns how many
 /// rewrites it made.
 pub struct Pass {
+    /// Its kebab-case name (`fold-batchnorm`).
     pub name: &'static str,
+    /// What it does, in a line.
     pub summary: &'static str,
+    /// Runs it; returns how many rewrites it made.
     pub run: fn(&mut Graph) -> Result<usize, RewriteError>,
 }
 
@@ -53,12 +56,26 @@ pub fn names() -> String {
 /// Why a pass could not rewrite the graph it was given.
 #[derive(Debug, Error)]
 pub enum RewriteError {
+    /// The graph has a cycle.
     #[error("the graph has a cycle")]
     Cycle,
+    /// A node lacks a parameter the rewrite needs.
     #[error("node `{node}` has no bound `{role}`")]
-    Unbound { node: String, role: &'static str },
+    Unbound {
+        /// The node.
+        node: String,
+        /// The parameter's role.
+        role: &'static str,
+    },
+    /// A node is not what the rewrite expects.
     #[error("node `{node}` {problem}")]
-    Node { node: String, problem: &'static str },
+    Node {
+        /// The node.
+        node: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// Shapes could not be inferred.
     #[error(transparent)]
     Shape(#[from] inceptc_ir::ShapeError),
     /// A broken invariant of the pass itself (a bug, not bad input).
@@ -69,14 +86,20 @@ pub enum RewriteError {
 /// A pass failed, or left a graph the verifier rejects.
 #[derive(Debug, Error)]
 pub enum PassError {
+    /// The pass could not rewrite the graph.
     #[error("pass `{pass}`: {source}")]
     Rewrite {
+        /// The pass.
         pass: &'static str,
+        /// Why.
         source: RewriteError,
     },
+    /// The pass left a graph the verifier rejects (a bug in the pass).
     #[error("pass `{pass}` left a graph the verifier rejects: {source}")]
     Verify {
+        /// The pass.
         pass: &'static str,
+        /// The broken invariant.
         source: inceptc_ir::VerifyError,
     },
 }
@@ -84,10 +107,15 @@ pub enum PassError {
 /// What one pass did.
 #[derive(Clone, Debug)]
 pub struct PassReport {
+    /// The pass.
     pub pass: &'static str,
+    /// Nodes before it ran.
     pub nodes_before: usize,
+    /// Nodes after.
     pub nodes_after: usize,
+    /// Rewrites it made.
     pub rewrites: usize,
+    /// How long it took.
     pub elapsed: Duration,
 }
 

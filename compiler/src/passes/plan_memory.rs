@@ -9,6 +9,7 @@ use inceptc_ir::Graph;
 
 use super::{Pass, RewriteError};
 
+/// The pass.
 pub const PASS: Pass = Pass {
     name: "plan-memory",
     summary:

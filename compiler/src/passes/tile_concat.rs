@@ -15,6 +15,7 @@ use inceptc_ir::{infer_shapes, Graph, NodeId, Tile};
 
 use super::{Pass, RewriteError};
 
+/// The pass.
 pub const PASS: Pass = Pass {
     name: "tile-concat",
     summary: "producers of a concat write straight into their channel range; the concat disappears",

@@ -37,9 +37,13 @@ pub enum Preprocess {
     /// timm's eval transform (see [`crate::image`]): the shorter side resized to ⌊size / crop_pct⌋
     /// with `interpolation`, a center crop, scaled to [0, 1], then (x − mean) / std per channel.
     Timm {
+        /// The shorter side is resized to ⌊size / crop_pct⌋ before the center crop.
         crop_pct: f32,
+        /// The resampling filter.
         interpolation: Filter,
+        /// Subtracted per channel (RGB) after scaling to [0, 1].
         mean: [f32; 3],
+        /// Divided by per channel after the mean.
         std: [f32; 3],
     },
     /// facenet-pytorch's face crop: the image resized to the input size (bilinear, aspect not
@@ -51,8 +55,10 @@ pub enum Preprocess {
 /// start-up (before they are packed, see [`crate::pack`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightsDtype {
+    /// Stored as f32.
     #[default]
     F32,
+    /// Stored as f16, widened to f32 at start-up.
     F16,
 }
 
@@ -88,28 +94,44 @@ pub enum OutputKind {
 /// One step: its kernel's symbol name (empty for the input step), work items, block, halos to clear.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepDesc {
+    /// The kernel's symbol name (empty for the input step).
     pub name: String,
+    /// Whether the step runs a kernel (the input step does not).
     pub has_kernel: bool,
+    /// Work items the kernel is called for.
     pub items: usize,
+    /// Index into [`ModelDesc::blocks`].
     pub block: usize,
+    /// Halos to zero before the step runs.
     pub clear_halos: Vec<MapLayout>,
 }
 
 /// The whole description.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelDesc {
+    /// The network's name (`inception-v4`).
     pub model: String,
+    /// Images per run.
     pub batch: usize,
+    /// Input height and width.
     pub image: [usize; 2],
+    /// How images become input.
     pub preprocess: Preprocess,
+    /// What the output is.
     pub output_kind: OutputKind,
+    /// Bytes of the arena (every intermediate value, scratch and canaries).
     pub arena_bytes: usize,
+    /// How the weights are stored.
     pub weights_dtype: WeightsDtype,
     /// The CPU features the kernels use.
     pub tier: crate::exec::Tier,
+    /// Where the input goes in the arena.
     pub input: MapLayout,
+    /// Where the outputs are read from, in order.
     pub outputs: Vec<Layout>,
+    /// Block names, for per-block timing.
     pub blocks: Vec<String>,
+    /// The steps, in execution order.
     pub steps: Vec<StepDesc>,
     /// Buffers watched by the bounds check (`--check-bounds`); empty otherwise.
     pub guards: Vec<Guard>,
@@ -233,6 +255,7 @@ impl ModelDesc {
         }
     }
 
+    /// The bytes an executable carries (see the module's format).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u(MAGIC as usize);
@@ -345,6 +368,7 @@ impl ModelDesc {
         w.0
     }
 
+    /// Reads and checks a description (see [`ModelDesc::check`]).
     pub fn decode(bytes: &[u8]) -> Result<ModelDesc, DescError> {
         let mut r = Reader(bytes);
         if r.u()? != MAGIC as usize {

@@ -12,12 +12,17 @@ use super::*;
 /// channels, zero-padded to [`Tile::padded`].
 #[derive(Clone, Debug)]
 pub struct ConvRange {
+    /// The node the range computes.
     pub node: String,
+    /// Its output channels.
     pub channels: usize,
     /// Whether the epilogue ends with ReLU.
     pub relu: bool,
+    /// Byte offset of its packed weights in the weight blob.
     pub weights: usize,
+    /// Byte offset of its padded bias in the weight blob.
     pub bias: usize,
+    /// Where it writes.
     pub out: MapLayout,
 }
 
@@ -25,12 +30,19 @@ pub struct ConvRange {
 /// output map, the output ranges with their epilogue, and the register tile of the products.
 #[derive(Clone, Debug)]
 pub struct ConvCore {
+    /// The operand.
     pub input: MapLayout,
+    /// Taps along (height, width).
     pub kernel: [usize; 2],
+    /// Zero padding rows and columns on each side.
     pub padding: [usize; 2],
+    /// Output height.
     pub out_h: usize,
+    /// Output width.
     pub out_w: usize,
+    /// The output ranges, each with its weights and epilogue.
     pub ranges: Vec<ConvRange>,
+    /// The residual added before ReLU, when there is one.
     pub residual: Option<MapLayout>,
     /// The register tile.
     pub register: Tile,
@@ -56,7 +68,9 @@ impl ConvCore {
 /// (`conv.input` reads through).
 #[derive(Clone, Debug)]
 pub struct ConvKernel {
+    /// The fields a Winograd convolution has too.
     pub core: ConvCore,
+    /// Stride along (height, width).
     pub stride: [usize; 2],
     /// A 1×1, stride-1, unpadded convolution over a halo-free input: work items are tiles of
     /// consecutive pixels of the whole batch instead of output rows.
@@ -73,7 +87,10 @@ pub enum Split {
     /// Per range, every weight panel × `groups` groups of units, panel-major: a panel's weights
     /// stay in cache while one thread computes consecutive groups with it, instead of every
     /// unit streaming the whole layer's weights (the AVX-512 tier).
-    Panels { groups: usize },
+    Panels {
+        /// Groups of consecutive units per panel.
+        groups: usize,
+    },
 }
 
 /// Work items per range's panel (see [`Split::Panels`]) for `units` units and `panels` panels in
@@ -264,17 +281,22 @@ pub enum ConvAlgorithm {
 /// Max or average pooling. Work items are output rows.
 #[derive(Clone, Debug)]
 pub struct PoolKernel {
+    /// The operand.
     pub input: MapLayout,
+    /// The window.
     pub window: PoolAttrs,
     /// `None` for max pooling, else whether the divisor counts padding.
     pub average: Option<bool>,
+    /// Where it writes.
     pub out: MapLayout,
 }
 
 /// Mean over the pixels of each channel. Work items are images.
 #[derive(Clone, Debug)]
 pub struct GlobalPoolKernel {
+    /// The operand.
     pub input: MapLayout,
+    /// Where it writes: one row of channels per image.
     pub out: VecLayout,
 }
 
@@ -286,29 +308,43 @@ pub struct GlobalPoolKernel {
 /// row.
 #[derive(Clone, Debug)]
 pub struct LinearKernel {
+    /// The operand.
     pub input: VecLayout,
+    /// Where it writes.
     pub out: VecLayout,
+    /// Byte offset of the packed weights in the weight blob.
     pub weights: usize,
+    /// Byte offset of the padded bias, if any.
     pub bias: Option<usize>,
+    /// The register tile (the AVX-512 tier).
     pub register: Option<Tile>,
 }
 
 /// `y = x / max(‖x‖₂, eps)` per row. Work items are rows.
 #[derive(Clone, Debug)]
 pub struct L2NormKernel {
+    /// The operand.
     pub input: VecLayout,
+    /// Where it writes.
     pub out: VecLayout,
+    /// The smallest norm divided by.
     pub eps: f32,
 }
 
 /// What one step computes.
 #[derive(Clone, Debug)]
 pub enum Kernel {
+    /// A direct convolution.
     Conv(ConvKernel),
+    /// A Winograd convolution.
     Winograd(WinogradKernel),
+    /// Max or average pooling.
     Pool(PoolKernel),
+    /// Global average pooling.
     GlobalPool(GlobalPoolKernel),
+    /// A fully connected layer.
     Linear(LinearKernel),
+    /// L2 normalization.
     L2Norm(L2NormKernel),
 }
 

@@ -31,25 +31,35 @@ pub const WEIGHT_ALIGN: usize = 64;
 /// its block, and the halos to clear before it runs (buffers it is the first to write).
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// What it computes; `None` for the input step.
     pub kernel: Option<Kernel>,
+    /// The graph nodes it covers.
     pub nodes: Vec<String>,
+    /// Index into [`Program::blocks`].
     pub block: usize,
+    /// Halos to zero before it runs.
     pub clear_halos: Vec<MapLayout>,
 }
 
 /// A network ready for code generation at one batch size and input size.
 #[derive(Clone, Debug)]
 pub struct Program {
+    /// The network's name.
     pub name: String,
+    /// Images per run.
     pub batch: usize,
+    /// Input height and width.
     pub image: [usize; 2],
+    /// The steps, in execution order.
     pub steps: Vec<Step>,
     /// Block names; [`Step::block`] indexes them.
     pub blocks: Vec<String>,
+    /// Bytes of the arena.
     pub arena_bytes: usize,
     /// The weights an executable stores, from which [`Program::segments`] make the packed ones
     /// the kernels read, at start-up ([`Program::packed_weights`] in process).
     pub stored: Vec<f32>,
+    /// How each packed segment is made from the stored weights.
     pub segments: Vec<Segment>,
     /// Bytes of the packed weights: 64-byte-aligned segments of little-endian f32.
     pub packed_bytes: usize,

@@ -13,6 +13,7 @@ pub struct Avx2Tile {
 }
 
 impl Avx2Tile {
+    /// The function's symbol name.
     pub fn name(&self) -> String {
         format!("tile_avx2_{}px_step{}", self.pixels, self.pixel_step)
     }

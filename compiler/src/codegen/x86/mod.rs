@@ -46,8 +46,11 @@ fn zmm(i: usize) -> AsmRegisterZmm {
 /// An assembled tile function of either family.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TileFn {
+    /// A 256-bit convolution tile.
     Avx2(Avx2Tile),
+    /// A 512-bit convolution tile.
     Zmm(ZmmTile),
+    /// A 512-bit Winograd transform.
     Transform(TransformTile),
 }
 

@@ -15,15 +15,23 @@ use super::*;
 pub struct TransformTile {
     /// F(m, r) along y and x; (1, 1) is the identity.
     pub y: (usize, usize),
+    /// F(m, r) along x.
     pub x: (usize, usize),
     /// `Aᵀ` (the output transform, with its epilogue) instead of `Bᵀ`.
     pub output: bool,
+    /// Byte offsets of the inputs from `source` (`None`: a known zero).
     pub loads: Vec<Option<i32>>,
+    /// Byte offsets of the results from `destination` (`None`: not written).
     pub stores: Vec<Option<i32>>,
+    /// Full vectors of 16 channels.
     pub vectors: usize,
+    /// Channels of a last, masked vector (0: none).
     pub last_lanes: usize,
+    /// Whether results start from the bias (output transform).
     pub bias: bool,
+    /// Whether the residual is added (output transform).
     pub residual: bool,
+    /// Whether ReLU ends the epilogue (output transform).
     pub relu: bool,
 }
 
@@ -55,6 +63,7 @@ impl TransformTile {
         })
     }
 
+    /// The machine code.
     pub fn code(&self) -> Result<Vec<u8>, IcedError> {
         let [my, mx] = self.matrices();
         let (ly, lx) = (my[0].len(), mx[0].len());

@@ -25,7 +25,9 @@ pub struct ZmmTile {
     pub pixel_step: i32,
     /// Whether the accumulators start from the bias (else from zero).
     pub bias: bool,
+    /// Whether the residual is added before storing.
     pub residual: bool,
+    /// Whether ReLU ends the epilogue.
     pub relu: bool,
     /// Bytes the `prefetch` pointer moves on per channel loop iteration, each of its cache lines
     /// prefetched into L2 as it goes; 0: the tile prefetches nothing.
