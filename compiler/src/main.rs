@@ -140,6 +140,10 @@ enum Command {
         /// time a cost model predicts for one core.
         #[arg(long)]
         report: bool,
+        /// With --report: also predict each kernel's time on this many threads, and per block
+        /// the parallel efficiency (the executable's own --threads is chosen when it runs).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = threads, requires = "report")]
+        threads: usize,
         /// How convolutions are computed: per layer whichever the cost model predicts faster
         /// (auto), direct everywhere, or Winograd wherever a tile applies (stride 1, 3- or 7-tap
         /// kernels, input channels a multiple of 4). --report shows the choice.
@@ -240,6 +244,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             interpolation,
             max_memory,
             report,
+            threads,
             conv,
             target_cpu,
             inject_fault,
@@ -262,6 +267,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 emit,
                 output,
                 report,
+                report_threads: threads,
                 weights_dtype: match weights_dtype {
                     WeightsArg::F32 => WeightsDtype::F32,
                     WeightsArg::F16 => WeightsDtype::F16,

@@ -872,6 +872,74 @@ fn report_lists_every_kernel_with_algorithm_tile_and_predicted_time() {
     }
 }
 
+/// `--report --threads 16`: each kernel's predicted time on 16 threads, at least its one-thread
+/// time over 16 and at most its one-thread time; per block and in all, the parallel efficiency.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn report_predicts_time_on_many_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = dir.path().join("v1.o");
+    let obj = obj.to_str().unwrap();
+    let (code, _, stderr) = run_inceptc([
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--threads",
+        "4",
+        "-o",
+        obj,
+    ]);
+    assert_eq!(code, 2, "--threads without --report: {stderr}");
+    assert!(stderr.contains("--report"), "{stderr}");
+    let (code, stdout, stderr) = run_inceptc([
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--emit",
+        "obj",
+        "--report",
+        "--threads",
+        "16",
+        "--target-cpu",
+        "x86-64-v4",
+        "-q",
+        "-o",
+        obj,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].trim_end().ends_with("16 threads"), "{}", lines[0]);
+    let ms = |text: &str| -> f64 { text.trim().trim_end_matches("ms").trim().parse().unwrap() };
+    for row in &lines[1..111] {
+        // `… 0.272 ms   0.2%   0.023 ms`: one-thread time, share, 16-thread time.
+        let one = ms(row.split(" ms").next().unwrap().rsplit(' ').next().unwrap());
+        let many = ms(row.trim_end().rsplit("  ").next().unwrap());
+        assert!(
+            many <= one + 0.01 && many + 0.0005 >= one / 16.0,
+            "{row}: {one} ms on one thread, {many} ms on 16"
+        );
+    }
+    let blocks = lines
+        .iter()
+        .position(|l| l.starts_with("block "))
+        .expect("a block table");
+    assert!(
+        lines[blocks + 1].starts_with("stem "),
+        "{}",
+        lines[blocks + 1]
+    );
+    let last = lines.last().unwrap();
+    let efficiency: f64 = last
+        .split("parallel efficiency ")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .expect("the efficiency")
+        .parse()
+        .unwrap();
+    assert!(efficiency > 0.0 && efficiency <= 1.0, "{last}");
+    assert!(last.contains("on 16 threads against"), "{last}");
+}
+
 /// `--report` for `--target-cpu tier` (compiling for a tier needs no CPU of that tier).
 fn report_for(tier: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -988,6 +1056,10 @@ fn numeric_options_never_panic() {
         (
             [&["compile", "-q", "-o", out][..], &small[..]].concat(),
             "--max-memory",
+        ),
+        (
+            [&["compile", "-q", "--report", "-o", out][..], &small[..]].concat(),
+            "--threads",
         ),
     ];
     for (base, option) in cases {

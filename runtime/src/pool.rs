@@ -15,7 +15,12 @@ type Work = dyn Fn(usize, usize) + Sync;
 
 /// Chunks per thread: enough for a late thread to be made up for, few enough that a chunk is
 /// still a useful amount of work.
-const CHUNKS_PER_THREAD: usize = 4;
+pub const CHUNKS_PER_THREAD: usize = 4;
+
+/// How many chunks [`ThreadPool::run`] splits `items` into on `threads` threads.
+pub fn chunks(items: usize, threads: usize) -> usize {
+    (threads.max(1) * CHUNKS_PER_THREAD).min(items)
+}
 
 /// Checks a waiting thread makes before it sleeps (each a spin-loop hint, tens of nanoseconds).
 const SPIN: usize = 1 << 14;
@@ -89,7 +94,7 @@ pub struct ThreadPool {
 }
 
 /// Items `begin .. end` of part `part` of `parts` over `items`.
-fn part(items: usize, parts: usize, part: usize) -> (usize, usize) {
+pub fn part(items: usize, parts: usize, part: usize) -> (usize, usize) {
     (items * part / parts, items * (part + 1) / parts)
 }
 
@@ -125,7 +130,7 @@ impl ThreadPool {
     /// Calls `work(begin, end)` on disjoint chunks covering `0 .. items`, in parallel, and returns
     /// when all are done.
     pub fn run(&self, items: usize, work: &(dyn Fn(usize, usize) + Sync)) {
-        let chunks = (self.threads * CHUNKS_PER_THREAD).min(items);
+        let chunks = chunks(items, self.threads);
         if self.threads == 1 || chunks <= 1 {
             if items > 0 {
                 work(0, items);

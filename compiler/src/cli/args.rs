@@ -181,6 +181,14 @@ pub(crate) const MAX_IMAGE_SIZE: usize = 16384;
 /// The largest `--batch`.
 pub(crate) const MAX_BATCH: usize = 65536;
 
+/// The largest `--threads` (the executables' cap too).
+pub(crate) const MAX_THREADS: usize = 1024;
+
+/// `--threads`: 1 ..= [`MAX_THREADS`].
+pub(crate) fn threads(text: &str) -> Result<usize, String> {
+    bounded(text, MAX_THREADS)
+}
+
 /// `--image-size`: 1 ..= [`MAX_IMAGE_SIZE`] (whether the network fits is checked later).
 pub(crate) fn image_size(text: &str) -> Result<usize, String> {
     bounded(text, MAX_IMAGE_SIZE)

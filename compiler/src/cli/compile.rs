@@ -51,7 +51,10 @@ pub(crate) fn compile(
     let lowered = start.elapsed();
     if target.report {
         progress.stage("reporting");
-        print!("{}", inceptc::codegen::report::table(&program));
+        print!(
+            "{}",
+            inceptc::codegen::report::table(&program, target.report_threads)
+        );
     }
     match emit {
         Emit::Clif | Emit::Asm => {
@@ -159,6 +162,8 @@ pub(crate) struct Target {
     pub(crate) emit: Emit,
     pub(crate) output: PathBuf,
     pub(crate) report: bool,
+    /// `--threads`: the thread count the report predicts for, besides one.
+    pub(crate) report_threads: usize,
     pub(crate) weights_dtype: WeightsDtype,
     /// `--interpolation`, when given.
     pub(crate) interpolation: Option<Filter>,

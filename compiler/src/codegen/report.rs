@@ -24,6 +24,34 @@ pub struct KernelReport {
     pub flops: u64,
     /// Predicted time on one core, in seconds.
     pub predicted: f64,
+    /// Predicted time on the report's thread count, in seconds ([`parallel_time`]).
+    pub parallel: f64,
+}
+
+/// What handing a kernel's work items to the pool's threads costs per kernel, in seconds, when
+/// more than one thread runs (`runtime/examples/pool_overhead.rs` measures it).
+const POOL_HANDOUT: f64 = 1.5e-6;
+
+/// The time a kernel of `items` equal work items that takes `one` seconds on one thread takes on
+/// `threads` threads, as the runtime's pool runs it: [`inceptc_runtime::pool::chunks`] chunks of
+/// consecutive items, each taken by the first thread to be free. Memory bandwidth shared by the
+/// threads is not modelled.
+pub fn parallel_time(one: f64, items: usize, threads: usize) -> f64 {
+    use inceptc_runtime::pool;
+    let chunks = pool::chunks(items, threads);
+    if threads <= 1 || chunks <= 1 {
+        return one;
+    }
+    let per_item = one / items as f64;
+    let mut free = vec![0.0f64; threads];
+    for chunk in 0..chunks {
+        let (begin, end) = pool::part(items, chunks, chunk);
+        let first = (0..threads)
+            .min_by(|a, b| free[*a].total_cmp(&free[*b]))
+            .unwrap_or(0);
+        free[first] += (end - begin) as f64 * per_item;
+    }
+    free.iter().cloned().fold(0.0, f64::max) + POOL_HANDOUT
 }
 
 /// Window taps per second of max pooling, one core.
@@ -35,8 +63,9 @@ const LINEAR_BYTES_PER_SECOND: f64 = 4.8e9;
 /// Values per second the global pool and the L2 normalization read, one core.
 const STREAM_VALUES_PER_SECOND: f64 = 0.9e9;
 
-/// Describes and predicts every kernel of `program`, in step order.
-pub fn report(program: &Program) -> Vec<KernelReport> {
+/// Describes and predicts every kernel of `program`, in step order, on one and on `threads`
+/// threads.
+pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
     program
         .steps
         .iter()
@@ -44,14 +73,16 @@ pub fn report(program: &Program) -> Vec<KernelReport> {
         .filter_map(|(i, step)| {
             let kernel = step.kernel.as_ref()?;
             let (op, algorithm, predicted) = describe(kernel);
+            let items = kernel.items();
             Some(KernelReport {
                 name: super::kernel_name(i, &step.nodes[0]),
                 block: program.blocks[step.block].clone(),
                 op,
                 algorithm,
-                items: kernel.items(),
+                items,
                 flops: kernel.flops(),
                 predicted,
+                parallel: parallel_time(predicted, items, threads),
             })
         })
         .collect()
@@ -150,19 +181,28 @@ fn conv_op(shape: &ConvShape, ranges: usize) -> String {
     )
 }
 
-/// The report as a table, with totals.
-pub fn table(program: &Program) -> String {
-    let rows = report(program);
+/// The report as a table, with totals; with `threads` above 1, each kernel's predicted time on
+/// that many threads, and per block the predicted times and the parallel efficiency (one-thread
+/// time / (threads × `threads`-thread time)).
+pub fn table(program: &Program, threads: usize) -> String {
+    let rows = report(program, threads);
     let total: f64 = rows.iter().map(|r| r.predicted).sum();
     let flops: u64 = rows.iter().map(|r| r.flops).sum();
+    let parallel = threads > 1;
     let mut out = String::new();
-    let _ = writeln!(
+    let _ = write!(
         out,
         "{:<44} {:<20} {:<36} {:<34} {:>6} {:>9} {:>10} {:>6}",
         "kernel", "block", "operation", "algorithm, tile", "items", "MFLOP", "predicted", "share"
     );
+    match parallel {
+        true => {
+            let _ = writeln!(out, " {:>10}", format!("{threads} threads"));
+        }
+        false => out.push('\n'),
+    }
     for r in &rows {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<44} {:<20} {:<36} {:<34} {:>6} {:>9.1} {:>7.3} ms {:>5.1}%",
             r.name,
@@ -174,6 +214,12 @@ pub fn table(program: &Program) -> String {
             r.predicted * 1e3,
             100.0 * r.predicted / total.max(f64::MIN_POSITIVE)
         );
+        match parallel {
+            true => {
+                let _ = writeln!(out, " {:>7.3} ms", r.parallel * 1e3);
+            }
+            false => out.push('\n'),
+        }
     }
     let _ = writeln!(
         out,
@@ -184,5 +230,79 @@ pub fn table(program: &Program) -> String {
         flops as f64 / 1e9,
         total * 1e3
     );
+    if parallel {
+        out.push_str(&threads_summary(program, &rows, threads));
+    }
     out
+}
+
+/// Per block and in all: predicted times on one and on `threads` threads and the parallel
+/// efficiency, and how much of the one-thread time is in kernels with fewer items than threads.
+fn threads_summary(program: &Program, rows: &[KernelReport], threads: usize) -> String {
+    let efficiency = |one: f64, many: f64| one / (threads as f64 * many.max(f64::MIN_POSITIVE));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:>10} {:>12} {:>10} {:>9}",
+        "block",
+        "1 thread",
+        format!("{threads} threads"),
+        "efficiency",
+        "min items"
+    );
+    for block in &program.blocks {
+        let of_block: Vec<&KernelReport> = rows.iter().filter(|r| &r.block == block).collect();
+        if of_block.is_empty() {
+            continue;
+        }
+        let one: f64 = of_block.iter().map(|r| r.predicted).sum();
+        let many: f64 = of_block.iter().map(|r| r.parallel).sum();
+        let least = of_block.iter().map(|r| r.items).min().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{block:<24} {:>7.3} ms {:>9.3} ms {:>10.2} {least:>9}",
+            one * 1e3,
+            many * 1e3,
+            efficiency(one, many)
+        );
+    }
+    let one: f64 = rows.iter().map(|r| r.predicted).sum();
+    let many: f64 = rows.iter().map(|r| r.parallel).sum();
+    let starved: f64 = rows
+        .iter()
+        .filter(|r| r.items < threads)
+        .map(|r| r.predicted)
+        .sum();
+    let _ = writeln!(
+        out,
+        "predicted {:.1} ms on {threads} threads against {:.1} ms on one: parallel efficiency \
+         {:.2}; {:.0}% of the one-thread time is in kernels with fewer than {threads} work items \
+         (kernels run one after another; memory bandwidth is not modelled)",
+        many * 1e3,
+        one * 1e3,
+        efficiency(one, many),
+        100.0 * starved / one.max(f64::MIN_POSITIVE)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_time_follows_the_pools_chunks() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // One thread, or one item: the one-thread time, no hand-out.
+        assert_eq!(parallel_time(1.0, 64, 1), 1.0);
+        assert_eq!(parallel_time(1.0, 1, 16), 1.0);
+        // Two items on 16 threads: two threads work, each on half.
+        assert!(close(parallel_time(1.0, 2, 16), 0.5 + POOL_HANDOUT));
+        // 64 items on 16 threads: 64 chunks of one item, four rounds.
+        assert!(close(parallel_time(1.0, 64, 16), 0.25 / 4.0 + POOL_HANDOUT));
+        // 17 items on 16 threads: one thread takes two.
+        assert!(close(parallel_time(17.0, 17, 16), 2.0 + POOL_HANDOUT));
+        // 6 items on 4 threads: 6 chunks, two threads take two.
+        assert!(close(parallel_time(6.0, 6, 4), 2.0 + POOL_HANDOUT));
+    }
 }
