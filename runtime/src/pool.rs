@@ -7,7 +7,8 @@
 //! last chunk spin for up to [`SPIN`] checks before they sleep on a condition variable: waking a
 //! sleeping thread costs tens of microseconds per kernel.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -46,6 +47,10 @@ struct Job {
     next: AtomicUsize,
     /// Chunks finished.
     done: AtomicUsize,
+    /// Set when a chunk panicked: the chunks left are counted as done without running.
+    failed: AtomicBool,
+    /// The first panic's payload, raised again on the calling thread once every chunk is done.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 // SAFETY: `work` is called only for a chunk taken before `done` reached `chunks`, and `run` keeps
@@ -54,7 +59,9 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// Takes and runs chunks until none is left; returns how many this thread ran.
+    /// Takes and runs chunks until none is left; returns how many this thread took. A panic in
+    /// a chunk is caught and kept, so that every chunk still counts as done: `run` neither hangs
+    /// nor returns (raising the panic) while another thread could still be in the closure.
     fn work_through(&self) -> usize {
         let mut ran = 0;
         loop {
@@ -63,8 +70,17 @@ impl Job {
                 return ran;
             }
             let (begin, end) = part(self.items, self.chunks, chunk);
-            // SAFETY: see `unsafe impl Send for Job`: this chunk is not done, so `run` waits.
-            unsafe { (*self.work)(begin, end) };
+            if !self.failed.load(Ordering::Relaxed) {
+                // SAFETY: see `unsafe impl Send for Job`: this chunk is not done, so `run` waits.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+                    (*self.work)(begin, end)
+                }));
+                if let Err(payload) = result {
+                    self.failed.store(true, Ordering::Relaxed);
+                    let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                    first.get_or_insert(payload);
+                }
+            }
             ran += 1;
         }
     }
@@ -128,7 +144,8 @@ impl ThreadPool {
     }
 
     /// Calls `work(begin, end)` on disjoint chunks covering `0 .. items`, in parallel, and returns
-    /// when all are done.
+    /// when all are done. If a chunk panics, the chunks not yet started are skipped, and the
+    /// panic is raised again here once no thread runs `work`; the pool stays usable.
     pub fn run(&self, items: usize, work: &(dyn Fn(usize, usize) + Sync)) {
         let chunks = chunks(items, self.threads);
         if self.threads == 1 || chunks <= 1 {
@@ -146,6 +163,8 @@ impl ThreadPool {
             chunks,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            panic: Mutex::new(None),
         });
         {
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -168,6 +187,11 @@ impl ThreadPool {
                 .unwrap_or_else(|e| e.into_inner());
         }
         state.job = None;
+        drop(state);
+        let payload = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(payload) = payload {
+            std::panic::resume_unwind(payload);
+        }
     }
 }
 
@@ -229,6 +253,37 @@ mod tests {
             }
         });
         assert!(by_main.load(Ordering::Relaxed) >= 60, "{by_main:?}");
+    }
+
+    #[test]
+    fn a_panicking_chunk_is_raised_on_the_caller_and_the_pool_goes_on() {
+        for threads in [2, 3, 8] {
+            let pool = ThreadPool::new(threads);
+            let running = AtomicUsize::new(0);
+            let finished = AtomicUsize::new(0);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(64, &|b, e| {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    if (b..e).contains(&5) {
+                        panic!("item 5 fails");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    finished.fetch_add(e - b, Ordering::SeqCst);
+                });
+            }));
+            let payload = caught.expect_err("the panic reaches the caller");
+            assert_eq!(payload.downcast_ref::<&str>(), Some(&"item 5 fails"));
+            // Only the panicking chunk is still counted as running: no thread is in the closure
+            // once `run` has returned.
+            assert_eq!(running.load(Ordering::SeqCst), 1);
+            assert!(finished.load(Ordering::SeqCst) < 64);
+            let hits = AtomicUsize::new(0);
+            pool.run(100, &|b, e| {
+                hits.fetch_add(e - b, Ordering::Relaxed);
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), 100, "{threads} threads");
+        }
     }
 
     #[test]
