@@ -132,6 +132,7 @@ pub(super) fn zmm_call(
         residual: epilogue.residuals.is_some(),
         relu: epilogue.relu,
         prefetch_step: panel.prefetch.map_or(0, |p| p.1),
+        bf16: false,
     });
     let func = (e.tiles)(tile, e.b.func);
     let bias = match epilogue.bias {

@@ -17,7 +17,9 @@
 //!   `outputs` and `residuals` tables of one pointer per pixel, to which `channel` bytes are added.
 //!   `prefetch` (the seventh, on the stack) is where the tile starts prefetching into L2 the
 //!   weights that a later call will read while its own come from cache, when its
-//!   [`ZmmTile::prefetch_step`] is not 0.
+//!   [`ZmmTile::prefetch_step`] is not 0. With [`ZmmTile::bf16`] the activations are bf16, read a
+//!   channel pair at a time, and the products `vdpbf16ps` (AVX512-BF16; checked against a scalar
+//!   reference in `tests/tiles.rs`, not yet used by lowering: issue 15).
 
 use iced_x86::code_asm::registers::{ymm::get_ymm, zmm::get_zmm};
 use iced_x86::code_asm::*;
@@ -190,6 +192,7 @@ mod tests {
             residual: true,
             relu: true,
             prefetch_step: 0,
+            bf16: false,
         };
         let got = lines(&tile.code().unwrap());
         let want_start = [
@@ -256,6 +259,7 @@ mod tests {
             residual: false,
             relu: false,
             prefetch_step: 0,
+            bf16: false,
         };
         let got = lines(&tile.code().unwrap());
         assert_eq!(got[0], "vpxord zmm0,zmm0,zmm0");
@@ -277,6 +281,7 @@ mod tests {
             residual: false,
             relu: true,
             prefetch_step: 0x60,
+            bf16: false,
         };
         let got = lines(&tile.code().unwrap());
         assert!(got.contains(&"mov rdi,[rsp+8]".to_string()), "{got:#?}");
@@ -415,6 +420,7 @@ mod tests {
                     residual,
                     relu,
                     prefetch_step,
+                    bf16: false,
                 };
                 check(&tile.code().unwrap(), Tier::V4, "a zmm tile");
             }

@@ -19,7 +19,7 @@ pub struct ZmmTile {
     pub taps: [usize; 2],
     /// Bytes from one tap's input to the next tap row's and to the next column's.
     pub tap_steps: [i32; 2],
-    /// Input channels per tap.
+    /// Input channel steps per tap: channels (f32), or channel pairs (bf16).
     pub channels: usize,
     /// Bytes from one of the tile's input pixels to the next.
     pub pixel_step: i32,
@@ -32,13 +32,22 @@ pub struct ZmmTile {
     /// Bytes the `prefetch` pointer moves on per channel loop iteration, each of its cache lines
     /// prefetched into L2 as it goes; 0: the tile prefetches nothing.
     pub prefetch_step: i32,
+    /// bf16 activations and weights (AVX512-BF16): the input is read a channel pair (a dword) at
+    /// a time, the weights are `[tap][pair][16 · vectors][2]` bf16 (a 64-byte row per pair, as
+    /// f32's per channel), products accumulate in f32 with `vdpbf16ps`, and the residual and
+    /// output are bf16, the output rounded to nearest even. Bias and epilogue stay f32.
+    pub bf16: bool,
 }
 
 impl ZmmTile {
     /// `tile<index>_avx512_<pixels>x<vectors>`: the shape, and the module's index of the
     /// specialization.
     pub fn name(&self, index: usize) -> String {
-        format!("tile{index}_avx512_{}x{}", self.pixels, self.vectors)
+        let isa = match self.bf16 {
+            true => "avx512bf16",
+            false => "avx512",
+        };
+        format!("tile{index}_{isa}_{}x{}", self.pixels, self.vectors)
     }
 
     fn acc(&self, pixel: usize, vector: usize) -> AsmRegisterZmm {
@@ -135,6 +144,13 @@ impl ZmmTile {
         if self.relu {
             a.vpxord(zero, zero, zero)?;
         }
+        // After the loops the weight registers are free: the first holds a widened residual.
+        let wide = zmm(m * n);
+        // Bytes of one output vector: 16 f32, or 16 bf16.
+        let vector_bytes = match self.bf16 {
+            true => 32,
+            false => 64,
+        };
         for p in 0..m {
             a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
             if self.residual {
@@ -143,11 +159,21 @@ impl ZmmTile {
             for j in 0..n {
                 let acc = self.acc(p, j);
                 let partial = masked && j == n - 1;
-                let at = 64 * j as i32;
-                if self.residual {
-                    match partial {
+                let at = vector_bytes * j as i32;
+                match (self.residual, self.bf16) {
+                    (false, _) => {}
+                    (true, false) => match partial {
                         true => a.vaddps(acc.k1().z(), acc, zmmword_ptr(r10 + r9 + at))?,
                         false => a.vaddps(acc, acc, zmmword_ptr(r10 + r9 + at))?,
+                    },
+                    (true, true) => {
+                        // bf16 → f32: the 16 bits become the high half of each lane.
+                        match partial {
+                            true => a.vpmovzxwd(wide.k1().z(), ymmword_ptr(r10 + r9 + at))?,
+                            false => a.vpmovzxwd(wide, ymmword_ptr(r10 + r9 + at))?,
+                        }
+                        a.vpslld(wide, wide, 16)?;
+                        a.vaddps(acc, acc, wide)?;
                     }
                 }
                 if self.relu {
@@ -155,9 +181,17 @@ impl ZmmTile {
                     // the interpreter's f32::max.
                     a.vmaxps(acc, acc, zero)?;
                 }
-                match partial {
-                    true => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
-                    false => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
+                match (self.bf16, partial) {
+                    (false, true) => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
+                    (false, false) => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
+                    (true, _) => {
+                        let half = ymm(m * n);
+                        a.vcvtneps2bf16(half, acc)?;
+                        match partial {
+                            true => a.vmovdqu16(ymmword_ptr(rax + r9 + at).k1(), half)?,
+                            false => a.vmovdqu16(ymmword_ptr(rax + r9 + at), half)?,
+                        }
+                    }
                 }
             }
         }
@@ -175,14 +209,21 @@ impl ZmmTile {
             a.vmovups(zmm(m * n + j), zmmword_ptr(r11 + (u * row + 64 * j) as i32))?;
         }
         for p in 0..m {
+            // A channel (f32) or a channel pair (bf16): one dword either way.
             let at = p as i32 * self.pixel_step + 4 * u as i32;
             if n == 1 {
-                a.vfmadd231ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?;
+                match self.bf16 {
+                    true => a.vdpbf16ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?,
+                    false => a.vfmadd231ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?,
+                }
                 continue;
             }
             a.vbroadcastss(zmm(31), dword_ptr(r10 + at))?;
             for j in 0..n {
-                a.vfmadd231ps(self.acc(p, j), zmm(m * n + j), zmm(31))?;
+                match self.bf16 {
+                    true => a.vdpbf16ps(self.acc(p, j), zmm(m * n + j), zmm(31))?,
+                    false => a.vfmadd231ps(self.acc(p, j), zmm(m * n + j), zmm(31))?,
+                }
             }
         }
         Ok(())

@@ -1,0 +1,234 @@
+//! Register tiles run on their own against scalar references on the same inputs: the bf16 zmm tile
+//! (`vdpbf16ps`, f32 accumulation, bf16 residual and output rounded to nearest even) over tile
+//! shapes, tap grids, channel-pair counts, masked last vectors and every epilogue. It needs
+//! AVX512-BF16; a host without it says so in the test output.
+
+use half::bf16;
+use inceptc::codegen::x86::ZmmTile;
+use rand::{Rng, SeedableRng};
+
+/// Whether this CPU runs AVX-512 F and AVX512-BF16 code.
+fn has_avx512_bf16() -> bool {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return false;
+    }
+    // CPUID leaf 7, sub-leaf 1: EAX bit 5 is AVX512_BF16.
+    let leaf = std::arch::x86_64::__cpuid_count(7, 1);
+    leaf.eax & (1 << 5) != 0
+}
+
+/// Machine code made executable in an anonymous mapping, unmapped when dropped.
+struct Executable {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Executable {
+    fn new(code: &[u8]) -> Executable {
+        let len = code.len().next_multiple_of(4096);
+        // SAFETY: a fresh private mapping, written while writable, then made executable only.
+        unsafe {
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(ptr, libc::MAP_FAILED);
+            std::ptr::copy_nonoverlapping(code.as_ptr(), ptr as *mut u8, code.len());
+            assert_eq!(
+                libc::mprotect(ptr, len, libc::PROT_READ | libc::PROT_EXEC),
+                0
+            );
+            Executable { ptr, len }
+        }
+    }
+}
+
+impl Drop for Executable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer called.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// The zmm tile's C signature (see `inceptc::codegen::x86`).
+type TileCall = unsafe extern "C" fn(
+    *const u8,
+    *const u8,
+    *const f32,
+    *const *mut u8,
+    *const *const u8,
+    usize,
+    *const u8,
+);
+
+/// One bf16 tile run on random data, checked against an f64 reference on the same bf16 values.
+fn check(tile: &ZmmTile, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (m, n, pairs) = (tile.pixels, tile.vectors, tile.channels);
+    let [rows, columns] = tile.taps;
+    let width = 16 * n;
+    let valid = 16 * (n - 1) + tile.last_lanes;
+    let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
+    let pixel_step = tile.pixel_step as usize;
+    let value = |rng: &mut rand_chacha::ChaCha8Rng| bf16::from_f32(rng.gen_range(-1.0..1.0));
+    // Input: pixel p, tap (ty, tx), pair c at p·pixel_step + ty·row_step + tx·column_step + 4c.
+    let input_len = m * pixel_step + rows * row_step + columns * column_step + 4 * pairs;
+    let input: Vec<bf16> = (0..input_len.div_ceil(2))
+        .map(|_| value(&mut rng))
+        .collect();
+    let at = |p: usize, ty: usize, tx: usize, c: usize, k: usize| {
+        (p * pixel_step + ty * row_step + tx * column_step + 4 * c) / 2 + k
+    };
+    // Weights: [tap][pair][16·n][2], zero past the valid channels as the packer leaves them.
+    let taps = rows * columns;
+    let mut weights = vec![bf16::ZERO; taps * pairs * width * 2];
+    for t in 0..taps {
+        for c in 0..pairs {
+            for o in 0..valid {
+                for k in 0..2 {
+                    weights[((t * pairs + c) * width + o) * 2 + k] = value(&mut rng);
+                }
+            }
+        }
+    }
+    let bias: Vec<f32> = (0..width).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    // Outputs and residuals start `channel` bytes into each pixel's buffer.
+    let channel = 64;
+    let sentinel = bf16::from_bits(0x7FC1);
+    let mut outputs: Vec<Vec<bf16>> = (0..m).map(|_| vec![sentinel; 32 + width]).collect();
+    let residuals: Vec<Vec<bf16>> = (0..m)
+        .map(|_| (0..32 + width).map(|_| value(&mut rng)).collect())
+        .collect();
+    let out_ptrs: Vec<*mut u8> = outputs
+        .iter_mut()
+        .map(|o| o.as_mut_ptr() as *mut u8)
+        .collect();
+    let res_ptrs: Vec<*const u8> = residuals.iter().map(|r| r.as_ptr() as *const u8).collect();
+    let code = tile.code().unwrap();
+    let exe = Executable::new(&code);
+    // SAFETY: the tile is this signature; every address it reads or writes lies in the buffers
+    // above (input and weights sized by the same formulas as the tile's loops).
+    unsafe {
+        let call = std::mem::transmute::<*mut libc::c_void, TileCall>(exe.ptr);
+        call(
+            input.as_ptr() as *const u8,
+            weights.as_ptr() as *const u8,
+            bias.as_ptr(),
+            out_ptrs.as_ptr(),
+            res_ptrs.as_ptr(),
+            channel,
+            std::ptr::null(),
+        );
+    }
+    let first = channel / 2;
+    for p in 0..m {
+        for o in 0..width {
+            let got = outputs[p][first + o];
+            if o >= valid {
+                assert_eq!(
+                    got.to_bits(),
+                    sentinel.to_bits(),
+                    "{tile:?}: lane {o} written"
+                );
+                continue;
+            }
+            let mut want = if tile.bias { bias[o] as f64 } else { 0.0 };
+            let mut magnitude = want.abs();
+            for ty in 0..rows {
+                for tx in 0..columns {
+                    let t = ty * columns + tx;
+                    for c in 0..pairs {
+                        for k in 0..2 {
+                            let x = input[at(p, ty, tx, c, k)].to_f64();
+                            let w = weights[((t * pairs + c) * width + o) * 2 + k].to_f64();
+                            want += x * w;
+                            magnitude += (x * w).abs();
+                        }
+                    }
+                }
+            }
+            if tile.residual {
+                want += residuals[p][first + o].to_f64();
+            }
+            if tile.relu {
+                want = want.max(0.0);
+            }
+            // bf16 rounding (half an ulp: 2⁻⁹ relative) and f32 accumulation.
+            let err = (got.to_f64() - want).abs();
+            let bound = want.abs() / 256.0 + 1e-6 * magnitude + 1e-30;
+            assert!(
+                err <= bound,
+                "{tile:?}: pixel {p} channel {o}: got {got}, want {want} (error {err:e})"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_bf16_zmm_tile_matches_a_scalar_reference() {
+    if !has_avx512_bf16() {
+        eprintln!("SKIPPED: this CPU lacks AVX512-BF16; the bf16 tile was assembled but not run");
+        for vectors in [1, 2] {
+            let tile = shape(4, vectors, 16, [1, 1], 3, true);
+            assert!(!tile.code().unwrap().is_empty());
+        }
+        return;
+    }
+    let mut runs = 0;
+    // (pixels, vectors, last lanes, taps, pairs): one vector (embedded broadcasts) and several,
+    // masked and full last vectors, looped and leftover pair steps, tap rows and columns.
+    for (i, (pixels, vectors, last, taps, pairs)) in [
+        (3, 2, 5, [2, 2], 5),
+        (1, 1, 16, [1, 1], 4),
+        (6, 4, 16, [1, 3], 9),
+        (14, 2, 9, [3, 1], 3),
+        (8, 1, 7, [1, 1], 1),
+        (9, 3, 12, [3, 3], 8),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for epilogue in 0..4 {
+            let tile = shape(pixels, vectors, last, taps, pairs, epilogue % 2 == 1);
+            let tile = ZmmTile {
+                residual: epilogue >= 2,
+                relu: epilogue % 3 == 0,
+                ..tile
+            };
+            check(&tile, (10 * i + epilogue) as u64);
+            runs += 1;
+        }
+    }
+    eprintln!("bf16 zmm tile: {runs} shapes and epilogues match the reference");
+}
+
+/// A bf16 tile whose input pixels, taps and pairs sit at distinct, padded offsets.
+fn shape(
+    pixels: usize,
+    vectors: usize,
+    last_lanes: usize,
+    taps: [usize; 2],
+    pairs: usize,
+    bias: bool,
+) -> ZmmTile {
+    let column_step = 4 * pairs + 64;
+    let row_step = taps[1] * column_step + 128;
+    ZmmTile {
+        pixels,
+        vectors,
+        last_lanes,
+        taps,
+        tap_steps: [row_step as i32, column_step as i32],
+        channels: pairs,
+        pixel_step: (taps[0] * row_step + 32) as i32,
+        bias,
+        residual: false,
+        relu: false,
+        prefetch_step: 0,
+        bf16: true,
+    }
+}
