@@ -36,8 +36,8 @@ fn main() {
         .arg("--target-dir")
         .arg(&target)
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        // Every executable carries this library: whole-program optimization makes it 0.3 MiB
-        // smaller (link-time dead code removal across crates).
+        // Every executable carries this library: link-time optimization removes the code no
+        // executable reaches, across crates (README: the runtime's share).
         .env("CARGO_PROFILE_RELEASE_LTO", "fat")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .env_remove("CARGO_TARGET_DIR")

@@ -136,9 +136,9 @@ const KEPT_SYMBOLS: &[&str] = &[
     "transform*",
 ];
 
-/// Removes the symbol table entries of the runtime library and the C library (0.3 MiB of Rust
-/// names) from `name` in `work`, with `$OBJCOPY` (default `objcopy`, from binutils like the
-/// linker). Without objcopy the executable keeps them, with a warning.
+/// Removes the symbol table entries of the runtime library and the C library (the Rust names
+/// are most of it) from `name` in `work`, with `$OBJCOPY` (default `objcopy`, from binutils like
+/// the linker). Without objcopy the executable keeps them, with a warning.
 fn strip_runtime_symbols(work: &Workspace, name: &str, out: &Path) -> Result<(), LinkError> {
     let objcopy = std::env::var("OBJCOPY").unwrap_or_else(|_| "objcopy".into());
     let mut command = Command::new(&objcopy);

@@ -86,8 +86,8 @@ fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
     )
 }
 
-/// A horizontal bar chart of `medians` (ms) per block, top to bottom in block order, as SVG:
-/// written by hand (a plotting library cost the runtime 60 KB for this one chart).
+/// A horizontal bar chart of `medians` (ms) per block, top to bottom in block order, as SVG
+/// written directly: one chart does not need a plotting library in every executable.
 fn latency_chart(title: &str, blocks: &[String], medians: &[f64]) -> String {
     use std::fmt::Write as _;
     const WIDTH: f64 = 900.0;
