@@ -1,11 +1,22 @@
-//! Register tiles run on their own against scalar references on the same inputs: the bf16 zmm tile
-//! (`vdpbf16ps`, f32 accumulation, bf16 residual and output rounded to nearest even) over tile
-//! shapes, tap grids, channel-pair counts, masked last vectors and every epilogue. It needs
-//! AVX512-BF16; a host without it says so in the test output.
+//! Register tiles run on their own against scalar references on the same inputs, over tile
+//! shapes, tap grids, channel counts, masked last vectors and every epilogue:
+//! - the bf16 zmm tile (`vdpbf16ps`, f32 accumulation, bf16 residual and output rounded to
+//!   nearest even), within bf16's rounding of an f64 reference; it needs AVX512-BF16;
+//! - the u8 × s8 zmm tile (`vpdpbusd`, i32 accumulation, requantized to u8), bit for bit; it
+//!   needs AVX512-VNNI.
+//!
+//! A host without the feature says so in the test output.
 
 use half::bf16;
-use inceptc::codegen::x86::ZmmTile;
+use inceptc::codegen::x86::{Data, ZmmTile};
 use rand::{Rng, SeedableRng};
+
+/// Whether this CPU runs AVX-512 F and AVX512-VNNI code.
+fn has_avx512_vnni() -> bool {
+    // CPUID leaf 7, sub-leaf 0: ECX bit 11 is AVX512_VNNI.
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 11) != 0
+}
 
 /// Whether this CPU runs AVX-512 F and AVX512-BF16 code.
 fn has_avx512_bf16() -> bool {
@@ -229,6 +240,148 @@ fn shape(
         residual: false,
         relu: false,
         prefetch_step: 0,
-        bf16: true,
+        data: Data::Bf16,
+    }
+}
+
+/// One u8 × s8 tile run on random data, checked bit for bit against the scalar requantization.
+fn check_u8(tile: &ZmmTile, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (m, n, quads) = (tile.pixels, tile.vectors, tile.channels);
+    let [rows, columns] = tile.taps;
+    let width = 16 * n;
+    let valid = 16 * (n - 1) + tile.last_lanes;
+    let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
+    let pixel_step = tile.pixel_step as usize;
+    // Input: pixel p, tap (ty, tx), quad c at p·pixel_step + ty·row_step + tx·column_step + 4c.
+    let input_len = m * pixel_step + rows * row_step + columns * column_step + 4 * quads;
+    let input: Vec<u8> = (0..input_len).map(|_| rng.gen()).collect();
+    let at = |p: usize, ty: usize, tx: usize, c: usize, k: usize| {
+        p * pixel_step + ty * row_step + tx * column_step + 4 * c + k
+    };
+    // Weights: [tap][quad][16·n][4] s8, zero past the valid channels.
+    let taps = rows * columns;
+    let mut weights = vec![0i8; taps * quads * width * 4];
+    for t in 0..taps {
+        for c in 0..quads {
+            for o in 0..valid {
+                for k in 0..4 {
+                    weights[((t * quads + c) * width + o) * 4 + k] = rng.gen_range(-127..=127);
+                }
+            }
+        }
+    }
+    // The table M, B, R: scales that put some results below 0 and some above 255.
+    let terms = (taps * quads * 4) as f32;
+    let mut table = Vec::with_capacity(3 * width);
+    table.extend((0..width).map(|_| rng.gen_range(0.5..2.0) / (40.0 * terms.sqrt() * 64.0)));
+    table.extend((0..width).map(|_| rng.gen_range(-40.0..200.0f32)));
+    table.extend((0..width).map(|_| rng.gen_range(0.0..1.5f32)));
+    let channel = 48;
+    let sentinel = 0xAAu8;
+    let mut outputs: Vec<Vec<u8>> = (0..m).map(|_| vec![sentinel; channel + width]).collect();
+    let residuals: Vec<Vec<u8>> = (0..m)
+        .map(|_| (0..channel + width).map(|_| rng.gen()).collect())
+        .collect();
+    let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(|o| o.as_mut_ptr()).collect();
+    let res_ptrs: Vec<*const u8> = residuals.iter().map(|r| r.as_ptr()).collect();
+    let code = tile.code().unwrap();
+    let exe = Executable::new(&code);
+    // SAFETY: as in `check`.
+    unsafe {
+        let call = std::mem::transmute::<*mut libc::c_void, TileCall>(exe.ptr);
+        call(
+            input.as_ptr(),
+            weights.as_ptr() as *const u8,
+            table.as_ptr(),
+            out_ptrs.as_ptr(),
+            res_ptrs.as_ptr(),
+            channel,
+            std::ptr::null(),
+        );
+    }
+    let (mut low, mut high) = (0, 0);
+    for p in 0..m {
+        for o in 0..width {
+            let got = outputs[p][channel + o];
+            if o >= valid {
+                assert_eq!(got, sentinel, "{tile:?}: lane {o} written");
+                continue;
+            }
+            let mut acc = 0i32;
+            for ty in 0..rows {
+                for tx in 0..columns {
+                    let t = ty * columns + tx;
+                    for c in 0..quads {
+                        for k in 0..4 {
+                            let x = input[at(p, ty, tx, c, k)] as i32;
+                            let w = weights[((t * quads + c) * width + o) * 4 + k] as i32;
+                            acc += x * w;
+                        }
+                    }
+                }
+            }
+            let mut v = (acc as f32).mul_add(table[o], table[width + o]);
+            if tile.residual {
+                v = (residuals[p][channel + o] as f32).mul_add(table[2 * width + o], v);
+            }
+            let want = v.clamp(0.0, 255.0).round_ties_even() as u8;
+            low += usize::from(v < 0.0);
+            high += usize::from(v > 255.0);
+            assert_eq!(
+                got, want,
+                "{tile:?}: pixel {p} channel {o}: acc {acc}, value {v}"
+            );
+        }
+    }
+    assert!(
+        low > 0 || high > 0 || m * valid < 8,
+        "{tile:?}: no clamped value"
+    );
+}
+
+#[test]
+fn the_u8_zmm_tile_requantizes_bit_for_bit() {
+    if !has_avx512_vnni() {
+        eprintln!("SKIPPED: this CPU lacks AVX512-VNNI; the u8 tile was assembled but not run");
+        assert!(!u8_shape(4, 2, 16, [1, 1], 3).code().unwrap().is_empty());
+        return;
+    }
+    let mut runs = 0;
+    for (i, (pixels, vectors, last, taps, quads)) in [
+        (3, 2, 5, [2, 2], 5),
+        (1, 1, 16, [1, 1], 4),
+        (6, 4, 16, [1, 3], 9),
+        (14, 2, 9, [3, 1], 3),
+        (8, 1, 7, [1, 1], 1),
+        (9, 3, 12, [3, 3], 8),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for residual in [false, true] {
+            let tile = ZmmTile {
+                residual,
+                ..u8_shape(pixels, vectors, last, taps, quads)
+            };
+            check_u8(&tile, (10 * i + usize::from(residual)) as u64);
+            runs += 1;
+        }
+    }
+    eprintln!("u8 zmm tile: {runs} shapes and epilogues bit-exact");
+}
+
+/// A u8 tile laid out as [`shape`]'s bf16 one, quads for pairs.
+fn u8_shape(
+    pixels: usize,
+    vectors: usize,
+    last_lanes: usize,
+    taps: [usize; 2],
+    quads: usize,
+) -> ZmmTile {
+    ZmmTile {
+        bias: false,
+        data: Data::U8S8,
+        ..shape(pixels, vectors, last_lanes, taps, quads, false)
     }
 }

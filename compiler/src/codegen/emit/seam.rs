@@ -132,7 +132,7 @@ pub(super) fn zmm_call(
         residual: epilogue.residuals.is_some(),
         relu: epilogue.relu,
         prefetch_step: panel.prefetch.map_or(0, |p| p.1),
-        bf16: false,
+        data: crate::codegen::x86::Data::F32,
     });
     let func = (e.tiles)(tile, e.b.func);
     let bias = match epilogue.bias {

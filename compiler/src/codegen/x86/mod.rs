@@ -17,9 +17,9 @@
 //!   `outputs` and `residuals` tables of one pointer per pixel, to which `channel` bytes are added.
 //!   `prefetch` (the seventh, on the stack) is where the tile starts prefetching into L2 the
 //!   weights that a later call will read while its own come from cache, when its
-//!   [`ZmmTile::prefetch_step`] is not 0. With [`ZmmTile::bf16`] the activations are bf16, read a
-//!   channel pair at a time, and the products `vdpbf16ps` (AVX512-BF16; checked against a scalar
-//!   reference in `tests/tiles.rs`, not yet used by lowering: issue 15).
+//!   [`ZmmTile::prefetch_step`] is not 0. [`ZmmTile::data`] makes it a bf16 tile (`vdpbf16ps`)
+//!   or a u8 × s8 tile (`vpdpbusd`, requantizing to u8); both are checked against scalar
+//!   references in `tests/tiles.rs` and not yet used by lowering (issues 15 and 16).
 
 use iced_x86::code_asm::registers::{ymm::get_ymm, zmm::get_zmm};
 use iced_x86::code_asm::*;
@@ -33,7 +33,7 @@ mod zmm;
 
 pub use avx2::Avx2Tile;
 pub use transform::TransformTile;
-pub use zmm::{ZmmTile, ZMM_UNROLL};
+pub use zmm::{Data, ZmmTile, ZMM_UNROLL};
 
 /// `ymm<i>`.
 fn ymm(i: usize) -> AsmRegisterYmm {
@@ -192,7 +192,7 @@ mod tests {
             residual: true,
             relu: true,
             prefetch_step: 0,
-            bf16: false,
+            data: Data::F32,
         };
         let got = lines(&tile.code().unwrap());
         let want_start = [
@@ -259,7 +259,7 @@ mod tests {
             residual: false,
             relu: false,
             prefetch_step: 0,
-            bf16: false,
+            data: Data::F32,
         };
         let got = lines(&tile.code().unwrap());
         assert_eq!(got[0], "vpxord zmm0,zmm0,zmm0");
@@ -281,7 +281,7 @@ mod tests {
             residual: false,
             relu: true,
             prefetch_step: 0x60,
-            bf16: false,
+            data: Data::F32,
         };
         let got = lines(&tile.code().unwrap());
         assert!(got.contains(&"mov rdi,[rsp+8]".to_string()), "{got:#?}");
@@ -360,21 +360,76 @@ mod tests {
         );
     }
 
+    /// What every x86-64 CPU has, as iced names CPUID features (prefetcht1 is SSE's).
+    const BASELINE: [&str; 7] = [
+        "INTEL8086",
+        "INTEL186",
+        "INTEL386",
+        "X64",
+        "SSE",
+        "SSE2",
+        "CMOV",
+    ];
+
+    /// The CPUID features `code`'s instructions need beyond baseline x86-64 and the start-up
+    /// check of `tier`, up to its return.
+    fn beyond(
+        code: &[u8],
+        tier: inceptc_runtime::exec::Tier,
+    ) -> std::collections::BTreeSet<String> {
+        let checked: Vec<String> = inceptc_runtime::exec::features(tier)
+            .iter()
+            .map(|f| f.name.replace('.', "_"))
+            .collect();
+        let mut beyond = std::collections::BTreeSet::new();
+        for instruction in Decoder::with_ip(64, code, 0, DecoderOptions::NONE) {
+            for feature in instruction.cpuid_features() {
+                let name = format!("{feature:?}");
+                if !BASELINE.contains(&name.as_str()) && !checked.contains(&name) {
+                    beyond.insert(name);
+                }
+            }
+            if instruction.mnemonic() == Mnemonic::Ret {
+                break;
+            }
+        }
+        beyond
+    }
+
+    /// The bf16 and u8 tiles need exactly one feature beyond x86-64-v4's check: the one a tier
+    /// that runs them must add to it.
+    #[test]
+    fn the_bf16_and_u8_tiles_need_one_feature_beyond_x86_64_v4() {
+        use inceptc_runtime::exec::Tier;
+        for (data, feature) in [(Data::Bf16, "AVX512_BF16"), (Data::U8S8, "AVX512_VNNI")] {
+            let float = data == Data::Bf16;
+            let tile = ZmmTile {
+                pixels: 6,
+                vectors: 2,
+                last_lanes: 9,
+                taps: [3, 3],
+                tap_steps: [0x2000, 0x40],
+                channels: 13,
+                pixel_step: 0x40,
+                bias: float,
+                residual: true,
+                relu: float,
+                prefetch_step: 0x80,
+                data,
+            };
+            let needs: Vec<String> = beyond(&tile.code().unwrap(), Tier::V4)
+                .into_iter()
+                .collect();
+            assert_eq!(needs, [feature], "{data:?}");
+        }
+    }
+
     /// Every instruction the assembled functions contain needs only baseline x86-64 and features
     /// the executable's start-up check tests for its tier (`inceptc_runtime::exec::features`).
     #[test]
     fn the_tiles_use_only_features_the_start_up_check_tests() {
         use inceptc_runtime::exec::{features, Tier};
-        // What every x86-64 CPU has (prefetcht1 is SSE's).
-        let baseline = [
-            "INTEL8086",
-            "INTEL186",
-            "INTEL386",
-            "X64",
-            "SSE",
-            "SSE2",
-            "CMOV",
-        ];
+        let baseline = BASELINE;
         let check = |code: &[u8], tier: Tier, what: &str| {
             let checked: Vec<String> = features(tier)
                 .iter()
@@ -420,7 +475,7 @@ mod tests {
                     residual,
                     relu,
                     prefetch_step,
-                    bf16: false,
+                    data: Data::F32,
                 };
                 check(&tile.code().unwrap(), Tier::V4, "a zmm tile");
             }

@@ -19,7 +19,7 @@ pub struct ZmmTile {
     pub taps: [usize; 2],
     /// Bytes from one tap's input to the next tap row's and to the next column's.
     pub tap_steps: [i32; 2],
-    /// Input channel steps per tap: channels (f32), or channel pairs (bf16).
+    /// Input channel steps per tap: channels (f32), channel pairs (bf16) or quads (u8).
     pub channels: usize,
     /// Bytes from one of the tile's input pixels to the next.
     pub pixel_step: i32,
@@ -32,20 +32,37 @@ pub struct ZmmTile {
     /// Bytes the `prefetch` pointer moves on per channel loop iteration, each of its cache lines
     /// prefetched into L2 as it goes; 0: the tile prefetches nothing.
     pub prefetch_step: i32,
-    /// bf16 activations and weights (AVX512-BF16): the input is read a channel pair (a dword) at
-    /// a time, the weights are `[tap][pair][16 · vectors][2]` bf16 (a 64-byte row per pair, as
-    /// f32's per channel), products accumulate in f32 with `vdpbf16ps`, and the residual and
-    /// output are bf16, the output rounded to nearest even. Bias and epilogue stay f32.
-    pub bf16: bool,
+    /// What the activations and weights are.
+    pub data: Data,
+}
+
+/// The data types of a [`ZmmTile`]. Every step reads one dword of a pixel's input (a channel, a
+/// pair or a quad) and a 64-byte weight row per vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Data {
+    /// f32 everywhere; `vfmadd231ps`.
+    F32,
+    /// bf16 activations and weights (AVX512-BF16): weights `[tap][pair][16 · vectors][2]`,
+    /// products accumulated in f32 with `vdpbf16ps`; bias and epilogue in f32; the residual and
+    /// output bf16, the output rounded to nearest even.
+    Bf16,
+    /// u8 activations, s8 weights `[tap][quad][16 · vectors][4]` (AVX512-VNNI): products
+    /// accumulated exactly in i32 with `vpdpbusd`, then requantized per output channel in f32:
+    /// `q = sat_u8(round_even(acc · M + B + R · residual))`. The `bias` argument points at the
+    /// table `M`, `B` and, with a residual, `R` (16 · vectors f32 each); the tile's `bias` and
+    /// `relu` are off (the bias and the output's zero point are in `B`; a ReLU output has zero
+    /// point 0, so ReLU is the clamp at 0 that every u8 output gets).
+    U8S8,
 }
 
 impl ZmmTile {
     /// `tile<index>_avx512_<pixels>x<vectors>`: the shape, and the module's index of the
     /// specialization.
     pub fn name(&self, index: usize) -> String {
-        let isa = match self.bf16 {
-            true => "avx512bf16",
-            false => "avx512",
+        let isa = match self.data {
+            Data::F32 => "avx512",
+            Data::Bf16 => "avx512bf16",
+            Data::U8S8 => "avx512vnni",
         };
         format!("tile{index}_{isa}_{}x{}", self.pixels, self.vectors)
     }
@@ -63,6 +80,10 @@ impl ZmmTile {
         let (m, n) = (self.pixels, self.vectors);
         assert!(m >= 1 && n >= 1 && m * n + n < 32, "{self:?}");
         assert!((1..=16).contains(&self.last_lanes), "{self:?}");
+        if self.data == Data::U8S8 {
+            // The requantization needs four registers after the accumulators.
+            assert!(m * n <= 28 && !self.bias && !self.relu, "{self:?}");
+        }
         let mut a = CodeAssembler::new(64)?;
         let masked = self.last_lanes < 16;
         if masked {
@@ -90,6 +111,10 @@ impl ZmmTile {
         if self.prefetch_step > 0 {
             // The seventh argument, above the return address.
             a.mov(rdi, qword_ptr(rsp + 8))?;
+        }
+        if self.data == Data::U8S8 {
+            // The loops count tap columns in rdx; the requantization table is read after them.
+            a.push(rdx)?;
         }
         let mut tap_row = a.create_label();
         let mut tap = a.create_label();
@@ -140,6 +165,22 @@ impl ZmmTile {
             a.dec(esi)?;
             a.jnz(tap_row)?;
         }
+        match self.data {
+            Data::F32 | Data::Bf16 => self.float_epilogue(&mut a, masked)?,
+            Data::U8S8 => {
+                a.pop(rdx)?;
+                self.requantize(&mut a, masked)?
+            }
+        }
+        a.vzeroupper()?;
+        a.ret()?;
+        a.assemble(0)
+    }
+
+    /// The f32 and bf16 epilogue: residual, ReLU and the store of every accumulator, the last
+    /// vector masked when `masked`.
+    fn float_epilogue(&self, a: &mut CodeAssembler, masked: bool) -> Result<(), IcedError> {
+        let (m, n) = (self.pixels, self.vectors);
         let zero = zmm(31);
         if self.relu {
             a.vpxord(zero, zero, zero)?;
@@ -147,9 +188,9 @@ impl ZmmTile {
         // After the loops the weight registers are free: the first holds a widened residual.
         let wide = zmm(m * n);
         // Bytes of one output vector: 16 f32, or 16 bf16.
-        let vector_bytes = match self.bf16 {
-            true => 32,
-            false => 64,
+        let vector_bytes = match self.data {
+            Data::Bf16 => 32,
+            Data::F32 | Data::U8S8 => 64,
         };
         for p in 0..m {
             a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
@@ -160,7 +201,8 @@ impl ZmmTile {
                 let acc = self.acc(p, j);
                 let partial = masked && j == n - 1;
                 let at = vector_bytes * j as i32;
-                match (self.residual, self.bf16) {
+                let bf16 = self.data == Data::Bf16;
+                match (self.residual, bf16) {
                     (false, _) => {}
                     (true, false) => match partial {
                         true => a.vaddps(acc.k1().z(), acc, zmmword_ptr(r10 + r9 + at))?,
@@ -181,7 +223,7 @@ impl ZmmTile {
                     // the interpreter's f32::max.
                     a.vmaxps(acc, acc, zero)?;
                 }
-                match (self.bf16, partial) {
+                match (bf16, partial) {
                     (false, true) => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
                     (false, false) => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
                     (true, _) => {
@@ -195,9 +237,53 @@ impl ZmmTile {
                 }
             }
         }
-        a.vzeroupper()?;
-        a.ret()?;
-        a.assemble(0)
+        Ok(())
+    }
+
+    /// The u8 epilogue (see [`Data::U8S8`]): per accumulator, i32 → f32, `· M + B`, `+ R ·
+    /// residual`, clamped to 0 ..= 255 in f32 (so that no conversion overflows), rounded to
+    /// nearest even, and stored as 16 bytes, the last vector masked when `masked`. `rdx` is the
+    /// table, `r9` the channel offset in bytes.
+    fn requantize(&self, a: &mut CodeAssembler, masked: bool) -> Result<(), IcedError> {
+        let (m, n) = (self.pixels, self.vectors);
+        let table = (64 * n) as i32;
+        let (scale, widened, zero, top) = (zmm(28), zmm(29), zmm(30), zmm(31));
+        a.vpxord(zero, zero, zero)?;
+        a.mov(eax, 255f32.to_bits())?;
+        a.vpbroadcastd(top, eax)?;
+        for p in 0..m {
+            a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
+            if self.residual {
+                a.mov(r10, qword_ptr(r8 + 8 * p as i32))?;
+            }
+            for j in 0..n {
+                let acc = self.acc(p, j);
+                let partial = masked && j == n - 1;
+                let at = 16 * j as i32;
+                let row = 64 * j as i32;
+                a.vcvtdq2ps(acc, acc)?;
+                a.vmovups(scale, zmmword_ptr(rdx + row))?;
+                a.vfmadd213ps(acc, scale, zmmword_ptr(rdx + table + row))?;
+                if self.residual {
+                    match partial {
+                        true => a.vpmovzxbd(widened.k1().z(), xmmword_ptr(r10 + r9 + at))?,
+                        false => a.vpmovzxbd(widened, xmmword_ptr(r10 + r9 + at))?,
+                    }
+                    a.vcvtdq2ps(widened, widened)?;
+                    a.vfmadd231ps(acc, widened, zmmword_ptr(rdx + 2 * table + row))?;
+                }
+                // maxps returns its second operand when either is NaN: NaN becomes 0.
+                a.vmaxps(acc, acc, zero)?;
+                a.vminps(acc, acc, top)?;
+                a.vcvtps2dq(acc, acc)?;
+                // The values are 0 ..= 255 now: vpmovusdb's unsigned saturation changes none.
+                match partial {
+                    true => a.vpmovusdb(xmmword_ptr(rax + r9 + at).k1(), acc)?,
+                    false => a.vpmovusdb(xmmword_ptr(rax + r9 + at), acc)?,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Channel step `u` of the current loop iteration: the panel's weight vectors, then per pixel
@@ -209,20 +295,22 @@ impl ZmmTile {
             a.vmovups(zmm(m * n + j), zmmword_ptr(r11 + (u * row + 64 * j) as i32))?;
         }
         for p in 0..m {
-            // A channel (f32) or a channel pair (bf16): one dword either way.
+            // A channel (f32), a channel pair (bf16) or a quad (u8): one dword each.
             let at = p as i32 * self.pixel_step + 4 * u as i32;
-            if n == 1 {
-                match self.bf16 {
-                    true => a.vdpbf16ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?,
-                    false => a.vfmadd231ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?,
-                }
-                continue;
-            }
-            a.vbroadcastss(zmm(31), dword_ptr(r10 + at))?;
-            for j in 0..n {
-                match self.bf16 {
-                    true => a.vdpbf16ps(self.acc(p, j), zmm(m * n + j), zmm(31))?,
-                    false => a.vfmadd231ps(self.acc(p, j), zmm(m * n + j), zmm(31))?,
+            match (self.data, n) {
+                (Data::F32, 1) => a.vfmadd231ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?,
+                (Data::Bf16, 1) => a.vdpbf16ps(self.acc(p, 0), zmm(m), dword_bcst(r10 + at))?,
+                _ => {
+                    a.vbroadcastss(zmm(31), dword_ptr(r10 + at))?;
+                    for j in 0..n {
+                        let (acc, w) = (self.acc(p, j), zmm(m * n + j));
+                        match self.data {
+                            Data::F32 => a.vfmadd231ps(acc, w, zmm(31))?,
+                            Data::Bf16 => a.vdpbf16ps(acc, w, zmm(31))?,
+                            // u8 input (the broadcast quad) times s8 weights.
+                            Data::U8S8 => a.vpdpbusd(acc, zmm(31), w)?,
+                        }
+                    }
                 }
             }
         }
