@@ -76,6 +76,17 @@ type TileCall = unsafe extern "C" fn(
     *const u8,
 );
 
+/// (pixels, vectors, last lanes, taps, channel steps): one vector (embedded broadcasts) and
+/// several, masked and full last vectors, looped and leftover steps, tap rows and columns.
+const SHAPES: [(usize, usize, usize, [usize; 2], usize); 6] = [
+    (3, 2, 5, [2, 2], 5),
+    (1, 1, 16, [1, 1], 4),
+    (6, 4, 16, [1, 3], 9),
+    (14, 2, 9, [3, 1], 3),
+    (8, 1, 7, [1, 1], 1),
+    (9, 3, 12, [3, 3], 8),
+];
+
 /// One bf16 tile run on random data, checked against an f64 reference on the same bf16 values.
 fn check(tile: &ZmmTile, seed: u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -190,19 +201,7 @@ fn the_bf16_zmm_tile_matches_a_scalar_reference() {
         return;
     }
     let mut runs = 0;
-    // (pixels, vectors, last lanes, taps, pairs): one vector (embedded broadcasts) and several,
-    // masked and full last vectors, looped and leftover pair steps, tap rows and columns.
-    for (i, (pixels, vectors, last, taps, pairs)) in [
-        (3, 2, 5, [2, 2], 5),
-        (1, 1, 16, [1, 1], 4),
-        (6, 4, 16, [1, 3], 9),
-        (14, 2, 9, [3, 1], 3),
-        (8, 1, 7, [1, 1], 1),
-        (9, 3, 12, [3, 3], 8),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (pixels, vectors, last, taps, pairs)) in SHAPES.into_iter().enumerate() {
         for epilogue in 0..4 {
             let tile = shape(pixels, vectors, last, taps, pairs, epilogue % 2 == 1);
             let tile = ZmmTile {
@@ -348,17 +347,7 @@ fn the_u8_zmm_tile_requantizes_bit_for_bit() {
         return;
     }
     let mut runs = 0;
-    for (i, (pixels, vectors, last, taps, quads)) in [
-        (3, 2, 5, [2, 2], 5),
-        (1, 1, 16, [1, 1], 4),
-        (6, 4, 16, [1, 3], 9),
-        (14, 2, 9, [3, 1], 3),
-        (8, 1, 7, [1, 1], 1),
-        (9, 3, 12, [3, 3], 8),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (pixels, vectors, last, taps, quads)) in SHAPES.into_iter().enumerate() {
         for residual in [false, true] {
             let tile = ZmmTile {
                 residual,

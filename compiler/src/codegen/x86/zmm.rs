@@ -192,52 +192,44 @@ impl ZmmTile {
             Data::Bf16 => 32,
             Data::F32 | Data::U8S8 => 64,
         };
-        for p in 0..m {
-            a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
-            if self.residual {
-                a.mov(r10, qword_ptr(r8 + 8 * p as i32))?;
-            }
-            for j in 0..n {
-                let acc = self.acc(p, j);
-                let partial = masked && j == n - 1;
-                let at = vector_bytes * j as i32;
-                let bf16 = self.data == Data::Bf16;
-                match (self.residual, bf16) {
-                    (false, _) => {}
-                    (true, false) => match partial {
-                        true => a.vaddps(acc.k1().z(), acc, zmmword_ptr(r10 + r9 + at))?,
-                        false => a.vaddps(acc, acc, zmmword_ptr(r10 + r9 + at))?,
-                    },
-                    (true, true) => {
-                        // bf16 → f32: the 16 bits become the high half of each lane.
-                        match partial {
-                            true => a.vpmovzxwd(wide.k1().z(), ymmword_ptr(r10 + r9 + at))?,
-                            false => a.vpmovzxwd(wide, ymmword_ptr(r10 + r9 + at))?,
-                        }
-                        a.vpslld(wide, wide, 16)?;
-                        a.vaddps(acc, acc, wide)?;
+        let bf16 = self.data == Data::Bf16;
+        self.each_output(a, masked, |a, acc, j, partial| {
+            let at = vector_bytes * j as i32;
+            match (self.residual, bf16) {
+                (false, _) => {}
+                (true, false) => match partial {
+                    true => a.vaddps(acc.k1().z(), acc, zmmword_ptr(r10 + r9 + at))?,
+                    false => a.vaddps(acc, acc, zmmword_ptr(r10 + r9 + at))?,
+                },
+                (true, true) => {
+                    // bf16 → f32: the 16 bits become the high half of each lane.
+                    match partial {
+                        true => a.vpmovzxwd(wide.k1().z(), ymmword_ptr(r10 + r9 + at))?,
+                        false => a.vpmovzxwd(wide, ymmword_ptr(r10 + r9 + at))?,
                     }
+                    a.vpslld(wide, wide, 16)?;
+                    a.vaddps(acc, acc, wide)?;
                 }
-                if self.relu {
-                    // maxps returns its second operand when either is NaN: NaN becomes 0, as in
-                    // the interpreter's f32::max.
-                    a.vmaxps(acc, acc, zero)?;
-                }
-                match (bf16, partial) {
-                    (false, true) => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
-                    (false, false) => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
-                    (true, _) => {
-                        let half = ymm(m * n);
-                        a.vcvtneps2bf16(half, acc)?;
-                        match partial {
-                            true => a.vmovdqu16(ymmword_ptr(rax + r9 + at).k1(), half)?,
-                            false => a.vmovdqu16(ymmword_ptr(rax + r9 + at), half)?,
-                        }
+            }
+            if self.relu {
+                // maxps returns its second operand when either is NaN: NaN becomes 0, as in
+                // the interpreter's f32::max.
+                a.vmaxps(acc, acc, zero)?;
+            }
+            match (bf16, partial) {
+                (false, true) => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
+                (false, false) => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
+                (true, _) => {
+                    let half = ymm(m * n);
+                    a.vcvtneps2bf16(half, acc)?;
+                    match partial {
+                        true => a.vmovdqu16(ymmword_ptr(rax + r9 + at).k1(), half)?,
+                        false => a.vmovdqu16(ymmword_ptr(rax + r9 + at), half)?,
                     }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The u8 epilogue (see [`Data::U8S8`]): per accumulator, i32 → f32, `· M + B`, `+ R ·
@@ -245,42 +237,56 @@ impl ZmmTile {
     /// nearest even, and stored as 16 bytes, the last vector masked when `masked`. `rdx` is the
     /// table, `r9` the channel offset in bytes.
     fn requantize(&self, a: &mut CodeAssembler, masked: bool) -> Result<(), IcedError> {
-        let (m, n) = (self.pixels, self.vectors);
+        let n = self.vectors;
         let table = (64 * n) as i32;
         let (scale, widened, zero, top) = (zmm(28), zmm(29), zmm(30), zmm(31));
         a.vpxord(zero, zero, zero)?;
         a.mov(eax, 255f32.to_bits())?;
         a.vpbroadcastd(top, eax)?;
-        for p in 0..m {
+        self.each_output(a, masked, |a, acc, j, partial| {
+            let at = 16 * j as i32;
+            let row = 64 * j as i32;
+            a.vcvtdq2ps(acc, acc)?;
+            a.vmovups(scale, zmmword_ptr(rdx + row))?;
+            a.vfmadd213ps(acc, scale, zmmword_ptr(rdx + table + row))?;
+            if self.residual {
+                match partial {
+                    true => a.vpmovzxbd(widened.k1().z(), xmmword_ptr(r10 + r9 + at))?,
+                    false => a.vpmovzxbd(widened, xmmword_ptr(r10 + r9 + at))?,
+                }
+                a.vcvtdq2ps(widened, widened)?;
+                a.vfmadd231ps(acc, widened, zmmword_ptr(rdx + 2 * table + row))?;
+            }
+            // maxps returns its second operand when either is NaN: NaN becomes 0.
+            a.vmaxps(acc, acc, zero)?;
+            a.vminps(acc, acc, top)?;
+            a.vcvtps2dq(acc, acc)?;
+            // The values are 0 ..= 255 now: vpmovusdb's unsigned saturation changes none.
+            match partial {
+                true => a.vpmovusdb(xmmword_ptr(rax + r9 + at).k1(), acc)?,
+                false => a.vpmovusdb(xmmword_ptr(rax + r9 + at), acc)?,
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `body(a, accumulator, vector, partial)` for every accumulator, pixel by pixel, with
+    /// the pixel's output pointer in `rax` and, with a residual, its residual pointer in `r10`;
+    /// `partial` marks the masked last vector when `masked`.
+    fn each_output(
+        &self,
+        a: &mut CodeAssembler,
+        masked: bool,
+        mut body: impl FnMut(&mut CodeAssembler, AsmRegisterZmm, usize, bool) -> Result<(), IcedError>,
+    ) -> Result<(), IcedError> {
+        let n = self.vectors;
+        for p in 0..self.pixels {
             a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
             if self.residual {
                 a.mov(r10, qword_ptr(r8 + 8 * p as i32))?;
             }
             for j in 0..n {
-                let acc = self.acc(p, j);
-                let partial = masked && j == n - 1;
-                let at = 16 * j as i32;
-                let row = 64 * j as i32;
-                a.vcvtdq2ps(acc, acc)?;
-                a.vmovups(scale, zmmword_ptr(rdx + row))?;
-                a.vfmadd213ps(acc, scale, zmmword_ptr(rdx + table + row))?;
-                if self.residual {
-                    match partial {
-                        true => a.vpmovzxbd(widened.k1().z(), xmmword_ptr(r10 + r9 + at))?,
-                        false => a.vpmovzxbd(widened, xmmword_ptr(r10 + r9 + at))?,
-                    }
-                    a.vcvtdq2ps(widened, widened)?;
-                    a.vfmadd231ps(acc, widened, zmmword_ptr(rdx + 2 * table + row))?;
-                }
-                // maxps returns its second operand when either is NaN: NaN becomes 0.
-                a.vmaxps(acc, acc, zero)?;
-                a.vminps(acc, acc, top)?;
-                a.vcvtps2dq(acc, acc)?;
-                // The values are 0 ..= 255 now: vpmovusdb's unsigned saturation changes none.
-                match partial {
-                    true => a.vpmovusdb(xmmword_ptr(rax + r9 + at).k1(), acc)?,
-                    false => a.vpmovusdb(xmmword_ptr(rax + r9 + at), acc)?,
-                }
+                body(a, self.acc(p, j), j, masked && j == n - 1)?;
             }
         }
         Ok(())
