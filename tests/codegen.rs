@@ -152,6 +152,33 @@ fn conv_graph(
     }
 }
 
+/// A global pool's work items are blocks of channels per image: one block or several, a last
+/// block with a tail of fewer than 4 channels, one image or two, 1 to 3 threads.
+#[test]
+fn global_pools_split_into_channel_blocks_match_the_interpreter() {
+    for (case, (channels, h, w, n)) in [(130, 3, 5, 1), (64, 1, 1, 2), (7, 2, 2, 2), (257, 4, 3, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let body = format!(
+            r#"graph "t" {{
+  %0 = input channels={channels} name="input" block="b"
+  %1 = global_avg_pool %0 name="pool" block="b"
+  output %1
+}}"#
+        );
+        let g = graph(body);
+        let x = input(n, channels, h, w, case as u64);
+        for threads in 1..=3 {
+            let err = compare(&g, &x, threads);
+            assert!(
+                err.err <= TOLERANCE,
+                "{channels} channels, {threads} threads: {err}"
+            );
+        }
+    }
+}
+
 /// Every Winograd tile the compiler offers, forced on random stride-1 convolutions (3- and 7-tap
 /// axes, every padding the IR allows, sizes that leave partial edge tiles, residuals
 /// in place, 1–3 threads), against the interpreter.

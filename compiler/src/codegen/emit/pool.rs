@@ -2,6 +2,7 @@
 //! global average pool.
 
 use super::*;
+use crate::codegen::lower::GLOBAL_POOL_CHANNELS;
 
 /// Max or average pooling, a row per work item. Windows that lie wholly inside the image (every
 /// column of an inner row but the edges) take a straight-line path over their taps, 16 channels
@@ -197,7 +198,13 @@ pub(super) fn clamp_window(
 
 pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, end: Value) {
     let (input, out) = (k.input, k.out);
-    e.for_range(begin, end, 1, |e, n| {
+    let block_bytes = (GLOBAL_POOL_CHANNELS * F32 as usize) as i64;
+    let all = input.channels as i64 * F32;
+    // Channels below this are summed four at a time, the rest one at a time: that happens in the
+    // last block only, the block size being a multiple of 4.
+    let vec_end = (input.channels / 4 * 4) as i64 * F32;
+    e.for_range(begin, end, 1, |e, item| {
+        let (n, block) = e.image_and_row(item, k.blocks());
         let origin = e.map_origin(&input, n);
         let dst = e.vec_row(&out, n);
         let inv = 1.0 / (input.h * input.w) as f32;
@@ -221,10 +228,15 @@ pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, e
             let at = e.b.ins().iadd(dst, c);
             e.store(mean, at, 0);
         };
-        let vec_end = (input.channels / 4 * 4) as i64 * F32;
-        e.for_const(0, vec_end, VEC, |e, c| lanes(e, c, types::F32X4));
-        e.for_const(vec_end, input.channels as i64 * F32, F32, |e, c| {
-            lanes(e, c, types::F32)
-        });
+        // The block's channels, in bytes: [c0, c1).
+        let c0 = e.b.ins().imul_imm_s(block, block_bytes);
+        let c1 = e.b.ins().iadd_imm_s(c0, block_bytes);
+        let limit = e.int(all);
+        let c1 = e.b.ins().smin(c1, limit);
+        let vec_limit = e.int(vec_end);
+        let vectors_end = e.b.ins().smin(c1, vec_limit);
+        e.for_range(c0, vectors_end, VEC, |e, c| lanes(e, c, types::F32X4));
+        let tail = e.b.ins().smax(c0, vec_limit);
+        e.for_range(tail, c1, F32, |e, c| lanes(e, c, types::F32));
     });
 }

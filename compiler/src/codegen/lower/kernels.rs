@@ -291,13 +291,24 @@ pub struct PoolKernel {
     pub out: MapLayout,
 }
 
-/// Mean over the pixels of each channel. Work items are images.
+/// Mean over the pixels of each channel. Work items are (image, block of
+/// [`GLOBAL_POOL_CHANNELS`] channels), so that a batch of one still splits.
 #[derive(Clone, Debug)]
 pub struct GlobalPoolKernel {
     /// The operand.
     pub input: MapLayout,
     /// Where it writes: one row of channels per image.
     pub out: VecLayout,
+}
+
+/// Channels per work item of a global pool (a multiple of 4: only the last block has a tail).
+pub const GLOBAL_POOL_CHANNELS: usize = 64;
+
+impl GlobalPoolKernel {
+    /// Channel blocks per image.
+    pub fn blocks(&self) -> usize {
+        self.input.channels.div_ceil(GLOBAL_POOL_CHANNELS)
+    }
 }
 
 /// `y = x · Wᵀ + b`. Without a register tile (the AVX2 tier): packed weights, for each block of
@@ -365,7 +376,7 @@ impl Kernel {
             },
             Kernel::Winograd(k) => k.input.n * k.groups(),
             Kernel::Pool(k) => k.out.n * k.out.h,
-            Kernel::GlobalPool(k) => k.out.n,
+            Kernel::GlobalPool(k) => k.out.n * k.blocks(),
             Kernel::Linear(k) => match k.register {
                 Some(register) => register.panels(k.out.features).len(),
                 None => k.out.n,
