@@ -87,24 +87,96 @@ const SHAPES: [(usize, usize, usize, [usize; 2], usize); 6] = [
     (9, 3, 12, [3, 3], 8),
 ];
 
+/// A tile's shape as the tests lay out its buffers.
+struct Geometry {
+    pixels: usize,
+    /// Output channels of a full panel (16 per vector).
+    width: usize,
+    /// Output channels stored (the last vector masked to them).
+    valid: usize,
+    rows: usize,
+    columns: usize,
+    /// Input steps (channels, pairs or quads) per tap.
+    steps: usize,
+    row_step: usize,
+    column_step: usize,
+    pixel_step: usize,
+}
+
+impl Geometry {
+    fn of(tile: &ZmmTile) -> Geometry {
+        let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
+        Geometry {
+            pixels: tile.pixels,
+            width: 16 * tile.vectors,
+            valid: 16 * (tile.vectors - 1) + tile.last_lanes,
+            rows: tile.taps[0],
+            columns: tile.taps[1],
+            steps: tile.channels,
+            row_step,
+            column_step,
+            pixel_step: tile.pixel_step as usize,
+        }
+    }
+
+    /// Bytes the input must hold for every step of every tap of every pixel.
+    fn input_bytes(&self) -> usize {
+        self.pixels * self.pixel_step
+            + self.rows * self.row_step
+            + self.columns * self.column_step
+            + 4 * self.steps
+    }
+
+    /// The byte offset of step `c` (a dword) of tap (`ty`, `tx`) of pixel `p`.
+    fn at(&self, p: usize, ty: usize, tx: usize, c: usize) -> usize {
+        p * self.pixel_step + ty * self.row_step + tx * self.column_step + 4 * c
+    }
+}
+
+/// Calls `tile` (assembled and mapped executable) on these buffers: `outputs` and `residuals`
+/// hold one buffer per pixel, which the tile reads and writes from `channel` bytes on.
+fn run<I, W, O>(
+    tile: &ZmmTile,
+    input: &[I],
+    weights: &[W],
+    table: &[f32],
+    outputs: &mut [Vec<O>],
+    residuals: &[Vec<O>],
+    channel: usize,
+) {
+    let out_ptrs: Vec<*mut u8> = outputs
+        .iter_mut()
+        .map(|o| o.as_mut_ptr() as *mut u8)
+        .collect();
+    let res_ptrs: Vec<*const u8> = residuals.iter().map(|r| r.as_ptr() as *const u8).collect();
+    let exe = Executable::new(&tile.code().unwrap());
+    // SAFETY: the tile is this signature; the callers size every buffer by the formulas of the
+    // tile's loops (`Geometry`), so every address it reads or writes lies inside them.
+    unsafe {
+        let call = std::mem::transmute::<*mut libc::c_void, TileCall>(exe.ptr);
+        call(
+            input.as_ptr() as *const u8,
+            weights.as_ptr() as *const u8,
+            table.as_ptr(),
+            out_ptrs.as_ptr(),
+            res_ptrs.as_ptr(),
+            channel,
+            std::ptr::null(),
+        );
+    }
+}
+
 /// One bf16 tile run on random data, checked against an f64 reference on the same bf16 values.
 fn check(tile: &ZmmTile, seed: u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let (m, n, pairs) = (tile.pixels, tile.vectors, tile.channels);
-    let [rows, columns] = tile.taps;
-    let width = 16 * n;
-    let valid = 16 * (n - 1) + tile.last_lanes;
-    let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
-    let pixel_step = tile.pixel_step as usize;
+    let g = Geometry::of(tile);
+    let (m, width, valid, pairs) = (g.pixels, g.width, g.valid, g.steps);
+    let (rows, columns) = (g.rows, g.columns);
     let value = |rng: &mut rand_chacha::ChaCha8Rng| bf16::from_f32(rng.gen_range(-1.0..1.0));
-    // Input: pixel p, tap (ty, tx), pair c at p·pixel_step + ty·row_step + tx·column_step + 4c.
-    let input_len = m * pixel_step + rows * row_step + columns * column_step + 4 * pairs;
-    let input: Vec<bf16> = (0..input_len.div_ceil(2))
+    let input: Vec<bf16> = (0..g.input_bytes().div_ceil(2))
         .map(|_| value(&mut rng))
         .collect();
-    let at = |p: usize, ty: usize, tx: usize, c: usize, k: usize| {
-        (p * pixel_step + ty * row_step + tx * column_step + 4 * c) / 2 + k
-    };
+    let at = |p: usize, ty: usize, tx: usize, c: usize, k: usize| g.at(p, ty, tx, c) / 2 + k;
     // Weights: [tap][pair][16·n][2], zero past the valid channels as the packer leaves them.
     let taps = rows * columns;
     let mut weights = vec![bf16::ZERO; taps * pairs * width * 2];
@@ -125,27 +197,15 @@ fn check(tile: &ZmmTile, seed: u64) {
     let residuals: Vec<Vec<bf16>> = (0..m)
         .map(|_| (0..32 + width).map(|_| value(&mut rng)).collect())
         .collect();
-    let out_ptrs: Vec<*mut u8> = outputs
-        .iter_mut()
-        .map(|o| o.as_mut_ptr() as *mut u8)
-        .collect();
-    let res_ptrs: Vec<*const u8> = residuals.iter().map(|r| r.as_ptr() as *const u8).collect();
-    let code = tile.code().unwrap();
-    let exe = Executable::new(&code);
-    // SAFETY: the tile is this signature; every address it reads or writes lies in the buffers
-    // above (input and weights sized by the same formulas as the tile's loops).
-    unsafe {
-        let call = std::mem::transmute::<*mut libc::c_void, TileCall>(exe.ptr);
-        call(
-            input.as_ptr() as *const u8,
-            weights.as_ptr() as *const u8,
-            bias.as_ptr(),
-            out_ptrs.as_ptr(),
-            res_ptrs.as_ptr(),
-            channel,
-            std::ptr::null(),
-        );
-    }
+    run(
+        tile,
+        &input,
+        &weights,
+        &bias,
+        &mut outputs,
+        &residuals,
+        channel,
+    );
     let first = channel / 2;
     for p in 0..m {
         for o in 0..width {
@@ -246,18 +306,11 @@ fn shape(
 /// One u8 × s8 tile run on random data, checked bit for bit against the scalar requantization.
 fn check_u8(tile: &ZmmTile, seed: u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let (m, n, quads) = (tile.pixels, tile.vectors, tile.channels);
-    let [rows, columns] = tile.taps;
-    let width = 16 * n;
-    let valid = 16 * (n - 1) + tile.last_lanes;
-    let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
-    let pixel_step = tile.pixel_step as usize;
-    // Input: pixel p, tap (ty, tx), quad c at p·pixel_step + ty·row_step + tx·column_step + 4c.
-    let input_len = m * pixel_step + rows * row_step + columns * column_step + 4 * quads;
-    let input: Vec<u8> = (0..input_len).map(|_| rng.gen()).collect();
-    let at = |p: usize, ty: usize, tx: usize, c: usize, k: usize| {
-        p * pixel_step + ty * row_step + tx * column_step + 4 * c + k
-    };
+    let g = Geometry::of(tile);
+    let (m, width, valid, quads) = (g.pixels, g.width, g.valid, g.steps);
+    let (rows, columns) = (g.rows, g.columns);
+    let input: Vec<u8> = (0..g.input_bytes()).map(|_| rng.gen()).collect();
+    let at = |p: usize, ty: usize, tx: usize, c: usize, k: usize| g.at(p, ty, tx, c) + k;
     // Weights: [tap][quad][16·n][4] s8, zero past the valid channels.
     let taps = rows * columns;
     let mut weights = vec![0i8; taps * quads * width * 4];
@@ -282,23 +335,15 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
     let residuals: Vec<Vec<u8>> = (0..m)
         .map(|_| (0..channel + width).map(|_| rng.gen()).collect())
         .collect();
-    let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(|o| o.as_mut_ptr()).collect();
-    let res_ptrs: Vec<*const u8> = residuals.iter().map(|r| r.as_ptr()).collect();
-    let code = tile.code().unwrap();
-    let exe = Executable::new(&code);
-    // SAFETY: as in `check`.
-    unsafe {
-        let call = std::mem::transmute::<*mut libc::c_void, TileCall>(exe.ptr);
-        call(
-            input.as_ptr(),
-            weights.as_ptr() as *const u8,
-            table.as_ptr(),
-            out_ptrs.as_ptr(),
-            res_ptrs.as_ptr(),
-            channel,
-            std::ptr::null(),
-        );
-    }
+    run(
+        tile,
+        &input,
+        &weights,
+        &table,
+        &mut outputs,
+        &residuals,
+        channel,
+    );
     let (mut low, mut high) = (0, 0);
     for p in 0..m {
         for o in 0..width {

@@ -42,6 +42,24 @@ fn seen(folder: &Path, prefix: &str) -> bool {
     })
 }
 
+/// `inceptc compile` of Inception-ResNet-v1 at 80×80, emitting `emit` to `out`, with its temporary
+/// directory `tmp`.
+fn compile(out: &Path, tmp: &Path, emit: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_inceptc"));
+    command
+        .args([
+            "compile",
+            "--model",
+            "inception-resnet-v1",
+            "--image-size",
+            "80",
+        ])
+        .args(["--emit", emit, "-o"])
+        .arg(out)
+        .env("TMPDIR", tmp);
+    command
+}
+
 /// Starts a compile of `emit` to `out`, waits for the stage line `stage` in its log, then for
 /// `when`, and sends `signal`. Returns the status and the log.
 fn interrupt(
@@ -52,20 +70,8 @@ fn interrupt(
     when: When,
     signal: i32,
 ) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inceptc"))
-        .args([
-            "compile",
-            "--model",
-            "inception-resnet-v1",
-            "--image-size",
-            "80",
-            "--emit",
-            emit,
-            "-o",
-        ])
-        .arg(out)
+    let mut child = compile(out, tmp, emit)
         .env("INCEPTC_LOG", "inceptc=info")
-        .env("TMPDIR", tmp)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,20 +159,7 @@ fn an_interrupted_compile_leaves_no_file_behind() {
     }
     // Uninterrupted, the same compile leaves its executable and nothing else.
     let out = dir.join("v1");
-    let status = Command::new(env!("CARGO_BIN_EXE_inceptc"))
-        .args([
-            "compile",
-            "--model",
-            "inception-resnet-v1",
-            "--image-size",
-            "80",
-            "-q",
-            "-o",
-        ])
-        .arg(&out)
-        .env("TMPDIR", &tmp)
-        .status()
-        .unwrap();
+    let status = compile(&out, &tmp, "exe").arg("-q").status().unwrap();
     assert!(status.success());
     assert_eq!(names(&dir), ["keep.txt", "v1"]);
     assert_eq!(names(&tmp), Vec::<String>::new());
