@@ -15,6 +15,7 @@ use inceptc_graphs::{Model, Options, Weights};
 use inceptc_ir::text::PrintOptions;
 use inceptc_ir::{infer_shapes, Graph, NodeId, Tensor};
 use inceptc_runtime::desc::{OutputKind, Preprocess, WeightsDtype};
+use inceptc_runtime::layout::Precision;
 use inceptc_runtime::resample::Filter;
 
 mod cli;
@@ -122,10 +123,16 @@ enum Command {
         /// every kernel; a kernel that writes out of bounds is named and the run fails.
         #[arg(long)]
         check_bounds: bool,
-        /// How the executable stores the weights: f32, or f16 at half the size (converted to f32
-        /// once at start-up; results change by about f16's precision).
-        #[arg(long, value_enum, default_value_t = WeightsArg::F32)]
-        weights_dtype: WeightsArg,
+        /// How the executable stores the weights: f32 (the default), or f16 at half the size
+        /// (converted to f32 once at start-up; results change by about f16's precision). bf16
+        /// executables store bf16.
+        #[arg(long, value_enum)]
+        weights_dtype: Option<WeightsArg>,
+        /// What the feature maps and weights are: f32, or bf16 (x86-64-v4 with AVX512-BF16):
+        /// weights and activations rounded to bf16, products accumulated in f32, about half the
+        /// executable's size. Input and output stay f32.
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
         /// How images are resized (timm's `interpolation`; the networks' own is bicubic): set
         /// it to what your checkpoint's pretrained config says. Not for inception-resnet-v1,
         /// whose face crops are resized bilinear as facenet-pytorch does.
@@ -241,6 +248,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             output,
             check_bounds,
             weights_dtype,
+            precision,
             interpolation,
             max_memory,
             report,
@@ -262,16 +270,25 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                     TargetCpu::X86_64V4 => Tier::V4,
                     TargetCpu::X86_64V3 => Tier::V3,
                 },
+                precision: match precision {
+                    PrecisionArg::F32 => Precision::F32,
+                    PrecisionArg::Bf16 => Precision::Bf16,
+                },
+            };
+            let weights_dtype = match (weights_dtype, options.precision) {
+                (None | Some(WeightsArg::F32), Precision::F32) => WeightsDtype::F32,
+                (Some(WeightsArg::F16), Precision::F32) => WeightsDtype::F16,
+                (None, Precision::Bf16) => WeightsDtype::Bf16,
+                (Some(_), Precision::Bf16) => {
+                    bail!("--weights-dtype: a bf16 executable stores its weights as bf16")
+                }
             };
             let target = Target {
                 emit,
                 output,
                 report,
                 report_threads: threads,
-                weights_dtype: match weights_dtype {
-                    WeightsArg::F32 => WeightsDtype::F32,
-                    WeightsArg::F16 => WeightsDtype::F16,
-                },
+                weights_dtype,
                 max_memory,
                 interpolation: interpolation.map(|i| match i {
                     InterpolationArg::Bicubic => Filter::Bicubic,

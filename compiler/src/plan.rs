@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 
 use inceptc_ir::op::Op;
 use inceptc_ir::{infer_shapes, Graph, NodeId, Shape, Tile};
+use inceptc_runtime::layout::Precision;
 
 /// Alignment of every buffer in the arena, in bytes.
 pub const ALIGN: usize = 64;
@@ -46,6 +47,8 @@ pub struct Buffer {
     pub live: [usize; 2],
     /// The values stored in it, in schedule order.
     pub values: Vec<NodeId>,
+    /// What each value of a feature map is (vectors are f32 in every precision).
+    pub precision: Precision,
 }
 
 impl Buffer {
@@ -61,7 +64,28 @@ impl Buffer {
 
     /// Bytes of data: the value (or concatenation) with its halo, without guards or rounding.
     pub fn data_bytes(&self) -> usize {
-        buffer_bytes(self.shape, self.halo)
+        let pixels = match self.shape {
+            Shape::Map { n, h, w, .. } => n * (h + 2 * self.halo[0]) * (w + 2 * self.halo[1]),
+            Shape::Vector { n, .. } => n,
+        };
+        pixels * self.channels() * self.value_bytes()
+    }
+
+    /// Channels of every pixel (features of a vector): the shape's, rounded up to an even
+    /// count for a bf16 map so that channel pairs fill dwords.
+    pub fn channels(&self) -> usize {
+        match (self.shape, self.precision) {
+            (Shape::Map { c, .. }, Precision::Bf16) => c.next_multiple_of(2),
+            (shape, _) => shape.channels(),
+        }
+    }
+
+    /// Bytes per value.
+    pub fn value_bytes(&self) -> usize {
+        match self.shape {
+            Shape::Map { .. } => self.precision.bytes(),
+            Shape::Vector { .. } => 4,
+        }
     }
 
     /// Whether two buffers' arena ranges intersect.
@@ -182,18 +206,19 @@ pub fn plan(
     height: usize,
     width: usize,
 ) -> Result<MemoryPlan, PlanError> {
-    plan_guarded(graph, batch, height, width, false)
+    plan_guarded(graph, batch, height, width, false, Precision::F32)
 }
 
 /// [`plan`], with canaries before and after every buffer when `guarded` (`--check-bounds`): at
 /// least [`ALIGN`] bytes, and at least one pixel of a feature map, so that a tile that writes one
-/// pixel too far lands in them.
+/// pixel too far lands in them. Feature maps hold values of `precision`.
 pub fn plan_guarded(
     graph: &Graph,
     batch: usize,
     height: usize,
     width: usize,
     guarded: bool,
+    precision: Precision,
 ) -> Result<MemoryPlan, PlanError> {
     let shapes = infer_shapes(graph, batch, height, width)?;
     let steps = schedule(graph)?;
@@ -217,20 +242,25 @@ pub fn plan_guarded(
             let buffer = match shared {
                 Some(b) => b,
                 None => {
-                    buffers.push(Buffer {
+                    let mut buffer = Buffer {
                         name: node.name.clone(),
                         shape: shapes[&id],
                         halo: [0, 0],
                         bytes: 0,
                         offset: 0,
-                        guard: match (guarded, shapes[&id]) {
-                            (false, _) => 0,
-                            (true, Shape::Map { c, .. }) => (c * 4).next_multiple_of(ALIGN),
-                            (true, Shape::Vector { .. }) => ALIGN,
-                        },
+                        guard: 0,
                         live: [s, s],
                         values: Vec::new(),
-                    });
+                        precision,
+                    };
+                    buffer.guard = match (guarded, buffer.shape) {
+                        (false, _) => 0,
+                        (true, Shape::Map { .. }) => {
+                            (buffer.channels() * buffer.value_bytes()).next_multiple_of(ALIGN)
+                        }
+                        (true, Shape::Vector { .. }) => ALIGN,
+                    };
+                    buffers.push(buffer);
                     buffers.len() - 1
                 }
             };
@@ -316,14 +346,6 @@ fn own_channels(graph: &Graph, id: NodeId, shapes: &HashMap<NodeId, Shape>) -> u
         // Pools keep their input's channels.
         _ => shapes[&graph.inputs(id)[0]].channels(),
     }
-}
-
-fn buffer_bytes(shape: Shape, halo: [usize; 2]) -> usize {
-    let elements = match shape {
-        Shape::Map { n, c, h, w } => n * c * (h + 2 * halo[0]) * (w + 2 * halo[1]),
-        Shape::Vector { n, f } => n * f,
-    };
-    elements * std::mem::size_of::<f32>()
 }
 
 /// Where each buffer goes in the gaps left by the buffers placed before it that live at the same

@@ -143,6 +143,88 @@ fn f16_weights_halve_the_executable_within_f16_precision() {
     eprintln!("f16 weights: size {ratio:.3} of f32, relative error {err:.2e}");
 }
 
+/// A bf16 executable is about half the f32 one, and runs the rounding interpreter's values on
+/// the optimized graph (bit-exact but for the f64 of its L2 normalization), within 1e-2 of f32.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = [
+        "--image-size",
+        "80",
+        "--batch",
+        "2",
+        "--target-cpu",
+        "x86-64-v4",
+    ];
+    let f32_exe = compile(d, "f32", "inception-resnet-v1", &size);
+    let bf16_exe = compile(
+        d,
+        "bf16",
+        "inception-resnet-v1",
+        &[&size[..], &["--precision", "bf16"]].concat(),
+    );
+    let bytes = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = bytes(&bf16_exe) / bytes(&f32_exe);
+    assert!(ratio <= 0.55, "bf16 / f32 size = {ratio}");
+    let missing = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::Bf16,
+    );
+    if !missing.is_empty() {
+        eprintln!(
+            "SKIPPED running the bf16 executable: this CPU lacks {}",
+            missing.join(", ")
+        );
+        return;
+    }
+    let x = random_tensor([2, 3, 80, 80], 21);
+    let mut g = load(
+        Model::InceptionResnetV1,
+        Weights::Seeded(inceptc_ir::init::DEFAULT_SEED),
+        &Options::default(),
+    )
+    .unwrap();
+    let exact = interp::run(&g, &x).unwrap().remove(0);
+    inceptc::passes::run_pipeline(&mut g, None).unwrap();
+    let rounded = interp::run_rounded(&g, &x, interp::Rounding::Bf16)
+        .unwrap()
+        .remove(0);
+    let (code, stderr, y) = run_tensor(&bf16_exe, d, &x, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let got = npy_tensor(&y.unwrap());
+    let to_rounded = got.relative_error(&rounded).unwrap();
+    let to_f32 = got.relative_error(&exact).unwrap();
+    assert!(
+        to_rounded <= 1e-6,
+        "bf16 against the rounding interpreter: {to_rounded:e}"
+    );
+    assert!(to_f32 <= 1e-2, "bf16 against f32: {to_f32:e}");
+    eprintln!(
+        "bf16: size {ratio:.3} of f32, {to_rounded:.2e} from the rounding interpreter, \
+         {to_f32:.2e} from f32"
+    );
+    // bf16 needs the AVX-512 tiles.
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--precision",
+        "bf16",
+        "--target-cpu",
+        "x86-64-v3",
+        "-o",
+        d.join("v3").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--precision bf16 needs --target-cpu x86-64-v4"),
+        "{stderr}"
+    );
+    assert!(!d.join("v3").exists());
+}
+
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
 fn compile_shows_progress_on_a_terminal_only() {
@@ -820,6 +902,19 @@ fn an_executable_on_a_cpu_without_its_tier_says_so() {
             &["--image-size", "80", "--target-cpu", tier],
         )
     });
+    let bf16 = compile(
+        dir.path(),
+        "bf16",
+        "inception-resnet-v1",
+        &[
+            "--image-size",
+            "80",
+            "--target-cpu",
+            "x86-64-v4",
+            "--precision",
+            "bf16",
+        ],
+    );
     let (v3, v4) = (v3.to_str().unwrap(), v4.to_str().unwrap());
     let (code, stdout, stderr) = run(&qemu, &["-cpu", "Nehalem", v3, "--bench"], None);
     assert_eq!(code, 1, "{stdout}{stderr}");
@@ -843,6 +938,15 @@ fn an_executable_on_a_cpu_without_its_tier_says_so() {
         stderr.contains(
             "this CPU lacks AVX512F, AVX512BW, AVX512CD, AVX512DQ, AVX512VL, which the generated \
              code uses (it was built for x86-64-v4)"
+        ) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(&qemu, &["-cpu", "Haswell", bf16.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "AVX512VL, AVX512_BF16, which the generated code uses (it was built for \
+             x86-64-v4 with bf16)"
         ) && !stderr.contains("panicked"),
         "{stderr}"
     );

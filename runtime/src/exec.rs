@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::desc::Guard;
-use crate::layout::{Layout, MapLayout};
+use crate::layout::{Layout, MapLayout, Precision};
 use crate::pool::ThreadPool;
 
 /// A generated kernel: computes work items `begin .. end` reading and writing the arena and reading
@@ -175,6 +175,9 @@ const V4_FEATURES: [Feature; 5] = [
     feature!("AVX512VL", None, "avx512vl"),
 ];
 
+/// What bf16 code adds to x86-64-v4, for the `vdpbf16ps` tiles and `vcvtneps2bf16`.
+const BF16_FEATURES: [Feature; 1] = [feature!("AVX512_BF16", None, "avx512bf16")];
+
 /// Every feature code of `tier` uses: the one list the compiler builds Cranelift's ISA from and
 /// the start-up check tests.
 pub fn features(tier: Tier) -> Vec<Feature> {
@@ -185,22 +188,40 @@ pub fn features(tier: Tier) -> Vec<Feature> {
     all
 }
 
+/// [`features`] of `tier` and what code of `precision` adds to them.
+pub fn features_for(tier: Tier, precision: Precision) -> Vec<Feature> {
+    let mut all = features(tier);
+    if precision == Precision::Bf16 {
+        all.extend(BF16_FEATURES);
+    }
+    all
+}
+
 /// The features of `tier` this CPU lacks, by name (empty when it runs the tier's code).
 pub fn missing_features(tier: Tier) -> Vec<&'static str> {
-    features(tier)
+    missing_features_for(tier, Precision::F32)
+}
+
+/// The features of `tier` and `precision` this CPU lacks, by name.
+pub fn missing_features_for(tier: Tier, precision: Precision) -> Vec<&'static str> {
+    features_for(tier, precision)
         .into_iter()
         .filter(|f| !f.present())
         .map(|f| f.name)
         .collect()
 }
 
-/// Checks, before anything runs, that the CPU has every feature code of `tier` uses.
-pub fn check_cpu(tier: Tier) -> Result<(), RunError> {
-    let missing = missing_features(tier);
+/// Checks, before anything runs, that the CPU has every feature code of `tier` and `precision`
+/// uses.
+pub fn check_cpu(tier: Tier, precision: Precision) -> Result<(), RunError> {
+    let missing = missing_features_for(tier, precision);
     match missing.is_empty() {
         true => Ok(()),
         false => Err(RunError::Cpu {
-            tier: tier.name(),
+            tier: match precision {
+                Precision::F32 => tier.name(),
+                Precision::Bf16 => "x86-64-v4 with bf16",
+            },
             missing: missing.join(", "),
         }),
     }
@@ -234,16 +255,22 @@ impl Arena {
         self.ptr
     }
 
-    fn floats_mut(&mut self, offset: usize, count: usize) -> &mut [f32] {
-        assert!(offset.is_multiple_of(4) && offset + 4 * count <= self.layout.size());
-        // SAFETY: in bounds (checked), aligned to 4 (the arena is 64-aligned, offset checked),
-        // and `&mut self` makes the view exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset) as *mut f32, count) }
+    fn bytes_mut(&mut self, offset: usize, count: usize) -> &mut [u8] {
+        assert!(offset + count <= self.layout.size());
+        // SAFETY: in bounds (checked), and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), count) }
+    }
+
+    fn bytes(&self, offset: usize, count: usize) -> &[u8] {
+        assert!(offset + count <= self.layout.size());
+        // SAFETY: in bounds (checked), shared.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(offset), count) }
     }
 
     fn floats(&self, offset: usize, count: usize) -> &[f32] {
         assert!(offset.is_multiple_of(4) && offset + 4 * count <= self.layout.size());
-        // SAFETY: as in `floats_mut`, shared.
+        // SAFETY: in bounds (checked), aligned to 4 (the arena is 64-aligned, offset checked);
+        // shared.
         unsafe { std::slice::from_raw_parts(self.ptr.add(offset) as *const f32, count) }
     }
 }
@@ -392,20 +419,29 @@ fn zero_upper() {
     }
 }
 
-/// Zeroes the halo rows and columns of every image of `m`.
+/// Zeroes the halo rows and columns of every image of `m`, and the padding channels of every
+/// pixel (see [`MapLayout::padding_channels`]).
 fn clear_halo(arena: &mut Arena, m: &MapLayout) {
-    let row_floats = m.row_stride() / 4;
-    let c = m.c_total;
+    let side = m.halo[1] * m.pixel_stride();
+    let right = (m.halo[1] + m.w) * m.pixel_stride();
+    let value = m.value_bytes();
+    let padding = m.padding_channels();
+    let padding = padding.start * value..padding.end * value;
     for n in 0..m.n {
         let image = m.offset + n * m.image_stride();
         let rows = m.h + 2 * m.halo[0];
         for r in 0..rows {
-            let row = arena.floats_mut(image + r * m.row_stride(), row_floats);
+            let row = arena.bytes_mut(image + r * m.row_stride(), m.row_stride());
             if r < m.halo[0] || r >= m.h + m.halo[0] {
-                row.fill(0.0);
-            } else {
-                row[..m.halo[1] * c].fill(0.0);
-                row[(m.halo[1] + m.w) * c..].fill(0.0);
+                row.fill(0);
+                continue;
+            }
+            row[..side].fill(0);
+            row[right..].fill(0);
+            if !padding.is_empty() {
+                for pixel in row[side..right].chunks_exact_mut(m.pixel_stride()) {
+                    pixel[padding.clone()].fill(0);
+                }
             }
         }
     }
@@ -414,41 +450,64 @@ fn clear_halo(arena: &mut Arena, m: &MapLayout) {
 /// Fills the guards of `g` with the canary.
 fn arm(arena: &mut Arena, g: &Guard) {
     for start in [g.offset - g.guard, g.offset + g.bytes] {
-        for v in arena.floats_mut(start, g.guard / 4) {
-            *v = f32::from_bits(CANARY);
+        for word in arena.bytes_mut(start, g.guard).chunks_exact_mut(4) {
+            word.copy_from_slice(&CANARY.to_le_bytes());
         }
     }
 }
 
 /// Where the guards or the halo of `g` were written, if they were.
 fn damage(arena: &Arena, g: &Guard) -> Option<String> {
-    let words = g.guard / 4;
-    let before = arena.floats(g.offset - g.guard, words);
-    if let Some(i) = before.iter().position(|v| v.to_bits() != CANARY) {
+    let changed = |w: &[u8]| w != CANARY.to_le_bytes();
+    let before: Vec<&[u8]> = arena
+        .bytes(g.offset - g.guard, g.guard)
+        .chunks_exact(4)
+        .collect();
+    let words = before.len();
+    if let Some(i) = before.iter().position(|w| changed(w)) {
         return Some(format!("the {} bytes before the start", (words - i) * 4));
     }
-    let after = arena.floats(g.offset + g.bytes, words);
-    if let Some(i) = after.iter().rposition(|v| v.to_bits() != CANARY) {
+    let after: Vec<&[u8]> = arena
+        .bytes(g.offset + g.bytes, g.guard)
+        .chunks_exact(4)
+        .collect();
+    if let Some(i) = after.iter().rposition(|w| changed(w)) {
         return Some(format!("the {} bytes after the end", (i + 1) * 4));
     }
     let m = g.halo.as_ref()?;
-    let c = m.c_total;
+    let (c, value) = (m.c_total, m.value_bytes());
     for n in 0..m.n {
         for r in 0..m.h + 2 * m.halo[0] {
-            let row = arena.floats(
+            let row = arena.bytes(
                 m.offset + n * m.image_stride() + r * m.row_stride(),
-                m.row_stride() / 4,
+                m.row_stride(),
             );
             let inside = r >= m.halo[0] && r < m.h + m.halo[0];
-            let right = (m.halo[1] + m.w) * c;
+            let right = (m.halo[1] + m.w) * m.pixel_stride();
+            let padding = m.padding_channels();
+            if inside && !padding.is_empty() {
+                let left = m.halo[1] * m.pixel_stride();
+                for (x, pixel) in row[left..right].chunks_exact(m.pixel_stride()).enumerate() {
+                    if let Some(c) = padding
+                        .clone()
+                        .find(|c| pixel[c * value..(c + 1) * value].iter().any(|b| *b != 0))
+                    {
+                        return Some(format!(
+                            "the zero padding channel {c} (image {n}, padded row {r}, padded \
+                             column {})",
+                            x + m.halo[1]
+                        ));
+                    }
+                }
+            }
             let ranges = match inside {
-                true => [0..m.halo[1] * c, right..row.len()],
+                true => [0..m.halo[1] * m.pixel_stride(), right..row.len()],
                 false => [0..row.len(), 0..0],
             };
             for range in ranges {
                 let start = range.start;
-                if let Some(i) = row[range].iter().position(|v| v.to_bits() != 0) {
-                    let i = start + i;
+                if let Some(i) = row[range].iter().position(|b| *b != 0) {
+                    let i = (start + i) / value;
                     return Some(format!(
                         "the zero halo (image {n}, padded row {r}, padded column {}, channel {})",
                         i / c,
@@ -461,20 +520,41 @@ fn damage(arena: &Arena, g: &Guard) -> Option<String> {
     None
 }
 
-/// Writes an NCHW tensor into the channel range of map `m`.
+/// Writes an NCHW tensor into the channel range of map `m`, rounded to its precision; the
+/// buffer's channels after the range (padding to an even count in bf16) become zero.
 pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32]) {
+    let value = m.value_bytes();
     for n in 0..m.n {
         for y in 0..m.h {
-            let row = arena.floats_mut(
+            let row = arena.bytes_mut(
                 m.address(n, y as isize, 0, 0),
-                (m.w - 1) * m.c_total + m.channels,
+                ((m.w - 1) * m.c_total + m.c_total - m.channel_offset) * value,
             );
             for x in 0..m.w {
+                let pixel = &mut row[x * m.pixel_stride()..];
                 for c in 0..m.channels {
-                    row[x * m.c_total + c] = nchw[((n * m.channels + c) * m.h + y) * m.w + x];
+                    let v = nchw[((n * m.channels + c) * m.h + y) * m.w + x];
+                    put(&mut pixel[c * value..], m.precision, v);
                 }
+                pixel[m.channels * value..(m.c_total - m.channel_offset) * value].fill(0);
             }
         }
+    }
+}
+
+/// Stores `v` at the start of `to` in `precision` (little-endian).
+fn put(to: &mut [u8], precision: Precision, v: f32) {
+    match precision {
+        Precision::F32 => to[..4].copy_from_slice(&v.to_le_bytes()),
+        Precision::Bf16 => to[..2].copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+    }
+}
+
+/// The value of `precision` at the start of `from`.
+fn get(from: &[u8], precision: Precision) -> f32 {
+    match precision {
+        Precision::F32 => f32::from_le_bytes([from[0], from[1], from[2], from[3]]),
+        Precision::Bf16 => half::bf16::from_le_bytes([from[0], from[1]]).to_f32(),
     }
 }
 
@@ -482,17 +562,18 @@ pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32]) {
 pub fn read(arena: &Arena, layout: &Layout) -> Vec<f32> {
     match layout {
         Layout::Map(m) => {
+            let value = m.value_bytes();
             let mut out = vec![0.0; m.n * m.channels * m.h * m.w];
             for n in 0..m.n {
                 for y in 0..m.h {
-                    let row = arena.floats(
+                    let row = arena.bytes(
                         m.address(n, y as isize, 0, 0),
-                        (m.w - 1) * m.c_total + m.channels,
+                        ((m.w - 1) * m.c_total + m.channels) * value,
                     );
                     for x in 0..m.w {
                         for c in 0..m.channels {
                             out[((n * m.channels + c) * m.h + y) * m.w + x] =
-                                row[x * m.c_total + c];
+                                get(&row[(x * m.c_total + c) * value..], m.precision);
                         }
                     }
                 }

@@ -1,6 +1,44 @@
 //! How values sit in the arena: feature maps are NHWC with a zero halo, vectors are `[N, F]` rows.
 //! Every address a kernel computes comes from here.
 
+/// What one value of a feature map is in the arena (`inceptc compile --precision`). Vectors (the
+/// pooled features, the head's outputs) are f32 in every precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Precision {
+    /// IEEE single precision.
+    #[default]
+    F32,
+    /// bfloat16: f32's sign, exponent and top 7 mantissa bits, rounded to nearest even. Maps
+    /// have an even number of channels so that channel pairs fill dwords.
+    Bf16,
+}
+
+impl Precision {
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// `x` as this precision stores it (rounded to nearest even for bf16), widened back to f32.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Precision::F32 => x,
+            Precision::Bf16 => half::bf16::from_f32(x).to_f32(),
+        }
+    }
+}
+
 /// A feature map's storage: `n` images of `(h + 2·halo[0]) × (w + 2·halo[1])` pixels of `c_total`
 /// channels each, starting `offset` bytes into the arena; the value occupies channels
 /// `channel_offset .. channel_offset + channels` of every pixel.
@@ -22,15 +60,34 @@ pub struct MapLayout {
     pub channels: usize,
     /// Zero rows above and below, and columns left and right.
     pub halo: [usize; 2],
+    /// What each value is.
+    pub precision: Precision,
 }
 
 impl MapLayout {
-    /// Bytes per value.
+    /// Bytes per f32 value.
     pub const F32: usize = std::mem::size_of::<f32>();
+
+    /// Bytes per value.
+    pub fn value_bytes(&self) -> usize {
+        self.precision.bytes()
+    }
+
+    /// The value's channels in dwords: one per f32, one per bf16 pair (an odd last channel is
+    /// paired with the buffer's zero padding channel).
+    pub fn channel_dwords(&self) -> usize {
+        (self.channels * self.value_bytes()).div_ceil(4)
+    }
+
+    /// Channels of every pixel after the value's that only pad it to whole dwords: they stay
+    /// zero (bf16 maps of an odd channel count have one).
+    pub fn padding_channels(&self) -> std::ops::Range<usize> {
+        (self.channel_offset + self.channels).min(self.c_total)..self.c_total
+    }
 
     /// Bytes from one pixel to the next along a row.
     pub fn pixel_stride(&self) -> usize {
-        self.c_total * Self::F32
+        self.c_total * self.value_bytes()
     }
 
     /// Bytes from one row to the next.
@@ -53,7 +110,7 @@ impl MapLayout {
     pub fn checked_end(&self) -> Option<usize> {
         let w = self.w.checked_add(self.halo[1].checked_mul(2)?)?;
         let h = self.h.checked_add(self.halo[0].checked_mul(2)?)?;
-        let pixel = self.c_total.checked_mul(Self::F32)?;
+        let pixel = self.c_total.checked_mul(self.value_bytes())?;
         let bytes = w.checked_mul(pixel)?.checked_mul(h)?.checked_mul(self.n)?;
         self.offset.checked_add(bytes)
     }
@@ -67,7 +124,7 @@ impl MapLayout {
             + n * self.image_stride()
             + row * self.row_stride()
             + col * self.pixel_stride()
-            + (self.channel_offset + c) * Self::F32
+            + (self.channel_offset + c) * self.value_bytes()
     }
 
     /// The same storage seen as the whole buffer (all `c_total` channels).

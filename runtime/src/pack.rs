@@ -7,6 +7,8 @@
 //! The compiler packs through the same function for in-process code, so the JIT and executables
 //! run on the same bytes.
 
+use crate::layout::Precision;
+
 /// One segment of the packed weights.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Segment {
@@ -32,9 +34,11 @@ pub enum Recipe {
 
 /// A convolution's `[out, inputs, kernel[0], kernel[1]]` weights laid out in panels: panel
 /// `[first, channels, width]` holds, for each of the kernel's `points` (its taps row-major, or
-/// the Winograd points) and each input channel, a row of `width` floats, of which the first
-/// `channels` are output channels `first ..`; the panel starts `first · points · inputs` floats
-/// into the segment.
+/// the Winograd points) and each input channel, a row of `width` values, of which the first
+/// `channels` are output channels `first ..`; the panel starts `first · points · inputs` values
+/// into the segment. In bf16 the rows are of channel pairs, `width` × 2 values with the pair's
+/// two channels adjacent (`[point][pair][width][2]`, as `vdpbf16ps` reads them), and an odd
+/// last input channel is paired with zeros.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvPacking {
     /// Output channels.
@@ -48,6 +52,8 @@ pub struct ConvPacking {
     pub transform: Option<[Vec<f64>; 2]>,
     /// `[first, channels, width]` of each panel.
     pub panels: Vec<[usize; 3]>,
+    /// What each packed value is.
+    pub precision: Precision,
 }
 
 impl ConvPacking {
@@ -66,9 +72,21 @@ impl ConvPacking {
             .checked_mul(self.kernel[1])
     }
 
-    fn packed_floats(&self) -> Option<usize> {
+    /// Input channels per packed row: 1 (f32) or a pair (bf16).
+    fn group(&self) -> usize {
+        4 / self.precision.bytes()
+    }
+
+    /// Input channels as packed: rounded up to whole groups.
+    pub fn packed_inputs(&self) -> usize {
+        self.inputs.next_multiple_of(self.group())
+    }
+
+    fn packed_bytes(&self) -> Option<usize> {
         let end = self.panels.last().map_or(0, |p| p[0] + p[2]);
-        end.checked_mul(self.points())?.checked_mul(self.inputs)
+        end.checked_mul(self.points())?
+            .checked_mul(self.packed_inputs())?
+            .checked_mul(self.precision.bytes())
     }
 
     /// Whether the panels tile `0 .. out` in order, each no wider than its width, and the
@@ -104,11 +122,11 @@ impl Recipe {
         }
     }
 
-    /// Packed floats the segment writes (`None` when the count overflows).
-    pub fn packed_floats(&self) -> Option<usize> {
+    /// Packed bytes the segment writes (`None` when the count overflows).
+    pub fn packed_bytes(&self) -> Option<usize> {
         match self {
-            Recipe::Copy { floats } => Some(*floats),
-            Recipe::Conv(c) => c.packed_floats(),
+            Recipe::Copy { floats } => floats.checked_mul(4),
+            Recipe::Conv(c) => c.packed_bytes(),
         }
     }
 }
@@ -165,13 +183,13 @@ fn transform_into(
 /// Bytes the packed weights of `segments` take.
 pub fn packed_bytes(segments: &[Segment]) -> Option<usize> {
     segments.iter().try_fold(0usize, |end, s| {
-        let bytes = s.recipe.packed_floats()?.checked_mul(4)?;
+        let bytes = s.recipe.packed_bytes()?;
         Some(end.max(s.offset.checked_add(bytes)?))
     })
 }
 
-/// Lays `stored` out as `segments` say into `packed` (little-endian f32; bytes no segment covers
-/// are left as they are). Every segment is checked against both lengths first.
+/// Lays `stored` out as `segments` say into `packed` (little-endian f32 or bf16; bytes no segment
+/// covers are left as they are). Every segment is checked against both lengths first.
 pub fn pack(stored: &[f32], segments: &[Segment], packed: &mut [u8]) -> Result<(), PackError> {
     check(stored.len(), segments, packed.len())?;
     for s in segments {
@@ -191,8 +209,8 @@ pub fn check(stored: usize, segments: &[Segment], packed: usize) -> Result<(), P
             .and_then(|n| s.source.checked_add(n))
             .is_some_and(|end| end <= stored)
             && s.recipe
-                .packed_floats()
-                .and_then(|n| n.checked_mul(4)?.checked_add(s.offset))
+                .packed_bytes()
+                .and_then(|n| n.checked_add(s.offset))
                 .is_some_and(|end| end <= packed);
         if !fits {
             return Err(PackError::OutOfBounds(i));
@@ -222,16 +240,24 @@ pub fn pack_segment(source: &[f32], recipe: &Recipe, dst: &mut [u8]) {
 fn pack_conv(source: &[f32], c: &ConvPacking, dst: &mut [u8]) {
     let taps = c.kernel[0] * c.kernel[1];
     let points = c.points();
+    let (group, inputs) = (c.group(), c.packed_inputs());
+    // Padding channels and lanes stay zero.
+    dst[..c.packed_bytes().unwrap_or(0)].fill(0);
     let (mut g, mut rows, mut u) = (vec![0.0f64; taps], Vec::new(), Vec::new());
     for &[first, channels, width] in &c.panels {
-        let base = first * points * c.inputs;
+        let base = first * points * inputs;
         for lane in 0..channels {
             let co = first + lane;
             for ci in 0..c.inputs {
                 let at = (co * c.inputs + ci) * taps;
                 let put = |dst: &mut [u8], q: usize, v: f32| {
-                    let i = base + (q * c.inputs + ci) * width + lane;
-                    dst[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+                    let row = (q * inputs + ci) / group;
+                    let i = base + (row * width + lane) * group + ci % group;
+                    match c.precision {
+                        Precision::F32 => dst[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes()),
+                        Precision::Bf16 => dst[2 * i..2 * i + 2]
+                            .copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+                    }
                 };
                 match &c.transform {
                     Some([gy, gx]) => {
@@ -279,6 +305,7 @@ mod tests {
             kernel: [1, 2],
             transform: None,
             panels: vec![[0, 2, 2], [2, 1, 4]],
+            precision: Precision::F32,
         };
         let s = [Segment {
             offset: 0,
@@ -294,6 +321,49 @@ mod tests {
             &got[8..],
             &[200., 0., 0., 0., 210., 0., 0., 0., 201., 0., 0., 0., 211., 0., 0., 0.]
         );
+    }
+
+    #[test]
+    fn bf16_weights_go_into_rows_of_channel_pairs_with_a_zero_partner_for_an_odd_channel() {
+        // 2 outputs, 3 inputs, 1×2 taps: w[co][ci][t] = 100co + 10ci + t (exact in bf16 up
+        // to 256; 201 and 211 round to even).
+        let stored: Vec<f32> = (0..2)
+            .flat_map(|co| {
+                (0..3).flat_map(move |ci| (0..2).map(move |t| (100 * co + 10 * ci + t) as f32))
+            })
+            .collect();
+        let c = ConvPacking {
+            out: 2,
+            inputs: 3,
+            kernel: [1, 2],
+            transform: None,
+            panels: vec![[0, 2, 4]],
+            precision: Precision::Bf16,
+        };
+        assert_eq!(c.packed_inputs(), 4);
+        let s = [Segment {
+            offset: 0,
+            source: 0,
+            recipe: Recipe::Conv(c),
+        }];
+        // 2 taps × 2 pairs × 4 lanes × 2 values × 2 bytes.
+        assert_eq!(packed_bytes(&s), Some(64));
+        let mut out = vec![0xffu8; 64];
+        pack(&stored, &s, &mut out).unwrap();
+        let got: Vec<f32> = out
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        #[rustfmt::skip]
+        let want = [
+            // tap 0, pair (0, 1): lanes 0..4 × (ci 0, ci 1); pair (2, pad).
+            0., 10., 100., 110., 0., 0., 0., 0.,
+            20., 0., 120., 0., 0., 0., 0., 0.,
+            // tap 1.
+            1., 11., 101., 111., 0., 0., 0., 0.,
+            21., 0., 121., 0., 0., 0., 0., 0.,
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -327,6 +397,7 @@ mod tests {
                 kernel: [1, 1],
                 transform: None,
                 panels: vec![[0, 2, 2], [1, 2, 2]],
+                precision: Precision::F32,
             }),
         }];
         assert!(matches!(

@@ -38,9 +38,53 @@ pub enum InterpError {
     Unbound(String),
 }
 
+/// Where the interpreter rounds values to the storage precision of an executable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rounding {
+    /// Nowhere: f32 values, f64 sums.
+    #[default]
+    Exact,
+    /// Where a bf16 executable stores values: every parameter, the input and every feature map
+    /// (each node's value) rounded to bf16, to nearest even; vectors (pooled features, the
+    /// head) stay f32, and sums are still f64. Run it on the optimized graph: the executable
+    /// rounds the folded weights.
+    Bf16,
+}
+
+/// `t` with every value rounded to bf16 (nearest even) and widened back.
+fn round_bf16(t: &Tensor) -> Tensor {
+    let data = t
+        .data()
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_f32())
+        .collect();
+    Tensor::new(t.shape().to_vec(), data).expect("the same shape")
+}
+
 /// Runs `graph` on `input` (NCHW) and returns the values of its outputs, in order.
 pub fn run(graph: &Graph, input: &Tensor) -> Result<Vec<Tensor>, InterpError> {
     run_observed(graph, input, &mut |_, _| {})
+}
+
+/// [`run`], rounding where an executable of `rounding`'s precision stores values.
+pub fn run_rounded(
+    graph: &Graph,
+    input: &Tensor,
+    rounding: Rounding,
+) -> Result<Vec<Tensor>, InterpError> {
+    match rounding {
+        Rounding::Exact => run(graph, input),
+        Rounding::Bf16 => {
+            let mut rounded = graph.clone();
+            let ids: Vec<NodeId> = rounded.node_ids().collect();
+            for id in ids {
+                for p in &mut rounded.node_mut(id).params {
+                    *p = round_bf16(p);
+                }
+            }
+            evaluate(&rounded, &round_bf16(input), &mut |_, _| {}, true)
+        }
+    }
 }
 
 /// Like [`run`], and calls `observe` with every node's value as soon as it is computed.
@@ -48,6 +92,16 @@ pub fn run_observed(
     graph: &Graph,
     input: &Tensor,
     observe: &mut dyn FnMut(NodeId, &Tensor),
+) -> Result<Vec<Tensor>, InterpError> {
+    evaluate(graph, input, observe, false)
+}
+
+/// [`run_observed`]; with `round_maps`, every feature map a node computes is rounded to bf16.
+fn evaluate(
+    graph: &Graph,
+    input: &Tensor,
+    observe: &mut dyn FnMut(NodeId, &Tensor),
+    round_maps: bool,
 ) -> Result<Vec<Tensor>, InterpError> {
     let inputs = graph.inputs_of_graph();
     let [input_id] = inputs.as_slice() else {
@@ -88,7 +142,12 @@ pub fn run_observed(
             if id == *input_id {
                 input.clone()
             } else {
-                eval_node(graph, id, &args, shapes[&id], [dims[0], dims[2], dims[3]])?
+                let at = [dims[0], dims[2], dims[3]];
+                let v = eval_node(graph, id, &args, shapes[&id], at, round_maps)?;
+                match (round_maps, shapes[&id]) {
+                    (true, Shape::Map { .. }) => round_bf16(&v),
+                    _ => v,
+                }
             }
         };
         observe(id, &value);
@@ -122,15 +181,16 @@ fn eval_node(
     args: &[(&Tensor, Shape)],
     out: Shape,
     input: [usize; 3],
+    ordered: bool,
 ) -> Result<Tensor, ShapeError> {
     let node = graph.node(id);
     let Some(tile) = node.tile else {
-        return Ok(eval(graph, id, args, out));
+        return Ok(eval(graph, id, args, out, ordered));
     };
     let own = node.own_operands(args.len());
     let own_shapes: Vec<Shape> = args[..own].iter().map(|a| a.1).collect();
     let part_shape = own_shape(graph, id, &own_shapes, input)?;
-    let part = eval(graph, id, &args[..own], part_shape);
+    let part = eval(graph, id, &args[..own], part_shape, ordered);
     let mut buffer = match tile.new_buffer {
         Some(_) => vec![0.0; out.elements()],
         None => args[own].0.data().to_vec(),
@@ -145,11 +205,63 @@ fn eval_node(
 }
 
 /// Evaluates one node's op. Shapes were checked by [`infer_shapes`], so indexing is in bounds.
-fn eval(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape) -> Tensor {
+/// `ordered`: sums in f32 in the order of the bf16 kernels (see [`conv2d_ordered`]).
+fn eval(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape, ordered: bool) -> Tensor {
     let node = graph.node(id);
     let p = |role: &str| node.param(role).map(Tensor::data);
     let x = || args[0].0.data();
     let data = match &node.op {
+        Op::FusedConv(f) if ordered => {
+            let y = conv2d_ordered(
+                x(),
+                map_dims(args[0].1),
+                p("weight").unwrap_or_default(),
+                p("bias"),
+                &f.conv,
+                map_dims(out),
+            );
+            let residual = f.residual.then(|| args[1].0.data());
+            y.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let v = residual.map_or(*v, |r| v + r[i]);
+                    if f.relu {
+                        v.max(0.0)
+                    } else {
+                        v
+                    }
+                })
+                .collect()
+        }
+        Op::AvgPool(a) if ordered => avg_pool_ordered(
+            x(),
+            map_dims(args[0].1),
+            &a.window,
+            map_dims(out),
+            a.count_include_pad,
+        ),
+        Op::GlobalAvgPool if ordered => {
+            let [n, c, h, w] = map_dims(args[0].1);
+            let inv = 1.0 / (h * w) as f32;
+            (0..n * c)
+                .map(|plane| x()[plane * h * w..][..h * w].iter().sum::<f32>() * inv)
+                .collect()
+        }
+        Op::Linear(a) if ordered => {
+            let (fi, fo) = (a.in_features, a.out_features);
+            let (weight, bias) = (p("weight").unwrap_or_default(), p("bias"));
+            x().chunks_exact(fi)
+                .flat_map(|row| {
+                    (0..fo).map(move |k| {
+                        let start = bias.map_or(0.0, |b| b[k]);
+                        let wk = &weight[k * fi..][..fi];
+                        row.iter()
+                            .zip(wk)
+                            .fold(start, |acc, (a, b)| b.mul_add(*a, acc))
+                    })
+                })
+                .collect()
+        }
         Op::Input(_) => x().to_vec(),
         Op::Conv2d(a) => conv2d(
             x(),
@@ -286,6 +398,96 @@ fn conv2d(
                 *o = v as f32;
             }
         });
+    out
+}
+
+/// [`conv2d`] as the bf16 tiles sum: in f32 from the bias, over the taps row-major (the zero
+/// halo's taps add nothing), and over channel pairs, the odd channel's fused product before the
+/// even one's, as `vdpbf16ps` adds them (the products of bf16 values are exact in f32).
+fn conv2d_ordered(
+    x: &[f32],
+    [_, c, h, w]: [usize; 4],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    a: &Conv2dAttrs,
+    [_, oc, oh, ow]: [usize; 4],
+) -> Vec<f32> {
+    let [kh, kw] = a.kernel;
+    let [sh, sw] = a.stride;
+    let [ph, pw] = a.padding;
+    let mut out = vec![0f32; x.len() / (c * h * w) * oc * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane, y)| {
+            let (b, k) = (plane / oc, plane % oc);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.map_or(0.0, |bs| bs[k]);
+                    for ky in 0..kh {
+                        let iy = (oy * sh + ky) as isize - ph as isize;
+                        for kx in 0..kw {
+                            let ix = (ox * sw + kx) as isize - pw as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let (iy, ix) = (iy as usize, ix as usize);
+                            let term = |ci: usize, acc: f32| {
+                                let xv = x[((b * c + ci) * h + iy) * w + ix];
+                                let wv = weight[((k * c + ci) * kh + ky) * kw + kx];
+                                xv.mul_add(wv, acc)
+                            };
+                            for pair in (0..c).step_by(2) {
+                                if pair + 1 < c {
+                                    acc = term(pair + 1, acc);
+                                }
+                                acc = term(pair, acc);
+                            }
+                        }
+                    }
+                    y[oy * ow + ox] = acc;
+                }
+            }
+        });
+    out
+}
+
+/// Average pooling as the generated pools sum: in f32 over the window's in-image cells
+/// row-major, times the reciprocal of the count in f32.
+fn avg_pool_ordered(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    p: &PoolAttrs,
+    [_, _, oh, ow]: [usize; 4],
+    count_include_pad: bool,
+) -> Vec<f32> {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [ph, pw] = p.padding;
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    for plane in 0..n * c {
+        let xc = &x[plane * h * w..][..h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (y0, x0) = (
+                    (oy * sh) as isize - ph as isize,
+                    (ox * sw) as isize - pw as isize,
+                );
+                let mut sum = 0f32;
+                let mut inside = 0usize;
+                for y in y0.max(0)..(y0 + kh as isize).min(h as isize) {
+                    for x in x0.max(0)..(x0 + kw as isize).min(w as isize) {
+                        sum += xc[y as usize * w + x as usize];
+                        inside += 1;
+                    }
+                }
+                let count = match count_include_pad {
+                    true => kh * kw,
+                    false => inside.max(1),
+                };
+                out.push(sum * (1.0 / count as f32));
+            }
+        }
+    }
     out
 }
 

@@ -169,6 +169,13 @@ pub(crate) enum InterpolationArg {
     Bilinear,
 }
 
+/// `--precision`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PrecisionArg {
+    F32,
+    Bf16,
+}
+
 /// `--weights-dtype`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum WeightsArg {

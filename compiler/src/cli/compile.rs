@@ -140,10 +140,14 @@ pub(crate) fn compile(
         return Ok(());
     }
     eprintln!(
-        "compiled {} for {} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, \
+        "compiled {} for {}{} (batch {batch}, {size}×{size}, {kernels} kernels, arena {:.1} MiB, \
          weights {:.1} MiB, packed to {:.1} MiB at start-up{}) into {} in {:.1} s",
         args.model(),
         program.tier.name(),
+        match program.precision {
+            inceptc_runtime::layout::Precision::F32 => "",
+            inceptc_runtime::layout::Precision::Bf16 => " in bf16",
+        },
         program.arena_bytes as f64 / (1 << 20) as f64,
         (program.stored.len() * target.weights_dtype.size()) as f64 / (1 << 20) as f64,
         program.packed_bytes as f64 / (1 << 20) as f64,

@@ -90,6 +90,16 @@ pub enum CodegenError {
         /// The assembler's error.
         source: iced_x86::IcedError,
     },
+    /// This precision has no kernels on this tier.
+    #[error(
+        "--precision {precision} needs --target-cpu x86-64-v4 (its tiles are AVX-512), not {tier}"
+    )]
+    Precision {
+        /// The precision's name.
+        precision: &'static str,
+        /// The tier's name.
+        tier: &'static str,
+    },
     /// The description does not decode (a bug: it was just encoded).
     #[error("the model description does not decode: {0}")]
     Description(#[from] inceptc_runtime::desc::DescError),
@@ -217,8 +227,13 @@ pub fn describe(
         preprocess,
         output_kind,
         arena_bytes: program.arena_bytes,
-        weights_dtype: Default::default(),
+        // bf16 code stores its weights as the bf16 it packs them to, every parameter alike.
+        weights_dtype: match program.precision {
+            inceptc_runtime::layout::Precision::F32 => Default::default(),
+            inceptc_runtime::layout::Precision::Bf16 => inceptc_runtime::desc::WeightsDtype::Bf16,
+        },
         tier: program.tier.runtime(),
+        precision: program.precision,
         input: program.input,
         outputs: program.outputs.clone(),
         blocks: program.blocks.clone(),

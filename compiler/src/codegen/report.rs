@@ -97,7 +97,13 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 true => ("flat pixel tiles", k.input.n * k.out_h * k.out_w),
                 false => ("row tiles", k.out_w),
             };
-            let algorithm = format!("direct, {tiles} {}", k.register.describe());
+            let algorithm = match k.input.precision {
+                inceptc_runtime::layout::Precision::F32 => {
+                    format!("direct, {tiles} {}", k.register.describe())
+                }
+                // The cost model's times are f32's.
+                p => format!("direct, {tiles} {} {}", k.register.describe(), p.name()),
+            };
             (op, algorithm, direct_time(&shape, &k.register, run))
         }
         Kernel::Winograd(k) => {
@@ -223,10 +229,12 @@ pub fn table(program: &Program, threads: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{} kernels for {}, {:.2} GFLOP; predicted {:.1} ms on one core at {CLOCK_GHZ} GHz (a cost \
-         model calibrated on the development machine; measure with OUT --bench)",
+        "{} kernels for {} in {}, {:.2} GFLOP; predicted {:.1} ms on one core at {CLOCK_GHZ} GHz \
+         (a cost model of f32 code calibrated on the development machine; measure with OUT \
+         --bench)",
         rows.len(),
         program.tier.name(),
+        program.precision.name(),
         flops as f64 / 1e9,
         total * 1e3
     );

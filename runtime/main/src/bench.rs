@@ -210,8 +210,9 @@ pub(crate) fn bench(
     if let Some(path) = outputs.plot {
         let medians: Vec<f64> = blocks.iter().map(|t| ms(median(t.clone()))).collect();
         let title = format!(
-            "{}, batch {}, {}×{}, {} thread(s): {:.1} ms end to end (median of {runs})",
+            "{} {}, batch {}, {}×{}, {} thread(s): {:.1} ms end to end (median of {runs})",
             desc.model,
+            desc.precision.name(),
             desc.batch,
             desc.image[0],
             desc.image[1],
@@ -238,9 +239,11 @@ pub(crate) fn bench(
             .collect();
         writeln!(
             out,
-            "{{\"model\": {}, \"batch\": {}, \"image_size\": [{}, {}], \"threads\": {}, \"runs\": {runs}, \
-             \"end_to_end\": {{\"median_ms\": {:.4}, \"min_ms\": {:.4}}}, \"blocks\": [{}]}}",
+            "{{\"model\": {}, \"precision\": \"{}\", \"batch\": {}, \"image_size\": [{}, {}], \
+             \"threads\": {}, \"runs\": {runs}, \"end_to_end\": {{\"median_ms\": {:.4}, \
+             \"min_ms\": {:.4}}}, \"blocks\": [{}]}}",
             json_string(&desc.model),
+            desc.precision.name(),
             desc.batch,
             desc.image[0],
             desc.image[1],
@@ -253,8 +256,9 @@ pub(crate) fn bench(
     }
     writeln!(
         out,
-        "{}, batch {}, {}×{}, {} thread(s), {runs} runs after a warm-up",
+        "{} {}, batch {}, {}×{}, {} thread(s), {runs} runs after a warm-up",
         desc.model,
+        desc.precision.name(),
         desc.batch,
         desc.image[0],
         desc.image[1],

@@ -111,7 +111,7 @@ pub(crate) fn linked_model() -> Result<Linked> {
         )
     };
     let desc = ModelDesc::decode(desc)?;
-    exec::check_cpu(desc.tier)?;
+    exec::check_cpu(desc.tier, desc.precision)?;
     let weights = unpack(weights, &desc)?;
     // SAFETY: the kernel table has one entry per step.
     let kernels =
@@ -167,9 +167,8 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
             .get(i + 1)
             .map_or(desc.packed_bytes, |next| next.offset);
         // `check` passed: the segment's own end lies inside the packed weights.
-        let own = (segment.recipe.packed_floats()).map_or(usize::MAX, |f| {
-            f.saturating_mul(4).saturating_add(segment.offset)
-        });
+        let own = (segment.recipe.packed_bytes())
+            .map_or(usize::MAX, |b| b.saturating_add(segment.offset));
         if own > end {
             bail!("corrupt model: weight segments overlap");
         }
@@ -193,6 +192,14 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
                 // SAFETY: `stored` is 2-aligned (checked) and `bytes` holds `n` f16.
                 let halves =
                     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const half::f16, n) };
+                wide.resize(n, 0.0);
+                halves.convert_to_f32_slice(wide);
+                wide
+            }
+            WeightsDtype::Bf16 => {
+                // SAFETY: `stored` is 2-aligned (checked) and `bytes` holds `n` bf16.
+                let halves =
+                    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const half::bf16, n) };
                 wide.resize(n, 0.0);
                 halves.convert_to_f32_slice(wide);
                 wide

@@ -48,6 +48,12 @@ impl ModelDesc {
             {
                 return Err(DescError("a feature map lies outside the arena"));
             }
+            // Channel pairs fill dwords, and the halo is cleared a dword at a time.
+            if m.precision == Precision::Bf16 && !m.c_total.is_multiple_of(2) {
+                return Err(DescError(
+                    "a bf16 feature map has an odd number of channels",
+                ));
+            }
         }
         for g in &self.guards {
             let end = g

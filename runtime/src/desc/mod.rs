@@ -5,7 +5,7 @@
 //! Encoding: a magic word and version, then little-endian `u64` fields; strings as a length and
 //! bytes padded to 8; lists as a length and their elements.
 
-use crate::layout::{Layout, MapLayout, VecLayout};
+use crate::layout::{Layout, MapLayout, Precision, VecLayout};
 use crate::pack::{ConvPacking, Recipe, Segment};
 use crate::resample::Filter;
 
@@ -29,7 +29,7 @@ pub struct Guard {
 }
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
-const VERSION: u64 = 6;
+const VERSION: u64 = 7;
 
 /// How input images become the network's input tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,8 +51,8 @@ pub enum Preprocess {
     Facenet,
 }
 
-/// How the executable stores its weights: f32, or f16 (half the size), converted to f32 once at
-/// start-up (before they are packed, see [`crate::pack`]).
+/// How the executable stores its weights: f32, or f16 or bf16 (half the size), converted to f32
+/// once at start-up (before they are packed, see [`crate::pack`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightsDtype {
     /// Stored as f32.
@@ -60,6 +60,8 @@ pub enum WeightsDtype {
     F32,
     /// Stored as f16, widened to f32 at start-up.
     F16,
+    /// Stored as bf16 (rounded to nearest even), widened to f32 at start-up.
+    Bf16,
 }
 
 impl WeightsDtype {
@@ -67,7 +69,7 @@ impl WeightsDtype {
     pub fn size(self) -> usize {
         match self {
             WeightsDtype::F32 => 4,
-            WeightsDtype::F16 => 2,
+            WeightsDtype::F16 | WeightsDtype::Bf16 => 2,
         }
     }
 }
@@ -78,6 +80,16 @@ pub fn weights_to_f16(f32_bytes: &[u8]) -> Vec<u8> {
         .chunks_exact(4)
         .flat_map(|b| {
             half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
+        })
+        .collect()
+}
+
+/// The bf16 encoding of f32 weight bytes (little-endian both), rounded to nearest even.
+pub fn weights_to_bf16(f32_bytes: &[u8]) -> Vec<u8> {
+    f32_bytes
+        .chunks_exact(4)
+        .flat_map(|b| {
+            half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
         })
         .collect()
 }
@@ -125,6 +137,8 @@ pub struct ModelDesc {
     pub weights_dtype: WeightsDtype,
     /// The CPU features the kernels use.
     pub tier: crate::exec::Tier,
+    /// What the feature maps are in the arena (the kernels' instructions follow from it).
+    pub precision: Precision,
     /// Where the input goes in the arena.
     pub input: MapLayout,
     /// Where the outputs are read from, in order.
@@ -172,6 +186,7 @@ impl Writer {
             m.channels,
             m.halo[0],
             m.halo[1],
+            precision_code(m.precision),
         ] {
             self.u(v);
         }
@@ -220,7 +235,15 @@ impl Reader<'_> {
             channel_offset: self.u()?,
             channels: self.u()?,
             halo: [self.u()?, self.u()?],
+            precision: self.precision()?,
         })
+    }
+    fn precision(&mut self) -> Result<Precision, DescError> {
+        match self.u()? {
+            0 => Ok(Precision::F32),
+            1 => Ok(Precision::Bf16),
+            _ => Err(DescError("unknown precision")),
+        }
     }
 }
 
@@ -289,11 +312,13 @@ impl ModelDesc {
         w.u(match self.weights_dtype {
             WeightsDtype::F32 => 0,
             WeightsDtype::F16 => 1,
+            WeightsDtype::Bf16 => 2,
         });
         w.u(match self.tier {
             crate::exec::Tier::V3 => 3,
             crate::exec::Tier::V4 => 4,
         });
+        w.u(precision_code(self.precision));
         w.map(&self.input);
         w.u(self.outputs.len());
         for o in &self.outputs {
@@ -361,6 +386,7 @@ impl ModelDesc {
                     }
                     w.u(c.panels.len());
                     c.panels.iter().flatten().for_each(|v| w.u(*v));
+                    w.u(precision_code(c.precision));
                 }
             }
         }
@@ -403,6 +429,7 @@ impl ModelDesc {
         let weights_dtype = match r.u()? {
             0 => WeightsDtype::F32,
             1 => WeightsDtype::F16,
+            2 => WeightsDtype::Bf16,
             _ => return Err(DescError("unknown weights dtype")),
         };
         let tier = match r.u()? {
@@ -410,6 +437,7 @@ impl ModelDesc {
             4 => crate::exec::Tier::V4,
             _ => return Err(DescError("unknown CPU tier")),
         };
+        let precision = r.precision()?;
         let input = r.map()?;
         let mut outputs = Vec::new();
         for _ in 0..r.len()? {
@@ -493,6 +521,7 @@ impl ModelDesc {
                         kernel: [kh, kw],
                         transform,
                         panels,
+                        precision: r.precision()?,
                     })
                 }
                 _ => return Err(DescError("bad weight segment")),
@@ -516,6 +545,7 @@ impl ModelDesc {
             arena_bytes,
             weights_dtype,
             tier,
+            precision,
             input,
             outputs,
             blocks,
@@ -526,6 +556,13 @@ impl ModelDesc {
         };
         desc.check()?;
         Ok(desc)
+    }
+}
+
+fn precision_code(p: Precision) -> usize {
+    match p {
+        Precision::F32 => 0,
+        Precision::Bf16 => 1,
     }
 }
 

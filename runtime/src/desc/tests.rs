@@ -13,6 +13,7 @@ fn round_trips_and_rejects_truncation() {
         channel_offset: 0,
         channels: 3,
         halo: [1, 1],
+        precision: Precision::F32,
     };
     let d = ModelDesc {
         model: "inception-v4".into(),
@@ -26,8 +27,9 @@ fn round_trips_and_rejects_truncation() {
         },
         output_kind: OutputKind::Logits,
         arena_bytes: 4096,
-        weights_dtype: WeightsDtype::F16,
+        weights_dtype: WeightsDtype::Bf16,
         tier: crate::exec::Tier::V4,
+        precision: Precision::Bf16,
         input: m,
         outputs: vec![Layout::Vector(VecLayout {
             offset: 0,
@@ -67,6 +69,7 @@ fn round_trips_and_rejects_truncation() {
                     kernel: [1, 3],
                     transform: Some([vec![1.0], vec![0.5; 12]]),
                     panels: vec![[0, 2, 16]],
+                    precision: Precision::Bf16,
                 }),
             },
         ],

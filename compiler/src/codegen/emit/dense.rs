@@ -67,6 +67,8 @@ pub(super) fn linear_tiled(
         channels: input.features,
         pixel_step: input.row_stride() as i64,
         readonly: true,
+
+        data: Data::F32,
     };
     let weights = RangePanels {
         register,

@@ -16,8 +16,8 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, ExtFuncData, ExternalName, FuncRef, Function, InstBuilder, MemFlagsData,
-    Signature, StackSlotData, StackSlotKind, UserExternalName, UserFuncName, Value,
+    types, AbiParam, Endianness, ExtFuncData, ExternalName, FuncRef, Function, InstBuilder,
+    MemFlagsData, Signature, StackSlotData, StackSlotKind, UserExternalName, UserFuncName, Value,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -28,8 +28,8 @@ use super::lower::{
 };
 use super::tile::{Isa, Tile};
 use super::winograd::Transform;
-use super::x86::{Avx2Tile, TileFn, TransformTile, ZmmTile, ZMM_UNROLL};
-use inceptc_runtime::layout::{MapLayout, VecLayout};
+use super::x86::{Avx2Tile, Data, TileFn, TransformTile, ZmmTile, ZMM_UNROLL};
+use inceptc_runtime::layout::{MapLayout, Precision, VecLayout};
 
 mod conv;
 mod dense;
@@ -184,6 +184,65 @@ impl Emitter<'_, '_> {
 
     fn store(&mut self, v: Value, addr: Value, offset: i64) {
         self.b.ins().store(flags(), v, addr, offset as i32);
+    }
+
+    /// Loads one value (`ty` F32) or four (F32X4) of `precision` at `addr + offset`, widened
+    /// to f32: a bf16's 16 bits become the high half of the f32.
+    fn load_value(
+        &mut self,
+        ty: types::Type,
+        precision: Precision,
+        addr: Value,
+        offset: i64,
+    ) -> Value {
+        if precision == Precision::F32 {
+            return self.load(ty, addr, offset);
+        }
+        let bits = match ty == types::F32 {
+            true => self
+                .b
+                .ins()
+                .uload16(types::I32, flags(), addr, offset as i32),
+            false => self.b.ins().uload16x4(flags(), addr, offset as i32),
+        };
+        let wide = self.b.ins().ishl_imm_u(bits, 16);
+        self.b.ins().bitcast(ty, MemFlagsData::new(), wide)
+    }
+
+    /// Stores `v` (F32 or F32X4) at `addr + offset` in `precision`: bf16 rounded to nearest
+    /// even, as `vcvtneps2bf16` and the interpreter round (`(bits + 0x7fff + lsb) >> 16`; a NaN
+    /// is not kept, which no pooled value is).
+    fn store_value(&mut self, v: Value, precision: Precision, addr: Value, offset: i64) {
+        if precision == Precision::F32 {
+            return self.store(v, addr, offset);
+        }
+        let scalar = self.b.func.dfg.value_type(v) == types::F32;
+        let ty = match scalar {
+            true => types::I32,
+            false => types::I32X4,
+        };
+        let bits = self.b.ins().bitcast(ty, MemFlagsData::new(), v);
+        let high = self.b.ins().ushr_imm_u(bits, 16);
+        let one = self.b.ins().iconst(types::I32, 1);
+        let half = self.b.ins().iconst(types::I32, 0x7fff);
+        let (one, half) = match scalar {
+            true => (one, half),
+            false => (self.b.ins().splat(ty, one), self.b.ins().splat(ty, half)),
+        };
+        let lsb = self.b.ins().band(high, one);
+        let r = self.b.ins().iadd(bits, half);
+        let r = self.b.ins().iadd(r, lsb);
+        let r = self.b.ins().ushr_imm_u(r, 16);
+        if scalar {
+            self.b.ins().istore16(flags(), r, addr, offset as i32);
+            return;
+        }
+        // The four results are below 2^16: the unsigned saturation changes none.
+        let halves = self.b.ins().unarrow(r, r);
+        let little = MemFlagsData::new().with_endianness(Endianness::Little);
+        let pairs = self.b.ins().bitcast(types::I64X2, little, halves);
+        let low = self.b.ins().extractlane(pairs, 0);
+        self.store(low, addr, offset);
     }
 
     fn var(&mut self, ty: types::Type, init: Value) -> Variable {

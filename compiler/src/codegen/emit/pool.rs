@@ -89,29 +89,33 @@ pub(super) fn pool_inner(e: &mut Emitter, k: &PoolKernel, wy: Value, out_row: Va
     let scale = k
         .average
         .map(|_| 1.0 / (win.kernel[0] * win.kernel[1]) as f32);
+    // Channel offsets `c` are in bytes of the map's values (input and output alike).
+    let (precision, value) = (input.precision, input.value_bytes() as i64);
     let lanes = |e: &mut Emitter, c: Value, ty: types::Type, vectors: usize| {
         let base = e.b.ins().iadd(window, c);
         let dst = e.b.ins().iadd(out_px, c);
-        let bytes = ty.bytes() as i64;
+        let bytes = ty.lane_count() as i64 * value;
         for v in 0..vectors as i64 {
             let mut acc = pool_init(e, k, ty);
             for &tap in &taps {
-                let x = e.load(ty, base, tap + v * bytes);
+                let x = e.load_value(ty, precision, base, tap + v * bytes);
                 acc = pool_step(e, k, acc, x);
             }
             if let Some(s) = scale {
                 let s = e.f32s(ty, s);
                 acc = e.b.ins().fmul(acc, s);
             }
-            e.store(acc, dst, v * bytes);
+            e.store_value(acc, precision, dst, v * bytes);
         }
     };
     let channels = input.channels as i64;
-    let wide_end = channels / 16 * 16 * F32;
-    let vec_end = channels / 4 * 4 * F32;
-    e.for_const(0, wide_end, 4 * VEC, |e, c| lanes(e, c, types::F32X4, 4));
-    e.for_const(wide_end, vec_end, VEC, |e, c| lanes(e, c, types::F32X4, 1));
-    e.for_const(vec_end, channels * F32, F32, |e, c| {
+    let wide_end = channels / 16 * 16 * value;
+    let vec_end = channels / 4 * 4 * value;
+    e.for_const(0, wide_end, 16 * value, |e, c| lanes(e, c, types::F32X4, 4));
+    e.for_const(wide_end, vec_end, 4 * value, |e, c| {
+        lanes(e, c, types::F32X4, 1)
+    });
+    e.for_const(vec_end, channels * value, value, |e, c| {
         lanes(e, c, types::F32, 1)
     });
 }
@@ -145,7 +149,8 @@ pub(super) fn pool_clamped(
             Some(e.b.ins().fdiv(one, count))
         }
     };
-    let channels = input.channels;
+    let channels = input.channels as i64;
+    let (precision, value) = (input.precision, input.value_bytes() as i64);
     let pool_lanes = |e: &mut Emitter, c: Value, ty: types::Type| {
         let init = pool_init(e, k, ty);
         let acc = e.var(ty, init);
@@ -154,7 +159,7 @@ pub(super) fn pool_clamped(
             let row = e.scaled(base, ky, input.row_stride() as i64);
             e.for_range(kx_lo, kx_hi, 1, |e, kx| {
                 let px = e.scaled(row, kx, input.pixel_stride() as i64);
-                let v = e.load(ty, px, 0);
+                let v = e.load_value(ty, precision, px, 0);
                 let a = e.b.use_var(acc);
                 let r = pool_step(e, k, a, v);
                 e.b.def_var(acc, r);
@@ -170,11 +175,11 @@ pub(super) fn pool_clamped(
             r = e.b.ins().fmul(r, s);
         }
         let dst = e.b.ins().iadd(out_px, c);
-        e.store(r, dst, 0);
+        e.store_value(r, precision, dst, 0);
     };
-    let vec_end = (channels / 4 * 4) as i64 * F32;
-    e.for_const(0, vec_end, VEC, |e, c| pool_lanes(e, c, types::F32X4));
-    e.for_const(vec_end, channels as i64 * F32, F32, |e, c| {
+    let vec_end = channels / 4 * 4 * value;
+    e.for_const(0, vec_end, 4 * value, |e, c| pool_lanes(e, c, types::F32X4));
+    e.for_const(vec_end, channels * value, value, |e, c| {
         pool_lanes(e, c, types::F32)
     });
 }
@@ -196,13 +201,16 @@ pub(super) fn clamp_window(
     (lo, hi)
 }
 
+/// The mean over every pixel of a map, into an f32 vector: work items are (image, block of
+/// [`GLOBAL_POOL_CHANNELS`] channels); channel offsets `c` are in bytes of the map's values.
 pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, end: Value) {
     let (input, out) = (k.input, k.out);
-    let block_bytes = (GLOBAL_POOL_CHANNELS * F32 as usize) as i64;
-    let all = input.channels as i64 * F32;
+    let (precision, value) = (input.precision, input.value_bytes() as i64);
+    let block_bytes = GLOBAL_POOL_CHANNELS as i64 * value;
+    let all = input.channels as i64 * value;
     // Channels below this are summed four at a time, the rest one at a time: that happens in the
     // last block only, the block size being a multiple of 4.
-    let vec_end = (input.channels / 4 * 4) as i64 * F32;
+    let vec_end = (input.channels / 4 * 4) as i64 * value;
     e.for_range(begin, end, 1, |e, item| {
         let (n, block) = e.image_and_row(item, k.blocks());
         let origin = e.map_origin(&input, n);
@@ -216,7 +224,7 @@ pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, e
                 let row = e.scaled(base, y, input.row_stride() as i64);
                 e.for_const(0, input.w as i64, 1, |e, x| {
                     let px = e.scaled(row, x, input.pixel_stride() as i64);
-                    let v = e.load(ty, px, 0);
+                    let v = e.load_value(ty, precision, px, 0);
                     let a = e.b.use_var(acc);
                     let s = e.b.ins().fadd(a, v);
                     e.b.def_var(acc, s);
@@ -225,7 +233,12 @@ pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, e
             let a = e.b.use_var(acc);
             let scale = e.f32s(ty, inv);
             let mean = e.b.ins().fmul(a, scale);
-            let at = e.b.ins().iadd(dst, c);
+            // The vector's f32 features: 4 / value bytes per byte of the map's.
+            let c_out = match value {
+                F32 => c,
+                _ => e.b.ins().imul_imm_s(c, F32 / value),
+            };
+            let at = e.b.ins().iadd(dst, c_out);
             e.store(mean, at, 0);
         };
         // The block's channels, in bytes: [c0, c1).
@@ -235,8 +248,8 @@ pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, e
         let c1 = e.b.ins().smin(c1, limit);
         let vec_limit = e.int(vec_end);
         let vectors_end = e.b.ins().smin(c1, vec_limit);
-        e.for_range(c0, vectors_end, VEC, |e, c| lanes(e, c, types::F32X4));
+        e.for_range(c0, vectors_end, 4 * value, |e, c| lanes(e, c, types::F32X4));
         let tail = e.b.ins().smax(c0, vec_limit);
-        e.for_range(tail, c1, F32, |e, c| lanes(e, c, types::F32));
+        e.for_range(tail, c1, value, |e, c| lanes(e, c, types::F32));
     });
 }

@@ -25,9 +25,9 @@ pub(super) fn for_panel(
 ) {
     let width = range.register.panel();
     let panels = range.register.panels(range.channels);
-    // Channel `first = panel · width`: weights at first · rows floats, bias and outputs at first
-    // floats.
-    let first = e.b.ins().imul_imm_s(panel, width as i64 * F32);
+    // Channel `first = panel · width`: weights at first · rows dwords (a row is a dword per
+    // channel: an f32, a bf16 pair or a u8 quad).
+    let first = e.b.ins().imul_imm_s(panel, width as i64);
     let wbase = e.offset(e.weights, range.weights as i64);
     let weights = e.scaled(wbase, panel, (width * range.rows) as i64 * F32);
     let call = |e: &mut Emitter, packed: usize, channels: usize| {
@@ -87,7 +87,7 @@ pub(super) struct Epilogue {
 pub(super) struct ZmmPanel {
     /// Address of the panel's packed weights.
     pub(super) weights: Value,
-    /// Byte offset of its channel 0 in the bias and the output and residual pixels.
+    /// Its first output channel, from the range's.
     pub(super) first: Value,
     /// Packed channels (a multiple of 16).
     pub(super) width: usize,
@@ -132,16 +132,23 @@ pub(super) fn zmm_call(
         residual: epilogue.residuals.is_some(),
         relu: epilogue.relu,
         prefetch_step: panel.prefetch.map_or(0, |p| p.1),
-        data: crate::codegen::x86::Data::F32,
+        data: source.data,
     });
     let func = (e.tiles)(tile, e.b.func);
     let bias = match epilogue.bias {
         Some(b) => {
             let base = e.offset(e.weights, b as i64);
-            e.b.ins().iadd(base, panel.first)
+            e.scaled(base, panel.first, F32)
         }
         None => e.int(0),
     };
+    // The output and residual values: f32 or bf16.
+    let value = match source.data {
+        Data::F32 => F32,
+        Data::Bf16 => 2,
+        Data::U8S8 => 1,
+    };
+    let first = e.b.ins().imul_imm_s(panel.first, value);
     let residuals = epilogue.residuals.unwrap_or_else(|| e.int(0));
     let args = [
         input,
@@ -149,7 +156,7 @@ pub(super) fn zmm_call(
         bias,
         epilogue.outputs,
         residuals,
-        panel.first,
+        first,
         panel.prefetch.map_or_else(|| e.int(0), |p| p.0),
     ];
     e.b.ins().call(func, &args);
@@ -174,8 +181,8 @@ pub(super) fn for_blocks(
 
 /// What one register tile reads: per tap, the byte offset of its input pixel from the tile's
 /// first and of its weights from the block's (an AVX2 tier block); the same taps as a grid of
-/// rows × columns and the bytes between them; the input channels; and the bytes from one of the
-/// tile's pixels to the next.
+/// rows × columns and the bytes between them; the input channel steps (channels, or bf16 pairs);
+/// the bytes from one of the tile's pixels to the next; and what the values are.
 pub(super) struct TileSource {
     pub(super) taps: Vec<(i64, i64)>,
     pub(super) grid: [usize; 2],
@@ -184,12 +191,18 @@ pub(super) struct TileSource {
     pub(super) pixel_step: i64,
     /// Whether the input is never written while the kernel runs (see [`readonly`]).
     pub(super) readonly: bool,
+    /// The input's and the weights' data types (the output's too on the AVX-512 tier).
+    pub(super) data: Data,
 }
 
 impl TileSource {
     /// The taps of a direct convolution: row-major, weights as [`ConvRange`] packs them.
     pub(super) fn conv(k: &ConvKernel) -> TileSource {
         let ic = k.input.channels;
+        let data = match k.input.precision {
+            Precision::F32 => Data::F32,
+            Precision::Bf16 => Data::Bf16,
+        };
         let taps = (0..k.kernel[0])
             .flat_map(|ky| (0..k.kernel[1]).map(move |kx| (ky, kx)))
             .enumerate()
@@ -202,9 +215,11 @@ impl TileSource {
             taps,
             grid: k.kernel,
             grid_steps: [k.input.row_stride() as i64, k.input.pixel_stride() as i64],
-            channels: ic,
+            // One dword per step: a channel, or a channel pair.
+            channels: k.input.channel_dwords(),
             pixel_step: (k.stride[1] * k.input.pixel_stride()) as i64,
             readonly: true,
+            data,
         }
     }
 }

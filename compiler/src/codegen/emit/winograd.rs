@@ -154,6 +154,8 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
         channels: ci,
         pixel_step: ci as i64 * F32,
         readonly: false,
+
+        data: Data::F32,
     };
     let step = k.register.pixels;
     e.for_range(begin, end, 1, |e, item| {

@@ -12,7 +12,7 @@ use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
 use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan};
 use inceptc_runtime::desc::Guard;
-use inceptc_runtime::layout::{Layout, MapLayout, VecLayout};
+use inceptc_runtime::layout::{Layout, MapLayout, Precision, VecLayout};
 use inceptc_runtime::pack::{self, ConvPacking, Recipe, Segment};
 
 mod kernels;
@@ -72,6 +72,8 @@ pub struct Program {
     pub guards: Vec<Guard>,
     /// The instruction-set tier of its register tiles.
     pub tier: Tier,
+    /// What the feature maps are in the arena.
+    pub precision: Precision,
 }
 
 /// How to lower.
@@ -88,6 +90,9 @@ pub struct LowerOptions {
     pub conv: ConvAlgorithm,
     /// The instruction-set tier of the register tiles.
     pub tier: Tier,
+    /// What the feature maps are in the arena: f32, or bf16 with bf16 weights, f32
+    /// accumulation and direct convolutions only (x86-64-v4).
+    pub precision: Precision,
 }
 
 impl Program {
@@ -119,7 +124,20 @@ impl Program {
         width: usize,
         options: &LowerOptions,
     ) -> Result<Program, CodegenError> {
-        let plan = plan_guarded(graph, batch, height, width, options.check_bounds)?;
+        if options.precision != Precision::F32 && options.tier != Tier::V4 {
+            return Err(CodegenError::Precision {
+                precision: options.precision.name(),
+                tier: options.tier.name(),
+            });
+        }
+        let plan = plan_guarded(
+            graph,
+            batch,
+            height,
+            width,
+            options.check_bounds,
+            options.precision,
+        )?;
         if let Some(name) = &options.inject_fault {
             let is_conv = |id: NodeId| matches!(graph.node(id).op, Op::FusedConv(_));
             if !graph
@@ -136,6 +154,7 @@ impl Program {
             fault: options.inject_fault.as_deref(),
             conv: options.conv,
             tier: options.tier,
+            precision: options.precision,
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -160,7 +179,7 @@ impl Program {
             let clear_halos = plan
                 .buffers
                 .iter()
-                .filter(|b| b.live[0] == s && b.halo != [0, 0])
+                .filter(|b| b.live[0] == s && needs_clearing(b))
                 .filter_map(|b| match buffer_layout(b, 0, b.shape.channels()) {
                     Layout::Map(m) => Some(m),
                     Layout::Vector(_) => None,
@@ -195,7 +214,7 @@ impl Program {
             .outputs()
             .iter()
             .map(|o| match lowering.layout(*o)? {
-                Layout::Map(m) => Ok(Layout::Map(m.whole())),
+                Layout::Map(_) => Ok(Layout::Map(lowering.read_map(*o)?)),
                 Layout::Vector(_) => Ok(Layout::Vector(lowering.read_vector(*o)?)),
             })
             .collect::<Result<_, CodegenError>>()?;
@@ -211,12 +230,20 @@ impl Program {
                     guard: b.guard,
                     live: b.live,
                     halo: match buffer_layout(b, 0, b.shape.channels()) {
-                        Layout::Map(m) if m.halo != [0, 0] => Some(m),
+                        Layout::Map(m) if needs_clearing(b) => Some(m),
                         _ => None,
                     },
                 })
                 .collect(),
         };
+        let mut stored = weights.stored;
+        if options.precision == Precision::Bf16 {
+            // Every parameter is stored as bf16 (`WeightsDtype::Bf16`): round here, so that
+            // in-process code runs on the executable's values.
+            stored
+                .iter_mut()
+                .for_each(|v| *v = Precision::Bf16.round(*v));
+        }
         Ok(Program {
             name: graph.name.clone(),
             batch,
@@ -225,28 +252,36 @@ impl Program {
             blocks,
             arena_bytes,
             packed_bytes: weights.end,
-            stored: weights.stored,
+            stored,
             segments: weights.segments,
             input,
             outputs,
             guards,
             tier: options.tier,
+            precision: options.precision,
         })
     }
+}
+
+/// Whether a buffer has zeros to keep: a halo, or channels that pad its pixels to whole dwords
+/// (see [`MapLayout::padding_channels`]).
+fn needs_clearing(b: &Buffer) -> bool {
+    b.halo != [0, 0] || b.channels() > b.shape.channels()
 }
 
 /// Channels `channel_offset .. channel_offset + channels` of `buffer`, as a layout.
 fn buffer_layout(buffer: &Buffer, channel_offset: usize, channels: usize) -> Layout {
     match buffer.shape {
-        Shape::Map { n, c, h, w } => Layout::Map(MapLayout {
+        Shape::Map { n, h, w, .. } => Layout::Map(MapLayout {
             offset: buffer.data_offset(),
             n,
             h,
             w,
-            c_total: c,
+            c_total: buffer.channels(),
             channel_offset,
             channels,
             halo: buffer.halo,
+            precision: buffer.precision,
         }),
         Shape::Vector { n, f } => Layout::Vector(VecLayout {
             offset: buffer.data_offset(),
@@ -266,6 +301,7 @@ struct Lowering<'a> {
     fault: Option<&'a str>,
     conv: ConvAlgorithm,
     tier: Tier,
+    precision: Precision,
 }
 
 impl Lowering<'_> {
@@ -299,9 +335,15 @@ impl Lowering<'_> {
         Ok(m)
     }
 
-    /// What a reader of `id` sees: the whole value, all channels of its buffer.
+    /// What a reader of `id` sees: the whole value, all channels of its buffer (without the
+    /// padding channel of an odd bf16 count).
     fn read_map(&self, id: NodeId) -> Result<MapLayout, CodegenError> {
-        Ok(self.map(id)?.whole())
+        let buffer = &self.plan.buffers[self.plan.placements[&id].buffer];
+        Ok(MapLayout {
+            channel_offset: 0,
+            channels: buffer.shape.channels(),
+            ..self.map(id)?
+        })
     }
 
     fn read_vector(&self, id: NodeId) -> Result<VecLayout, CodegenError> {
@@ -340,7 +382,8 @@ impl Lowering<'_> {
         let needs = TileNeeds {
             tier: self.tier,
             in_channels: input.channels,
-            steps: f.conv.kernel[0] * f.conv.kernel[1] * input.channels,
+            // A step is a dword of input: a channel, or a bf16 pair.
+            steps: f.conv.kernel[0] * f.conv.kernel[1] * input.channel_dwords(),
             pixel_step: f.conv.stride[1] * input.pixel_stride(),
             run: out.w,
             out_channels,
@@ -383,7 +426,8 @@ impl Lowering<'_> {
             && input.channels.is_multiple_of(4)
             && !winograd::choices(ry).is_empty()
             && !winograd::choices(rx).is_empty();
-        if !applies || self.conv == ConvAlgorithm::Direct {
+        // bf16 convolutions are direct: their transforms would round in bf16 at every point.
+        if !applies || self.conv == ConvAlgorithm::Direct || self.precision != Precision::F32 {
             return None;
         }
         let register = winograd_register(self.tier, input, out, out_channels);
@@ -459,7 +503,7 @@ impl Lowering<'_> {
                     };
                     let packing = match winograd {
                         Some((tile, _, register)) => winograd_packing(&g.conv, tile, &register),
-                        None => conv_packing(&g.conv, &register),
+                        None => conv_packing(&g.conv, &register, self.precision),
                     };
                     let reg = winograd.map_or(register, |w| w.2);
                     ranges.push(ConvRange {
@@ -552,6 +596,8 @@ impl Lowering<'_> {
                         kernel: [1, 1],
                         transform: None,
                         panels: panels_of(a.out_features, &register),
+                        // The pooled features are f32 in every precision.
+                        precision: Precision::F32,
                     };
                     return Ok(Kernel::Linear(LinearKernel {
                         input,

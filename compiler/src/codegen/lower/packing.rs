@@ -18,9 +18,7 @@ impl WeightBlob {
     /// offset in the packed weights (aligned to [`WEIGHT_ALIGN`]).
     pub(super) fn push_recipe(&mut self, values: &[f32], recipe: Recipe) -> usize {
         let offset = self.end.next_multiple_of(WEIGHT_ALIGN);
-        let floats = recipe
-            .packed_floats()
-            .expect("a segment the lowering sized");
+        let bytes = recipe.packed_bytes().expect("a segment the lowering sized");
         let segment = Segment {
             offset,
             source: self.stored.len(),
@@ -28,7 +26,7 @@ impl WeightBlob {
         };
         self.stored.extend_from_slice(values);
         self.segments.push(segment);
-        self.end = offset + 4 * floats;
+        self.end = offset + bytes;
         offset
     }
 
@@ -53,15 +51,20 @@ pub(super) fn pack_bias(bias: Option<&[f32]>, channels: usize, register: &Tile) 
     b
 }
 
-/// How a convolution's `[O, I, KH, KW]` weights are packed for `register`: panels of its tile,
-/// taps row-major (the order of [`ConvRange`]).
-pub(super) fn conv_packing(a: &inceptc_ir::op::Conv2dAttrs, register: &Tile) -> ConvPacking {
+/// How a convolution's `[O, I, KH, KW]` weights are packed for `register` in `precision`: panels
+/// of its tile, taps row-major (the order of [`ConvRange`]).
+pub(super) fn conv_packing(
+    a: &inceptc_ir::op::Conv2dAttrs,
+    register: &Tile,
+    precision: Precision,
+) -> ConvPacking {
     ConvPacking {
         out: a.out_channels,
         inputs: a.in_channels,
         kernel: a.kernel,
         transform: None,
         panels: panels_of(a.out_channels, register),
+        precision,
     }
 }
 
@@ -79,7 +82,7 @@ pub(super) fn winograd_packing(
     };
     ConvPacking {
         transform: Some([g(tile[0], a.kernel[0]), g(tile[1], a.kernel[1])]),
-        ..conv_packing(a, register)
+        ..conv_packing(a, register, Precision::F32)
     }
 }
 
