@@ -8,7 +8,7 @@
 //! A host without the feature says so in the test output.
 
 use half::bf16;
-use inceptc::codegen::x86::{Data, ZmmTile};
+use inceptc::codegen::x86::{AmxTile, Data, ZmmTile, AMX_CHANNELS};
 use rand::{Rng, SeedableRng};
 
 /// Whether this CPU runs AVX-512 F and AVX512-VNNI code.
@@ -104,6 +104,21 @@ struct Geometry {
 }
 
 impl Geometry {
+    fn of_amx(tile: &AmxTile) -> Geometry {
+        let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
+        Geometry {
+            pixels: tile.pixels,
+            width: 16 * tile.vectors,
+            valid: 16 * (tile.vectors - 1) + tile.last_lanes,
+            rows: tile.taps[0],
+            columns: tile.taps[1],
+            steps: tile.chunks * AMX_CHANNELS / 2,
+            row_step,
+            column_step,
+            pixel_step: tile.pixel_step as usize,
+        }
+    }
+
     fn of(tile: &ZmmTile) -> Geometry {
         let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
         Geometry {
@@ -136,7 +151,7 @@ impl Geometry {
 /// Calls `tile` (assembled and mapped executable) on these buffers: `outputs` and `residuals`
 /// hold one buffer per pixel, which the tile reads and writes from `channel` bytes on.
 fn run<I, W, O>(
-    tile: &ZmmTile,
+    code: &[u8],
     input: &[I],
     weights: &[W],
     table: &[f32],
@@ -149,7 +164,7 @@ fn run<I, W, O>(
         .map(|o| o.as_mut_ptr() as *mut u8)
         .collect();
     let res_ptrs: Vec<*const u8> = residuals.iter().map(|r| r.as_ptr() as *const u8).collect();
-    let exe = Executable::new(&tile.code().unwrap());
+    let exe = Executable::new(code);
     // SAFETY: the tile is this signature; the callers size every buffer by the formulas of the
     // tile's loops (`Geometry`), so every address it reads or writes lies inside them.
     unsafe {
@@ -166,10 +181,46 @@ fn run<I, W, O>(
     }
 }
 
-/// One bf16 tile run on random data, checked against an f64 reference on the same bf16 values.
-fn check(tile: &ZmmTile, seed: u64) {
+/// A bf16 tile under test: its geometry, epilogue and code.
+struct Bf16Tile {
+    g: Geometry,
+    bias: bool,
+    residual: bool,
+    relu: bool,
+    code: Vec<u8>,
+    name: String,
+}
+
+impl Bf16Tile {
+    fn zmm(tile: &ZmmTile) -> Bf16Tile {
+        Bf16Tile {
+            g: Geometry::of(tile),
+            bias: tile.bias,
+            residual: tile.residual,
+            relu: tile.relu,
+            code: tile.code().unwrap(),
+            name: format!("{tile:?}"),
+        }
+    }
+
+    fn amx(tile: &AmxTile) -> Bf16Tile {
+        Bf16Tile {
+            g: Geometry::of_amx(tile),
+            bias: tile.bias,
+            residual: tile.residual,
+            relu: tile.relu,
+            code: tile.code().unwrap(),
+            name: format!("{tile:?}"),
+        }
+    }
+}
+
+/// One bf16 tile run on random data, checked against an f64 reference on the same bf16 values;
+/// returns how many outputs equal an f32 sum with each pair's even product first, and how many
+/// with its odd product first (`vdpbf16ps`'s order), of all outputs.
+fn check(tile: &Bf16Tile, seed: u64) -> [usize; 3] {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let g = Geometry::of(tile);
+    let g = &tile.g;
     let (m, width, valid, pairs) = (g.pixels, g.width, g.valid, g.steps);
     let (rows, columns) = (g.rows, g.columns);
     let value = |rng: &mut rand_chacha::ChaCha8Rng| bf16::from_f32(rng.gen_range(-1.0..1.0));
@@ -198,7 +249,7 @@ fn check(tile: &ZmmTile, seed: u64) {
         .map(|_| (0..32 + width).map(|_| value(&mut rng)).collect())
         .collect();
     run(
-        tile,
+        &tile.code,
         &input,
         &weights,
         &bias,
@@ -207,6 +258,7 @@ fn check(tile: &ZmmTile, seed: u64) {
         channel,
     );
     let first = channel / 2;
+    let mut orders = [0; 3];
     for p in 0..m {
         for o in 0..width {
             let got = outputs[p][first + o];
@@ -214,12 +266,15 @@ fn check(tile: &ZmmTile, seed: u64) {
                 assert_eq!(
                     got.to_bits(),
                     sentinel.to_bits(),
-                    "{tile:?}: lane {o} written"
+                    "{}: lane {o} written",
+                    tile.name
                 );
                 continue;
             }
-            let mut want = if tile.bias { bias[o] as f64 } else { 0.0 };
+            let start = if tile.bias { bias[o] } else { 0.0 };
+            let mut want = start as f64;
             let mut magnitude = want.abs();
+            let mut ordered = [start; 2];
             for ty in 0..rows {
                 for tx in 0..columns {
                     let t = ty * columns + tx;
@@ -230,24 +285,44 @@ fn check(tile: &ZmmTile, seed: u64) {
                             want += x * w;
                             magnitude += (x * w).abs();
                         }
+                        let product = |k: usize| {
+                            let x = input[at(p, ty, tx, c, k)].to_f32();
+                            x * weights[((t * pairs + c) * width + o) * 2 + k].to_f32()
+                        };
+                        for (order, sum) in ordered.iter_mut().enumerate() {
+                            for k in [order, 1 - order] {
+                                *sum += product(k);
+                            }
+                        }
                     }
                 }
             }
-            if tile.residual {
-                want += residuals[p][first + o].to_f64();
+            let finish = |mut v: f64| {
+                if tile.residual {
+                    v += residuals[p][first + o].to_f64();
+                }
+                if tile.relu {
+                    v = v.max(0.0);
+                }
+                v
+            };
+            want = finish(want);
+            for (order, sum) in ordered.iter().enumerate() {
+                let v = bf16::from_f32(finish(*sum as f64) as f32);
+                orders[order] += (v == got) as usize;
             }
-            if tile.relu {
-                want = want.max(0.0);
-            }
+            orders[2] += 1;
             // bf16 rounding (half an ulp: 2⁻⁹ relative) and f32 accumulation.
             let err = (got.to_f64() - want).abs();
             let bound = want.abs() / 256.0 + 1e-6 * magnitude + 1e-30;
             assert!(
                 err <= bound,
-                "{tile:?}: pixel {p} channel {o}: got {got}, want {want} (error {err:e})"
+                "{}: pixel {p} channel {o}: got {got}, want {want} (error {err:e})",
+                tile.name
             );
         }
     }
+    orders
 }
 
 #[test]
@@ -269,7 +344,11 @@ fn the_bf16_zmm_tile_matches_a_scalar_reference() {
                 relu: epilogue % 3 == 0,
                 ..tile
             };
-            check(&tile, (10 * i + epilogue) as u64);
+            let [_, odd_first, all] = check(&Bf16Tile::zmm(&tile), (10 * i + epilogue) as u64);
+            assert_eq!(
+                odd_first, all,
+                "vdpbf16ps sums each pair's odd product first"
+            );
             runs += 1;
         }
     }
@@ -336,7 +415,7 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
         .map(|_| (0..channel + width).map(|_| rng.gen()).collect())
         .collect();
     run(
-        tile,
+        &tile.code().unwrap(),
         &input,
         &weights,
         &table,
@@ -417,5 +496,140 @@ fn u8_shape(
         bias: false,
         data: Data::U8S8,
         ..shape(pixels, vectors, last_lanes, taps, quads, false)
+    }
+}
+
+/// (pixels, vectors, last lanes, taps, 32-channel chunks) of AMX tiles: one and two A tiles,
+/// full and partial ones, one to three accumulator columns, masked last vectors, tap grids.
+const AMX_SHAPES: [(usize, usize, usize, [usize; 2], usize); 6] = [
+    (16, 2, 16, [1, 1], 1),
+    (32, 2, 9, [2, 2], 2),
+    (5, 3, 16, [1, 3], 1),
+    (20, 1, 7, [3, 1], 3),
+    (1, 1, 16, [1, 1], 1),
+    (32, 1, 16, [1, 1], 4),
+];
+
+#[test]
+fn the_amx_bf16_tile_matches_a_scalar_reference() {
+    let missing = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::Bf16,
+        false,
+    );
+    let amx = inceptc_runtime::exec::amx_present() && missing.is_empty();
+    if !amx {
+        eprintln!("SKIPPED: this CPU lacks AMX-BF16; the AMX tile was assembled but not run");
+    }
+    if amx {
+        inceptc_runtime::exec::enable_amx().unwrap();
+    }
+    let (mut runs, mut orders) = (0, [0; 3]);
+    for (i, (pixels, vectors, last_lanes, taps, chunks)) in AMX_SHAPES.into_iter().enumerate() {
+        for epilogue in 0..4 {
+            let column_step = 2 * AMX_CHANNELS * chunks + 64;
+            let row_step = taps[1] * column_step + 128;
+            let tile = AmxTile {
+                pixels,
+                vectors,
+                last_lanes,
+                taps,
+                tap_steps: [row_step as i32, column_step as i32],
+                chunks,
+                pixel_step: (taps[0] * row_step + 32) as i32,
+                bias: epilogue % 2 == 1,
+                residual: epilogue >= 2,
+                relu: epilogue % 3 == 0,
+            };
+            let tested = Bf16Tile::amx(&tile);
+            if !amx {
+                continue;
+            }
+            let counts = check(&tested, (100 + 10 * i + epilogue) as u64);
+            orders.iter_mut().zip(counts).for_each(|(o, c)| *o += c);
+            runs += 1;
+        }
+    }
+    if amx {
+        eprintln!(
+            "AMX bf16 tile: {runs} shapes and epilogues match the reference; of {} outputs, {} \
+             equal an f32 sum with each pair's even product first, {} with its odd one first",
+            orders[2], orders[0], orders[1]
+        );
+    }
+}
+
+/// One lane of the AMX probe: bias, (input channel, product) pairs, the question and the answer.
+type Question = (f32, Vec<(usize, f32)>, &'static str, f32);
+
+/// How `tdpbf16ps` sums, probed with products whose f32 rounding shows (inputs 1.0, so each
+/// weight is its product; a last block of 32 channels subtracts 1.0 exactly where the bias is
+/// 1.0, which exposes the low bits), one output lane per question. What AMX answered on the
+/// development host: the accumulator rounds to nearest even; two pairs' four products are summed
+/// before any rounding; a product of 2⁻³⁰ beside 1.0 in another pair of the block is lost. No
+/// sequential f32 sum, in either order of a pair, does all of that: the interpreter's bf16 mode
+/// follows `vdpbf16ps` bit for bit, and AMX only within a rounding.
+#[test]
+fn amx_sums_pairs_of_pairs_before_rounding() {
+    let missing = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::Bf16,
+        true,
+    );
+    if !missing.is_empty() {
+        eprintln!("SKIPPED: this CPU lacks {}", missing.join(", "));
+        return;
+    }
+    inceptc_runtime::exec::enable_amx().unwrap();
+    let tile = AmxTile {
+        pixels: 1,
+        vectors: 1,
+        last_lanes: 16,
+        taps: [1, 1],
+        tap_steps: [0, 0],
+        chunks: 2,
+        pixel_step: 128,
+        bias: true,
+        residual: false,
+        relu: false,
+    };
+    let p = |e: i32| 2f32.powi(e);
+    // (bias, [(input channel, product)], question, the answer)
+    #[rustfmt::skip]
+    let lanes: Vec<Question> = vec![
+        (1.0, vec![(0, p(-24)), (32, -1.0)], "1 + half an ulp (a tie), − 1", 0.0),
+        (1.0, vec![(0, 3.0 * p(-25)), (32, -1.0)], "1 + 3/4 ulp, − 1", p(-23)),
+        (1.0, vec![(0, p(-24)), (1, p(-24)), (32, -1.0)], "1 + two half ulps in a pair, − 1", p(-23)),
+        (1.0, vec![(0, p(-24)), (2, p(-24)), (32, -1.0)], "1 + two half ulps in two pairs, − 1", p(-23)),
+        (1.0, vec![(0, p(-25)), (2, p(-25)), (4, p(-25)), (6, p(-25)), (32, -1.0)], "1 + four quarter ulps, − 1", p(-23)),
+        (0.0, vec![(0, 1.0), (1, p(-30)), (2, -1.0)], "1 and 2⁻³⁰ in a pair, −1 next", p(-30)),
+        (0.0, vec![(1, 1.0), (0, p(-30)), (3, -1.0)], "odd 1, even 2⁻³⁰, odd −1 next", p(-30)),
+        (0.0, vec![(0, 1.0), (2, p(-30)), (4, -1.0)], "1, 2⁻³⁰, −1 in three pairs", 0.0),
+        (0.0, vec![(0, p(-30)), (2, 1.0), (4, -1.0)], "2⁻³⁰, 1, −1 in three pairs", 0.0),
+        (0.0, vec![(0, 1.0), (30, p(-30)), (31, -1.0)], "1 first, 2⁻³⁰ and −1 in the last pair", 0.0),
+        (0.0, vec![(0, 1.0), (16, p(-30)), (31, -1.0)], "1, 2⁻³⁰ mid-block, −1 last", 0.0),
+    ];
+    let input = vec![bf16::ONE; 64];
+    let mut weights = vec![bf16::ZERO; 32 * 16 * 2];
+    let mut bias = vec![0f32; 16];
+    for (lane, (b, products, _, _)) in lanes.iter().enumerate() {
+        bias[lane] = *b;
+        for &(channel, v) in products {
+            weights[((channel / 2) * 16 + lane) * 2 + channel % 2] = bf16::from_f32(v);
+        }
+    }
+    let mut outputs = vec![vec![bf16::ZERO; 16]];
+    run(
+        &tile.code().unwrap(),
+        &input,
+        &weights,
+        &bias,
+        &mut outputs,
+        &[vec![bf16::ZERO; 16]],
+        0,
+    );
+    for (lane, (_, _, question, answer)) in lanes.iter().enumerate() {
+        let v = outputs[0][lane].to_f32();
+        assert_eq!(v, *answer, "{question}: {v:e}");
     }
 }

@@ -157,8 +157,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ConvArg::Auto)]
         conv: ConvArg,
         /// The CPUs the code is for: this machine's best tier (native), x86-64-v4 (AVX-512
-        /// register tiles) or x86-64-v3 (AVX2 and FMA, for older servers). The executable checks
-        /// at start-up that the CPU has every feature of its tier.
+        /// register tiles), sapphirerapids (x86-64-v4 and, with --precision bf16, AMX tiles) or
+        /// x86-64-v3 (AVX2 and FMA, for older servers). The executable checks at start-up that
+        /// the CPU has every feature of its tier.
         #[arg(long, value_enum, default_value_t = TargetCpu::Native)]
         target_cpu: TargetCpu,
         /// Test-only: make the named convolution write one pixel too far (see --check-bounds).
@@ -267,8 +268,13 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 },
                 tier: match target_cpu {
                     TargetCpu::Native => Tier::native(),
-                    TargetCpu::X86_64V4 => Tier::V4,
+                    TargetCpu::X86_64V4 | TargetCpu::Sapphirerapids => Tier::V4,
                     TargetCpu::X86_64V3 => Tier::V3,
+                },
+                amx: match target_cpu {
+                    TargetCpu::Native => inceptc_runtime::exec::amx_present(),
+                    TargetCpu::Sapphirerapids => true,
+                    TargetCpu::X86_64V4 | TargetCpu::X86_64V3 => false,
                 },
                 precision: match precision {
                     PrecisionArg::F32 => Precision::F32,

@@ -1003,7 +1003,7 @@ fn report_for(tier: &str) {
     assert!((shares - 100.0).abs() < 1.0, "shares add up to {shares}");
     let total = lines.last().unwrap();
     assert!(
-        total.starts_with(&format!("110 kernels for {tier}, ")),
+        total.starts_with(&format!("110 kernels for {tier} in f32, ")),
         "{total}"
     );
     assert!(

@@ -171,6 +171,7 @@ fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values()
     let missing = inceptc_runtime::exec::missing_features_for(
         inceptc_runtime::exec::Tier::V4,
         inceptc_runtime::layout::Precision::Bf16,
+        false,
     );
     if !missing.is_empty() {
         eprintln!(
@@ -205,6 +206,46 @@ fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values()
         "bf16: size {ratio:.3} of f32, {to_rounded:.2e} from the rounding interpreter, \
          {to_f32:.2e} from f32"
     );
+    // With AMX tiles (which sum in an order of their own): within 1e-2 of both.
+    let amx = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::Bf16,
+        true,
+    );
+    if amx.is_empty() {
+        let amx_exe = compile(
+            d,
+            "amx",
+            "inception-resnet-v1",
+            &[
+                "--image-size",
+                "80",
+                "--batch",
+                "2",
+                "--target-cpu",
+                "sapphirerapids",
+                "--precision",
+                "bf16",
+            ],
+        );
+        let (code, stderr, y) = run_tensor(&amx_exe, d, &x, &[]);
+        assert_eq!(code, 0, "{stderr}");
+        let got = npy_tensor(&y.unwrap());
+        let to_rounded = got.relative_error(&rounded).unwrap();
+        let to_f32 = got.relative_error(&exact).unwrap();
+        assert!(
+            to_rounded <= 1e-2 && to_f32 <= 1e-2,
+            "AMX: {to_rounded:e}, {to_f32:e}"
+        );
+        eprintln!(
+            "bf16 with AMX: {to_rounded:.2e} from the rounding interpreter, {to_f32:.2e} from f32"
+        );
+    } else {
+        eprintln!(
+            "SKIPPED the AMX executable: this CPU lacks {}",
+            amx.join(", ")
+        );
+    }
     // bf16 needs the AVX-512 tiles.
     let (code, _, stderr) = inceptc(&[
         "compile",

@@ -175,6 +175,63 @@ const V4_FEATURES: [Feature; 5] = [
     feature!("AVX512VL", None, "avx512vl"),
 ];
 
+/// Whether CPUID says this CPU has AMX tiles with bf16 (leaf 7: EDX bits 24 and 22) and at
+/// least one tile palette (leaf 0x1D: some hypervisors advertise AMX with none).
+pub fn amx_present() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        let (max, leaf7) = (__cpuid_count(0, 0).eax, __cpuid_count(7, 0));
+        if max < 0x1d || leaf7.edx & (1 << 24) == 0 || leaf7.edx & (1 << 22) == 0 {
+            return false;
+        }
+        // Leaf 0x1D is at most the maximum leaf.
+        __cpuid_count(0x1d, 0).eax >= 1
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// What AMX tiles add to bf16 code: the tile registers and their bf16 products ([`amx_present`]
+/// detects both).
+const AMX_FEATURES: [Feature; 2] = [
+    Feature {
+        name: "AMX_TILE",
+        cranelift: None,
+        detect: amx_present,
+    },
+    Feature {
+        name: "AMX_BF16",
+        cranelift: None,
+        detect: amx_present,
+    },
+];
+
+/// Asks Linux for permission to use AMX tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`), for the whole process: call it before any thread runs a tile.
+pub fn enable_amx() -> Result<(), RunError> {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a system call with integer arguments; it changes only the permission.
+    let status = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    match status {
+        0 => Ok(()),
+        _ => Err(RunError::Cpu {
+            tier: "x86-64-v4 with AMX",
+            missing: format!(
+                "the kernel's permission for AMX tile data ({})",
+                std::io::Error::last_os_error()
+            ),
+        }),
+    }
+}
+
 /// What bf16 code adds to x86-64-v4, for the `vdpbf16ps` tiles and `vcvtneps2bf16`.
 const BF16_FEATURES: [Feature; 1] = [feature!("AVX512_BF16", None, "avx512bf16")];
 
@@ -188,23 +245,26 @@ pub fn features(tier: Tier) -> Vec<Feature> {
     all
 }
 
-/// [`features`] of `tier` and what code of `precision` adds to them.
-pub fn features_for(tier: Tier, precision: Precision) -> Vec<Feature> {
+/// [`features`] of `tier` and what code of `precision`, with AMX tiles if `amx`, adds to them.
+pub fn features_for(tier: Tier, precision: Precision, amx: bool) -> Vec<Feature> {
     let mut all = features(tier);
     if precision == Precision::Bf16 {
         all.extend(BF16_FEATURES);
+    }
+    if amx {
+        all.extend(AMX_FEATURES);
     }
     all
 }
 
 /// The features of `tier` this CPU lacks, by name (empty when it runs the tier's code).
 pub fn missing_features(tier: Tier) -> Vec<&'static str> {
-    missing_features_for(tier, Precision::F32)
+    missing_features_for(tier, Precision::F32, false)
 }
 
-/// The features of `tier` and `precision` this CPU lacks, by name.
-pub fn missing_features_for(tier: Tier, precision: Precision) -> Vec<&'static str> {
-    features_for(tier, precision)
+/// The features of `tier`, `precision` and AMX if `amx` this CPU lacks, by name.
+pub fn missing_features_for(tier: Tier, precision: Precision, amx: bool) -> Vec<&'static str> {
+    features_for(tier, precision, amx)
         .into_iter()
         .filter(|f| !f.present())
         .map(|f| f.name)
@@ -212,18 +272,22 @@ pub fn missing_features_for(tier: Tier, precision: Precision) -> Vec<&'static st
 }
 
 /// Checks, before anything runs, that the CPU has every feature code of `tier` and `precision`
-/// uses.
-pub fn check_cpu(tier: Tier, precision: Precision) -> Result<(), RunError> {
-    let missing = missing_features_for(tier, precision);
-    match missing.is_empty() {
-        true => Ok(()),
-        false => Err(RunError::Cpu {
-            tier: match precision {
-                Precision::F32 => tier.name(),
-                Precision::Bf16 => "x86-64-v4 with bf16",
+/// (with AMX tiles if `amx`) uses, and asks for AMX's permission when it does.
+pub fn check_cpu(tier: Tier, precision: Precision, amx: bool) -> Result<(), RunError> {
+    let missing = missing_features_for(tier, precision, amx);
+    if !missing.is_empty() {
+        return Err(RunError::Cpu {
+            tier: match (precision, amx) {
+                (Precision::F32, _) => tier.name(),
+                (Precision::Bf16, false) => "x86-64-v4 with bf16",
+                (Precision::Bf16, true) => "x86-64-v4 with bf16 and AMX",
             },
             missing: missing.join(", "),
-        }),
+        });
+    }
+    match amx {
+        true => enable_amx(),
+        false => Ok(()),
     }
 }
 

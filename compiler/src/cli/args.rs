@@ -118,6 +118,7 @@ pub(crate) enum TargetCpu {
     X86_64V4,
     #[value(name = "x86-64-v3")]
     X86_64V3,
+    Sapphirerapids,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

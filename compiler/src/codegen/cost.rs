@@ -95,6 +95,10 @@ fn peak(register: &Tile) -> f64 {
     register.peak_flop_per_cycle() * CLOCK_GHZ * 1e9
 }
 
+/// Fraction of the AMX peak that the AMX tile reaches over a layer (an estimate: its calls
+/// configure the tiles, and finish on zmm registers).
+const AMX_EFFICIENCY: f64 = 0.3;
+
 /// Predicted one-core time of the direct convolution in register tiles `register` over runs of
 /// `run` output pixels (a row, or the whole batch of a flat convolution).
 pub fn direct_time(shape: &ConvShape, register: &Tile, run: usize) -> f64 {
@@ -106,11 +110,16 @@ pub fn direct_time(shape: &ConvShape, register: &Tile, run: usize) -> f64 {
             conv_efficiency_avx512(shape.kernel, shape.stride)
                 * tile::fill(register, run, steps, shape.out_channels)
         }
+        Isa::Amx => AMX_EFFICIENCY * tile_fill(run, register.pixels),
     };
     let compute = shape.flops() as f64 / (efficiency * peak(register));
     match register.isa {
         Isa::Avx512 => {
             let bytes = steps * register.padded(shape.out_channels) * 4;
+            compute + bytes as f64 / WEIGHT_STREAM_BYTES_PER_SECOND
+        }
+        Isa::Amx => {
+            let bytes = steps * register.padded(shape.out_channels) * 2;
             compute + bytes as f64 / WEIGHT_STREAM_BYTES_PER_SECOND
         }
         Isa::Sse | Isa::Avx2 => compute,
@@ -159,7 +168,7 @@ pub fn winograd_parts(
     let item_tiles = group * tw;
     let fill = match register.isa {
         Isa::Avx512 => tile::fill(register, item_tiles, shape.in_channels, shape.out_channels),
-        Isa::Sse | Isa::Avx2 => tile_fill(item_tiles, register.pixels),
+        Isa::Sse | Isa::Avx2 | Isa::Amx => tile_fill(item_tiles, register.pixels),
     };
     let tiles = (shape.images * th.div_ceil(group) * item_tiles) as f64;
     let co = register.padded(shape.out_channels) as f64;
@@ -188,7 +197,7 @@ pub fn winograd_parts(
                 streaming: (bytes * streams) as f64 / WEIGHT_STREAM_BYTES_PER_SECOND,
             }
         }
-        Isa::Sse | Isa::Avx2 => WinogradParts {
+        Isa::Sse | Isa::Avx2 | Isa::Amx => WinogradParts {
             products,
             transforms,
             streaming: 0.0,

@@ -24,6 +24,10 @@ pub struct JitProgram {
 impl JitProgram {
     /// Compiles every kernel of `program` into this process.
     pub fn new(program: Program) -> Result<JitProgram, CodegenError> {
+        if program.amx {
+            // The kernel's permission for tile data, process-wide, before any thread runs one.
+            inceptc_runtime::exec::enable_amx().map_err(|e| CodegenError::Amx(e.to_string()))?;
+        }
         let builder = JITBuilder::with_isa(isa(false)?, default_libcall_names());
         let mut module = JITModule::new(builder);
         let ids = define_kernels(&mut module, &program, &|| {})?;

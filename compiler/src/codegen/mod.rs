@@ -100,6 +100,9 @@ pub enum CodegenError {
         /// The tier's name.
         tier: &'static str,
     },
+    /// AMX tiles cannot run in this process.
+    #[error("{0}")]
+    Amx(String),
     /// The description does not decode (a bug: it was just encoded).
     #[error("the model description does not decode: {0}")]
     Description(#[from] inceptc_runtime::desc::DescError),
@@ -234,6 +237,7 @@ pub fn describe(
         },
         tier: program.tier.runtime(),
         precision: program.precision,
+        amx: program.amx,
         input: program.input,
         outputs: program.outputs.clone(),
         blocks: program.blocks.clone(),

@@ -63,6 +63,9 @@ pub enum Isa {
     Avx2,
     /// The assembled 512-bit tile, called once per tile and panel.
     Avx512,
+    /// The assembled AMX bf16 tile ([`super::x86::AmxTile`]), called once per tile and panel:
+    /// up to 32 pixels in two tile-register blocks of 16.
+    Amx,
 }
 
 /// Input channels from which the AVX2 tier calls the AVX2 tile (below, the call and the
@@ -102,7 +105,7 @@ impl Tile {
         match self.isa {
             Isa::Sse => 4,
             Isa::Avx2 => 8,
-            Isa::Avx512 => 16,
+            Isa::Avx512 | Isa::Amx => 16,
         }
     }
 
@@ -115,7 +118,7 @@ impl Tile {
     /// panel of 8 on the others.
     pub fn granule(&self) -> usize {
         match self.isa {
-            Isa::Avx512 => 16,
+            Isa::Avx512 | Isa::Amx => 16,
             Isa::Sse | Isa::Avx2 => 8,
         }
     }
@@ -146,9 +149,13 @@ impl Tile {
         channels.next_multiple_of(self.granule())
     }
 
-    /// Peak FLOP per cycle per core of the tile's instructions (two FMA ports).
+    /// Peak FLOP per cycle per core of the tile's instructions (two FMA ports; one `tdpbf16ps`
+    /// of 16 × 16 × 32 every 16 cycles).
     pub fn peak_flop_per_cycle(&self) -> f64 {
-        4.0 * self.lanes() as f64
+        match self.isa {
+            Isa::Amx => 1024.0,
+            _ => 4.0 * self.lanes() as f64,
+        }
     }
 
     /// How `--report` names it: `6 px × 64 ch avx512`.
@@ -157,6 +164,7 @@ impl Tile {
             Isa::Sse => "sse",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         };
         format!("{} px × {} ch {isa}", self.pixels, self.panel())
     }
@@ -271,6 +279,20 @@ pub fn choose(needs: TileNeeds) -> Tile {
                 vectors,
             }
         }
+    }
+}
+
+/// The AMX tile for runs of `run` pixels and `out_channels` output channels: balanced tiles of
+/// up to 32 pixels, panels of 32 channels (16 where there are no more).
+pub fn amx(run: usize, out_channels: usize) -> Tile {
+    let (pixels, _, _) = split(run, 32);
+    Tile {
+        isa: Isa::Amx,
+        pixels,
+        vectors: match out_channels {
+            0..=16 => 1,
+            _ => 2,
+        },
     }
 }
 

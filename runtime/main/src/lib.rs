@@ -111,7 +111,7 @@ pub(crate) fn linked_model() -> Result<Linked> {
         )
     };
     let desc = ModelDesc::decode(desc)?;
-    exec::check_cpu(desc.tier, desc.precision)?;
+    exec::check_cpu(desc.tier, desc.precision, desc.amx)?;
     let weights = unpack(weights, &desc)?;
     // SAFETY: the kernel table has one entry per step.
     let kernels =

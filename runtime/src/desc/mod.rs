@@ -139,6 +139,8 @@ pub struct ModelDesc {
     pub tier: crate::exec::Tier,
     /// What the feature maps are in the arena (the kernels' instructions follow from it).
     pub precision: Precision,
+    /// Whether kernels call AMX tiles (the CPU must have them, and the kernel's permission).
+    pub amx: bool,
     /// Where the input goes in the arena.
     pub input: MapLayout,
     /// Where the outputs are read from, in order.
@@ -319,6 +321,7 @@ impl ModelDesc {
             crate::exec::Tier::V4 => 4,
         });
         w.u(precision_code(self.precision));
+        w.u(self.amx as usize);
         w.map(&self.input);
         w.u(self.outputs.len());
         for o in &self.outputs {
@@ -438,6 +441,11 @@ impl ModelDesc {
             _ => return Err(DescError("unknown CPU tier")),
         };
         let precision = r.precision()?;
+        let amx = match r.u()? {
+            0 => false,
+            1 => true,
+            _ => return Err(DescError("bad AMX flag")),
+        };
         let input = r.map()?;
         let mut outputs = Vec::new();
         for _ in 0..r.len()? {
@@ -546,6 +554,7 @@ impl ModelDesc {
             weights_dtype,
             tier,
             precision,
+            amx,
             input,
             outputs,
             blocks,

@@ -30,6 +30,7 @@ fn round_trips_and_rejects_truncation() {
         weights_dtype: WeightsDtype::Bf16,
         tier: crate::exec::Tier::V4,
         precision: Precision::Bf16,
+        amx: true,
         input: m,
         outputs: vec![Layout::Vector(VecLayout {
             offset: 0,

@@ -69,6 +69,7 @@ pub(super) fn linear_tiled(
         readonly: true,
 
         data: Data::F32,
+        amx: false,
     };
     let weights = RangePanels {
         register,

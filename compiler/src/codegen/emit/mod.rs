@@ -28,7 +28,9 @@ use super::lower::{
 };
 use super::tile::{Isa, Tile};
 use super::winograd::Transform;
-use super::x86::{Avx2Tile, Data, TileFn, TransformTile, ZmmTile, ZMM_UNROLL};
+use super::x86::{
+    AmxTile, Avx2Tile, Data, TileFn, TransformTile, ZmmTile, AMX_CHANNELS, ZMM_UNROLL,
+};
 use inceptc_runtime::layout::{MapLayout, Precision, VecLayout};
 
 mod conv;

@@ -120,20 +120,21 @@ pub(super) fn zmm_call(
     epilogue: &Epilogue,
     pixels: usize,
 ) {
-    let tile = TileFn::Zmm(ZmmTile {
-        pixels,
-        vectors: panel.width / 16,
-        last_lanes: panel.channels - (panel.width - 16),
-        taps: source.grid,
-        tap_steps: source.grid_steps.map(|s| s as i32),
-        channels: source.channels,
-        pixel_step: source.pixel_step as i32,
-        bias: epilogue.bias.is_some(),
-        residual: epilogue.residuals.is_some(),
-        relu: epilogue.relu,
-        prefetch_step: panel.prefetch.map_or(0, |p| p.1),
-        data: source.data,
-    });
+    let tile = match source.amx {
+        true => TileFn::Amx(AmxTile {
+            pixels,
+            vectors: panel.width / 16,
+            last_lanes: panel.channels - (panel.width - 16),
+            taps: source.grid,
+            tap_steps: source.grid_steps.map(|s| s as i32),
+            chunks: source.channels / (AMX_CHANNELS / 2),
+            pixel_step: source.pixel_step as i32,
+            bias: epilogue.bias.is_some(),
+            residual: epilogue.residuals.is_some(),
+            relu: epilogue.relu,
+        }),
+        false => zmm_tile(source, panel, epilogue, pixels),
+    };
     let func = (e.tiles)(tile, e.b.func);
     let bias = match epilogue.bias {
         Some(b) => {
@@ -160,6 +161,24 @@ pub(super) fn zmm_call(
         panel.prefetch.map_or_else(|| e.int(0), |p| p.0),
     ];
     e.b.ins().call(func, &args);
+}
+
+/// The AVX-512 tile of `pixels` pixels for `panel`.
+fn zmm_tile(source: &TileSource, panel: &ZmmPanel, epilogue: &Epilogue, pixels: usize) -> TileFn {
+    TileFn::Zmm(ZmmTile {
+        pixels,
+        vectors: panel.width / 16,
+        last_lanes: panel.channels - (panel.width - 16),
+        taps: source.grid,
+        tap_steps: source.grid_steps.map(|s| s as i32),
+        channels: source.channels,
+        pixel_step: source.pixel_step as i32,
+        bias: epilogue.bias.is_some(),
+        residual: epilogue.residuals.is_some(),
+        relu: epilogue.relu,
+        prefetch_step: panel.prefetch.map_or(0, |p| p.1),
+        data: source.data,
+    })
 }
 
 /// Calls `body(block, lanes)` for every block of `width` of `channels` output channels: a loop
@@ -193,6 +212,8 @@ pub(super) struct TileSource {
     pub(super) readonly: bool,
     /// The input's and the weights' data types (the output's too on the AVX-512 tier).
     pub(super) data: Data,
+    /// Whether the AMX tile sums the products (bf16 only).
+    pub(super) amx: bool,
 }
 
 impl TileSource {
@@ -220,6 +241,7 @@ impl TileSource {
             pixel_step: (k.stride[1] * k.input.pixel_stride()) as i64,
             readonly: true,
             data,
+            amx: k.register.isa == Isa::Amx,
         }
     }
 }

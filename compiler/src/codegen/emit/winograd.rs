@@ -156,6 +156,7 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
         readonly: false,
 
         data: Data::F32,
+        amx: false,
     };
     let step = k.register.pixels;
     e.for_range(begin, end, 1, |e, item| {

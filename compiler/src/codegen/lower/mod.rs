@@ -9,6 +9,7 @@ use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
 use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
+use super::x86::AMX_CHANNELS;
 use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan};
 use inceptc_runtime::desc::Guard;
@@ -74,6 +75,8 @@ pub struct Program {
     pub tier: Tier,
     /// What the feature maps are in the arena.
     pub precision: Precision,
+    /// Whether some kernel calls the AMX tile (the executable asks for AMX at start-up).
+    pub amx: bool,
 }
 
 /// How to lower.
@@ -93,6 +96,9 @@ pub struct LowerOptions {
     /// What the feature maps are in the arena: f32, or bf16 with bf16 weights, f32
     /// accumulation and direct convolutions only (x86-64-v4).
     pub precision: Precision,
+    /// Whether bf16 convolutions whose input channels are a multiple of 32 use the AMX tile
+    /// (a CPU with AMX-BF16: `--target-cpu sapphirerapids`, or `native` on one).
+    pub amx: bool,
 }
 
 impl Program {
@@ -155,6 +161,7 @@ impl Program {
             conv: options.conv,
             tier: options.tier,
             precision: options.precision,
+            amx: options.amx && options.precision == Precision::Bf16,
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -244,6 +251,10 @@ impl Program {
                 .iter_mut()
                 .for_each(|v| *v = Precision::Bf16.round(*v));
         }
+        let amx = steps.iter().any(|s| match &s.kernel {
+            Some(Kernel::Conv(k)) => k.register.isa == tile::Isa::Amx,
+            _ => false,
+        });
         Ok(Program {
             name: graph.name.clone(),
             batch,
@@ -259,6 +270,7 @@ impl Program {
             guards,
             tier: options.tier,
             precision: options.precision,
+            amx,
         })
     }
 }
@@ -302,6 +314,8 @@ struct Lowering<'a> {
     conv: ConvAlgorithm,
     tier: Tier,
     precision: Precision,
+    /// Whether bf16 convolutions may use AMX tiles.
+    amx: bool,
 }
 
 impl Lowering<'_> {
@@ -388,11 +402,18 @@ impl Lowering<'_> {
             run: out.w,
             out_channels,
         };
-        let row = tile::choose(needs);
         let can_flatten = f.conv.kernel == [1, 1]
             && f.conv.stride == [1, 1]
             && f.conv.padding == [0, 0]
             && input.halo == [0, 0];
+        // AMX sums 32 input channels a step: layers with other counts take the zmm tile.
+        if self.amx && input.channel_dwords().is_multiple_of(AMX_CHANNELS / 2) {
+            return match can_flatten {
+                true => (tile::amx(input.n * out.h * out.w, out_channels), true),
+                false => (tile::amx(out.w, out_channels), false),
+            };
+        }
+        let row = tile::choose(needs);
         if !can_flatten {
             return (row, false);
         }
@@ -401,7 +422,7 @@ impl Lowering<'_> {
             // 6-tile and a 2-tile); flat tiles fill all but the last. Where rows fill their tiles
             // to 90 % or more, row tiles measured as fast or faster.
             tile::Isa::Sse | tile::Isa::Avx2 => (row, tile_fill(out.w, row.pixels) < 0.9),
-            tile::Isa::Avx512 => {
+            tile::Isa::Avx512 | tile::Isa::Amx => {
                 let run = input.n * out.h * out.w;
                 (tile::choose(TileNeeds { run, ..needs }), true)
             }
@@ -543,7 +564,7 @@ impl Lowering<'_> {
                     stride: f.conv.stride,
                     split: Split::Units,
                 };
-                if register.isa == tile::Isa::Avx512 {
+                if matches!(register.isa, tile::Isa::Avx512 | tile::Isa::Amx) {
                     let panels = conv
                         .ranges
                         .iter()

@@ -17,9 +17,12 @@
 //!   `outputs` and `residuals` tables of one pointer per pixel, to which `channel` bytes are added.
 //!   `prefetch` (the seventh, on the stack) is where the tile starts prefetching into L2 the
 //!   weights that a later call will read while its own come from cache, when its
-//!   [`ZmmTile::prefetch_step`] is not 0. [`ZmmTile::data`] makes it a bf16 tile (`vdpbf16ps`)
-//!   or a u8 × s8 tile (`vpdpbusd`, requantizing to u8); both are checked against scalar
-//!   references in `tests/tiles.rs` and not yet used by lowering (issues 15 and 16).
+//!   [`ZmmTile::prefetch_step`] is not 0. [`ZmmTile::data`] makes it a bf16 tile (`vdpbf16ps`,
+//!   what `--precision bf16` runs) or a u8 × s8 tile (`vpdpbusd`, requantizing to u8; not yet
+//!   lowered to, issue 16); both are checked against scalar references in `tests/tiles.rs`.
+//! - [`AmxTile`], with [`ZmmTile`]'s arguments: up to 32 pixels × 32 channels (48 for 16 pixels)
+//!   of bf16 products in AMX tile registers (`tdpbf16ps`), configured per call, then the bf16
+//!   epilogue on zmm registers.
 
 use iced_x86::code_asm::registers::{ymm::get_ymm, zmm::get_zmm};
 use iced_x86::code_asm::*;
@@ -27,10 +30,12 @@ use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter, Mnemonic, Reg
 
 use super::tile::AVX2_PIXELS;
 
+mod amx;
 mod avx2;
 mod transform;
 mod zmm;
 
+pub use amx::{AmxTile, AMX_CHANNELS};
 pub use avx2::Avx2Tile;
 pub use transform::TransformTile;
 pub use zmm::{Data, ZmmTile, ZMM_UNROLL};
@@ -54,6 +59,8 @@ pub enum TileFn {
     Zmm(ZmmTile),
     /// A 512-bit Winograd transform.
     Transform(TransformTile),
+    /// An AMX bf16 convolution tile.
+    Amx(AmxTile),
 }
 
 impl TileFn {
@@ -63,6 +70,7 @@ impl TileFn {
             TileFn::Avx2(t) => t.name(),
             TileFn::Zmm(t) => t.name(index),
             TileFn::Transform(t) => t.name(index),
+            TileFn::Amx(t) => t.name(index),
         }
     }
 
@@ -72,6 +80,7 @@ impl TileFn {
             TileFn::Avx2(t) => t.code(),
             TileFn::Zmm(t) => t.code(),
             TileFn::Transform(t) => t.code(),
+            TileFn::Amx(t) => t.code(),
         }
     }
 
@@ -81,6 +90,7 @@ impl TileFn {
             TileFn::Avx2(_) => 4,
             TileFn::Zmm(_) => 7,
             TileFn::Transform(_) => 4,
+            TileFn::Amx(_) => 7,
         }
     }
 }
@@ -377,10 +387,15 @@ mod tests {
         code: &[u8],
         tier: inceptc_runtime::exec::Tier,
     ) -> std::collections::BTreeSet<String> {
-        let checked: Vec<String> = inceptc_runtime::exec::features(tier)
-            .iter()
-            .map(|f| f.name.replace('.', "_"))
-            .collect();
+        beyond_for(code, inceptc_runtime::exec::features(tier))
+    }
+
+    /// [`beyond`] the features `checked`.
+    fn beyond_for(
+        code: &[u8],
+        checked: Vec<inceptc_runtime::exec::Feature>,
+    ) -> std::collections::BTreeSet<String> {
+        let checked: Vec<String> = checked.iter().map(|f| f.name.replace('.', "_")).collect();
         let mut beyond = std::collections::BTreeSet::new();
         for instruction in Decoder::with_ip(64, code, 0, DecoderOptions::NONE) {
             for feature in instruction.cpuid_features() {
@@ -488,6 +503,55 @@ mod tests {
                 relu: output,
             };
             check(&tile.code().unwrap(), Tier::V4, "a transform");
+        }
+    }
+
+    /// The bf16 tiles, zmm and AMX, need only what the start-up check of bf16 code (with AMX
+    /// for the AMX tile) tests.
+    #[test]
+    fn the_bf16_tiles_use_only_features_the_bf16_check_tests() {
+        use inceptc_runtime::exec::{features_for, Tier};
+        use inceptc_runtime::layout::Precision;
+        let zmm = ZmmTile {
+            pixels: 6,
+            vectors: 2,
+            last_lanes: 9,
+            taps: [3, 3],
+            tap_steps: [0x2000, 0x40],
+            channels: 13,
+            pixel_step: 0x40,
+            bias: true,
+            residual: true,
+            relu: true,
+            prefetch_step: 0x80,
+            data: Data::Bf16,
+        };
+        let needs = beyond_for(
+            &zmm.code().unwrap(),
+            features_for(Tier::V4, Precision::Bf16, false),
+        );
+        assert!(needs.is_empty(), "the bf16 zmm tile needs {needs:?}");
+        for (pixels, vectors) in [(32, 2), (9, 3), (17, 1)] {
+            let amx = AmxTile {
+                pixels,
+                vectors,
+                last_lanes: 7,
+                taps: [3, 1],
+                tap_steps: [0x2000, 0x40],
+                chunks: 3,
+                pixel_step: 0x80,
+                bias: true,
+                residual: true,
+                relu: true,
+            };
+            let code = amx.code().unwrap();
+            let needs = beyond_for(&code, features_for(Tier::V4, Precision::Bf16, true));
+            assert!(needs.is_empty(), "the AMX tile needs {needs:?}");
+            let without = beyond_for(&code, features_for(Tier::V4, Precision::Bf16, false));
+            assert!(
+                without.contains("AMX_TILE") && without.contains("AMX_BF16"),
+                "{without:?}"
+            );
         }
     }
 }

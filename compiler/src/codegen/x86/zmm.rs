@@ -185,8 +185,6 @@ impl ZmmTile {
         if self.relu {
             a.vpxord(zero, zero, zero)?;
         }
-        // After the loops the weight registers are free: the first holds a widened residual.
-        let wide = zmm(m * n);
         // Bytes of one output vector: 16 f32, or 16 bf16.
         let vector_bytes = match self.data {
             Data::Bf16 => 32,
@@ -195,20 +193,16 @@ impl ZmmTile {
         let bf16 = self.data == Data::Bf16;
         self.each_output(a, masked, |a, acc, j, partial| {
             let at = vector_bytes * j as i32;
-            match (self.residual, bf16) {
-                (false, _) => {}
-                (true, false) => match partial {
+            if bf16 {
+                // After the loops the weight registers are free: the first holds a widened
+                // residual.
+                let (flags, spare) = ((self.residual, self.relu), (m * n, zero));
+                return super::amx::finish_bf16(a, acc, spare, at, partial, flags);
+            }
+            if self.residual {
+                match partial {
                     true => a.vaddps(acc.k1().z(), acc, zmmword_ptr(r10 + r9 + at))?,
                     false => a.vaddps(acc, acc, zmmword_ptr(r10 + r9 + at))?,
-                },
-                (true, true) => {
-                    // bf16 → f32: the 16 bits become the high half of each lane.
-                    match partial {
-                        true => a.vpmovzxwd(wide.k1().z(), ymmword_ptr(r10 + r9 + at))?,
-                        false => a.vpmovzxwd(wide, ymmword_ptr(r10 + r9 + at))?,
-                    }
-                    a.vpslld(wide, wide, 16)?;
-                    a.vaddps(acc, acc, wide)?;
                 }
             }
             if self.relu {
@@ -216,19 +210,10 @@ impl ZmmTile {
                 // the interpreter's f32::max.
                 a.vmaxps(acc, acc, zero)?;
             }
-            match (bf16, partial) {
-                (false, true) => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc)?,
-                (false, false) => a.vmovups(zmmword_ptr(rax + r9 + at), acc)?,
-                (true, _) => {
-                    let half = ymm(m * n);
-                    a.vcvtneps2bf16(half, acc)?;
-                    match partial {
-                        true => a.vmovdqu16(ymmword_ptr(rax + r9 + at).k1(), half)?,
-                        false => a.vmovdqu16(ymmword_ptr(rax + r9 + at), half)?,
-                    }
-                }
+            match partial {
+                true => a.vmovups(zmmword_ptr(rax + r9 + at).k1(), acc),
+                false => a.vmovups(zmmword_ptr(rax + r9 + at), acc),
             }
-            Ok(())
         })
     }
 

@@ -1,0 +1,257 @@
+//! The AMX bf16 register tile: up to 32 pixels × 48 output channels in tile registers, summed by
+//! `tdpbf16ps` over every tap and every 32 input channels, then the bf16 zmm epilogue.
+
+use super::*;
+
+/// Input channels one `tdpbf16ps` step reads per pixel: 16 pairs, 64 bytes.
+pub const AMX_CHANNELS: usize = 32;
+
+/// Bytes of one accumulator tile (16 rows of 16 f32) in the epilogue's scratch.
+const C_TILE_BYTES: usize = 1024;
+
+/// The AMX bf16 tile for one shape and epilogue. Its arguments are [`ZmmTile`]'s (the prefetch
+/// pointer is ignored). Tile registers: per A tile (16 pixels, one row each: 32 input channels,
+/// `pixel_step` bytes apart) `vectors` accumulators C of 16 pixels × 16 output channels; each
+/// weight tile B is 16 channel pairs × 16 output channels of the panel `[tap][pair][16 · vectors]
+/// [2]`, a row of `64 · vectors` bytes per pair. The accumulators start from the bias (a tile
+/// load with stride 0 repeats its row), the steps loop over `chunks` 32-channel blocks per tap
+/// and the taps like [`ZmmTile`]'s, and the epilogue stores the accumulators to the stack and
+/// finishes each pixel's vectors on zmm registers as the bf16 [`ZmmTile`] does. The tile
+/// configuration is part of the function (`ldtilecfg` at entry, `tilerelease` at exit).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AmxTile {
+    /// Output pixels, 1 ..= 32: up to 16 per A tile.
+    pub pixels: usize,
+    /// Accumulator tiles of 16 output channels per A tile: up to 3 with one A tile, 2 with two.
+    pub vectors: usize,
+    /// Channels stored of the last vector, 1 ..= 16 (a mask below 16).
+    pub last_lanes: usize,
+    /// The taps: rows × columns, row-major; the weights follow in the same order.
+    pub taps: [usize; 2],
+    /// Bytes from one tap's input to the next tap row's and to the next column's.
+    pub tap_steps: [i32; 2],
+    /// Blocks of [`AMX_CHANNELS`] input channels per tap.
+    pub chunks: usize,
+    /// Bytes from one of the tile's input pixels to the next.
+    pub pixel_step: i32,
+    /// Whether the accumulators start from the bias (else from zero).
+    pub bias: bool,
+    /// Whether the bf16 residual is added before storing.
+    pub residual: bool,
+    /// Whether ReLU ends the epilogue.
+    pub relu: bool,
+}
+
+/// `tmm<i>`.
+fn tmm(i: usize) -> AsmRegisterTmm {
+    [tmm0, tmm1, tmm2, tmm3, tmm4, tmm5, tmm6, tmm7][i]
+}
+
+impl AmxTile {
+    /// `tile<index>_amxbf16_<pixels>x<vectors>`.
+    pub fn name(&self, index: usize) -> String {
+        format!("tile{index}_amxbf16_{}x{}", self.pixels, self.vectors)
+    }
+
+    /// A tiles (16 pixels each).
+    fn a_tiles(&self) -> usize {
+        self.pixels.div_ceil(16)
+    }
+
+    /// Pixels of A tile `i`.
+    fn rows(&self, i: usize) -> usize {
+        (self.pixels - 16 * i).min(16)
+    }
+
+    /// Tile registers: the accumulators first (A tile-major), then the A tiles, then the B tiles.
+    fn c(&self, i: usize, j: usize) -> usize {
+        i * self.vectors + j
+    }
+    fn a(&self, i: usize) -> usize {
+        self.a_tiles() * self.vectors + i
+    }
+    fn b(&self, j: usize) -> usize {
+        self.a_tiles() * (self.vectors + 1) + j
+    }
+
+    /// The 64-byte tile configuration (palette 1): rows and bytes per row of every tile used.
+    fn config(&self) -> [u8; 64] {
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        let mut set = |t: usize, rows: usize| {
+            cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            cfg[48 + t] = rows as u8;
+        };
+        for i in 0..self.a_tiles() {
+            for j in 0..self.vectors {
+                set(self.c(i, j), self.rows(i));
+            }
+            set(self.a(i), self.rows(i));
+        }
+        for j in 0..self.vectors {
+            set(self.b(j), 16);
+        }
+        cfg
+    }
+
+    /// The machine code (see the type's documentation). Registers: `r10` input, `r11` weights,
+    /// `rbx` the A stride (pixel step), `r12` the B stride (a weight row), `eax` the channel
+    /// loop, `esi` and `edx` the tap rows and columns.
+    pub fn code(&self) -> Result<Vec<u8>, IcedError> {
+        let (m, n) = (self.pixels, self.vectors);
+        let a_tiles = self.a_tiles();
+        assert!((1..=32).contains(&m) && n >= 1, "{self:?}");
+        assert!(a_tiles * n + a_tiles + n <= 8, "{self:?}");
+        assert!(
+            (1..=16).contains(&self.last_lanes) && self.chunks >= 1,
+            "{self:?}"
+        );
+        let mut a = CodeAssembler::new(64)?;
+        let mut config = a.create_label();
+        let scratch = (C_TILE_BYTES * a_tiles * n) as i32;
+        a.push(rbx)?;
+        a.push(r12)?;
+        a.sub(rsp, scratch)?;
+        a.ldtilecfg(ptr(config))?;
+        // The accumulators: the bias row repeated (stride 0), or zero.
+        a.xor(eax, eax)?;
+        for i in 0..a_tiles {
+            for j in 0..n {
+                let c = tmm(self.c(i, j));
+                match self.bias {
+                    true => a.tileloadd(c, ptr(rdx + rax + 64 * j as i32))?,
+                    false => a.tilezero(c)?,
+                }
+            }
+        }
+        let row = (64 * n) as i32;
+        a.mov(rbx, self.pixel_step as i64)?;
+        a.mov(r12, row as i64)?;
+        a.mov(r10, rdi)?;
+        a.mov(r11, rsi)?;
+        let [rows, columns] = self.taps;
+        let [row_step, column_step] = self.tap_steps;
+        let moved = (2 * AMX_CHANNELS * self.chunks) as i32;
+        let mut tap_row = a.create_label();
+        let mut tap = a.create_label();
+        if rows > 1 {
+            a.mov(esi, rows as u32)?;
+            a.set_label(&mut tap_row)?;
+        }
+        if columns > 1 {
+            a.mov(edx, columns as u32)?;
+            a.set_label(&mut tap)?;
+        }
+        a.mov(eax, self.chunks as u32)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        for i in 0..a_tiles {
+            let at = 16 * i as i32 * self.pixel_step;
+            a.tileloadd(tmm(self.a(i)), ptr(r10 + rbx + at))?;
+        }
+        for j in 0..n {
+            a.tileloadd(tmm(self.b(j)), ptr(r11 + r12 + 64 * j as i32))?;
+            for i in 0..a_tiles {
+                a.tdpbf16ps(tmm(self.c(i, j)), tmm(self.a(i)), tmm(self.b(j)))?;
+            }
+        }
+        a.add(r10, (2 * AMX_CHANNELS) as i32)?;
+        a.add(r11, 16 * row)?;
+        a.dec(eax)?;
+        a.jnz(top)?;
+        if columns > 1 {
+            a.add(r10, column_step - moved)?;
+            a.dec(edx)?;
+            a.jnz(tap)?;
+        }
+        if rows > 1 {
+            let back = match columns > 1 {
+                true => row_step - columns as i32 * column_step,
+                false => row_step - moved,
+            };
+            a.add(r10, back)?;
+            a.dec(esi)?;
+            a.jnz(tap_row)?;
+        }
+        // The accumulators to the stack, 64 bytes a row.
+        a.mov(r12, 64i64)?;
+        for i in 0..a_tiles {
+            for j in 0..n {
+                let at = (C_TILE_BYTES * self.c(i, j)) as i32;
+                a.tilestored(ptr(rsp + r12 + at), tmm(self.c(i, j)))?;
+            }
+        }
+        a.tilerelease()?;
+        let masked = self.last_lanes < 16;
+        if masked {
+            a.mov(eax, (1u32 << self.last_lanes) - 1)?;
+            a.kmovw(k1, eax)?;
+        }
+        let (acc, zero) = (zmm(0), zmm(31));
+        if self.relu {
+            a.vpxord(zero, zero, zero)?;
+        }
+        for p in 0..m {
+            a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
+            if self.residual {
+                a.mov(r10, qword_ptr(r8 + 8 * p as i32))?;
+            }
+            for j in 0..n {
+                let at = (C_TILE_BYTES * self.c(p / 16, j) + 64 * (p % 16)) as i32;
+                a.vmovups(acc, zmmword_ptr(rsp + at))?;
+                let partial = masked && j == n - 1;
+                finish_bf16(
+                    &mut a,
+                    acc,
+                    (1, zero),
+                    32 * j as i32,
+                    partial,
+                    (self.residual, self.relu),
+                )?;
+            }
+        }
+        a.add(rsp, scratch)?;
+        a.pop(r12)?;
+        a.pop(rbx)?;
+        a.vzeroupper()?;
+        a.ret()?;
+        a.set_label(&mut config)?;
+        a.db(&self.config())?;
+        a.assemble(0)
+    }
+}
+
+/// The bf16 epilogue of one accumulator vector `acc`: with `residual`, the bf16 residual at
+/// `r10 + r9 + at` widened (into zmm `spare`) and added; with `relu`, the maximum with `zero`;
+/// then rounded to bf16 (nearest even, into ymm `spare`) and stored at `rax + r9 + at`, under
+/// mask `k1` when `partial`.
+pub(super) fn finish_bf16(
+    a: &mut CodeAssembler,
+    acc: AsmRegisterZmm,
+    (spare, zero): (usize, AsmRegisterZmm),
+    at: i32,
+    partial: bool,
+    (residual, relu): (bool, bool),
+) -> Result<(), IcedError> {
+    let wide = zmm(spare);
+    if residual {
+        // bf16 → f32: the 16 bits become the high half of each lane.
+        match partial {
+            true => a.vpmovzxwd(wide.k1().z(), ymmword_ptr(r10 + r9 + at))?,
+            false => a.vpmovzxwd(wide, ymmword_ptr(r10 + r9 + at))?,
+        }
+        a.vpslld(wide, wide, 16)?;
+        a.vaddps(acc, acc, wide)?;
+    }
+    if relu {
+        // maxps returns its second operand when either is NaN: NaN becomes 0, as in the
+        // interpreter's f32::max.
+        a.vmaxps(acc, acc, zero)?;
+    }
+    let half = ymm(spare);
+    a.vcvtneps2bf16(half, acc)?;
+    match partial {
+        true => a.vmovdqu16(ymmword_ptr(rax + r9 + at).k1(), half),
+        false => a.vmovdqu16(ymmword_ptr(rax + r9 + at), half),
+    }
+}
