@@ -178,3 +178,38 @@ fn in_place_residuals_reuse_the_block_input() {
     assert_eq!(buffer("stem"), buffer("r0.conv2d"));
     assert_eq!(buffer("stem"), buffer("r1.conv2d"));
 }
+
+/// bf16 maps pad their pixels to whole channel pairs, and with AMX's granule of 32 the maps of
+/// 32 or more channels to multiples of 32; every network still plans without overlaps.
+#[test]
+fn bf16_and_amx_storage_pads_channels_and_still_plans() {
+    use inceptc::plan::{plan_guarded, Storage};
+    use inceptc_runtime::layout::Precision;
+    for (granule, model) in [
+        (1, Model::InceptionResnetV2),
+        (32, Model::InceptionResnetV2),
+    ] {
+        let g = optimized(model);
+        let storage = Storage {
+            precision: Precision::Bf16,
+            granule,
+        };
+        let p = plan_guarded(&g, 1, 299, 299, false, storage).unwrap();
+        check(&g, &p).unwrap_or_else(|e| panic!("granule {granule}: {e}"));
+        for b in &p.buffers {
+            let c = b.shape.channels();
+            let want = match b.shape {
+                inceptc_ir::Shape::Vector { .. } => c,
+                _ if c >= granule => c.next_multiple_of(granule).next_multiple_of(2),
+                _ => c.next_multiple_of(2),
+            };
+            assert_eq!(b.channels(), want, "`{}`: {c} channels", b.name);
+        }
+        // IR-v2 has 80- and 48-channel maps, padded to 96 and 64 for AMX, and the 3-channel image
+        // is padded to 4 either way.
+        let padded: Vec<usize> = p.buffers.iter().map(|b| b.channels()).collect();
+        assert!(padded.contains(&4));
+        assert_eq!(padded.contains(&80), granule == 1);
+        assert_eq!(padded.contains(&48), granule == 1);
+    }
+}

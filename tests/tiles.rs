@@ -90,6 +90,8 @@ const SHAPES: [(usize, usize, usize, [usize; 2], usize); 6] = [
 /// A tile's shape as the tests lay out its buffers.
 struct Geometry {
     pixels: usize,
+    /// Pixels whose input the tile reads: an AMX tile reads whole blocks of 16.
+    read_pixels: usize,
     /// Output channels of a full panel (16 per vector).
     width: usize,
     /// Output channels stored (the last vector masked to them).
@@ -108,6 +110,7 @@ impl Geometry {
         let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
         Geometry {
             pixels: tile.pixels,
+            read_pixels: tile.pixels.next_multiple_of(16),
             width: 16 * tile.vectors,
             valid: 16 * (tile.vectors - 1) + tile.last_lanes,
             rows: tile.taps[0],
@@ -123,6 +126,7 @@ impl Geometry {
         let [row_step, column_step] = tile.tap_steps.map(|s| s as usize);
         Geometry {
             pixels: tile.pixels,
+            read_pixels: tile.pixels,
             width: 16 * tile.vectors,
             valid: 16 * (tile.vectors - 1) + tile.last_lanes,
             rows: tile.taps[0],
@@ -134,9 +138,9 @@ impl Geometry {
         }
     }
 
-    /// Bytes the input must hold for every step of every tap of every pixel.
+    /// Bytes the input must hold for every step of every tap of every pixel it reads.
     fn input_bytes(&self) -> usize {
-        self.pixels * self.pixel_step
+        self.read_pixels * self.pixel_step
             + self.rows * self.row_step
             + self.columns * self.column_step
             + 4 * self.steps
@@ -540,6 +544,7 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
                 bias: epilogue % 2 == 1,
                 residual: epilogue >= 2,
                 relu: epilogue % 3 == 0,
+                configures: true,
             };
             let tested = Bf16Tile::amx(&tile);
             if !amx {
@@ -592,6 +597,7 @@ fn amx_sums_pairs_of_pairs_before_rounding() {
         bias: true,
         residual: false,
         relu: false,
+        configures: true,
     };
     let p = |e: i32| 2f32.powi(e);
     // (bias, [(input channel, product)], question, the answer)

@@ -49,6 +49,27 @@ pub struct Buffer {
     pub values: Vec<NodeId>,
     /// What each value of a feature map is (vectors are f32 in every precision).
     pub precision: Precision,
+    /// Maps of at least this many channels are padded to a multiple of it (1: none).
+    pub granule: usize,
+}
+
+/// How feature maps are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Storage {
+    /// What each value is.
+    pub precision: Precision,
+    /// Maps of at least this many channels have their pixels padded with zero channels to a
+    /// multiple of it (the AMX tile's 32; 1 for none).
+    pub granule: usize,
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage {
+            precision: Precision::F32,
+            granule: 1,
+        }
+    }
 }
 
 impl Buffer {
@@ -72,10 +93,16 @@ impl Buffer {
     }
 
     /// Channels of every pixel (features of a vector): the shape's, rounded up to an even
-    /// count for a bf16 map so that channel pairs fill dwords.
+    /// count for a bf16 map so that channel pairs fill dwords, and to a multiple of the granule
+    /// for a map of at least as many channels.
     pub fn channels(&self) -> usize {
+        let granule = |c: usize| match c >= self.granule {
+            true => c.next_multiple_of(self.granule),
+            false => c,
+        };
         match (self.shape, self.precision) {
-            (Shape::Map { c, .. }, Precision::Bf16) => c.next_multiple_of(2),
+            (Shape::Map { c, .. }, Precision::Bf16) => granule(c).next_multiple_of(2),
+            (Shape::Map { c, .. }, Precision::F32) => granule(c),
             (shape, _) => shape.channels(),
         }
     }
@@ -206,19 +233,19 @@ pub fn plan(
     height: usize,
     width: usize,
 ) -> Result<MemoryPlan, PlanError> {
-    plan_guarded(graph, batch, height, width, false, Precision::F32)
+    plan_guarded(graph, batch, height, width, false, Storage::default())
 }
 
 /// [`plan`], with canaries before and after every buffer when `guarded` (`--check-bounds`): at
 /// least [`ALIGN`] bytes, and at least one pixel of a feature map, so that a tile that writes one
-/// pixel too far lands in them. Feature maps hold values of `precision`.
+/// pixel too far lands in them. Feature maps are stored as `storage` says.
 pub fn plan_guarded(
     graph: &Graph,
     batch: usize,
     height: usize,
     width: usize,
     guarded: bool,
-    precision: Precision,
+    storage: Storage,
 ) -> Result<MemoryPlan, PlanError> {
     let shapes = infer_shapes(graph, batch, height, width)?;
     let steps = schedule(graph)?;
@@ -251,7 +278,8 @@ pub fn plan_guarded(
                         guard: 0,
                         live: [s, s],
                         values: Vec::new(),
-                        precision,
+                        precision: storage.precision,
+                        granule: storage.granule,
                     };
                     buffer.guard = match (guarded, buffer.shape) {
                         (false, _) => 0,

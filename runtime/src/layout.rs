@@ -73,14 +73,14 @@ impl MapLayout {
         self.precision.bytes()
     }
 
-    /// The value's channels in dwords: one per f32, one per bf16 pair (an odd last channel is
-    /// paired with the buffer's zero padding channel).
-    pub fn channel_dwords(&self) -> usize {
-        (self.channels * self.value_bytes()).div_ceil(4)
+    /// A pixel's channels, padding included, in dwords: one per f32, one per bf16 pair (bf16
+    /// maps have an even count).
+    pub fn pixel_dwords(&self) -> usize {
+        self.c_total * self.value_bytes() / 4
     }
 
-    /// Channels of every pixel after the value's that only pad it to whole dwords: they stay
-    /// zero (bf16 maps of an odd channel count have one).
+    /// Channels of every pixel after the value's that only pad it (to a whole dword in bf16, or
+    /// to the AMX tile's 32 channels): they stay zero.
     pub fn padding_channels(&self) -> std::ops::Range<usize> {
         (self.channel_offset + self.channels).min(self.c_total)..self.c_total
     }

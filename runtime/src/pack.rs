@@ -45,6 +45,9 @@ pub struct ConvPacking {
     pub out: usize,
     /// Input channels.
     pub inputs: usize,
+    /// Input channels as packed: `inputs`, or more where the input's pixels are padded (to a
+    /// channel pair in bf16, or to the AMX tile's 32 channels); the rest are zero.
+    pub padded_inputs: usize,
     /// Taps along (height, width).
     pub kernel: [usize; 2],
     /// Winograd's `G_y` (L_y × kernel[0]) and `G_x` (L_x × kernel[1]), row-major; `None`: the
@@ -77,9 +80,9 @@ impl ConvPacking {
         4 / self.precision.bytes()
     }
 
-    /// Input channels as packed: rounded up to whole groups.
+    /// Input channels as packed (see [`ConvPacking::padded_inputs`]).
     pub fn packed_inputs(&self) -> usize {
-        self.inputs.next_multiple_of(self.group())
+        self.padded_inputs
     }
 
     fn packed_bytes(&self) -> Option<usize> {
@@ -104,6 +107,8 @@ impl ConvPacking {
         }
         let whole = |g: &Vec<f64>, r: usize| r > 0 && g.len().is_multiple_of(r) && !g.is_empty();
         next == self.out
+            && self.padded_inputs >= self.inputs
+            && self.padded_inputs.is_multiple_of(self.group())
             && self.kernel[0] > 0
             && self.kernel[1] > 0
             && match &self.transform {
@@ -302,6 +307,7 @@ mod tests {
         let c = ConvPacking {
             out: 3,
             inputs: 2,
+            padded_inputs: 2,
             kernel: [1, 2],
             transform: None,
             panels: vec![[0, 2, 2], [2, 1, 4]],
@@ -335,6 +341,7 @@ mod tests {
         let c = ConvPacking {
             out: 2,
             inputs: 3,
+            padded_inputs: 4,
             kernel: [1, 2],
             transform: None,
             panels: vec![[0, 2, 4]],
@@ -394,6 +401,7 @@ mod tests {
             recipe: Recipe::Conv(ConvPacking {
                 out: 3,
                 inputs: 1,
+                padded_inputs: 1,
                 kernel: [1, 1],
                 transform: None,
                 panels: vec![[0, 2, 2], [1, 2, 2]],

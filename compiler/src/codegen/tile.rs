@@ -282,13 +282,14 @@ pub fn choose(needs: TileNeeds) -> Tile {
     }
 }
 
-/// The AMX tile for runs of `run` pixels and `out_channels` output channels: balanced tiles of
-/// up to 32 pixels, panels of 32 channels (16 where there are no more).
+/// The AMX tile for runs of `run` pixels and `out_channels` output channels: tiles of 32 pixels
+/// (the whole run where it is shorter) and the rest, so that only the last tile of a run has a
+/// partial block of 16 (which loads a configuration of its own); panels of 32 channels (16 where
+/// there are no more).
 pub fn amx(run: usize, out_channels: usize) -> Tile {
-    let (pixels, _, _) = split(run, 32);
     Tile {
         isa: Isa::Amx,
-        pixels,
+        pixels: run.min(32),
         vectors: match out_channels {
             0..=16 => 1,
             _ => 2,

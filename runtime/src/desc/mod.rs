@@ -374,7 +374,7 @@ impl ModelDesc {
                 }
                 Recipe::Conv(c) => {
                     w.u(1);
-                    for v in [c.out, c.inputs, c.kernel[0], c.kernel[1]] {
+                    for v in [c.out, c.inputs, c.padded_inputs, c.kernel[0], c.kernel[1]] {
                         w.u(v);
                     }
                     match &c.transform {
@@ -507,7 +507,8 @@ impl ModelDesc {
             let recipe = match r.u()? {
                 0 => Recipe::Copy { floats: r.u()? },
                 1 => {
-                    let [out, inputs, kh, kw] = [r.u()?, r.u()?, r.u()?, r.u()?];
+                    let [out, inputs, padded_inputs, kh, kw] =
+                        [r.u()?, r.u()?, r.u()?, r.u()?, r.u()?];
                     let transform = match r.u()? {
                         0 => None,
                         1 => {
@@ -526,6 +527,7 @@ impl ModelDesc {
                     Recipe::Conv(ConvPacking {
                         out,
                         inputs,
+                        padded_inputs,
                         kernel: [kh, kw],
                         transform,
                         panels,

@@ -67,6 +67,7 @@ fn round_trips_and_rejects_truncation() {
                 recipe: Recipe::Conv(ConvPacking {
                     out: 2,
                     inputs: 1,
+                    padded_inputs: 2,
                     kernel: [1, 3],
                     transform: Some([vec![1.0], vec![0.5; 12]]),
                     panels: vec![[0, 2, 16]],

@@ -120,6 +120,13 @@ pub fn function(
             tiles,
         };
         let (begin, end) = (params[2], params[3]);
+        // AMX tiles share one configuration, loaded once per call of the kernel (on the thread
+        // that runs it) and released at its end.
+        let amx = matches!(kernel, Kernel::Conv(k) if k.register.isa == Isa::Amx);
+        if amx {
+            let configure = (e.tiles)(TileFn::AmxState(true), e.b.func);
+            e.b.ins().call(configure, &[]);
+        }
         match kernel {
             Kernel::Conv(k) => conv(&mut e, k, begin, end),
             Kernel::Winograd(k) => winograd(&mut e, k, begin, end),
@@ -127,6 +134,10 @@ pub fn function(
             Kernel::GlobalPool(k) => global_pool(&mut e, k, begin, end),
             Kernel::Linear(k) => linear(&mut e, k, begin, end),
             Kernel::L2Norm(k) => l2_norm(&mut e, k, begin, end),
+        }
+        if amx {
+            let release = (e.tiles)(TileFn::AmxState(false), e.b.func);
+            e.b.ins().call(release, &[]);
         }
         e.b.ins().return_(&[]);
         e.b.seal_all_blocks();

@@ -132,6 +132,7 @@ pub(super) fn zmm_call(
             bias: epilogue.bias.is_some(),
             residual: epilogue.residuals.is_some(),
             relu: epilogue.relu,
+            configures: false,
         }),
         false => zmm_tile(source, panel, epilogue, pixels),
     };
@@ -236,8 +237,9 @@ impl TileSource {
             taps,
             grid: k.kernel,
             grid_steps: [k.input.row_stride() as i64, k.input.pixel_stride() as i64],
-            // One dword per step: a channel, or a channel pair.
-            channels: k.input.channel_dwords(),
+            // One dword per step: a channel, or a channel pair, over the padding channels too
+            // (zero, with zero weights).
+            channels: k.input.pixel_dwords(),
             pixel_step: (k.stride[1] * k.input.pixel_stride()) as i64,
             readonly: true,
             data,

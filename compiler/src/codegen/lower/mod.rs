@@ -9,9 +9,9 @@ use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
 use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
-use super::x86::AMX_CHANNELS;
+use super::x86::{AMX_CHANNELS, AMX_READ_PAST};
 use super::{cost, winograd, CodegenError};
-use crate::plan::{plan_guarded, Buffer, MemoryPlan};
+use crate::plan::{plan_guarded, Buffer, MemoryPlan, Storage};
 use inceptc_runtime::desc::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, Precision, VecLayout};
 use inceptc_runtime::pack::{self, ConvPacking, Recipe, Segment};
@@ -136,13 +136,18 @@ impl Program {
                 tier: options.tier.name(),
             });
         }
+        // AMX reads 32 channels a step: maps of 32 or more channels are padded to a multiple.
+        let amx = options.amx && options.precision == Precision::Bf16;
         let plan = plan_guarded(
             graph,
             batch,
             height,
             width,
             options.check_bounds,
-            options.precision,
+            Storage {
+                precision: options.precision,
+                granule: if amx { AMX_CHANNELS } else { 1 },
+            },
         )?;
         if let Some(name) = &options.inject_fault {
             let is_conv = |id: NodeId| matches!(graph.node(id).op, Op::FusedConv(_));
@@ -161,7 +166,7 @@ impl Program {
             conv: options.conv,
             tier: options.tier,
             precision: options.precision,
-            amx: options.amx && options.precision == Precision::Bf16,
+            amx,
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -217,6 +222,18 @@ impl Program {
             0 => plan.arena_bytes,
             b => scratch + b,
         };
+        // An AMX tile reads whole 16-row blocks: room for the rows past a map's last pixels.
+        let read_past = steps
+            .iter()
+            .filter_map(|s| match &s.kernel {
+                Some(Kernel::Conv(k)) if k.register.isa == tile::Isa::Amx => {
+                    Some(AMX_READ_PAST * k.stride[1] * k.input.pixel_stride())
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let arena_bytes = arena_bytes + read_past;
         let outputs = graph
             .outputs()
             .iter()
@@ -397,7 +414,7 @@ impl Lowering<'_> {
             tier: self.tier,
             in_channels: input.channels,
             // A step is a dword of input: a channel, or a bf16 pair.
-            steps: f.conv.kernel[0] * f.conv.kernel[1] * input.channel_dwords(),
+            steps: f.conv.kernel[0] * f.conv.kernel[1] * input.pixel_dwords(),
             pixel_step: f.conv.stride[1] * input.pixel_stride(),
             run: out.w,
             out_channels,
@@ -407,7 +424,7 @@ impl Lowering<'_> {
             && f.conv.padding == [0, 0]
             && input.halo == [0, 0];
         // AMX sums 32 input channels a step: layers with other counts take the zmm tile.
-        if self.amx && input.channel_dwords().is_multiple_of(AMX_CHANNELS / 2) {
+        if self.amx && input.pixel_dwords().is_multiple_of(AMX_CHANNELS / 2) {
             return match can_flatten {
                 true => (tile::amx(input.n * out.h * out.w, out_channels), true),
                 false => (tile::amx(out.w, out_channels), false),
@@ -523,8 +540,10 @@ impl Lowering<'_> {
                         false => None,
                     };
                     let packing = match winograd {
-                        Some((tile, _, register)) => winograd_packing(&g.conv, tile, &register),
-                        None => conv_packing(&g.conv, &register, self.precision),
+                        Some((tile, _, register)) => {
+                            winograd_packing(&g.conv, tile, &register, &input)
+                        }
+                        None => conv_packing(&g.conv, &register, &input),
                     };
                     let reg = winograd.map_or(register, |w| w.2);
                     ranges.push(ConvRange {
@@ -614,6 +633,7 @@ impl Lowering<'_> {
                     let packing = ConvPacking {
                         out: a.out_features,
                         inputs: a.in_features,
+                        padded_inputs: a.in_features,
                         kernel: [1, 1],
                         transform: None,
                         panels: panels_of(a.out_features, &register),

@@ -51,20 +51,22 @@ pub(super) fn pack_bias(bias: Option<&[f32]>, channels: usize, register: &Tile) 
     b
 }
 
-/// How a convolution's `[O, I, KH, KW]` weights are packed for `register` in `precision`: panels
-/// of its tile, taps row-major (the order of [`ConvRange`]).
+/// How a convolution's `[O, I, KH, KW]` weights are packed for `register` and reading `input`:
+/// panels of its tile, taps row-major, a row per channel of the input's pixels (padding channels
+/// too, with zero weights), in the input's precision (the order of [`ConvRange`]).
 pub(super) fn conv_packing(
     a: &inceptc_ir::op::Conv2dAttrs,
     register: &Tile,
-    precision: Precision,
+    input: &MapLayout,
 ) -> ConvPacking {
     ConvPacking {
         out: a.out_channels,
         inputs: a.in_channels,
+        padded_inputs: input.c_total,
         kernel: a.kernel,
         transform: None,
         panels: panels_of(a.out_channels, register),
-        precision,
+        precision: input.precision,
     }
 }
 
@@ -74,6 +76,7 @@ pub(super) fn winograd_packing(
     a: &inceptc_ir::op::Conv2dAttrs,
     tile: [usize; 2],
     register: &Tile,
+    input: &MapLayout,
 ) -> ConvPacking {
     // The lowering offers only tiles `winograd::choices` lists, which all exist.
     let g = |m: usize, r: usize| -> Vec<f64> {
@@ -82,7 +85,7 @@ pub(super) fn winograd_packing(
     };
     ConvPacking {
         transform: Some([g(tile[0], a.kernel[0]), g(tile[1], a.kernel[1])]),
-        ..conv_packing(a, register, Precision::F32)
+        ..conv_packing(a, register, input)
     }
 }
 

@@ -16,8 +16,14 @@ const C_TILE_BYTES: usize = 1024;
 /// [2]`, a row of `64 · vectors` bytes per pair. The accumulators start from the bias (a tile
 /// load with stride 0 repeats its row), the steps loop over `chunks` 32-channel blocks per tap
 /// and the taps like [`ZmmTile`]'s, and the epilogue stores the accumulators to the stack and
-/// finishes each pixel's vectors on zmm registers as the bf16 [`ZmmTile`] does. The tile
-/// configuration is part of the function (`ldtilecfg` at entry, `tilerelease` at exit).
+/// finishes each valid pixel's vectors on zmm registers as the bf16 [`ZmmTile`] does.
+///
+/// A kernel loads the configuration of 16 rows in every tile register once, before its tiles
+/// ([`amx_configure`]), and releases it after them. A tile of a multiple of 16 pixels runs in
+/// it; a tile with a partial block of 16 loads a configuration with that block's rows at its
+/// start and the full one back at its end (a partial block computed in full rows would cost as
+/// much as a full one). With `configures`, the tile loads its configuration itself and releases
+/// it at its end (to run it alone).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AmxTile {
     /// Output pixels, 1 ..= 32: up to 16 per A tile.
@@ -40,6 +46,52 @@ pub struct AmxTile {
     pub residual: bool,
     /// Whether ReLU ends the epilogue.
     pub relu: bool,
+    /// Whether the tile configures the tile registers itself and releases them at its end.
+    pub configures: bool,
+}
+
+/// Input pixel steps past a map's last pixel that the arena keeps readable after maps that AMX
+/// tiles read (a margin: each tile reads the rows of its own pixels only).
+pub const AMX_READ_PAST: usize = 32;
+
+/// Tile registers of the kernel-wide configuration: four accumulators, two A tiles, two B tiles,
+/// all 16 rows of 64 bytes.
+const AMX_TILES: usize = 8;
+
+/// `ldtilecfg` of the kernel-wide configuration (palette 1, [`AMX_TILES`] tiles of 16 rows × 64
+/// bytes), then `ret`; the configuration follows the code.
+pub fn amx_configure() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut config = a.create_label();
+    a.ldtilecfg(ptr(config))?;
+    a.ret()?;
+    a.set_label(&mut config)?;
+    a.db(&config_bytes(&[]))?;
+    a.assemble(0)
+}
+
+/// `tilerelease`, then `ret`: the tile registers back to their initial state, which spares the
+/// kernel saving them at a context switch.
+pub fn amx_release() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(64)?;
+    a.tilerelease()?;
+    a.ret()?;
+    a.assemble(0)
+}
+
+/// The 64-byte configuration: palette 1, every tile 64 bytes a row, 16 rows but for the tiles
+/// `short` lists with their rows.
+fn config_bytes(short: &[(usize, usize)]) -> [u8; 64] {
+    let mut cfg = [0u8; 64];
+    cfg[0] = 1;
+    for t in 0..AMX_TILES {
+        cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+        cfg[48 + t] = 16;
+    }
+    for &(t, rows) in short {
+        cfg[48 + t] = rows as u8;
+    }
+    cfg
 }
 
 /// `tmm<i>`.
@@ -58,9 +110,18 @@ impl AmxTile {
         self.pixels.div_ceil(16)
     }
 
-    /// Pixels of A tile `i`.
-    fn rows(&self, i: usize) -> usize {
-        (self.pixels - 16 * i).min(16)
+    /// The tiles of a partial last block of pixels, with its rows (none when the blocks are
+    /// full).
+    fn short_tiles(&self) -> Vec<(usize, usize)> {
+        let rows = self.pixels % 16;
+        if rows == 0 {
+            return Vec::new();
+        }
+        let last = self.a_tiles() - 1;
+        let mut short: Vec<(usize, usize)> =
+            (0..self.vectors).map(|j| (self.c(last, j), rows)).collect();
+        short.push((self.a(last), rows));
+        short
     }
 
     /// Tile registers: the accumulators first (A tile-major), then the A tiles, then the B tiles.
@@ -72,26 +133,6 @@ impl AmxTile {
     }
     fn b(&self, j: usize) -> usize {
         self.a_tiles() * (self.vectors + 1) + j
-    }
-
-    /// The 64-byte tile configuration (palette 1): rows and bytes per row of every tile used.
-    fn config(&self) -> [u8; 64] {
-        let mut cfg = [0u8; 64];
-        cfg[0] = 1;
-        let mut set = |t: usize, rows: usize| {
-            cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
-            cfg[48 + t] = rows as u8;
-        };
-        for i in 0..self.a_tiles() {
-            for j in 0..self.vectors {
-                set(self.c(i, j), self.rows(i));
-            }
-            set(self.a(i), self.rows(i));
-        }
-        for j in 0..self.vectors {
-            set(self.b(j), 16);
-        }
-        cfg
     }
 
     /// The machine code (see the type's documentation). Registers: `r10` input, `r11` weights,
@@ -107,12 +148,15 @@ impl AmxTile {
             "{self:?}"
         );
         let mut a = CodeAssembler::new(64)?;
-        let mut config = a.create_label();
+        let (mut own, mut full) = (a.create_label(), a.create_label());
+        let short = self.short_tiles();
         let scratch = (C_TILE_BYTES * a_tiles * n) as i32;
         a.push(rbx)?;
         a.push(r12)?;
         a.sub(rsp, scratch)?;
-        a.ldtilecfg(ptr(config))?;
+        if self.configures || !short.is_empty() {
+            a.ldtilecfg(ptr(own))?;
+        }
         // The accumulators: the bias row repeated (stride 0), or zero.
         a.xor(eax, eax)?;
         for i in 0..a_tiles {
@@ -181,7 +225,12 @@ impl AmxTile {
                 a.tilestored(ptr(rsp + r12 + at), tmm(self.c(i, j)))?;
             }
         }
-        a.tilerelease()?;
+        match (self.configures, short.is_empty()) {
+            (true, _) => a.tilerelease()?,
+            // Back to the kernel's configuration.
+            (false, false) => a.ldtilecfg(ptr(full))?,
+            (false, true) => {}
+        }
         let masked = self.last_lanes < 16;
         if masked {
             a.mov(eax, (1u32 << self.last_lanes) - 1)?;
@@ -215,8 +264,10 @@ impl AmxTile {
         a.pop(rbx)?;
         a.vzeroupper()?;
         a.ret()?;
-        a.set_label(&mut config)?;
-        a.db(&self.config())?;
+        a.set_label(&mut own)?;
+        a.db(&config_bytes(&short))?;
+        a.set_label(&mut full)?;
+        a.db(&config_bytes(&[]))?;
         a.assemble(0)
     }
 }

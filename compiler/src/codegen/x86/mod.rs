@@ -35,7 +35,7 @@ mod avx2;
 mod transform;
 mod zmm;
 
-pub use amx::{AmxTile, AMX_CHANNELS};
+pub use amx::{amx_configure, amx_release, AmxTile, AMX_CHANNELS, AMX_READ_PAST};
 pub use avx2::Avx2Tile;
 pub use transform::TransformTile;
 pub use zmm::{Data, ZmmTile, ZMM_UNROLL};
@@ -61,6 +61,8 @@ pub enum TileFn {
     Transform(TransformTile),
     /// An AMX bf16 convolution tile.
     Amx(AmxTile),
+    /// Loading the kernel-wide AMX tile configuration (`true`) or releasing it (`false`).
+    AmxState(bool),
 }
 
 impl TileFn {
@@ -71,6 +73,8 @@ impl TileFn {
             TileFn::Zmm(t) => t.name(index),
             TileFn::Transform(t) => t.name(index),
             TileFn::Amx(t) => t.name(index),
+            TileFn::AmxState(true) => format!("tile{index}_amx_configure"),
+            TileFn::AmxState(false) => format!("tile{index}_amx_release"),
         }
     }
 
@@ -81,6 +85,8 @@ impl TileFn {
             TileFn::Zmm(t) => t.code(),
             TileFn::Transform(t) => t.code(),
             TileFn::Amx(t) => t.code(),
+            TileFn::AmxState(true) => amx_configure(),
+            TileFn::AmxState(false) => amx_release(),
         }
     }
 
@@ -91,6 +97,7 @@ impl TileFn {
             TileFn::Zmm(_) => 7,
             TileFn::Transform(_) => 4,
             TileFn::Amx(_) => 7,
+            TileFn::AmxState(_) => 0,
         }
     }
 }
@@ -543,6 +550,7 @@ mod tests {
                 bias: true,
                 residual: true,
                 relu: true,
+                configures: pixels == 9,
             };
             let code = amx.code().unwrap();
             let needs = beyond_for(&code, features_for(Tier::V4, Precision::Bf16, true));
