@@ -545,6 +545,7 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
                 residual: epilogue >= 2,
                 relu: epilogue % 3 == 0,
                 configures: true,
+                prefetch_step: 0,
             };
             let tested = Bf16Tile::amx(&tile);
             if !amx {
@@ -598,6 +599,7 @@ fn amx_sums_pairs_of_pairs_before_rounding() {
         residual: false,
         relu: false,
         configures: true,
+        prefetch_step: 0,
     };
     let p = |e: i32| 2f32.powi(e);
     // (bias, [(input channel, product)], question, the answer)

@@ -240,7 +240,12 @@ impl NextPanel {
             false => k.out_w.div_ceil(k.register.pixels),
         };
         let calls = k.units() * per_unit;
-        let iterations = source.taps.len() * (source.channels / ZMM_UNROLL);
+        // Channel loop iterations of a call: of ZMM_UNROLL steps, or of 32 channels for AMX.
+        let iterations = source.taps.len()
+            * match source.amx {
+                true => source.channels / (AMX_CHANNELS / 2),
+                false => source.channels / ZMM_UNROLL,
+            };
         let (share, step) = prefetch_shares(panel, calls, iterations);
         NextPanel {
             panel,

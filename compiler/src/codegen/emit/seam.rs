@@ -133,6 +133,7 @@ pub(super) fn zmm_call(
             residual: epilogue.residuals.is_some(),
             relu: epilogue.relu,
             configures: false,
+            prefetch_step: panel.prefetch.map_or(0, |p| p.1),
         }),
         false => zmm_tile(source, panel, epilogue, pixels),
     };

@@ -551,6 +551,7 @@ mod tests {
                 residual: true,
                 relu: true,
                 configures: pixels == 9,
+                prefetch_step: 0x100,
             };
             let code = amx.code().unwrap();
             let needs = beyond_for(&code, features_for(Tier::V4, Precision::Bf16, true));
