@@ -18,9 +18,12 @@ use inceptc::codegen::tile::Tier;
 use inceptc::codegen::{LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::blocks::{column, pointwise, row, square, Builder, ConvSpec};
+use inceptc_ir::interp::Rounding;
 use inceptc_ir::op::{AvgPoolAttrs, Conv2dAttrs, Op, PoolAttrs, ScaleAttrs};
 use inceptc_ir::{interp, text, Graph, NodeId, Tensor};
+use inceptc_runtime::exec::missing_features_for;
 use inceptc_runtime::exec::Arena;
+use inceptc_runtime::layout::Precision;
 use inceptc_runtime::pool::ThreadPool;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -219,7 +222,28 @@ fn check(original: &Graph, batch: usize, size: usize, seed: u64) -> Result<(), S
         check_with(original, batch, size, seed, &options)
             .map_err(|e| format!("{e} on {}", tier.name()))?;
     }
+    // bf16 on the tile families this machine runs: the zmm tiles bit for bit against the
+    // interpreter's bf16 mode, AMX within 1e-2 of it.
+    for amx in bf16_families() {
+        let options = LowerOptions {
+            tier: Tier::V4,
+            precision: Precision::Bf16,
+            amx,
+            ..LowerOptions::default()
+        };
+        let family = if amx { "AMX" } else { "zmm" };
+        check_with(original, batch, size, seed, &options)
+            .map_err(|e| format!("{e} in bf16 with {family} tiles"))?;
+    }
     Ok(())
+}
+
+/// The bf16 tile families this CPU runs: zmm (`false`) and AMX (`true`).
+fn bf16_families() -> Vec<bool> {
+    [false, true]
+        .into_iter()
+        .filter(|&amx| missing_features_for(Tier::V4.runtime(), Precision::Bf16, amx).is_empty())
+        .collect()
 }
 
 fn check_with(
@@ -234,7 +258,14 @@ fn check_with(
         let mut optimized = original.clone();
         run_pipeline(&mut optimized, None).map_err(|e| e.to_string())?;
         let x = input(batch, size, seed);
-        let want = interp::run(original, &x).map_err(|e| e.to_string())?;
+        let (want, tolerance) = match (options.precision, options.amx) {
+            (Precision::F32, _) => (interp::run(original, &x), TOLERANCE),
+            (Precision::Bf16, amx) => (
+                interp::run_rounded(&optimized, &x, Rounding::Bf16),
+                if amx { 1e-2 } else { 0.0 },
+            ),
+        };
+        let want = want.map_err(|e| e.to_string())?;
         let options = LowerOptions {
             check_bounds: true,
             ..options.clone()
@@ -250,7 +281,7 @@ fn check_with(
         for (g, w) in got.iter().zip(&want) {
             let g = Tensor::new(w.shape().to_vec(), g.clone()).ok_or("output size")?;
             let err = g.relative_error(w).ok_or("no error measure")?;
-            if err > TOLERANCE {
+            if err > tolerance {
                 return Err(format!("error {err:e} at {size}×{size}, batch {batch}"));
             }
         }
@@ -392,9 +423,13 @@ fn random_inception_networks_compile_to_what_the_interpreter_computes() {
             false => format!("not {} (this CPU cannot run it)", t.name()),
         })
         .collect();
+    let families: Vec<&str> = bf16_families()
+        .into_iter()
+        .map(|amx| if amx { "bf16 AMX" } else { "bf16 zmm" })
+        .collect();
     eprintln!(
-        "{regressions} regressions and {count} random networks match the interpreter on {tiers:?}; \
-         features {seen:?}"
+        "{regressions} regressions and {count} random networks match the interpreter on {tiers:?} \
+         and {families:?}; features {seen:?}"
     );
     if count >= 40 {
         for f in FEATURES {
