@@ -4,7 +4,7 @@
 # f32 and bf16 checkpoints. Not part of CI: it installs torch, timm and facenet-pytorch into the
 # git-ignored virtual environment .venv/ on first use (several GB).
 #
-#   scripts/compare-pytorch.sh [--work DIR] [--models inception_v4,...] [--backends interpret,exe]
+#   scripts/compare-pytorch.sh [--work DIR] [--models inception_v4,...] [--backends interpret,exe,exe-bf16]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"
