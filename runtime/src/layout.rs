@@ -126,15 +126,6 @@ impl MapLayout {
             + col * self.pixel_stride()
             + (self.channel_offset + c) * self.value_bytes()
     }
-
-    /// The same storage seen as the whole buffer (all `c_total` channels).
-    pub fn whole(&self) -> MapLayout {
-        MapLayout {
-            channel_offset: 0,
-            channels: self.c_total,
-            ..*self
-        }
-    }
 }
 
 /// A batch of vectors: `n` rows of `f_total` floats starting `offset` bytes into the arena; the
