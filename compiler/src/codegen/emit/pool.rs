@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::codegen::lower::GLOBAL_POOL_CHANNELS;
+use inceptc_runtime::layout::Precision;
 
 /// Max or average pooling, a row per work item. Windows that lie wholly inside the image (every
 /// column of an inner row but the edges) take a straight-line path over their taps, 16 channels
@@ -56,19 +57,121 @@ pub(super) fn pool(e: &mut Emitter, k: &PoolKernel, begin: Value, end: Value) {
     });
 }
 
-/// The start of every pooling window: −∞ for max pooling, 0 for average pooling.
+/// How a pool holds its values: as f32 (widened from a bf16 map) for average pooling; for max
+/// pooling, as the values' bits made signed integers in the values' order (a negative value's
+/// magnitude bits inverted), whose maximum is the maximum value's with no conversion and a
+/// single integer instruction (Cranelift's `fmax`, NaN- and zero-exact, is a long sequence).
+/// A NaN sorts above +∞ or below −∞ by its sign.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lanes {
+    Float,
+    F32Bits,
+    Bf16Bits,
+}
+
+impl Lanes {
+    pub(super) fn of(k: &PoolKernel) -> Lanes {
+        match (k.average, k.input.precision) {
+            (None, Precision::Bf16) => Lanes::Bf16Bits,
+            (None, Precision::F32) => Lanes::F32Bits,
+            (Some(_), _) => Lanes::Float,
+        }
+    }
+
+    /// The vector type and its lanes, and the type of one value.
+    pub(super) fn types(self) -> (types::Type, i64, types::Type) {
+        match self {
+            Lanes::Float => (types::F32X4, 4, types::F32),
+            Lanes::F32Bits => (types::I32X4, 4, types::I32),
+            // One value in an i32, sign-extended: its order is the i16's.
+            Lanes::Bf16Bits => (types::I16X8, 8, types::I32),
+        }
+    }
+
+    /// A tap's values (`ty` from [`Lanes::types`]) at `addr + at`.
+    fn load(self, e: &mut Emitter, k: &PoolKernel, ty: types::Type, addr: Value, at: i64) -> Value {
+        match self {
+            Lanes::Float => e.load_value(ty, k.input.precision, addr, at),
+            Lanes::F32Bits => {
+                let bits = e.load(ty, addr, at);
+                ordered(e, ty, 32, bits)
+            }
+            Lanes::Bf16Bits => {
+                let bits = match ty == types::I32 {
+                    true => e.b.ins().sload16(types::I32, flags(), addr, at as i32),
+                    false => e.load(ty, addr, at),
+                };
+                ordered(e, ty, 16, bits)
+            }
+        }
+    }
+
+    /// Stores the result `v` at `addr + at`.
+    fn store(self, e: &mut Emitter, k: &PoolKernel, v: Value, addr: Value, at: i64) {
+        match self {
+            Lanes::Float => e.store_value(v, k.out.precision, addr, at),
+            Lanes::F32Bits => {
+                // The order's map is its own inverse.
+                let ty = e.b.func.dfg.value_type(v);
+                let bits = ordered(e, ty, 32, v);
+                e.store(bits, addr, at);
+            }
+            Lanes::Bf16Bits => {
+                let ty = e.b.func.dfg.value_type(v);
+                let bits = ordered(e, ty, 16, v);
+                match ty == types::I32 {
+                    true => {
+                        e.b.ins().istore16(flags(), bits, addr, at as i32);
+                    }
+                    false => e.store(bits, addr, at),
+                }
+            }
+        }
+    }
+}
+
+/// The bits of `width`-bit floats (f32 in i32 lanes; bf16 sign-extended in an i32, or in i16x8
+/// lanes) as signed integers in the values' order: `x ^ ((x >> (width − 1) arithmetic) &
+/// magnitude bits)`, its own inverse.
+fn ordered(e: &mut Emitter, ty: types::Type, width: i64, x: Value) -> Value {
+    let sign = e.b.ins().sshr_imm_u(x, width - 1);
+    let magnitude = match ty.is_vector() {
+        // Each lane's sign, shifted right once: all magnitude bits, or 0.
+        true => e.b.ins().ushr_imm_u(sign, 1),
+        false => e.b.ins().band_imm_u(sign, (1i64 << (width - 1)) - 1),
+    };
+    e.b.ins().bxor(x, magnitude)
+}
+
+/// The start of every pooling window: −∞ for max pooling (the least ordered bits for bf16), 0
+/// for average pooling.
 pub(super) fn pool_init(e: &mut Emitter, k: &PoolKernel, ty: types::Type) -> Value {
-    match k.average {
-        None => e.f32s(ty, f32::NEG_INFINITY),
-        Some(_) => e.zero(ty),
+    match (k.average, Lanes::of(k)) {
+        (None, Lanes::Bf16Bits) if ty == types::I32 => {
+            e.b.ins().iconst(types::I32, i16::MIN as i64)
+        }
+        (None, Lanes::Bf16Bits) => {
+            let least = e.b.ins().iconst(types::I16, i16::MIN as i64);
+            e.b.ins().splat(ty, least)
+        }
+        (None, Lanes::F32Bits) => {
+            let least = e.b.ins().iconst(types::I32, i32::MIN as i64);
+            match ty.is_vector() {
+                true => e.b.ins().splat(ty, least),
+                false => least,
+            }
+        }
+        (None, Lanes::Float) => e.f32s(ty, f32::NEG_INFINITY),
+        (Some(_), _) => e.zero(ty),
     }
 }
 
 /// `acc` combined with one tap: max or sum.
 pub(super) fn pool_step(e: &mut Emitter, k: &PoolKernel, acc: Value, v: Value) -> Value {
-    match k.average {
-        None => e.b.ins().fmax(acc, v),
-        Some(_) => e.b.ins().fadd(acc, v),
+    match (k.average, Lanes::of(k)) {
+        (None, Lanes::Bf16Bits | Lanes::F32Bits) => e.b.ins().smax(acc, v),
+        (None, Lanes::Float) => e.b.ins().fmax(acc, v),
+        (Some(_), _) => e.b.ins().fadd(acc, v),
     }
 }
 
@@ -90,33 +193,38 @@ pub(super) fn pool_inner(e: &mut Emitter, k: &PoolKernel, wy: Value, out_row: Va
         .average
         .map(|_| 1.0 / (win.kernel[0] * win.kernel[1]) as f32);
     // Channel offsets `c` are in bytes of the map's values (input and output alike).
-    let (precision, value) = (input.precision, input.value_bytes() as i64);
-    let lanes = |e: &mut Emitter, c: Value, ty: types::Type, vectors: usize| {
+    let value = input.value_bytes() as i64;
+    let mode = Lanes::of(k);
+    let (vector, per_vector, single) = mode.types();
+    let lanes = |e: &mut Emitter, c: Value, ty: types::Type, vectors: i64| {
         let base = e.b.ins().iadd(window, c);
         let dst = e.b.ins().iadd(out_px, c);
         let bytes = ty.lane_count() as i64 * value;
-        for v in 0..vectors as i64 {
+        for v in 0..vectors {
             let mut acc = pool_init(e, k, ty);
             for &tap in &taps {
-                let x = e.load_value(ty, precision, base, tap + v * bytes);
+                let x = mode.load(e, k, ty, base, tap + v * bytes);
                 acc = pool_step(e, k, acc, x);
             }
             if let Some(s) = scale {
                 let s = e.f32s(ty, s);
                 acc = e.b.ins().fmul(acc, s);
             }
-            e.store_value(acc, precision, dst, v * bytes);
+            mode.store(e, k, acc, dst, v * bytes);
         }
     };
+    // 16 channels a step, then single vectors, then single values.
     let channels = input.channels as i64;
     let wide_end = channels / 16 * 16 * value;
-    let vec_end = channels / 4 * 4 * value;
-    e.for_const(0, wide_end, 16 * value, |e, c| lanes(e, c, types::F32X4, 4));
-    e.for_const(wide_end, vec_end, 4 * value, |e, c| {
-        lanes(e, c, types::F32X4, 1)
+    let vec_end = channels / per_vector * per_vector * value;
+    e.for_const(0, wide_end, 16 * value, |e, c| {
+        lanes(e, c, vector, 16 / per_vector)
+    });
+    e.for_const(wide_end, vec_end, per_vector * value, |e, c| {
+        lanes(e, c, vector, 1)
     });
     e.for_const(vec_end, channels * value, value, |e, c| {
-        lanes(e, c, types::F32, 1)
+        lanes(e, c, single, 1)
     });
 }
 
@@ -150,7 +258,9 @@ pub(super) fn pool_clamped(
         }
     };
     let channels = input.channels as i64;
-    let (precision, value) = (input.precision, input.value_bytes() as i64);
+    let value = input.value_bytes() as i64;
+    let mode = Lanes::of(k);
+    let (vector, per_vector, single) = mode.types();
     let pool_lanes = |e: &mut Emitter, c: Value, ty: types::Type| {
         let init = pool_init(e, k, ty);
         let acc = e.var(ty, init);
@@ -159,7 +269,7 @@ pub(super) fn pool_clamped(
             let row = e.scaled(base, ky, input.row_stride() as i64);
             e.for_range(kx_lo, kx_hi, 1, |e, kx| {
                 let px = e.scaled(row, kx, input.pixel_stride() as i64);
-                let v = e.load_value(ty, precision, px, 0);
+                let v = mode.load(e, k, ty, px, 0);
                 let a = e.b.use_var(acc);
                 let r = pool_step(e, k, a, v);
                 e.b.def_var(acc, r);
@@ -175,12 +285,14 @@ pub(super) fn pool_clamped(
             r = e.b.ins().fmul(r, s);
         }
         let dst = e.b.ins().iadd(out_px, c);
-        e.store_value(r, precision, dst, 0);
+        mode.store(e, k, r, dst, 0);
     };
-    let vec_end = channels / 4 * 4 * value;
-    e.for_const(0, vec_end, 4 * value, |e, c| pool_lanes(e, c, types::F32X4));
+    let vec_end = channels / per_vector * per_vector * value;
+    e.for_const(0, vec_end, per_vector * value, |e, c| {
+        pool_lanes(e, c, vector)
+    });
     e.for_const(vec_end, channels * value, value, |e, c| {
-        pool_lanes(e, c, types::F32)
+        pool_lanes(e, c, single)
     });
 }
 
