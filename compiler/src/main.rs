@@ -272,7 +272,11 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                     TargetCpu::X86_64V3 => Tier::V3,
                 },
                 amx: match target_cpu {
-                    TargetCpu::Native => inceptc_runtime::exec::amx_present(),
+                    // AMX where this CPU has it and its kernel grants the tile-data permission.
+                    TargetCpu::Native => {
+                        inceptc_runtime::exec::amx_present()
+                            && inceptc_runtime::exec::enable_amx().is_ok()
+                    }
                     TargetCpu::Sapphirerapids => true,
                     TargetCpu::X86_64V4 | TargetCpu::X86_64V3 => false,
                 },
