@@ -264,6 +264,24 @@ fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values()
         "{stderr}"
     );
     assert!(!d.join("v3").exists());
+    // bf16 executables store bf16 weights: another storage is refused.
+    let (code, _, stderr) = inceptc(&[
+        "compile",
+        "--model",
+        "inception-resnet-v1",
+        "--precision",
+        "bf16",
+        "--weights-dtype",
+        "f16",
+        "-o",
+        d.join("f16").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--weights-dtype: a bf16 executable stores its weights as bf16"),
+        "{stderr}"
+    );
+    assert!(!d.join("f16").exists());
 }
 
 #[test]
