@@ -9,7 +9,7 @@ use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
 use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
-use super::x86::{AMX_CHANNELS, AMX_READ_PAST};
+use super::x86::AMX_CHANNELS;
 use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan, Storage};
 use inceptc_runtime::desc::Guard;
@@ -222,18 +222,6 @@ impl Program {
             0 => plan.arena_bytes,
             b => scratch + b,
         };
-        // An AMX tile reads whole 16-row blocks: room for the rows past a map's last pixels.
-        let read_past = steps
-            .iter()
-            .filter_map(|s| match &s.kernel {
-                Some(Kernel::Conv(k)) if k.register.isa == tile::Isa::Amx => {
-                    Some(AMX_READ_PAST * k.stride[1] * k.input.pixel_stride())
-                }
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        let arena_bytes = arena_bytes + read_past;
         let outputs = graph
             .outputs()
             .iter()

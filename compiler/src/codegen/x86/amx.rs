@@ -53,10 +53,6 @@ pub struct AmxTile {
     pub prefetch_step: i32,
 }
 
-/// Input pixel steps past a map's last pixel that the arena keeps readable after maps that AMX
-/// tiles read (a margin: each tile reads the rows of its own pixels only).
-pub const AMX_READ_PAST: usize = 32;
-
 /// Tile registers of the kernel-wide configuration: four accumulators, two A tiles, two B tiles,
 /// all 16 rows of 64 bytes.
 const AMX_TILES: usize = 8;

@@ -35,7 +35,7 @@ mod avx2;
 mod transform;
 mod zmm;
 
-pub use amx::{amx_configure, amx_release, AmxTile, AMX_CHANNELS, AMX_READ_PAST};
+pub use amx::{amx_configure, amx_release, AmxTile, AMX_CHANNELS};
 pub use avx2::Avx2Tile;
 pub use transform::TransformTile;
 pub use zmm::{Data, ZmmTile, ZMM_UNROLL};
