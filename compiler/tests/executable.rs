@@ -246,42 +246,36 @@ fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values()
             amx.join(", ")
         );
     }
-    // bf16 needs the AVX-512 tiles.
-    let (code, _, stderr) = inceptc(&[
-        "compile",
-        "--model",
-        "inception-resnet-v1",
-        "--precision",
-        "bf16",
-        "--target-cpu",
-        "x86-64-v3",
-        "-o",
-        d.join("v3").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("--precision bf16 needs --target-cpu x86-64-v4"),
-        "{stderr}"
-    );
-    assert!(!d.join("v3").exists());
-    // bf16 executables store bf16 weights: another storage is refused.
-    let (code, _, stderr) = inceptc(&[
-        "compile",
-        "--model",
-        "inception-resnet-v1",
-        "--precision",
-        "bf16",
-        "--weights-dtype",
-        "f16",
-        "-o",
-        d.join("f16").to_str().unwrap(),
-    ]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("--weights-dtype: a bf16 executable stores its weights as bf16"),
-        "{stderr}"
-    );
-    assert!(!d.join("f16").exists());
+    // bf16 needs the AVX-512 tiles, and stores bf16 weights: anything else is refused and leaves
+    // no file.
+    for (name, option, message) in [
+        (
+            "v3",
+            ["--target-cpu", "x86-64-v3"],
+            "--precision bf16 needs --target-cpu x86-64-v4",
+        ),
+        (
+            "f16",
+            ["--weights-dtype", "f16"],
+            "--weights-dtype: a bf16 executable stores its weights as bf16",
+        ),
+    ] {
+        let out = d.join(name);
+        let (code, _, stderr) = inceptc(&[
+            "compile",
+            "--model",
+            "inception-resnet-v1",
+            "--precision",
+            "bf16",
+            option[0],
+            option[1],
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+        assert!(!out.exists());
+    }
 }
 
 #[test]

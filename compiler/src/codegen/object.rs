@@ -9,7 +9,7 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
-use inceptc_runtime::desc::{weights_to_bf16, weights_to_f16, ModelDesc, WeightsDtype};
+use inceptc_runtime::desc::ModelDesc;
 
 use super::{define_kernels, emit, isa, kernel_name, CodegenError, Program};
 
@@ -90,11 +90,7 @@ pub fn object(
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    let weights = match desc.weights_dtype {
-        WeightsDtype::F32 => stored,
-        WeightsDtype::F16 => weights_to_f16(&stored),
-        WeightsDtype::Bf16 => weights_to_bf16(&stored),
-    };
+    let weights = desc.weights_dtype.encode(stored);
     let wlen = (weights.len() as u64).to_le_bytes().to_vec();
     data(&mut module, "inceptc_weights", weights, 64)?;
     data(&mut module, "inceptc_weights_len", wlen, 8)?;

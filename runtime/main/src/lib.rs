@@ -133,11 +133,10 @@ pub(crate) fn linked_model() -> Result<Linked> {
 
 /// The packed weights the kernels read, made once at start-up from the weights the executable
 /// stores (see [`inceptc_runtime::pack`]) into 64-byte-aligned memory that lives as long as the
-/// process. Segment by segment, on every core: f16 weights (`inceptc compile --weights-dtype
-/// f16`) are widened to f32 first, and the pages of the stored copy are handed back to the kernel
+/// process. Segment by segment, on every core: f16 and bf16 weights (`inceptc compile
+/// --weights-dtype f16`, `--precision bf16`) are widened to f32 first, and the pages of the stored copy are handed back to the kernel
 /// once packed, so the process holds little more than the packed weights at any time.
 fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
-    use half::slice::HalfFloatSliceExt as _;
     use inceptc_runtime::pack;
     let size = desc.weights_dtype.size();
     if !stored.len().is_multiple_of(size) || stored.as_ptr().align_offset(size) != 0 {
@@ -178,36 +177,21 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
         (rest, at) = (tail, end);
     }
     let jobs = std::sync::Mutex::new(jobs);
-    let pack_one = |segment: &inceptc_runtime::pack::Segment,
-                    dst: &mut [u8],
-                    wide: &mut Vec<f32>| {
-        let n = segment.recipe.source_floats().unwrap_or(0);
-        let bytes = &stored[segment.source * size..(segment.source + n) * size];
-        let source: &[f32] = match desc.weights_dtype {
-            // SAFETY: `stored` is 4-aligned (checked) and `bytes` holds `n` little-endian f32.
-            WeightsDtype::F32 => unsafe {
-                std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n)
-            },
-            WeightsDtype::F16 => {
-                // SAFETY: `stored` is 2-aligned (checked) and `bytes` holds `n` f16.
-                let halves =
-                    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const half::f16, n) };
-                wide.resize(n, 0.0);
-                halves.convert_to_f32_slice(wide);
-                wide
-            }
-            WeightsDtype::Bf16 => {
-                // SAFETY: `stored` is 2-aligned (checked) and `bytes` holds `n` bf16.
-                let halves =
-                    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const half::bf16, n) };
-                wide.resize(n, 0.0);
-                halves.convert_to_f32_slice(wide);
-                wide
-            }
+    let pack_one =
+        |segment: &inceptc_runtime::pack::Segment, dst: &mut [u8], wide: &mut Vec<f32>| {
+            let n = segment.recipe.source_floats().unwrap_or(0);
+            let bytes = &stored[segment.source * size..(segment.source + n) * size];
+            let source: &[f32] = match desc.weights_dtype {
+                // SAFETY: `stored` is 4-aligned (checked) and `bytes` holds `n` little-endian f32.
+                WeightsDtype::F32 => unsafe {
+                    std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n)
+                },
+                WeightsDtype::F16 => widen::<half::f16>(bytes, wide),
+                WeightsDtype::Bf16 => widen::<half::bf16>(bytes, wide),
+            };
+            pack::pack_segment(source, &segment.recipe, dst);
+            release(bytes.as_ptr() as usize, bytes.len());
         };
-        pack::pack_segment(source, &segment.recipe, dst);
-        release(bytes.as_ptr() as usize, bytes.len());
-    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -224,6 +208,20 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
 
 /// Tells the kernel that the whole pages inside `len` bytes at `addr` of the executable's
 /// read-only data are not needed now (they are read back from the file if touched again).
+/// The 2-byte floats (f16 or bf16) in `bytes`, widened into `wide`.
+fn widen<'w, T>(bytes: &[u8], wide: &'w mut Vec<f32>) -> &'w [f32]
+where
+    [T]: half::slice::HalfFloatSliceExt,
+{
+    let n = bytes.len() / std::mem::size_of::<T>();
+    // SAFETY: `bytes` is aligned to the stored size, 2 (checked in `unpack`), and holds `n`
+    // values of `T` (f16 or bf16, two bytes each, any bit pattern valid).
+    let halves = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) };
+    wide.resize(n, 0.0);
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(halves, wide);
+    wide
+}
+
 fn release(addr: usize, len: usize) {
     // SAFETY: sysconf has no preconditions.
     let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {

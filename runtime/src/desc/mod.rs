@@ -65,6 +65,22 @@ pub enum WeightsDtype {
 }
 
 impl WeightsDtype {
+    /// f32 weight bytes (little-endian) as this dtype stores them (f16 and bf16 rounded to
+    /// nearest even).
+    pub fn encode(self, f32_bytes: Vec<u8>) -> Vec<u8> {
+        let narrow = |to: fn(f32) -> [u8; 2]| -> Vec<u8> {
+            f32_bytes
+                .chunks_exact(4)
+                .flat_map(|b| to(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect()
+        };
+        match self {
+            WeightsDtype::F32 => f32_bytes,
+            WeightsDtype::F16 => narrow(|v| half::f16::from_f32(v).to_le_bytes()),
+            WeightsDtype::Bf16 => narrow(|v| half::bf16::from_f32(v).to_le_bytes()),
+        }
+    }
+
     /// Bytes per stored weight.
     pub fn size(self) -> usize {
         match self {
@@ -72,26 +88,6 @@ impl WeightsDtype {
             WeightsDtype::F16 | WeightsDtype::Bf16 => 2,
         }
     }
-}
-
-/// The f16 encoding of f32 weight bytes (little-endian both).
-pub fn weights_to_f16(f32_bytes: &[u8]) -> Vec<u8> {
-    f32_bytes
-        .chunks_exact(4)
-        .flat_map(|b| {
-            half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
-        })
-        .collect()
-}
-
-/// The bf16 encoding of f32 weight bytes (little-endian both), rounded to nearest even.
-pub fn weights_to_bf16(f32_bytes: &[u8]) -> Vec<u8> {
-    f32_bytes
-        .chunks_exact(4)
-        .flat_map(|b| {
-            half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
-        })
-        .collect()
 }
 
 /// What the first output means.

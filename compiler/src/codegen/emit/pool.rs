@@ -57,8 +57,8 @@ pub(super) fn pool(e: &mut Emitter, k: &PoolKernel, begin: Value, end: Value) {
     });
 }
 
-/// How a pool holds its values: as f32 (widened from a bf16 map) for average pooling; for max
-/// pooling, as the values' bits made signed integers in the values' order (a negative value's
+/// How a pool holds its values: as f32 (widened from a bf16 map) for average pooling (and only
+/// there); for max pooling, as the values' bits made signed integers in the values' order (a negative value's
 /// magnitude bits inverted), whose maximum is the maximum value's with no conversion and a
 /// single integer instruction (Cranelift's `fmax`, NaN- and zero-exact, is a long sequence).
 /// A NaN sorts above +∞ or below −∞ by its sign.
@@ -143,35 +143,31 @@ fn ordered(e: &mut Emitter, ty: types::Type, width: i64, x: Value) -> Value {
     e.b.ins().bxor(x, magnitude)
 }
 
-/// The start of every pooling window: −∞ for max pooling (the least ordered bits for bf16), 0
-/// for average pooling.
+/// The start of every pooling window: 0 for average pooling, the least ordered bits (below
+/// −∞) for max pooling.
 pub(super) fn pool_init(e: &mut Emitter, k: &PoolKernel, ty: types::Type) -> Value {
-    match (k.average, Lanes::of(k)) {
-        (None, Lanes::Bf16Bits) if ty == types::I32 => {
-            e.b.ins().iconst(types::I32, i16::MIN as i64)
-        }
-        (None, Lanes::Bf16Bits) => {
-            let least = e.b.ins().iconst(types::I16, i16::MIN as i64);
-            e.b.ins().splat(ty, least)
-        }
-        (None, Lanes::F32Bits) => {
-            let least = e.b.ins().iconst(types::I32, i32::MIN as i64);
-            match ty.is_vector() {
-                true => e.b.ins().splat(ty, least),
-                false => least,
-            }
-        }
-        (None, Lanes::Float) => e.f32s(ty, f32::NEG_INFINITY),
-        (Some(_), _) => e.zero(ty),
+    let least = match Lanes::of(k) {
+        Lanes::Float => return e.zero(ty),
+        // bf16 bits sign-extended in an i32 or in i16 lanes.
+        Lanes::Bf16Bits => i16::MIN as i64,
+        Lanes::F32Bits => i32::MIN as i64,
+    };
+    let lane = match ty.is_vector() {
+        true => ty.lane_type(),
+        false => ty,
+    };
+    let least = e.b.ins().iconst(lane, least);
+    match ty.is_vector() {
+        true => e.b.ins().splat(ty, least),
+        false => least,
     }
 }
 
-/// `acc` combined with one tap: max or sum.
+/// `acc` combined with one tap: the sum, or the maximum of ordered bits.
 pub(super) fn pool_step(e: &mut Emitter, k: &PoolKernel, acc: Value, v: Value) -> Value {
-    match (k.average, Lanes::of(k)) {
-        (None, Lanes::Bf16Bits | Lanes::F32Bits) => e.b.ins().smax(acc, v),
-        (None, Lanes::Float) => e.b.ins().fmax(acc, v),
-        (Some(_), _) => e.b.ins().fadd(acc, v),
+    match Lanes::of(k) {
+        Lanes::Float => e.b.ins().fadd(acc, v),
+        Lanes::Bf16Bits | Lanes::F32Bits => e.b.ins().smax(acc, v),
     }
 }
 
