@@ -140,7 +140,7 @@ fn an_interrupted_compile_leaves_no_file_behind() {
         // A library is three files in a folder that the compile creates.
         ("lib", "generating code", ms(300), libc::SIGINT),
         ("lib", "writing", When::Seen("lib", ""), libc::SIGTERM),
-        ("asm", "running the passes", ms(500), libc::SIGTERM),
+        ("asm", "running the passes", ms(150), libc::SIGTERM),
     ] {
         let out = match emit {
             "exe" => dir.join("v1"),
