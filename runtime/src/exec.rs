@@ -194,7 +194,7 @@ pub fn amx_present() -> bool {
 
 /// What AMX tiles add to bf16 code: the tile registers and their bf16 products ([`amx_present`]
 /// detects both).
-const AMX_FEATURES: [Feature; 2] = [
+const AMX_FEATURES: [Feature; 3] = [
     Feature {
         name: "AMX_TILE",
         cranelift: None,
@@ -205,7 +205,25 @@ const AMX_FEATURES: [Feature; 2] = [
         cranelift: None,
         detect: amx_present,
     },
+    // The AMX tile claims its output lines with `prefetchw` (every CPU with AMX has it).
+    Feature {
+        name: "PREFETCHW",
+        cranelift: None,
+        detect: prefetchw_present,
+    },
 ];
+
+/// Whether CPUID says this CPU has `prefetchw` (leaf 0x8000_0001: ECX bit 8, PRFCHW).
+fn prefetchw_present() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        __cpuid_count(0x8000_0000, 0).eax >= 0x8000_0001
+            && __cpuid_count(0x8000_0001, 0).ecx & (1 << 8) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 /// Asks Linux for permission to use AMX tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
 /// XFEATURE_XTILEDATA)`), for the whole process: call it before any thread runs a tile.

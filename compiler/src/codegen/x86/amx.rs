@@ -18,6 +18,9 @@ const C_TILE_BYTES: usize = 1024;
 /// and the taps like [`ZmmTile`]'s, and the epilogue stores the accumulators to the stack and
 /// finishes each valid pixel's vectors on zmm registers as the bf16 [`ZmmTile`] does.
 ///
+/// Before the products, the tile asks for each pixel's output cache lines with intent to write
+/// (`prefetchw`), so that they arrive while the products run.
+///
 /// A kernel loads the configuration of 16 rows in every tile register once, before its tiles
 /// ([`amx_configure`]), and releases it after them. A tile of a multiple of 16 pixels runs in
 /// it; a tile with a partial block of 16 loads a configuration with that block's rows at its
@@ -165,6 +168,18 @@ impl AmxTile {
                     true => a.tileloadd(c, ptr(rdx + rax + 64 * j as i32))?,
                     false => a.tilezero(c)?,
                 }
+            }
+        }
+        // Claim the output lines while the products run: with two threads, the next kernels'
+        // reads leave the lines shared by both cores, and a store to a shared line waits for
+        // the other core to drop it, one line after another at commit. `prefetchw` asks for
+        // them all at once (Inception-ResNet-v2's residual up-projections, in place in the
+        // block's input, spent half their two-thread time there).
+        let bytes = 32 * (n - 1) + 2 * self.last_lanes;
+        for p in 0..m {
+            a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
+            for line in 0..bytes.div_ceil(64) {
+                a.prefetchw(byte_ptr(rax + r9 + 64 * line as i32))?;
             }
         }
         let row = (64 * n) as i32;

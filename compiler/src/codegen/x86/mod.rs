@@ -558,7 +558,9 @@ mod tests {
             assert!(needs.is_empty(), "the AMX tile needs {needs:?}");
             let without = beyond_for(&code, features_for(Tier::V4, Precision::Bf16, false));
             assert!(
-                without.contains("AMX_TILE") && without.contains("AMX_BF16"),
+                without.contains("AMX_TILE")
+                    && without.contains("AMX_BF16")
+                    && without.contains("PREFETCHW"),
                 "{without:?}"
             );
         }
