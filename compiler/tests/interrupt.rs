@@ -26,6 +26,8 @@ enum When {
     /// As soon as a file whose name starts with this appears in a `.inceptc-*` workspace in the
     /// folder (the signal then lands while that stage is surely running).
     Seen(&'static str, &'static str),
+    /// As soon as the output exists (a listing's folder, made before its kernels are generated).
+    Made,
 }
 
 /// Whether a workspace in `folder` holds a file named `prefix…`.
@@ -89,6 +91,17 @@ fn interrupt(
     assert!(log.contains(stage), "no stage `{stage}` in:\n{log}");
     match when {
         When::After(delay) => std::thread::sleep(delay),
+        When::Made => {
+            let started = Instant::now();
+            while !out.exists() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "no {} after 60 s:\n{log}",
+                    out.display()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         When::Seen(folder, prefix) => {
             let folder = out.parent().unwrap().join(folder);
             let started = Instant::now();
@@ -140,7 +153,9 @@ fn an_interrupted_compile_leaves_no_file_behind() {
         // A library is three files in a folder that the compile creates.
         ("lib", "generating code", ms(300), libc::SIGINT),
         ("lib", "writing", When::Seen("lib", ""), libc::SIGTERM),
-        ("asm", "running the passes", ms(150), libc::SIGTERM),
+        // The listing's folder is made, then every kernel is generated into it: a signal as
+        // soon as the folder is there lands while the code is generated.
+        ("asm", "running the passes", When::Made, libc::SIGTERM),
     ] {
         let out = match emit {
             "exe" => dir.join("v1"),
