@@ -88,6 +88,7 @@ impl Gen {
                             padding: [1, 1],
                         },
                         count_include_pad: include,
+                        relu: false,
                     }),
                     &[x],
                     name,

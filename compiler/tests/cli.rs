@@ -705,8 +705,8 @@ fn all_passes_dumps_one_file_per_pass_and_dot_shows_the_arena() {
         expected.push(format!("{:02}-{}.txt", i + 1, pass.name));
     }
     assert_eq!(files, expected);
-    let tiled = std::fs::read_to_string(out.join(&expected[4])).unwrap();
-    assert!(expected[4].ends_with("tile-concat.txt") && tiled.contains(" tile=0/"));
+    let tiled = std::fs::read_to_string(out.join(&expected[5])).unwrap();
+    assert!(expected[5].ends_with("tile-concat.txt") && tiled.contains(" tile=0/"));
     assert!(!tiled.contains(" = concat "), "every concat is tiled");
 
     let (code, stdout, stderr) = run_inceptc([

@@ -192,6 +192,7 @@ impl Builder {
                     padding: [1, 1],
                 },
                 count_include_pad: false,
+                relu: false,
             }),
             &[x],
             name,

@@ -31,8 +31,11 @@ fn summary(op: &Op) -> String {
         ),
         Op::MaxPool(p) => format!("max pool {}×{}/{}", p.kernel[0], p.kernel[1], p.stride[0]),
         Op::AvgPool(a) => format!(
-            "avg pool {}×{}/{}",
-            a.window.kernel[0], a.window.kernel[1], a.window.stride[0]
+            "avg pool {}×{}/{}{}",
+            a.window.kernel[0],
+            a.window.kernel[1],
+            a.window.stride[0],
+            if a.relu { ", relu" } else { "" }
         ),
         Op::Scale(s) => format!("scale {:?}", s.factor),
         Op::Linear(a) => format!("linear → {}", a.out_features),

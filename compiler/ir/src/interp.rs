@@ -233,12 +233,15 @@ fn eval(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape, ordere
                 })
                 .collect()
         }
-        Op::AvgPool(a) if ordered => avg_pool_ordered(
-            x(),
-            map_dims(args[0].1),
-            &a.window,
-            map_dims(out),
-            a.count_include_pad,
+        Op::AvgPool(a) if ordered => relu_if(
+            a.relu,
+            avg_pool_ordered(
+                x(),
+                map_dims(args[0].1),
+                &a.window,
+                map_dims(out),
+                a.count_include_pad,
+            ),
         ),
         Op::GlobalAvgPool if ordered => {
             let [n, c, h, w] = map_dims(args[0].1);
@@ -312,14 +315,17 @@ fn eval(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape, ordere
             .map(|(a, b)| a + b)
             .collect(),
         Op::MaxPool(w) => pool(x(), map_dims(args[0].1), w, map_dims(out), Pool::Max),
-        Op::AvgPool(a) => pool(
-            x(),
-            map_dims(args[0].1),
-            &a.window,
-            map_dims(out),
-            Pool::Avg {
-                count_include_pad: a.count_include_pad,
-            },
+        Op::AvgPool(a) => relu_if(
+            a.relu,
+            pool(
+                x(),
+                map_dims(args[0].1),
+                &a.window,
+                map_dims(out),
+                Pool::Avg {
+                    count_include_pad: a.count_include_pad,
+                },
+            ),
         ),
         Op::Concat => concat(args, map_dims(out)),
         Op::GlobalAvgPool => global_avg_pool(x(), map_dims(args[0].1)),
@@ -449,6 +455,15 @@ fn conv2d_ordered(
             }
         });
     out
+}
+
+/// `max(0, v)` of every value when `relu` (a NaN becomes 0, as `f32::max` and the generated
+/// code's `maxps` have it).
+fn relu_if(relu: bool, mut values: Vec<f32>) -> Vec<f32> {
+    if relu {
+        values.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    values
 }
 
 /// Average pooling as the generated pools sum: in f32 over the window's in-image cells

@@ -61,6 +61,9 @@ pub struct AvgPoolAttrs {
     pub window: PoolAttrs,
     /// Whether the divisor counts padded cells.
     pub count_include_pad: bool,
+    /// Set by `sink-avg-pool`: `max(0, ·)` of the mean (the ReLU of the 1×1 convolution that
+    /// followed the pool and now precedes it).
+    pub relu: bool,
 }
 
 /// A convolution with its epilogue, made by the `fuse-epilogue` pass: the convolution (with its

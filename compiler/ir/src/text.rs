@@ -160,6 +160,9 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         Op::AvgPool(a) => {
             let mut v = window(&a.window);
             v.push(("count_include_pad", a.count_include_pad.to_string()));
+            if a.relu {
+                v.push(("relu", "true".to_string()));
+            }
             v
         }
         Op::Scale(s) => vec![("factor", format!("{:?}", s.factor))],
@@ -560,6 +563,7 @@ fn parse_op(keyword: &str, a: &mut Attrs) -> Result<Op, String> {
         "avg_pool" => Op::AvgPool(AvgPoolAttrs {
             window: a.window()?,
             count_include_pad: a.bool("count_include_pad")?,
+            relu: a.optional_bool("relu")?,
         }),
         "concat" => Op::Concat,
         "add" => Op::Add,

@@ -133,8 +133,12 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
             };
             let [kh, kw] = k.window.kernel;
             let op = format!(
-                "{kind} pool {kh}×{kw}/{} {} ch {}×{}",
-                k.window.stride[0], k.out.channels, k.out.h, k.out.w
+                "{kind} pool {kh}×{kw}/{} {} ch {}×{}{}",
+                k.window.stride[0],
+                k.out.channels,
+                k.out.h,
+                k.out.w,
+                if k.relu { ", relu" } else { "" }
             );
             let taps = (k.out.n * k.out.h * k.out.w * k.out.channels * kh * kw) as f64;
             let rate = match k.average {

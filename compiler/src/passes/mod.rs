@@ -15,6 +15,7 @@ pub mod fold_residual_scale;
 pub mod fuse_epilogue;
 pub mod merge_sibling_1x1;
 pub mod plan_memory;
+pub mod sink_avg_pool;
 pub mod tile_concat;
 
 /// A pass: its kebab-case name, a one-line summary and its entry point, which returns how many
@@ -33,6 +34,7 @@ pub const PIPELINE: &[Pass] = &[
     fold_batchnorm::PASS,
     fold_residual_scale::PASS,
     fuse_epilogue::PASS,
+    sink_avg_pool::PASS,
     tile_concat::PASS,
     merge_sibling_1x1::PASS,
     eliminate_dead::PASS,

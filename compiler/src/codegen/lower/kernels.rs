@@ -287,6 +287,8 @@ pub struct PoolKernel {
     pub window: PoolAttrs,
     /// `None` for max pooling, else whether the divisor counts padding.
     pub average: Option<bool>,
+    /// Whether `max(0, ·)` ends an average pool.
+    pub relu: bool,
     /// Where it writes.
     pub out: MapLayout,
 }

@@ -587,15 +587,18 @@ impl Lowering<'_> {
                 input: self.read_map(operand)?,
                 window: p.clone(),
                 average: None,
+                relu: false,
                 out: self.map(id)?,
             }),
             Op::AvgPool(AvgPoolAttrs {
                 window,
                 count_include_pad,
+                relu,
             }) => Kernel::Pool(PoolKernel {
                 input: self.read_map(operand)?,
                 window: window.clone(),
                 average: Some(*count_include_pad),
+                relu: *relu,
                 out: self.map(id)?,
             }),
             Op::GlobalAvgPool => Kernel::GlobalPool(GlobalPoolKernel {
