@@ -1,7 +1,9 @@
-//! A fixed pool of worker threads that splits a range of work items into chunks, a few per
-//! thread, which the threads take in turn: a thread that runs late (a busy or shared core) takes
-//! fewer chunks instead of holding the others up. The calling thread works too and returns when
-//! every chunk is done. Which thread computes an item never changes what is computed.
+//! A fixed pool of worker threads that splits a range of work items into chunks, which the
+//! threads take in turn: a thread that runs late (a busy or shared core) takes fewer chunks
+//! instead of holding the others up. Chunks shrink as the items run out (each takes a
+//! `1 / (2 · threads)` share of what is left, see [`chunk_size`]), so that the threads finish
+//! together: the last chunks are single items. The calling thread works too and returns when
+//! every item is done. Which thread computes an item never changes what is computed.
 //!
 //! A network runs one call per kernel, back to back, so idle workers and a caller waiting for the
 //! last chunk spin for up to [`SPIN`] checks before they sleep on a condition variable: waking a
@@ -14,13 +16,11 @@ use std::thread::JoinHandle;
 
 type Work = dyn Fn(usize, usize) + Sync;
 
-/// Chunks per thread: enough for a late thread to be made up for, few enough that a chunk is
-/// still a useful amount of work.
-pub const CHUNKS_PER_THREAD: usize = 4;
-
-/// How many chunks [`ThreadPool::run`] splits `items` into on `threads` threads.
-pub fn chunks(items: usize, threads: usize) -> usize {
-    (threads.max(1) * CHUNKS_PER_THREAD).min(items)
+/// The items the next chunk takes when `left` items are left to `threads` threads: a
+/// `1 / (2 · threads)` share of them, at least one. Early chunks are large (few hand-outs), the
+/// last ones single items (no thread waits long for another's last chunk).
+pub fn chunk_size(left: usize, threads: usize) -> usize {
+    left.div_ceil(2 * threads.max(1)).max(1)
 }
 
 /// Checks a waiting thread makes before it sleeps (each a spin-loop hint, tens of nanoseconds).
@@ -42,34 +42,40 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
 struct Job {
     work: *const Work,
     items: usize,
-    chunks: usize,
-    /// The next chunk to take.
+    threads: usize,
+    /// The first item not yet taken.
     next: AtomicUsize,
-    /// Chunks finished.
+    /// Items finished.
     done: AtomicUsize,
-    /// Set when a chunk panicked: the chunks left are counted as done without running.
+    /// Set when a chunk panicked: the items left are counted as done without running.
     failed: AtomicBool,
     /// The first panic's payload, raised again on the calling thread once every chunk is done.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
-// SAFETY: `work` is called only for a chunk taken before `done` reached `chunks`, and `run` keeps
+// SAFETY: `work` is called only for a chunk taken before `done` reached `items`, and `run` keeps
 // the closure alive until then.
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// Takes and runs chunks until none is left; returns how many this thread took. A panic in
-    /// a chunk is caught and kept, so that every chunk still counts as done: `run` neither hangs
-    /// nor returns (raising the panic) while another thread could still be in the closure.
+    /// Takes and runs chunks until none is left; returns how many items this thread took. A
+    /// panic in a chunk is caught and kept, so that every item still counts as done: `run`
+    /// neither hangs nor returns (raising the panic) while another thread could still be in the
+    /// closure.
     fn work_through(&self) -> usize {
         let mut ran = 0;
         loop {
-            let chunk = self.next.fetch_add(1, Ordering::Relaxed);
-            if chunk >= self.chunks {
+            let taken = self
+                .next
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |begin| {
+                    (begin < self.items)
+                        .then(|| begin + chunk_size(self.items - begin, self.threads))
+                });
+            let Ok(begin) = taken else {
                 return ran;
-            }
-            let (begin, end) = part(self.items, self.chunks, chunk);
+            };
+            let end = begin + chunk_size(self.items - begin, self.threads);
             if !self.failed.load(Ordering::Relaxed) {
                 // SAFETY: see `unsafe impl Send for Job`: this chunk is not done, so `run` waits.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
@@ -81,7 +87,7 @@ impl Job {
                     first.get_or_insert(payload);
                 }
             }
-            ran += 1;
+            ran += end - begin;
         }
     }
 }
@@ -107,11 +113,6 @@ pub struct ThreadPool {
     threads: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-}
-
-/// Items `begin .. end` of part `part` of `parts` over `items`.
-pub fn part(items: usize, parts: usize, part: usize) -> (usize, usize) {
-    (items * part / parts, items * (part + 1) / parts)
 }
 
 impl ThreadPool {
@@ -147,8 +148,7 @@ impl ThreadPool {
     /// when all are done. If a chunk panics, the chunks not yet started are skipped, and the
     /// panic is raised again here once no thread runs `work`; the pool stays usable.
     pub fn run(&self, items: usize, work: &(dyn Fn(usize, usize) + Sync)) {
-        let chunks = chunks(items, self.threads);
-        if self.threads == 1 || chunks <= 1 {
+        if self.threads == 1 || items <= 1 {
             if items > 0 {
                 work(0, items);
             }
@@ -160,7 +160,7 @@ impl ThreadPool {
         let job = Arc::new(Job {
             work: work as *const Work,
             items,
-            chunks,
+            threads: self.threads,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
@@ -177,9 +177,9 @@ impl ThreadPool {
         self.shared.start.notify_all();
         let ran = job.work_through();
         job.done.fetch_add(ran, Ordering::AcqRel);
-        spin_until(|| job.done.load(Ordering::Acquire) >= chunks);
+        spin_until(|| job.done.load(Ordering::Acquire) >= items);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while job.done.load(Ordering::Acquire) < chunks {
+        while job.done.load(Ordering::Acquire) < items {
             state = self
                 .shared
                 .done
@@ -212,7 +212,7 @@ fn worker(shared: &Shared) {
         };
         let Some(job) = job else { continue };
         let ran = job.work_through();
-        if ran > 0 && job.done.fetch_add(ran, Ordering::AcqRel) + ran == job.chunks {
+        if ran > 0 && job.done.fetch_add(ran, Ordering::AcqRel) + ran == job.items {
             // Under the lock, so that `run` is either before its check or already waiting.
             let _state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             shared.done.notify_all();

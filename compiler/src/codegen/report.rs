@@ -33,23 +33,24 @@ pub struct KernelReport {
 const POOL_HANDOUT: f64 = 1.5e-6;
 
 /// The time a kernel of `items` equal work items that takes `one` seconds on one thread takes on
-/// `threads` threads, as the runtime's pool runs it: [`inceptc_runtime::pool::chunks`] chunks of
-/// consecutive items, each taken by the first thread to be free. Memory bandwidth shared by the
-/// threads is not modelled.
+/// `threads` threads, as the runtime's pool runs it: chunks of consecutive items that shrink as
+/// the items run out ([`inceptc_runtime::pool::chunk_size`]), each taken by the first thread to
+/// be free. Memory bandwidth shared by the threads is not modelled.
 pub fn parallel_time(one: f64, items: usize, threads: usize) -> f64 {
     use inceptc_runtime::pool;
-    let chunks = pool::chunks(items, threads);
-    if threads <= 1 || chunks <= 1 {
+    if threads <= 1 || items <= 1 {
         return one;
     }
     let per_item = one / items as f64;
     let mut free = vec![0.0f64; threads];
-    for chunk in 0..chunks {
-        let (begin, end) = pool::part(items, chunks, chunk);
+    let mut begin = 0;
+    while begin < items {
+        let size = pool::chunk_size(items - begin, threads);
         let first = (0..threads)
             .min_by(|a, b| free[*a].total_cmp(&free[*b]))
             .unwrap_or(0);
-        free[first] += (end - begin) as f64 * per_item;
+        free[first] += size as f64 * per_item;
+        begin += size;
     }
     free.iter().cloned().fold(0.0, f64::max) + POOL_HANDOUT
 }
@@ -310,8 +311,10 @@ mod tests {
         assert_eq!(parallel_time(1.0, 1, 16), 1.0);
         // Two items on 16 threads: two threads work, each on half.
         assert!(close(parallel_time(1.0, 2, 16), 0.5 + POOL_HANDOUT));
-        // 64 items on 16 threads: 64 chunks of one item, four rounds.
+        // 64 items on 16 threads: 16 chunks of two items, then 32 of one: four items each.
         assert!(close(parallel_time(1.0, 64, 16), 0.25 / 4.0 + POOL_HANDOUT));
+        // 80 items on 2 threads: chunks of 20, 15, 12, 9, … 1 end level, 40 items each.
+        assert!(close(parallel_time(80.0, 80, 2), 40.0 + POOL_HANDOUT));
         // 17 items on 16 threads: one thread takes two.
         assert!(close(parallel_time(17.0, 17, 16), 2.0 + POOL_HANDOUT));
         // 6 items on 4 threads: 6 chunks, two threads take two.
