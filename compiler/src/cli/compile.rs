@@ -144,9 +144,10 @@ pub(crate) fn compile(
          weights {:.1} MiB, packed to {:.1} MiB at start-up{}) into {} in {:.1} s",
         args.model(),
         program.tier.name(),
-        match program.precision {
-            inceptc_runtime::layout::Precision::F32 => "",
-            inceptc_runtime::layout::Precision::Bf16 => " in bf16",
+        match (program.precision, program.amx) {
+            (inceptc_runtime::layout::Precision::F32, _) => "",
+            (inceptc_runtime::layout::Precision::Bf16, false) => " in bf16",
+            (inceptc_runtime::layout::Precision::Bf16, true) => " in bf16 with AMX tiles",
         },
         program.arena_bytes as f64 / (1 << 20) as f64,
         (program.stored.len() * target.weights_dtype.size()) as f64 / (1 << 20) as f64,
