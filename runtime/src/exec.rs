@@ -605,30 +605,32 @@ fn damage(arena: &Arena, g: &Guard) -> Option<String> {
 /// Writes an NCHW tensor into the channel range of map `m`, rounded to its precision; the
 /// buffer's channels after the range (padding to an even count in bf16) become zero.
 pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32]) {
-    let value = m.value_bytes();
+    let (value, stride) = (m.value_bytes(), m.pixel_stride());
+    // The pixel's bytes from the value's first channel to the end of its padding.
+    let own = (m.c_total - m.channel_offset) * value;
     for n in 0..m.n {
         for y in 0..m.h {
-            let row = arena.bytes_mut(
-                m.address(n, y as isize, 0, 0),
-                ((m.w - 1) * m.c_total + m.c_total - m.channel_offset) * value,
-            );
-            for x in 0..m.w {
-                let pixel = &mut row[x * m.pixel_stride()..];
-                for c in 0..m.channels {
-                    let v = nchw[((n * m.channels + c) * m.h + y) * m.w + x];
-                    put(&mut pixel[c * value..], m.precision, v);
+            let row = arena.bytes_mut(m.address(n, y as isize, 0, 0), (m.w - 1) * stride + own);
+            // Channel by channel: each reads a contiguous row of the NCHW tensor.
+            for c in 0..m.channels {
+                let from = &nchw[((n * m.channels + c) * m.h + y) * m.w..][..m.w];
+                let to = row[c * value..].chunks_mut(stride);
+                match m.precision {
+                    Precision::F32 => from
+                        .iter()
+                        .zip(to)
+                        .for_each(|(v, px)| px[..4].copy_from_slice(&v.to_le_bytes())),
+                    Precision::Bf16 => from.iter().zip(to).for_each(|(v, px)| {
+                        px[..2].copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+                    }),
                 }
-                pixel[m.channels * value..(m.c_total - m.channel_offset) * value].fill(0);
+            }
+            if m.channels * value < own {
+                for px in row.chunks_mut(stride) {
+                    px[m.channels * value..own].fill(0);
+                }
             }
         }
-    }
-}
-
-/// Stores `v` at the start of `to` in `precision` (little-endian).
-fn put(to: &mut [u8], precision: Precision, v: f32) {
-    match precision {
-        Precision::F32 => to[..4].copy_from_slice(&v.to_le_bytes()),
-        Precision::Bf16 => to[..2].copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
     }
 }
 
