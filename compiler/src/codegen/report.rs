@@ -95,7 +95,7 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
             let shape = k.shape();
             let op = conv_op(&shape, k.ranges.len());
             let (tiles, run) = match k.flat {
-                true => ("flat pixel tiles", k.input.n * k.out_h * k.out_w),
+                true => ("flat pixel tiles", k.flat_run()),
                 false => ("row tiles", k.out_w),
             };
             let algorithm = match k.input.precision {

@@ -106,9 +106,12 @@ pub(super) fn row_tiles(
     });
 }
 
-/// A 1×1, stride-1 convolution whose input has no halo is a matrix product over all pixels of the
-/// batch: unit `t` is the tile of pixels `Pt .. Pt + P` (P the register tile's pixels) in
-/// (image, row, column) order, which may span rows and images; the last tile may be shorter.
+/// A flat convolution ([`ConvKernel::flat`]) computes runs of consecutive output pixels ([`ConvKernel::flat_run`]:
+/// the whole batch, or each image): unit `t` of a run is the tile of its pixels `Pt .. Pt + P`
+/// (P the register tile's pixels) in (row, column) order, which may span rows (and images in a
+/// run of the batch); a run's last tile may be shorter. A 1×1 over a halo-free map is a matrix
+/// product over all pixels of the batch; a 7×1 reads, at every tap, the input pixels a fixed
+/// number of rows above its output pixels, halo rows included.
 pub(super) fn flat_tiles(
     e: &mut Emitter,
     k: &ConvKernel,
@@ -117,15 +120,20 @@ pub(super) fn flat_tiles(
     body: &TileBody,
 ) {
     let input = k.input;
-    let pixels = input.n * k.out_h * k.out_w;
+    let run = k.flat_run();
     let tile = k.register.pixels;
-    let full = (pixels / tile) as i64;
-    let rest = pixels % tile;
-    let tile_at = |e: &mut Emitter, index: Value, count: usize| {
-        let first = e.b.ins().imul_imm_s(index, tile as i64);
-        let base = e.offset(e.arena, input.address(0, 0, 0, 0) as i64);
+    let per_run = run.div_ceil(tile) as i64;
+    let rest = run % tile;
+    // Input pixel of a run's first output pixel at tap (0, 0): `padding` rows up, in the halo.
+    let origin = input.address(0, -(k.padding[0] as isize), 0, 0) as i64;
+    let tile_at = |e: &mut Emitter, run_index: Value, index: Value, count: usize| {
+        let local = e.b.ins().imul_imm_s(index, tile as i64);
+        let before = e.b.ins().imul_imm_s(run_index, run as i64);
+        let first = e.b.ins().iadd(before, local);
+        let base = e.offset(e.arena, origin);
+        let base = e.scaled(base, run_index, input.image_stride() as i64);
         let bases = TileBases {
-            input: e.scaled(base, first, input.pixel_stride() as i64),
+            input: e.scaled(base, local, input.pixel_stride() as i64),
             outputs: k
                 .ranges
                 .iter()
@@ -135,20 +143,44 @@ pub(super) fn flat_tiles(
         };
         body(e, &bases, count);
     };
-    let full_v = e.int(full);
-    let stop = e.b.ins().smin(end, full_v);
-    e.for_range(begin, stop, 1, |e, index| tile_at(e, index, tile));
-    if rest > 0 {
-        // The short last tile, when this call's range reaches it.
-        let last = e.b.create_block();
-        let done = e.b.create_block();
-        let reaches = e.b.ins().icmp(IntCC::SignedGreaterThan, end, full_v);
-        e.b.ins().brif(reaches, last, &[], done, &[]);
-        e.b.switch_to_block(last);
-        tile_at(e, full_v, rest);
+    if per_run == k.units() as i64 {
+        // One run (the batch): full tiles, then the short last one when this call reaches it.
+        let zero = e.int(0);
+        let full_v = e.int(run as i64 / tile as i64);
+        let stop = e.b.ins().smin(end, full_v);
+        e.for_range(begin, stop, 1, |e, index| tile_at(e, zero, index, tile));
+        if rest > 0 {
+            let last = e.b.create_block();
+            let done = e.b.create_block();
+            let reaches = e.b.ins().icmp(IntCC::SignedGreaterThan, end, full_v);
+            e.b.ins().brif(reaches, last, &[], done, &[]);
+            e.b.switch_to_block(last);
+            tile_at(e, zero, full_v, rest);
+            e.b.ins().jump(done, &[]);
+            e.b.switch_to_block(done);
+        }
+        return;
+    }
+    // A run per image: the unit's image and its tile in the image.
+    e.for_range(begin, end, 1, |e, unit| {
+        let image = e.b.ins().udiv_imm_u(unit, per_run);
+        let start = e.b.ins().imul_imm_s(image, per_run);
+        let index = e.b.ins().isub(unit, start);
+        if rest == 0 {
+            tile_at(e, image, index, tile);
+            return;
+        }
+        let (full, short, done) = (e.b.create_block(), e.b.create_block(), e.b.create_block());
+        let last = e.b.ins().icmp_imm_u(IntCC::Equal, index, per_run - 1);
+        e.b.ins().brif(last, short, &[], full, &[]);
+        e.b.switch_to_block(full);
+        tile_at(e, image, index, tile);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(short);
+        tile_at(e, image, index, rest);
         e.b.ins().jump(done, &[]);
         e.b.switch_to_block(done);
-    }
+    });
 }
 
 /// The AVX-512 tier's panel-major split: the work items of range `r` are its panels × `groups`

@@ -72,8 +72,11 @@ pub struct ConvKernel {
     pub core: ConvCore,
     /// Stride along (height, width).
     pub stride: [usize; 2],
-    /// A 1×1, stride-1, unpadded convolution over a halo-free input: work items are tiles of
-    /// consecutive pixels of the whole batch instead of output rows.
+    /// A stride-1 convolution one tap wide with no padding along x, over an input with no halo
+    /// columns (a 1×1, or a 7×1 reading a map with halo rows only): its units are tiles of
+    /// consecutive pixels instead of output rows, which may span rows because each output
+    /// pixel's input at every tap lies the same distance further on. They span images too when
+    /// the input has no halo at all ([`ConvKernel::flat_run`]).
     pub flat: bool,
     /// How units and output channels form work items.
     pub split: Split,
@@ -145,14 +148,31 @@ impl ConvKernel {
     /// Output rows, or pixel tiles when `flat`.
     pub fn units(&self) -> usize {
         match self.flat {
-            true => (self.input.n * self.out_h * self.out_w).div_ceil(self.register.pixels),
+            true => {
+                let run = self.flat_run();
+                (self.input.n * self.out_h * self.out_w / run) * run.div_ceil(self.register.pixels)
+            }
             false => self.input.n * self.out_h,
         }
+    }
+
+    /// Consecutive output pixels that flat tiles cover: the whole batch's when the input has no
+    /// halo, else one image's (halo rows lie between images).
+    pub fn flat_run(&self) -> usize {
+        flat_run(&self.input, self.out_h * self.out_w)
     }
 
     /// What the cost model and the FLOP count see.
     pub fn shape(&self) -> cost::ConvShape {
         self.core.shape(self.stride)
+    }
+}
+
+/// [`ConvKernel::flat_run`] of a convolution over `input` with `pixels` output pixels per image.
+pub fn flat_run(input: &MapLayout, pixels: usize) -> usize {
+    match input.halo == [0, 0] {
+        true => input.n * pixels,
+        false => pixels,
     }
 }
 

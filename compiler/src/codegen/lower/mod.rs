@@ -407,14 +407,17 @@ impl Lowering<'_> {
             run: out.w,
             out_channels,
         };
-        let can_flatten = f.conv.kernel == [1, 1]
+        // One tap wide, stride 1, no padding or halo along x: consecutive output pixels read
+        // consecutive input pixels at every tap, across rows (see `ConvKernel::flat`).
+        let can_flatten = f.conv.kernel[1] == 1
             && f.conv.stride == [1, 1]
-            && f.conv.padding == [0, 0]
-            && input.halo == [0, 0];
+            && f.conv.padding[1] == 0
+            && input.halo[1] == 0;
+        let flat_run = kernels::flat_run(input, out.h * out.w);
         // AMX sums 32 input channels a step: layers with other counts take the zmm tile.
         if self.amx && input.pixel_dwords().is_multiple_of(AMX_CHANNELS / 2) {
             return match can_flatten {
-                true => (tile::amx(input.n * out.h * out.w, out_channels), true),
+                true => (tile::amx(flat_run, out_channels), true),
                 false => (tile::amx(out.w, out_channels), false),
             };
         }
@@ -427,10 +430,13 @@ impl Lowering<'_> {
             // 6-tile and a 2-tile); flat tiles fill all but the last. Where rows fill their tiles
             // to 90 % or more, row tiles measured as fast or faster.
             tile::Isa::Sse | tile::Isa::Avx2 => (row, tile_fill(out.w, row.pixels) < 0.9),
-            tile::Isa::Avx512 | tile::Isa::Amx => {
-                let run = input.n * out.h * out.w;
-                (tile::choose(TileNeeds { run, ..needs }), true)
-            }
+            tile::Isa::Avx512 | tile::Isa::Amx => (
+                tile::choose(TileNeeds {
+                    run: flat_run,
+                    ..needs
+                }),
+                true,
+            ),
         }
     }
 
@@ -510,7 +516,7 @@ impl Lowering<'_> {
                     .sum();
                 let (register, flat) = self.direct_register(f, &input, &out, out_channels);
                 let run = match flat {
-                    true => input.n * out.h * out.w,
+                    true => kernels::flat_run(&input, out.h * out.w),
                     false => out.w,
                 };
                 let winograd = self.winograd_tile(f, &input, &out, out_channels, (&register, run));
