@@ -420,10 +420,12 @@ impl Model<'_> {
                 arm(arena, g);
             }
             for halo in &step.clear_halos {
-                clear_halo(arena, halo);
+                // The input step writes every pixel of the input map, padding channels included.
+                let written = step.kernel.is_none() && *halo == self.input;
+                clear_halo(arena, halo, !written);
             }
             if step.kernel.is_none() {
-                write_map(arena, &self.input, input);
+                write_map(arena, &self.input, input, pool);
             }
             if let Some(kernel) = step.kernel {
                 let base = arena.as_mut_ptr() as usize;
@@ -503,7 +505,7 @@ fn zero_upper() {
 
 /// Zeroes the halo rows and columns of every image of `m`, and the padding channels of every
 /// pixel (see [`MapLayout::padding_channels`]).
-fn clear_halo(arena: &mut Arena, m: &MapLayout) {
+fn clear_halo(arena: &mut Arena, m: &MapLayout, padding_channels: bool) {
     let side = m.halo[1] * m.pixel_stride();
     let right = (m.halo[1] + m.w) * m.pixel_stride();
     let value = m.value_bytes();
@@ -520,7 +522,7 @@ fn clear_halo(arena: &mut Arena, m: &MapLayout) {
             }
             row[..side].fill(0);
             row[right..].fill(0);
-            if !padding.is_empty() {
+            if padding_channels && !padding.is_empty() {
                 for pixel in row[side..right].chunks_exact_mut(m.pixel_stride()) {
                     pixel[padding.clone()].fill(0);
                 }
@@ -602,34 +604,56 @@ fn damage(arena: &Arena, g: &Guard) -> Option<String> {
     None
 }
 
-/// Writes an NCHW tensor into the channel range of map `m`, rounded to its precision; the
-/// buffer's channels after the range (padding to an even count in bf16) become zero.
-pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32]) {
+/// Writes an NCHW tensor into the channel range of map `m`, rounded to its precision, its rows
+/// shared out to `pool`'s threads; the buffer's channels after the range (padding to an even
+/// count in bf16) become zero.
+pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32], pool: &ThreadPool) {
+    let (base, size) = (arena.as_mut_ptr() as usize, arena.layout.size());
+    pool.run(m.n * m.h, &|begin, end| {
+        for item in begin..end {
+            let (n, y) = (item / m.h, item % m.h);
+            let (offset, bytes) = row_span(m, n, y);
+            assert!(offset + bytes <= size);
+            // SAFETY: in the arena (checked); the rows of a map are disjoint byte ranges, and
+            // each item is one row, so no two threads write the same bytes.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut((base as *mut u8).add(offset), bytes) };
+            write_row(row, m, nchw, n, y);
+        }
+    });
+}
+
+/// Where row `y` of image `n` of `m` lies in the arena: from its first pixel's value to its last
+/// pixel's padding.
+fn row_span(m: &MapLayout, n: usize, y: usize) -> (usize, usize) {
+    let own = (m.c_total - m.channel_offset) * m.value_bytes();
+    (
+        m.address(n, y as isize, 0, 0),
+        (m.w - 1) * m.pixel_stride() + own,
+    )
+}
+
+/// Row `y` of image `n` of the NCHW tensor into `row` ([`row_span`]), channel by channel: each
+/// reads a contiguous row of the tensor.
+fn write_row(row: &mut [u8], m: &MapLayout, nchw: &[f32], n: usize, y: usize) {
     let (value, stride) = (m.value_bytes(), m.pixel_stride());
-    // The pixel's bytes from the value's first channel to the end of its padding.
     let own = (m.c_total - m.channel_offset) * value;
-    for n in 0..m.n {
-        for y in 0..m.h {
-            let row = arena.bytes_mut(m.address(n, y as isize, 0, 0), (m.w - 1) * stride + own);
-            // Channel by channel: each reads a contiguous row of the NCHW tensor.
-            for c in 0..m.channels {
-                let from = &nchw[((n * m.channels + c) * m.h + y) * m.w..][..m.w];
-                let to = row[c * value..].chunks_mut(stride);
-                match m.precision {
-                    Precision::F32 => from
-                        .iter()
-                        .zip(to)
-                        .for_each(|(v, px)| px[..4].copy_from_slice(&v.to_le_bytes())),
-                    Precision::Bf16 => from.iter().zip(to).for_each(|(v, px)| {
-                        px[..2].copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
-                    }),
-                }
-            }
-            if m.channels * value < own {
-                for px in row.chunks_mut(stride) {
-                    px[m.channels * value..own].fill(0);
-                }
-            }
+    for c in 0..m.channels {
+        let from = &nchw[((n * m.channels + c) * m.h + y) * m.w..][..m.w];
+        let to = row[c * value..].chunks_mut(stride);
+        match m.precision {
+            Precision::F32 => from
+                .iter()
+                .zip(to)
+                .for_each(|(v, px)| px[..4].copy_from_slice(&v.to_le_bytes())),
+            Precision::Bf16 => from.iter().zip(to).for_each(|(v, px)| {
+                px[..2].copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
+            }),
+        }
+    }
+    if m.channels * value < own {
+        for px in row.chunks_mut(stride) {
+            px[m.channels * value..own].fill(0);
         }
     }
 }
