@@ -15,7 +15,8 @@
 //!
 //! The two nodes keep their places in the graph and exchange their ops, parameters and names:
 //! the node that was the pool becomes the convolution (under the convolution's name) and the one
-//! that was the convolution becomes the pool, so the block's readers are unchanged.
+//! that was the convolution becomes the pool, so the block's readers are unchanged. Each keeps
+//! its origins: the convolution's still name its ReLU, which the pool now applies.
 
 use inceptc_ir::op::{AvgPoolAttrs, FusedConvAttrs, Op};
 use inceptc_ir::{Graph, NodeId};

@@ -106,12 +106,12 @@ pub(super) fn row_tiles(
     });
 }
 
-/// A flat convolution ([`ConvKernel::flat`]) computes runs of consecutive output pixels ([`ConvKernel::flat_run`]:
-/// the whole batch, or each image): unit `t` of a run is the tile of its pixels `Pt .. Pt + P`
-/// (P the register tile's pixels) in (row, column) order, which may span rows (and images in a
-/// run of the batch); a run's last tile may be shorter. A 1×1 over a halo-free map is a matrix
-/// product over all pixels of the batch; a 7×1 reads, at every tap, the input pixels a fixed
-/// number of rows above its output pixels, halo rows included.
+/// A flat convolution ([`ConvKernel::flat`]) computes runs of consecutive output pixels (the
+/// whole batch, or each image: [`ConvKernel::flat_run`]): unit `t` of a run is the tile of its
+/// pixels `Pt .. Pt + P` (P the register tile's pixels) in (row, column) order, which may span
+/// rows (and images in a run of the batch); a run's last tile may be shorter. A 1×1 over a
+/// halo-free map is a matrix product over all pixels of the batch; a 7×1 reads, at every tap,
+/// the input pixels a fixed number of rows above its output pixels, halo rows included.
 pub(super) fn flat_tiles(
     e: &mut Emitter,
     k: &ConvKernel,
