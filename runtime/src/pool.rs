@@ -59,6 +59,11 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
+    /// The end of the chunk that starts at item `begin` (below `items`).
+    fn chunk_end(&self, begin: usize) -> usize {
+        begin + chunk_size(self.items - begin, self.threads)
+    }
+
     /// Takes and runs chunks until none is left; returns how many items this thread took. A
     /// panic in a chunk is caught and kept, so that every item still counts as done: `run`
     /// neither hangs nor returns (raising the panic) while another thread could still be in the
@@ -69,13 +74,12 @@ impl Job {
             let taken = self
                 .next
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |begin| {
-                    (begin < self.items)
-                        .then(|| begin + chunk_size(self.items - begin, self.threads))
+                    (begin < self.items).then(|| self.chunk_end(begin))
                 });
             let Ok(begin) = taken else {
                 return ran;
             };
-            let end = begin + chunk_size(self.items - begin, self.threads);
+            let end = self.chunk_end(begin);
             if !self.failed.load(Ordering::Relaxed) {
                 // SAFETY: see `unsafe impl Send for Job`: this chunk is not done, so `run` waits.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {

@@ -134,8 +134,9 @@ pub(crate) fn linked_model() -> Result<Linked> {
 /// The packed weights the kernels read, made once at start-up from the weights the executable
 /// stores (see [`inceptc_runtime::pack`]) into 64-byte-aligned memory that lives as long as the
 /// process. Segment by segment, on every core: f16 and bf16 weights (`inceptc compile
-/// --weights-dtype f16`, `--precision bf16`) are widened to f32 first, and the pages of the stored copy are handed back to the kernel
-/// once packed, so the process holds little more than the packed weights at any time.
+/// --weights-dtype f16`, `--precision bf16`) are widened to f32 first, and the pages of the
+/// stored copy are handed back to the kernel once packed, so the process holds little more than
+/// the packed weights at any time.
 fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
     use inceptc_runtime::pack;
     let size = desc.weights_dtype.size();
@@ -206,8 +207,6 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
     Ok(packed)
 }
 
-/// Tells the kernel that the whole pages inside `len` bytes at `addr` of the executable's
-/// read-only data are not needed now (they are read back from the file if touched again).
 /// The 2-byte floats (f16 or bf16) in `bytes`, widened into `wide`.
 fn widen<'w, T>(bytes: &[u8], wide: &'w mut Vec<f32>) -> &'w [f32]
 where
@@ -222,6 +221,8 @@ where
     wide
 }
 
+/// Tells the kernel that the whole pages inside `len` bytes at `addr` of the executable's
+/// read-only data are not needed now (they are read back from the file if touched again).
 fn release(addr: usize, len: usize) {
     // SAFETY: sysconf has no preconditions.
     let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {

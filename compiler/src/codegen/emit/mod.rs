@@ -282,6 +282,19 @@ impl Emitter<'_, '_> {
         }
     }
 
+    /// `v` where `v > 0`, else +0 (a NaN becomes 0, like the interpreter's `f32::max`), in f32
+    /// lanes or one f32.
+    fn relu(&mut self, v: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(v);
+        let zero = self.zero(ty);
+        let positive = self.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
+        if ty == types::F32 {
+            return self.b.ins().select(positive, v, zero);
+        }
+        let mask = self.b.ins().bitcast(ty, MemFlagsData::new(), positive);
+        self.b.ins().band(v, mask)
+    }
+
     /// `for i in (start .. end).step_by(step)`, top-tested; `body` gets `i`.
     fn for_range(
         &mut self,

@@ -207,7 +207,7 @@ pub(super) fn pool_inner(e: &mut Emitter, k: &PoolKernel, wy: Value, out_row: Va
                 acc = e.b.ins().fmul(acc, s);
             }
             if k.relu {
-                acc = relu(e, acc);
+                acc = e.relu(acc);
             }
             mode.store(e, k, acc, dst, v * bytes);
         }
@@ -284,7 +284,7 @@ pub(super) fn pool_clamped(
             r = e.b.ins().fmul(r, s);
         }
         if k.relu {
-            r = relu(e, r);
+            r = e.relu(r);
         }
         let dst = e.b.ins().iadd(out_px, c);
         mode.store(e, k, r, dst, 0);
@@ -296,19 +296,6 @@ pub(super) fn pool_clamped(
     e.for_const(vec_end, channels * value, value, |e, c| {
         pool_lanes(e, c, single)
     });
-}
-
-/// `v` where `v > 0`, else +0 (a NaN becomes 0, like the interpreter's `f32::max`), in f32
-/// lanes or one f32.
-fn relu(e: &mut Emitter, v: Value) -> Value {
-    let ty = e.b.func.dfg.value_type(v);
-    let zero = e.f32s(ty, 0.0);
-    let positive = e.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
-    if ty == types::F32 {
-        return e.b.ins().select(positive, v, zero);
-    }
-    let mask = e.b.ins().bitcast(ty, MemFlagsData::new(), positive);
-    e.b.ins().band(v, mask)
 }
 
 /// `[max(0, −origin), min(kernel, size − origin))` for a window starting at `origin`.

@@ -397,13 +397,7 @@ pub(super) fn finish(
         v = e.b.ins().fadd(v, rv);
     }
     if relu {
-        // v where v > 0, else +0 (NaN becomes 0, like the interpreter's f32::max).
-        let zero = e.zero(types::F32X4);
-        let positive = e.b.ins().fcmp(FloatCC::GreaterThan, v, zero);
-        let mask =
-            e.b.ins()
-                .bitcast(types::F32X4, MemFlagsData::new(), positive);
-        v = e.b.ins().band(v, mask);
+        v = e.relu(v);
     }
     e.store_lanes(v, valid, out, offset);
 }
