@@ -131,8 +131,19 @@ enum Command {
         /// What the feature maps and weights are: f32, or bf16 (x86-64-v4 with AVX512-BF16):
         /// weights and activations rounded to bf16, products accumulated in f32, about half the
         /// executable's size. Input and output stay f32.
+        /// int8 (x86-64-v4 with AVX512-VNNI): u8 feature maps with per-map scales from
+        /// --calibrate, s8 weights per output channel, sums in i32, requantized in f32.
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        /// With --precision int8 (required there): the inputs whose feature maps set the int8
+        /// ranges, a directory of images (preprocessed as the executable does) or an .npy batch
+        /// [N, 3, H, W] of preprocessed input.
+        #[arg(long, value_name = "PATH")]
+        calibrate: Option<PathBuf>,
+        /// How calibration sets each feature map's range: its smallest and largest value
+        /// (minmax), or its 0.01st and 99.99th percentiles, which ignore rare outliers.
+        #[arg(long, value_enum, default_value_t = CalibrationArg::Minmax, requires = "calibrate")]
+        calibration: CalibrationArg,
         /// How images are resized (timm's `interpolation`; the networks' own is bicubic): set
         /// it to what your checkpoint's pretrained config says. Not for inception-resnet-v1,
         /// whose face crops are resized bilinear as facenet-pytorch does.
@@ -250,6 +261,8 @@ fn run(command: Command, quiet: bool) -> Result<()> {
             check_bounds,
             weights_dtype,
             precision,
+            calibrate,
+            calibration,
             interpolation,
             max_memory,
             report,
@@ -283,14 +296,31 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 precision: match precision {
                     PrecisionArg::F32 => Precision::F32,
                     PrecisionArg::Bf16 => Precision::Bf16,
+                    PrecisionArg::Int8 => Precision::U8,
                 },
+                // Set from --calibrate once the graph is optimized.
+                int8: Default::default(),
             };
+            match (options.precision, &calibrate) {
+                (Precision::U8, None) => bail!(
+                    "--precision int8 needs --calibrate PATH: a directory of images or an .npy \
+                     batch [N, 3, H, W] whose feature maps set the int8 ranges"
+                ),
+                (Precision::F32 | Precision::Bf16, Some(_)) => {
+                    bail!("--calibrate is for --precision int8")
+                }
+                _ => {}
+            }
             let weights_dtype = match (weights_dtype, options.precision) {
                 (None | Some(WeightsArg::F32), Precision::F32) => WeightsDtype::F32,
                 (Some(WeightsArg::F16), Precision::F32) => WeightsDtype::F16,
                 (None, Precision::Bf16) => WeightsDtype::Bf16,
                 (Some(_), Precision::Bf16) => {
                     bail!("--weights-dtype: a bf16 executable stores its weights as bf16")
+                }
+                (None, Precision::U8) => WeightsDtype::F32,
+                (Some(_), Precision::U8) => {
+                    bail!("--weights-dtype: an int8 executable stores its weight codes itself")
                 }
             };
             let target = Target {
@@ -299,6 +329,13 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 report,
                 report_threads: threads,
                 weights_dtype,
+                calibrate: calibrate.map(|path| {
+                    let method = match calibration {
+                        CalibrationArg::Minmax => inceptc_ir::quant::Calibration::MinMax,
+                        CalibrationArg::Percentile => inceptc_ir::quant::Calibration::Percentile,
+                    };
+                    (path, method)
+                }),
                 max_memory,
                 interpolation: interpolation.map(|i| match i {
                     InterpolationArg::Bicubic => Filter::Bicubic,

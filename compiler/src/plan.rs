@@ -93,7 +93,8 @@ impl Buffer {
     }
 
     /// Channels of every pixel (features of a vector): the shape's, rounded up to an even
-    /// count for a bf16 map so that channel pairs fill dwords, and to a multiple of the granule
+    /// count for a bf16 map so that channel pairs fill dwords (a multiple of 4 for a u8 map, for
+    /// quads), and to a multiple of the granule
     /// for a map of at least as many channels.
     pub fn channels(&self) -> usize {
         let granule = |c: usize| match c >= self.granule {
@@ -102,6 +103,7 @@ impl Buffer {
         };
         match (self.shape, self.precision) {
             (Shape::Map { c, .. }, Precision::Bf16) => granule(c).next_multiple_of(2),
+            (Shape::Map { c, .. }, Precision::U8) => granule(c).next_multiple_of(4),
             (Shape::Map { c, .. }, Precision::F32) => granule(c),
             (shape, _) => shape.channels(),
         }

@@ -253,6 +253,9 @@ pub fn enable_amx() -> Result<(), RunError> {
 /// What bf16 code adds to x86-64-v4, for the `vdpbf16ps` tiles and `vcvtneps2bf16`.
 const BF16_FEATURES: [Feature; 1] = [feature!("AVX512_BF16", None, "avx512bf16")];
 
+/// What int8 code adds to x86-64-v4, for the `vpdpbusd` tiles.
+const VNNI_FEATURES: [Feature; 1] = [feature!("AVX512_VNNI", None, "avx512vnni")];
+
 /// Every feature code of `tier` uses: the one list the compiler builds Cranelift's ISA from and
 /// the start-up check tests.
 pub fn features(tier: Tier) -> Vec<Feature> {
@@ -266,8 +269,10 @@ pub fn features(tier: Tier) -> Vec<Feature> {
 /// [`features`] of `tier` and what code of `precision`, with AMX tiles if `amx`, adds to them.
 pub fn features_for(tier: Tier, precision: Precision, amx: bool) -> Vec<Feature> {
     let mut all = features(tier);
-    if precision == Precision::Bf16 {
-        all.extend(BF16_FEATURES);
+    match precision {
+        Precision::F32 => {}
+        Precision::Bf16 => all.extend(BF16_FEATURES),
+        Precision::U8 => all.extend(VNNI_FEATURES),
     }
     if amx {
         all.extend(AMX_FEATURES);
@@ -299,6 +304,7 @@ pub fn check_cpu(tier: Tier, precision: Precision, amx: bool) -> Result<(), RunE
                 (Precision::F32, _) => tier.name(),
                 (Precision::Bf16, false) => "x86-64-v4 with bf16",
                 (Precision::Bf16, true) => "x86-64-v4 with bf16 and AMX",
+                (Precision::U8, _) => "x86-64-v4 with VNNI (int8)",
             },
             missing: missing.join(", "),
         });
@@ -604,7 +610,7 @@ fn damage(arena: &Arena, g: &Guard) -> Option<String> {
     None
 }
 
-/// Writes an NCHW tensor into the channel range of map `m`, rounded to its precision, its rows
+/// Writes an NCHW tensor into the channel range of map `m`, rounded (or quantized) to its precision, its rows
 /// shared out to `pool`'s threads; the buffer's channels after the range (padding to an even
 /// count in bf16) become zero.
 pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32], pool: &ThreadPool) {
@@ -649,6 +655,10 @@ fn write_row(row: &mut [u8], m: &MapLayout, nchw: &[f32], n: usize, y: usize) {
             Precision::Bf16 => from.iter().zip(to).for_each(|(v, px)| {
                 px[..2].copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes())
             }),
+            Precision::U8 => from
+                .iter()
+                .zip(to)
+                .for_each(|(v, px)| px[0] = m.quant.quantize(*v)),
         }
     }
     if m.channels * value < own {
@@ -658,11 +668,12 @@ fn write_row(row: &mut [u8], m: &MapLayout, nchw: &[f32], n: usize, y: usize) {
     }
 }
 
-/// The value of `precision` at the start of `from`.
-fn get(from: &[u8], precision: Precision) -> f32 {
-    match precision {
+/// The value of map `m` at the start of `from`.
+fn get(from: &[u8], m: &MapLayout) -> f32 {
+    match m.precision {
         Precision::F32 => f32::from_le_bytes([from[0], from[1], from[2], from[3]]),
         Precision::Bf16 => half::bf16::from_le_bytes([from[0], from[1]]).to_f32(),
+        Precision::U8 => m.quant.dequantize(from[0]),
     }
 }
 
@@ -681,7 +692,7 @@ pub fn read(arena: &Arena, layout: &Layout) -> Vec<f32> {
                     for x in 0..m.w {
                         for c in 0..m.channels {
                             out[((n * m.channels + c) * m.h + y) * m.w + x] =
-                                get(&row[(x * m.c_total + c) * value..], m.precision);
+                                get(&row[(x * m.c_total + c) * value..], m);
                         }
                     }
                 }

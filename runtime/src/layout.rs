@@ -11,6 +11,9 @@ pub enum Precision {
     /// bfloat16: f32's sign, exponent and top 7 mantissa bits, rounded to nearest even. Maps
     /// have an even number of channels so that channel pairs fill dwords.
     Bf16,
+    /// Unsigned 8-bit integers, `real = scale · (q − zero)` with each map's [`Quant`]
+    /// (`--precision int8`). Maps have a multiple of 4 channels so that quads fill dwords.
+    U8,
 }
 
 impl Precision {
@@ -19,23 +22,88 @@ impl Precision {
         match self {
             Precision::F32 => 4,
             Precision::Bf16 => 2,
+            Precision::U8 => 1,
         }
     }
 
-    /// `f32` or `bf16`.
+    /// Values per dword: 1, a pair or a quad.
+    pub fn per_dword(self) -> usize {
+        4 / self.bytes()
+    }
+
+    /// `f32`, `bf16` or `int8`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::U8 => "int8",
         }
     }
 
-    /// `x` as this precision stores it (rounded to nearest even for bf16), widened back to f32.
+    /// `x` as this precision stores it (rounded to nearest even for bf16), widened back to f32;
+    /// u8 values depend on their map's [`Quant`] ([`Quant::round`]), and are left as they are
+    /// here.
     pub fn round(self, x: f32) -> f32 {
         match self {
-            Precision::F32 => x,
+            Precision::F32 | Precision::U8 => x,
             Precision::Bf16 => half::bf16::from_f32(x).to_f32(),
         }
+    }
+}
+
+/// How the bytes of a u8 map stand for real values: `real = scale · (q − zero)`. Maps of other
+/// precisions carry the default (scale 1, zero 0) and ignore it.
+#[derive(Clone, Copy, Debug)]
+pub struct Quant {
+    /// The real step between consecutive codes (positive and finite).
+    pub scale: f32,
+    /// The code of real 0.
+    pub zero: u8,
+}
+
+impl Default for Quant {
+    fn default() -> Quant {
+        Quant {
+            scale: 1.0,
+            zero: 0,
+        }
+    }
+}
+
+/// Equal when the scales' bits and the zero points are (so that the type can be `Eq`).
+impl PartialEq for Quant {
+    fn eq(&self, other: &Quant) -> bool {
+        self.scale.to_bits() == other.scale.to_bits() && self.zero == other.zero
+    }
+}
+
+impl Eq for Quant {}
+
+impl Quant {
+    /// `1 / scale` in f32, by which values are multiplied to quantize them.
+    pub fn inverse(self) -> f32 {
+        1.0 / self.scale
+    }
+
+    /// The code of `x`, as generated code and the interpreter's int8 mode compute it:
+    /// `x · inverse + zero` in one fused step, clamped to 0 ..= 255, rounded to nearest even (a
+    /// NaN becomes 0).
+    pub fn quantize(self, x: f32) -> u8 {
+        let v = x.mul_add(self.inverse(), self.zero as f32);
+        match v.is_nan() {
+            true => 0,
+            false => v.clamp(0.0, 255.0).round_ties_even() as u8,
+        }
+    }
+
+    /// The real value of code `q`: `(q − zero) · scale` in f32.
+    pub fn dequantize(self, q: u8) -> f32 {
+        (q as f32 - self.zero as f32) * self.scale
+    }
+
+    /// `x` quantized and back.
+    pub fn round(self, x: f32) -> f32 {
+        self.dequantize(self.quantize(x))
     }
 }
 
@@ -62,6 +130,8 @@ pub struct MapLayout {
     pub halo: [usize; 2],
     /// What each value is.
     pub precision: Precision,
+    /// What a u8 map's codes stand for (the default in other precisions).
+    pub quant: Quant,
 }
 
 impl MapLayout {
@@ -73,14 +143,14 @@ impl MapLayout {
         self.precision.bytes()
     }
 
-    /// A pixel's channels, padding included, in dwords: one per f32, one per bf16 pair (bf16
-    /// maps have an even count).
+    /// A pixel's channels, padding included, in dwords: one per f32, one per bf16 pair, one
+    /// per u8 quad (bf16 maps have an even count, u8 maps a multiple of 4).
     pub fn pixel_dwords(&self) -> usize {
         self.c_total * self.value_bytes() / 4
     }
 
-    /// Channels of every pixel after the value's that only pad it (to a whole dword in bf16, or
-    /// to the AMX tile's 32 channels): they stay zero.
+    /// Channels of every pixel after the value's that only pad it (to a whole dword in bf16 or
+    /// int8, or to the AMX tile's 32 channels): they stay zero.
     pub fn padding_channels(&self) -> std::ops::Range<usize> {
         (self.channel_offset + self.channels).min(self.c_total)..self.c_total
     }

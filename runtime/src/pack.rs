@@ -38,7 +38,8 @@ pub enum Recipe {
 /// `channels` are output channels `first ..`; the panel starts `first · points · inputs` values
 /// into the segment. In bf16 the rows are of channel pairs, `width` × 2 values with the pair's
 /// two channels adjacent (`[point][pair][width][2]`, as `vdpbf16ps` reads them), and an odd
-/// last input channel is paired with zeros.
+/// last input channel is paired with zeros. In int8 they are of quads of s8 weights
+/// (`[point][quad][width][4]`, as `vpdpbusd` reads them), from stored integer values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvPacking {
     /// Output channels.
@@ -75,9 +76,9 @@ impl ConvPacking {
             .checked_mul(self.kernel[1])
     }
 
-    /// Input channels per packed row: 1 (f32) or a pair (bf16).
+    /// Input channels per packed row: 1 (f32), a pair (bf16) or a quad (int8).
     fn group(&self) -> usize {
-        4 / self.precision.bytes()
+        self.precision.per_dword()
     }
 
     /// Input channels as packed (see [`ConvPacking::padded_inputs`]).
@@ -262,6 +263,8 @@ fn pack_conv(source: &[f32], c: &ConvPacking, dst: &mut [u8]) {
                         Precision::F32 => dst[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes()),
                         Precision::Bf16 => dst[2 * i..2 * i + 2]
                             .copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+                        // Quantized weights: integers in −127 ..= 127, stored as f32.
+                        Precision::U8 => dst[i] = (v.clamp(-128.0, 127.0) as i8) as u8,
                     }
                 };
                 match &c.transform {

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::graph::{Graph, NodeId};
 use crate::op::*;
+use crate::quant::{self, Int8Params};
 use crate::shape::{infer_shapes, own_shape, Shape, ShapeError};
 use crate::tensor::Tensor;
 
@@ -82,9 +83,62 @@ pub fn run_rounded(
                     *p = round_bf16(p);
                 }
             }
-            evaluate(&rounded, &round_bf16(input), &mut |_, _| {}, true)
+            evaluate(&rounded, &round_bf16(input), &mut |_, _| {}, Mode::Bf16)
         }
     }
+}
+
+/// [`run`] as an int8 executable computes it, with `params` (see [`crate::quant`]): the input and
+/// every feature map as u8 codes, convolutions summing codes times per-channel s8 weight codes
+/// exactly and requantizing in f32 in the executable's order, pools and the global pool on the
+/// real values in f32 (summed in the generated order), vectors in f32. Map outputs are returned
+/// as real values. Run it on the optimized graph.
+pub fn run_int8(
+    graph: &Graph,
+    input: &Tensor,
+    params: &Int8Params,
+) -> Result<Vec<Tensor>, InterpError> {
+    run_int8_observed(graph, input, params, &mut |_, _| {})
+}
+
+/// [`run_int8`], calling `observe` with every node's value: a feature map as the real values its
+/// codes stand for.
+pub fn run_int8_observed(
+    graph: &Graph,
+    input: &Tensor,
+    params: &Int8Params,
+    observe: &mut dyn FnMut(NodeId, &Tensor),
+) -> Result<Vec<Tensor>, InterpError> {
+    let real = |id: NodeId, t: &Tensor| match t.shape().len() {
+        4 => Tensor::new(
+            t.shape().to_vec(),
+            quant::dequantize(t.data(), params.of(id)),
+        )
+        .expect("the same shape"),
+        _ => t.clone(),
+    };
+    let mut outputs = Vec::new();
+    let codes = evaluate(
+        graph,
+        input,
+        &mut |id, t| observe(id, &real(id, t)),
+        Mode::Int8(params),
+    )?;
+    for (o, t) in graph.outputs().iter().zip(codes) {
+        outputs.push(real(*o, &t));
+    }
+    Ok(outputs)
+}
+
+/// Where [`evaluate`] rounds.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// f32 values, f64 sums.
+    Exact,
+    /// [`Rounding::Bf16`].
+    Bf16,
+    /// [`run_int8`]: maps are u8 codes.
+    Int8(&'a Int8Params),
 }
 
 /// Like [`run`], and calls `observe` with every node's value as soon as it is computed.
@@ -93,15 +147,16 @@ pub fn run_observed(
     input: &Tensor,
     observe: &mut dyn FnMut(NodeId, &Tensor),
 ) -> Result<Vec<Tensor>, InterpError> {
-    evaluate(graph, input, observe, false)
+    evaluate(graph, input, observe, Mode::Exact)
 }
 
-/// [`run_observed`]; with `round_maps`, every feature map a node computes is rounded to bf16.
+/// [`run_observed`] in `mode`: with [`Mode::Bf16`], every feature map a node computes is rounded
+/// to bf16; with [`Mode::Int8`], maps are codes.
 fn evaluate(
     graph: &Graph,
     input: &Tensor,
     observe: &mut dyn FnMut(NodeId, &Tensor),
-    round_maps: bool,
+    mode: Mode,
 ) -> Result<Vec<Tensor>, InterpError> {
     let inputs = graph.inputs_of_graph();
     let [input_id] = inputs.as_slice() else {
@@ -140,12 +195,18 @@ fn evaluate(
             let args: Vec<(&Tensor, Shape)> =
                 operands.iter().map(|i| (&values[i], shapes[i])).collect();
             if id == *input_id {
-                input.clone()
+                match mode {
+                    Mode::Int8(p) => {
+                        let codes = quant::quantize(input.data(), p.of(id));
+                        Tensor::new(input.shape().to_vec(), codes).expect("the same shape")
+                    }
+                    _ => input.clone(),
+                }
             } else {
                 let at = [dims[0], dims[2], dims[3]];
-                let v = eval_node(graph, id, &args, shapes[&id], at, round_maps)?;
-                match (round_maps, shapes[&id]) {
-                    (true, Shape::Map { .. }) => round_bf16(&v),
+                let v = eval_node(graph, id, &args, shapes[&id], at, mode)?;
+                match (mode, shapes[&id]) {
+                    (Mode::Bf16, Shape::Map { .. }) => round_bf16(&v),
                     _ => v,
                 }
             }
@@ -181,16 +242,16 @@ fn eval_node(
     args: &[(&Tensor, Shape)],
     out: Shape,
     input: [usize; 3],
-    ordered: bool,
+    mode: Mode,
 ) -> Result<Tensor, ShapeError> {
     let node = graph.node(id);
     let Some(tile) = node.tile else {
-        return Ok(eval(graph, id, args, out, ordered));
+        return Ok(eval_in(graph, id, args, out, mode));
     };
     let own = node.own_operands(args.len());
     let own_shapes: Vec<Shape> = args[..own].iter().map(|a| a.1).collect();
     let part_shape = own_shape(graph, id, &own_shapes, input)?;
-    let part = eval(graph, id, &args[..own], part_shape, ordered);
+    let part = eval_in(graph, id, &args[..own], part_shape, mode);
     let mut buffer = match tile.new_buffer {
         Some(_) => vec![0.0; out.elements()],
         None => args[own].0.data().to_vec(),
@@ -202,6 +263,85 @@ fn eval_node(
         dst.copy_from_slice(&part.data()[b * pc * h * w..][..pc * h * w]);
     }
     Ok(Tensor::new(out.dims(), buffer).unwrap_or_else(|| Tensor::zeros(out.dims())))
+}
+
+/// Evaluates one node's op in `mode`.
+fn eval_in(graph: &Graph, id: NodeId, args: &[(&Tensor, Shape)], out: Shape, mode: Mode) -> Tensor {
+    match mode {
+        Mode::Exact => eval(graph, id, args, out, false),
+        Mode::Bf16 => eval(graph, id, args, out, true),
+        Mode::Int8(p) => eval_int8(graph, id, args, out, p),
+    }
+}
+
+/// Evaluates one node's op on u8 codes (see [`run_int8`]); the ops an int8 graph does not have
+/// (which [`Int8Params::new`] rejects) are evaluated as in f32.
+fn eval_int8(
+    graph: &Graph,
+    id: NodeId,
+    args: &[(&Tensor, Shape)],
+    out: Shape,
+    p: &Int8Params,
+) -> Tensor {
+    let node = graph.node(id);
+    let operands = graph.inputs(id);
+    let param = |role: &str| node.param(role).map(Tensor::data);
+    // The operand's real values.
+    let real = || quant::dequantize(args[0].0.data(), p.of(operands[0]));
+    let y = p.of(id);
+    let data = match &node.op {
+        Op::FusedConv(f) => {
+            let w =
+                quant::quantize_weights(param("weight").unwrap_or_default(), f.conv.out_channels);
+            // Exact sums of codes (integers far below 2^53), rounded once to f32 like vcvtdq2ps.
+            let acc = conv2d(
+                args[0].0.data(),
+                map_dims(args[0].1),
+                &w.codes,
+                None,
+                &f.conv,
+                map_dims(out),
+            );
+            let residual = f.residual.then(|| p.of(operands[1]));
+            let r = quant::requant(&w, param("bias"), p.of(operands[0]), y, residual);
+            let codes = f.residual.then(|| args[1].0.data());
+            let plane = out.elements() / (map_dims(out)[0] * f.conv.out_channels).max(1);
+            acc.iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let k = (i / plane) % f.conv.out_channels;
+                    let mut v = a.mul_add(r.m[k], r.b[k]);
+                    if let Some(codes) = codes {
+                        v = codes[i].mul_add(r.r, v);
+                    }
+                    quant::saturate(v)
+                })
+                .collect()
+        }
+        Op::MaxPool(w) => {
+            let max = pool(&real(), map_dims(args[0].1), w, map_dims(out), Pool::Max);
+            quant::quantize(&max, y)
+        }
+        Op::AvgPool(a) => {
+            let avg = avg_pool_ordered(
+                &real(),
+                map_dims(args[0].1),
+                &a.window,
+                map_dims(out),
+                a.count_include_pad,
+            );
+            quant::quantize(&relu_if(a.relu, avg), y)
+        }
+        Op::GlobalAvgPool => {
+            let [n, c, h, w] = map_dims(args[0].1);
+            let (x, inv) = (real(), 1.0 / (h * w) as f32);
+            (0..n * c)
+                .map(|plane| x[plane * h * w..][..h * w].iter().sum::<f32>() * inv)
+                .collect()
+        }
+        _ => return eval(graph, id, args, out, true),
+    };
+    Tensor::new(out.dims(), data).unwrap_or_else(|| Tensor::zeros(out.dims()))
 }
 
 /// Evaluates one node's op. Shapes were checked by [`infer_shapes`], so indexing is in bounds.

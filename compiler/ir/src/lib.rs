@@ -7,6 +7,7 @@ pub mod graph;
 pub mod init;
 pub mod interp;
 pub mod op;
+pub mod quant;
 pub mod shape;
 pub mod stats;
 pub mod tensor;

@@ -175,6 +175,14 @@ pub(crate) enum InterpolationArg {
 pub(crate) enum PrecisionArg {
     F32,
     Bf16,
+    Int8,
+}
+
+/// `--calibration`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CalibrationArg {
+    Minmax,
+    Percentile,
 }
 
 /// `--weights-dtype`.

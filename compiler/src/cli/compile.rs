@@ -19,6 +19,95 @@ pub(crate) fn preprocess(model: Model) -> Preprocess {
     }
 }
 
+/// How the executable preprocesses images: the model's own, with `--interpolation`.
+fn preprocessing(args: &ModelArgs, target: &Target) -> Result<Preprocess> {
+    let mut preprocessing = preprocess(args.model());
+    match (&mut preprocessing, target.interpolation) {
+        (_, None) => {}
+        (Preprocess::Timm { interpolation, .. }, Some(filter)) => *interpolation = filter,
+        (Preprocess::Facenet, Some(_)) => bail!(
+            "--interpolation is for the timm networks; {} resizes face crops bilinear, as \
+             facenet-pytorch does",
+            args.model().name()
+        ),
+    }
+    Ok(preprocessing)
+}
+
+/// The calibration inputs at `path`, one tensor `[1, C, H, W]` each: the images of a directory
+/// (sorted by name; other files are an error), preprocessed with `how` at `size`, or the images
+/// of an .npy batch `[N, C, H, W]`.
+fn calibration_inputs(
+    path: &Path,
+    how: Preprocess,
+    size: usize,
+    graph: &inceptc_ir::Graph,
+) -> Result<Vec<inceptc_ir::Tensor>> {
+    let channels = graph
+        .inputs_of_graph()
+        .first()
+        .and_then(|id| match &graph.node(*id).op {
+            inceptc_ir::Op::Input(a) => Some(a.channels),
+            _ => None,
+        })
+        .unwrap_or(3);
+    let tensor = |data: Vec<f32>, h: usize, w: usize| {
+        inceptc_ir::Tensor::new(vec![1, channels, h, w], data).expect("sized for its shape")
+    };
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("--calibrate: cannot read the directory {}", path.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!("--calibrate: cannot read the directory {}", path.display())
+            })?;
+        files.retain(|f| f.is_file());
+        files.sort();
+        if files.is_empty() {
+            bail!(
+                "--calibrate: the directory {} has no images",
+                path.display()
+            );
+        }
+        return files
+            .iter()
+            .map(|f| {
+                let img = inceptc_runtime::image::load(f)
+                    .with_context(|| format!("--calibrate: {}", f.display()))?;
+                let data = inceptc_runtime::image::preprocess(&img, how, [size, size]);
+                Ok(tensor(data, size, size))
+            })
+            .collect();
+    }
+    let a = inceptc_runtime::npy::read_f32(path).context("--calibrate")?;
+    let [n, c, h, w] = a.shape[..] else {
+        bail!(
+            "--calibrate: {} holds a tensor of shape {:?}, expected [N, {channels}, H, W]",
+            path.display(),
+            a.shape
+        );
+    };
+    if c != channels || n == 0 || h == 0 || w == 0 {
+        bail!(
+            "--calibrate: {} holds a tensor of shape {:?}, expected [N, {channels}, H, W] with N, \
+             H, W ≥ 1",
+            path.display(),
+            a.shape
+        );
+    }
+    if let Some(bad) = a.data.iter().find(|v| !v.is_finite()) {
+        bail!(
+            "--calibrate: {} holds a non-finite value ({bad})",
+            path.display()
+        );
+    }
+    Ok(a.data
+        .chunks(c * h * w)
+        .map(|image| tensor(image.to_vec(), h, w))
+        .collect())
+}
+
 /// Compiles; every file is written through `inceptc::interrupt` workspaces.
 pub(crate) fn compile(
     args: &ModelArgs,
@@ -45,7 +134,17 @@ pub(crate) fn compile(
     let loaded = start.elapsed();
     progress.stage("running the passes and planning memory");
     inceptc::passes::run_pipeline(&mut graph, None)?;
-    let program = inceptc::codegen::Program::with_options(&graph, batch, size, size, options)
+    let preprocessing = preprocessing(args, target)?;
+    let mut options = options.clone();
+    if let Some((path, method)) = &target.calibrate {
+        progress.stage("calibrating int8 ranges with the interpreter");
+        let inputs = calibration_inputs(path, preprocessing, size, &graph)?;
+        let ranges = inceptc_ir::quant::calibrate(&graph, &inputs, *method)
+            .with_context(|| format!("calibrating on {}", path.display()))?;
+        options.int8 = inceptc_ir::quant::Int8Params::new(&graph, &ranges)
+            .with_context(|| format!("quantizing {}", args.model()))?;
+    }
+    let program = inceptc::codegen::Program::with_options(&graph, batch, size, size, &options)
         .with_context(|| format!("lowering {}", args.model()))?;
     check_memory(&program, target.max_memory)?;
     let lowered = start.elapsed();
@@ -81,16 +180,6 @@ pub(crate) fn compile(
         Some(_) => OutputKind::Logits,
         None => OutputKind::Embedding,
     };
-    let mut preprocessing = preprocess(args.model());
-    match (&mut preprocessing, target.interpolation) {
-        (_, None) => {}
-        (Preprocess::Timm { interpolation, .. }, Some(filter)) => *interpolation = filter,
-        (Preprocess::Facenet, Some(_)) => bail!(
-            "--interpolation is for the timm networks; {} resizes face crops bilinear, as \
-             facenet-pytorch does",
-            args.model().name()
-        ),
-    }
     let mut desc =
         inceptc::codegen::describe(&program, args.model().name(), preprocessing, output_kind);
     desc.weights_dtype = target.weights_dtype;
@@ -148,6 +237,7 @@ pub(crate) fn compile(
             (inceptc_runtime::layout::Precision::F32, _) => "",
             (inceptc_runtime::layout::Precision::Bf16, false) => " in bf16",
             (inceptc_runtime::layout::Precision::Bf16, true) => " in bf16 with AMX tiles",
+            (inceptc_runtime::layout::Precision::U8, _) => " in int8",
         },
         program.arena_bytes as f64 / (1 << 20) as f64,
         (program.stored.len() * target.weights_dtype.size()) as f64 / (1 << 20) as f64,
@@ -170,6 +260,8 @@ pub(crate) struct Target {
     /// `--threads`: the thread count the report predicts for, besides one.
     pub(crate) report_threads: usize,
     pub(crate) weights_dtype: WeightsDtype,
+    /// `--calibrate` and `--calibration` (int8).
+    pub(crate) calibrate: Option<(PathBuf, inceptc_ir::quant::Calibration)>,
     /// `--interpolation`, when given.
     pub(crate) interpolation: Option<Filter>,
     /// `--max-memory`, when given.

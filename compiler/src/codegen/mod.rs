@@ -100,6 +100,9 @@ pub enum CodegenError {
         /// The tier's name.
         tier: &'static str,
     },
+    /// An int8 program without the u8 parameters of one of its feature maps.
+    #[error("--precision int8: node `{0}` has no u8 parameters (calibrate the optimized graph)")]
+    Uncalibrated(String),
     /// AMX tiles cannot run in this process.
     #[error("{0}")]
     Amx(String),
@@ -232,7 +235,10 @@ pub fn describe(
         arena_bytes: program.arena_bytes,
         // bf16 code stores its weights as the bf16 it packs them to, every parameter alike.
         weights_dtype: match program.precision {
-            inceptc_runtime::layout::Precision::F32 => Default::default(),
+            // int8 code stores its weight codes and requantization constants as f32.
+            inceptc_runtime::layout::Precision::F32 | inceptc_runtime::layout::Precision::U8 => {
+                Default::default()
+            }
             inceptc_runtime::layout::Precision::Bf16 => inceptc_runtime::desc::WeightsDtype::Bf16,
         },
         tier: program.tier.runtime(),

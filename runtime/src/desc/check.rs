@@ -54,6 +54,14 @@ impl ModelDesc {
                     "a bf16 feature map has an odd number of channels",
                 ));
             }
+            if m.precision == Precision::U8 && !m.c_total.is_multiple_of(4) {
+                return Err(DescError(
+                    "an int8 feature map's channels are not a multiple of 4",
+                ));
+            }
+            if m.precision == Precision::U8 && !(m.quant.scale.is_finite() && m.quant.scale > 0.0) {
+                return Err(DescError("an int8 feature map's scale is not positive"));
+            }
         }
         for g in &self.guards {
             let end = g

@@ -5,7 +5,7 @@
 //! Encoding: a magic word and version, then little-endian `u64` fields; strings as a length and
 //! bytes padded to 8; lists as a length and their elements.
 
-use crate::layout::{Layout, MapLayout, Precision, VecLayout};
+use crate::layout::{Layout, MapLayout, Precision, Quant, VecLayout};
 use crate::pack::{ConvPacking, Recipe, Segment};
 use crate::resample::Filter;
 
@@ -185,6 +185,8 @@ impl Writer {
             m.halo[0],
             m.halo[1],
             precision_code(m.precision),
+            m.quant.scale.to_bits() as usize,
+            m.quant.zero as usize,
         ] {
             self.u(v);
         }
@@ -234,12 +236,17 @@ impl Reader<'_> {
             channels: self.u()?,
             halo: [self.u()?, self.u()?],
             precision: self.precision()?,
+            quant: Quant {
+                scale: self.f()?,
+                zero: u8::try_from(self.u()?).map_err(|_| DescError("zero point out of range"))?,
+            },
         })
     }
     fn precision(&mut self) -> Result<Precision, DescError> {
         match self.u()? {
             0 => Ok(Precision::F32),
             1 => Ok(Precision::Bf16),
+            2 => Ok(Precision::U8),
             _ => Err(DescError("unknown precision")),
         }
     }
@@ -570,6 +577,7 @@ fn precision_code(p: Precision) -> usize {
     match p {
         Precision::F32 => 0,
         Precision::Bf16 => 1,
+        Precision::U8 => 2,
     }
 }
 

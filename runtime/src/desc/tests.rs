@@ -14,6 +14,11 @@ fn round_trips_and_rejects_truncation() {
         channels: 3,
         halo: [1, 1],
         precision: Precision::F32,
+        // Carried through the encoding whatever the precision.
+        quant: Quant {
+            scale: 0.25,
+            zero: 7,
+        },
     };
     let d = ModelDesc {
         model: "inception-v4".into(),

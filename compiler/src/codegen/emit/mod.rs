@@ -152,6 +152,11 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Bitcasts between vector types in little-endian lane order (x86's).
+fn little() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
 /// Loads of memory that does not change while the kernel runs: weights, and activations the kernel
 /// reads but never writes (the plan rejects a kernel that writes a buffer it reads, except an
 /// in-place residual, which is loaded with [`flags`]). Such loads can be folded into the
@@ -199,35 +204,89 @@ impl Emitter<'_, '_> {
         self.b.ins().store(flags(), v, addr, offset as i32);
     }
 
-    /// Loads one value (`ty` F32) or four (F32X4) of `precision` at `addr + offset`, widened
-    /// to f32: a bf16's 16 bits become the high half of the f32.
-    fn load_value(
-        &mut self,
-        ty: types::Type,
-        precision: Precision,
-        addr: Value,
-        offset: i64,
-    ) -> Value {
-        if precision == Precision::F32 {
-            return self.load(ty, addr, offset);
+    /// Loads one value (`ty` F32) or four (F32X4) of map `map` at `addr + offset`, widened to
+    /// f32: a bf16's 16 bits become the high half of the f32; a u8 code `q` becomes `(q − zero) ·
+    /// scale`, as [`inceptc_runtime::layout::Quant::dequantize`] computes it.
+    fn load_value(&mut self, ty: types::Type, map: &MapLayout, addr: Value, offset: i64) -> Value {
+        match map.precision {
+            Precision::F32 => self.load(ty, addr, offset),
+            Precision::Bf16 => {
+                let bits = match ty == types::F32 {
+                    true => self
+                        .b
+                        .ins()
+                        .uload16(types::I32, flags(), addr, offset as i32),
+                    false => self.b.ins().uload16x4(flags(), addr, offset as i32),
+                };
+                let wide = self.b.ins().ishl_imm_u(bits, 16);
+                self.b.ins().bitcast(ty, MemFlagsData::new(), wide)
+            }
+            Precision::U8 => {
+                let codes = self.load_codes(ty == types::F32, addr, offset);
+                let v = self.b.ins().fcvt_from_sint(ty, codes);
+                let zero = self.f32s(ty, map.quant.zero as f32);
+                let scale = self.f32s(ty, map.quant.scale);
+                let v = self.b.ins().fsub(v, zero);
+                self.b.ins().fmul(v, scale)
+            }
         }
-        let bits = match ty == types::F32 {
-            true => self
-                .b
-                .ins()
-                .uload16(types::I32, flags(), addr, offset as i32),
-            false => self.b.ins().uload16x4(flags(), addr, offset as i32),
-        };
-        let wide = self.b.ins().ishl_imm_u(bits, 16);
-        self.b.ins().bitcast(ty, MemFlagsData::new(), wide)
     }
 
-    /// Stores `v` (F32 or F32X4) at `addr + offset` in `precision`: bf16 rounded to nearest
-    /// even, as `vcvtneps2bf16` and the interpreter round (`(bits + 0x7fff + lsb) >> 16`; a NaN
-    /// is not kept, which no pooled value is).
-    fn store_value(&mut self, v: Value, precision: Precision, addr: Value, offset: i64) {
-        if precision == Precision::F32 {
-            return self.store(v, addr, offset);
+    /// One u8 code (`scalar`: an I32) or four (I32X4) at `addr + offset`, zero-extended.
+    fn load_codes(&mut self, scalar: bool, addr: Value, offset: i64) -> Value {
+        if scalar {
+            return self
+                .b
+                .ins()
+                .uload8(types::I32, flags(), addr, offset as i32);
+        }
+        let quad = self.load(types::I32, addr, offset);
+        let v = self.b.ins().scalar_to_vector(types::I32X4, quad);
+        let bytes = self.b.ins().bitcast(types::I8X16, little(), v);
+        let halves = self.b.ins().uwiden_low(bytes);
+        self.b.ins().uwiden_low(halves)
+    }
+
+    /// Stores codes 0 ..= 255 (an I32, or four in an I32X4) as bytes at `addr + offset`.
+    fn store_codes(&mut self, codes: Value, addr: Value, offset: i64) {
+        if self.b.func.dfg.value_type(codes) == types::I32 {
+            self.b.ins().istore8(flags(), codes, addr, offset as i32);
+            return;
+        }
+        // The codes are 0 ..= 255: neither saturation changes one.
+        let halves = self.b.ins().snarrow(codes, codes);
+        let bytes = self.b.ins().unarrow(halves, halves);
+        let quads = self.b.ins().bitcast(types::I32X4, little(), bytes);
+        let low = self.b.ins().extractlane(quads, 0);
+        self.store(low, addr, offset);
+    }
+
+    /// Stores `v` (F32 or F32X4) at `addr + offset` as a value of map `map`: bf16 rounded to
+    /// nearest even, as `vcvtneps2bf16` and the interpreter round (`(bits + 0x7fff + lsb) >>
+    /// 16`; a NaN is not kept, which no pooled value is); a u8 code as
+    /// [`inceptc_runtime::layout::Quant::quantize`] computes it (`v · inverse + zero` fused,
+    /// clamped to 0 ..= 255, rounded to nearest even; a NaN becomes 0).
+    fn store_value(&mut self, v: Value, map: &MapLayout, addr: Value, offset: i64) {
+        match map.precision {
+            Precision::F32 => return self.store(v, addr, offset),
+            Precision::Bf16 => {}
+            Precision::U8 => {
+                let ty = self.b.func.dfg.value_type(v);
+                let inverse = self.f32s(ty, map.quant.inverse());
+                let zero = self.f32s(ty, map.quant.zero as f32);
+                let q = self.b.ins().fma(v, inverse, zero);
+                let low = self.f32s(ty, 0.0);
+                let high = self.f32s(ty, 255.0);
+                let q = self.b.ins().fmax(q, low);
+                let q = self.b.ins().fmin(q, high);
+                let q = self.b.ins().nearest(q);
+                let int = match ty == types::F32 {
+                    true => types::I32,
+                    false => types::I32X4,
+                };
+                let codes = self.b.ins().fcvt_to_sint_sat(int, q);
+                return self.store_codes(codes, addr, offset);
+            }
         }
         let scalar = self.b.func.dfg.value_type(v) == types::F32;
         let ty = match scalar {
@@ -252,8 +311,7 @@ impl Emitter<'_, '_> {
         }
         // The four results are below 2^16: the unsigned saturation changes none.
         let halves = self.b.ins().unarrow(r, r);
-        let little = MemFlagsData::new().with_endianness(Endianness::Little);
-        let pairs = self.b.ins().bitcast(types::I64X2, little, halves);
+        let pairs = self.b.ins().bitcast(types::I64X2, little(), halves);
         let low = self.b.ins().extractlane(pairs, 0);
         self.store(low, addr, offset);
     }

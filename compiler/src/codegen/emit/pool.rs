@@ -62,11 +62,15 @@ pub(super) fn pool(e: &mut Emitter, k: &PoolKernel, begin: Value, end: Value) {
 /// magnitude bits inverted), whose maximum is the maximum value's with no conversion and a
 /// single integer instruction (Cranelift's `fmax`, NaN- and zero-exact, is a long sequence).
 /// A NaN sorts above +∞ or below −∞ by its sign.
+///
+/// u8 maps keep codes for max pooling (their order is the values'), in i32 lanes; the result is
+/// stored as it is where the output's parameters are the input's, and requantized otherwise.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lanes {
     Float,
     F32Bits,
     Bf16Bits,
+    Codes,
 }
 
 impl Lanes {
@@ -74,6 +78,7 @@ impl Lanes {
         match (k.average, k.input.precision) {
             (None, Precision::Bf16) => Lanes::Bf16Bits,
             (None, Precision::F32) => Lanes::F32Bits,
+            (None, Precision::U8) => Lanes::Codes,
             (Some(_), _) => Lanes::Float,
         }
     }
@@ -82,7 +87,7 @@ impl Lanes {
     pub(super) fn types(self) -> (types::Type, i64, types::Type) {
         match self {
             Lanes::Float => (types::F32X4, 4, types::F32),
-            Lanes::F32Bits => (types::I32X4, 4, types::I32),
+            Lanes::F32Bits | Lanes::Codes => (types::I32X4, 4, types::I32),
             // One value in an i32, sign-extended: its order is the i16's.
             Lanes::Bf16Bits => (types::I16X8, 8, types::I32),
         }
@@ -91,7 +96,8 @@ impl Lanes {
     /// A tap's values (`ty` from [`Lanes::types`]) at `addr + at`.
     fn load(self, e: &mut Emitter, k: &PoolKernel, ty: types::Type, addr: Value, at: i64) -> Value {
         match self {
-            Lanes::Float => e.load_value(ty, k.input.precision, addr, at),
+            Lanes::Float => e.load_value(ty, &k.input, addr, at),
+            Lanes::Codes => e.load_codes(ty == types::I32, addr, at),
             Lanes::F32Bits => {
                 let bits = e.load(ty, addr, at);
                 ordered(e, ty, 32, bits)
@@ -109,7 +115,21 @@ impl Lanes {
     /// Stores the result `v` at `addr + at`.
     fn store(self, e: &mut Emitter, k: &PoolKernel, v: Value, addr: Value, at: i64) {
         match self {
-            Lanes::Float => e.store_value(v, k.out.precision, addr, at),
+            Lanes::Float => e.store_value(v, &k.out, addr, at),
+            Lanes::Codes if k.out.quant == k.input.quant => e.store_codes(v, addr, at),
+            Lanes::Codes => {
+                // The maximum's real value, quantized for the output.
+                let ty = match e.b.func.dfg.value_type(v) == types::I32 {
+                    true => types::F32,
+                    false => types::F32X4,
+                };
+                let q = e.b.ins().fcvt_from_sint(ty, v);
+                let zero = e.f32s(ty, k.input.quant.zero as f32);
+                let scale = e.f32s(ty, k.input.quant.scale);
+                let q = e.b.ins().fsub(q, zero);
+                let real = e.b.ins().fmul(q, scale);
+                e.store_value(real, &k.out, addr, at)
+            }
             Lanes::F32Bits => {
                 // The order's map is its own inverse.
                 let ty = e.b.func.dfg.value_type(v);
@@ -151,6 +171,8 @@ pub(super) fn pool_init(e: &mut Emitter, k: &PoolKernel, ty: types::Type) -> Val
         // bf16 bits sign-extended in an i32 or in i16 lanes.
         Lanes::Bf16Bits => i16::MIN as i64,
         Lanes::F32Bits => i32::MIN as i64,
+        // Codes are 0 ..= 255.
+        Lanes::Codes => 0,
     };
     let lane = match ty.is_vector() {
         true => ty.lane_type(),
@@ -167,7 +189,7 @@ pub(super) fn pool_init(e: &mut Emitter, k: &PoolKernel, ty: types::Type) -> Val
 pub(super) fn pool_step(e: &mut Emitter, k: &PoolKernel, acc: Value, v: Value) -> Value {
     match Lanes::of(k) {
         Lanes::Float => e.b.ins().fadd(acc, v),
-        Lanes::Bf16Bits | Lanes::F32Bits => e.b.ins().smax(acc, v),
+        Lanes::Bf16Bits | Lanes::F32Bits | Lanes::Codes => e.b.ins().smax(acc, v),
     }
 }
 
@@ -319,7 +341,7 @@ pub(super) fn clamp_window(
 /// [`GLOBAL_POOL_CHANNELS`] channels); channel offsets `c` are in bytes of the map's values.
 pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, end: Value) {
     let (input, out) = (k.input, k.out);
-    let (precision, value) = (input.precision, input.value_bytes() as i64);
+    let value = input.value_bytes() as i64;
     let block_bytes = GLOBAL_POOL_CHANNELS as i64 * value;
     let all = input.channels as i64 * value;
     // Channels below this are summed four at a time, the rest one at a time: that happens in the
@@ -338,7 +360,7 @@ pub(super) fn global_pool(e: &mut Emitter, k: &GlobalPoolKernel, begin: Value, e
                 let row = e.scaled(base, y, input.row_stride() as i64);
                 e.for_const(0, input.w as i64, 1, |e, x| {
                     let px = e.scaled(row, x, input.pixel_stride() as i64);
-                    let v = e.load_value(ty, precision, px, 0);
+                    let v = e.load_value(ty, &input, px, 0);
                     let a = e.b.use_var(acc);
                     let s = e.b.ins().fadd(a, v);
                     e.b.def_var(acc, s);

@@ -141,7 +141,13 @@ pub(super) fn zmm_call(
     let bias = match epilogue.bias {
         Some(b) => {
             let base = e.offset(e.weights, b as i64);
-            e.scaled(base, panel.first, F32)
+            // The u8 tile's requantization table has three floats a channel (see
+            // `lower::pack_requant`).
+            let per_channel = match source.data {
+                Data::U8S8 => 3 * F32,
+                Data::F32 | Data::Bf16 => F32,
+            };
+            e.scaled(base, panel.first, per_channel)
         }
         None => e.int(0),
     };
@@ -167,6 +173,9 @@ pub(super) fn zmm_call(
 
 /// The AVX-512 tile of `pixels` pixels for `panel`.
 fn zmm_tile(source: &TileSource, panel: &ZmmPanel, epilogue: &Epilogue, pixels: usize) -> TileFn {
+    // The u8 tile always reads its requantization table and clamps at 0 (a ReLU output's zero
+    // point is 0).
+    let float = source.data != Data::U8S8;
     TileFn::Zmm(ZmmTile {
         pixels,
         vectors: panel.width / 16,
@@ -175,9 +184,9 @@ fn zmm_tile(source: &TileSource, panel: &ZmmPanel, epilogue: &Epilogue, pixels: 
         tap_steps: source.grid_steps.map(|s| s as i32),
         channels: source.channels,
         pixel_step: source.pixel_step as i32,
-        bias: epilogue.bias.is_some(),
+        bias: float && epilogue.bias.is_some(),
         residual: epilogue.residuals.is_some(),
-        relu: epilogue.relu,
+        relu: float && epilogue.relu,
         prefetch_step: panel.prefetch.map_or(0, |p| p.1),
         data: source.data,
     })
@@ -225,6 +234,7 @@ impl TileSource {
         let data = match k.input.precision {
             Precision::F32 => Data::F32,
             Precision::Bf16 => Data::Bf16,
+            Precision::U8 => Data::U8S8,
         };
         let taps = (0..k.kernel[0])
             .flat_map(|ky| (0..k.kernel[1]).map(move |kx| (ky, kx)))

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use inceptc_ir::op::{AvgPoolAttrs, Op, PoolAttrs};
+use inceptc_ir::quant::{self, Int8Params};
 use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
@@ -13,7 +14,7 @@ use super::x86::AMX_CHANNELS;
 use super::{cost, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan, Storage};
 use inceptc_runtime::desc::Guard;
-use inceptc_runtime::layout::{Layout, MapLayout, Precision, VecLayout};
+use inceptc_runtime::layout::{Layout, MapLayout, Precision, Quant, VecLayout};
 use inceptc_runtime::pack::{self, ConvPacking, Recipe, Segment};
 
 mod kernels;
@@ -21,6 +22,9 @@ mod packing;
 
 pub use kernels::*;
 use packing::*;
+
+/// Accumulators of the u8 tile at most (`x86::Data::U8S8`).
+pub const U8_ACCUMULATORS: usize = 28;
 
 /// Output features per step of a linear layer: one f32x4 vector.
 pub const LINEAR_LANES: usize = 4;
@@ -99,6 +103,8 @@ pub struct LowerOptions {
     /// Whether bf16 convolutions whose input channels are a multiple of 32 use the AMX tile
     /// (a CPU with AMX-BF16: `--target-cpu sapphirerapids`, or `native` on one).
     pub amx: bool,
+    /// The u8 parameters of every feature map, from calibration (`Precision::U8` only).
+    pub int8: Int8Params,
 }
 
 impl Program {
@@ -167,6 +173,7 @@ impl Program {
             tier: options.tier,
             precision: options.precision,
             amx,
+            int8: &options.int8,
         };
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
@@ -299,6 +306,7 @@ fn buffer_layout(buffer: &Buffer, channel_offset: usize, channels: usize) -> Lay
             channels,
             halo: buffer.halo,
             precision: buffer.precision,
+            quant: Quant::default(),
         }),
         Shape::Vector { n, f } => Layout::Vector(VecLayout {
             offset: buffer.data_offset(),
@@ -321,14 +329,26 @@ struct Lowering<'a> {
     precision: Precision,
     /// Whether bf16 convolutions may use AMX tiles.
     amx: bool,
+    /// See [`LowerOptions::int8`].
+    int8: &'a Int8Params,
 }
 
 impl Lowering<'_> {
-    /// Where `id`'s result is written (its own channel range of its buffer).
+    /// Where `id`'s result is written (its own channel range of its buffer), with its u8
+    /// parameters in int8.
     fn layout(&self, id: NodeId) -> Result<Layout, CodegenError> {
         let place = self.plan.placements[&id];
         let buffer = &self.plan.buffers[place.buffer];
-        Ok(buffer_layout(buffer, place.channel_offset, place.channels))
+        let mut layout = buffer_layout(buffer, place.channel_offset, place.channels);
+        if let Layout::Map(m) = &mut layout {
+            if m.precision == Precision::U8 {
+                m.quant =
+                    self.int8.values.get(&id).copied().ok_or_else(|| {
+                        CodegenError::Uncalibrated(self.graph.node(id).name.clone())
+                    })?;
+            }
+        }
+        Ok(layout)
     }
 
     fn map(&self, id: NodeId) -> Result<MapLayout, CodegenError> {
@@ -515,11 +535,23 @@ impl Lowering<'_> {
                     })
                     .sum();
                 let (register, flat) = self.direct_register(f, &input, &out, out_channels);
+                let register = match input.precision {
+                    // The u8 tile's requantization needs four registers after the accumulators.
+                    Precision::U8 => Tile {
+                        pixels: register.pixels.min(U8_ACCUMULATORS / register.vectors),
+                        ..register
+                    },
+                    _ => register,
+                };
                 let run = match flat {
                     true => kernels::flat_run(&input, out.h * out.w),
                     false => out.w,
                 };
                 let winograd = self.winograd_tile(f, &input, &out, out_channels, (&register, run));
+                let residual = match f.residual {
+                    true => Some(self.read_map(self.graph.inputs(id)[1])?),
+                    false => None,
+                };
                 let mut ranges = Vec::with_capacity(members.len());
                 for m in members {
                     let Op::FusedConv(g) = &self.graph.node(*m).op else {
@@ -540,19 +572,31 @@ impl Lowering<'_> {
                         None => conv_packing(&g.conv, &register, &input),
                     };
                     let reg = winograd.map_or(register, |w| w.2);
+                    let out = self.conv_out(*m)?;
+                    let oc = g.conv.out_channels;
+                    let (weights, bias) = match input.precision {
+                        // Weight codes, and the requantization table in the bias's place.
+                        Precision::U8 => {
+                            let w = quant::quantize_weights(weight, oc);
+                            let r = residual.map(|r| r.quant);
+                            let table = quant::requant(&w, bias, input.quant, out.quant, r);
+                            let codes = blob.push_recipe(&w.codes, Recipe::Conv(packing));
+                            (codes, blob.push(&pack_requant(&table, oc, &reg)))
+                        }
+                        _ => (
+                            blob.push_recipe(weight, Recipe::Conv(packing)),
+                            blob.push(&pack_bias(bias, oc, &reg)),
+                        ),
+                    };
                     ranges.push(ConvRange {
                         node: self.graph.node(*m).name.clone(),
-                        channels: g.conv.out_channels,
+                        channels: oc,
                         relu: g.relu,
-                        weights: blob.push_recipe(weight, Recipe::Conv(packing)),
-                        bias: blob.push(&pack_bias(bias, g.conv.out_channels, &reg)),
-                        out: self.conv_out(*m)?,
+                        weights,
+                        bias,
+                        out,
                     });
                 }
-                let residual = match f.residual {
-                    true => Some(self.read_map(self.graph.inputs(id)[1])?),
-                    false => None,
-                };
                 let core = |register| ConvCore {
                     input,
                     kernel: f.conv.kernel,

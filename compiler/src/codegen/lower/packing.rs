@@ -51,6 +51,24 @@ pub(super) fn pack_bias(bias: Option<&[f32]>, channels: usize, register: &Tile) 
     b
 }
 
+/// A range's requantization table for the u8 tile: per panel of `register`, its `M`, `B` and `R`
+/// rows of the panel's packed width (zeros beyond the channels), so that a panel's table starts
+/// 3 floats per channel after the range's (the order `x86::Data::U8S8` reads).
+pub(super) fn pack_requant(r: &quant::Requant, channels: usize, register: &Tile) -> Vec<f32> {
+    let mut table = Vec::with_capacity(3 * register.padded(channels));
+    for p in register.panels(channels) {
+        let row = |values: &[f32]| {
+            let mut v = values[p.first..p.first + p.channels].to_vec();
+            v.resize(p.width, 0.0);
+            v
+        };
+        table.extend(row(&r.m));
+        table.extend(row(&r.b));
+        table.extend(std::iter::repeat_n(r.r, p.width));
+    }
+    table
+}
+
 /// How a convolution's `[O, I, KH, KW]` weights are packed for `register` and reading `input`:
 /// panels of its tile, taps row-major, a row per channel of the input's pixels (padding channels
 /// too, with zero weights), in the input's precision (the order of [`ConvRange`]).
