@@ -1,6 +1,9 @@
 """inceptc against ONNX Runtime and OpenVINO, measured side by side: in f32, each engine in f32;
 with --precision bf16, inceptc's bf16 executables against OpenVINO's bf16 inference
-(INFERENCE_PRECISION_HINT=bf16), with ONNX Runtime f32 timed beside them for scale.
+(INFERENCE_PRECISION_HINT=bf16), with ONNX Runtime f32 timed beside them for scale; with
+--precision int8, inceptc's int8 executables against ONNX Runtime's static int8 (QDQ, per-channel
+s8 weights, u8 activations, min/max calibration), both calibrated on the same 8 inputs, which are
+not the timed ones, with OpenVINO f32 beside them for scale.
 
 For each model: build the timm model with seeded random weights (BatchNorm statistics randomized
 as in scripts/compare_pytorch.py), save it as safetensors for `inceptc compile` and export it to
@@ -28,6 +31,9 @@ from compare_pytorch import randomize  # noqa: E402
 
 TOLERANCE = 1e-4
 BF16_TOLERANCE = 1e-2
+# int8 against PyTorch f32 (seeded weights; ONNX Runtime int8 is held to the same bound).
+INT8_TOLERANCE = 1e-1
+CALIBRATION_IMAGES = 8
 MODELS = {"inception_v4": "inception-v4", "inception_resnet_v2": "inception-resnet-v2"}
 
 FIRST_RESULT = r"""
@@ -45,6 +51,26 @@ else:
     y = c(x)[0]
 print(float(np.abs(y).max()))
 """
+
+
+def quantize_ort(onnx_path, calibration, batch, work):
+    """ONNX Runtime's static int8 of `onnx_path`: QDQ, per-channel s8 weights, u8 activations,
+    min/max ranges over `calibration` (images [1, 3, H, W], tiled to the batch)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": np.repeat(c, batch, axis=0)} for c in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    out = onnx_path.replace(".onnx", "-int8.onnx")
+    quantize_static(onnx_path, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return out
 
 
 def cpu_model():
@@ -79,8 +105,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--target-cpu", default="native", help="inceptc's tier (native, x86-64-v4, x86-64-v3)")
-    p.add_argument("--precision", default="f32", choices=("f32", "bf16"),
-                   help="inceptc's --precision, and OpenVINO's INFERENCE_PRECISION_HINT")
+    p.add_argument("--precision", default="f32", choices=("f32", "bf16", "int8"),
+                   help="inceptc's --precision; OpenVINO's INFERENCE_PRECISION_HINT in bf16; ONNX "
+                        "Runtime static int8 in int8")
     p.add_argument("--work")
     a = p.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="inceptc-peers-")
@@ -110,30 +137,48 @@ def main():
                 torch.onnx.export(model, (x,), onnx_path, input_names=["x"], output_names=["y"],
                                   opset_version=17, dynamo=False)
             exe = os.path.join(work, f"{label}-b{batch}")
+            calibration = []
+            int8 = a.precision == "int8"
+            if int8:
+                calibration = [(torch.rand(1, 3, 299, 299, generator=gen) * 2 - 1).float().numpy()
+                               for _ in range(CALIBRATION_IMAGES)]
+                cpath = os.path.join(work, f"{label}-calibration.npy")
+                np.save(cpath, np.concatenate(calibration))
+                onnx_path = quantize_ort(onnx_path, calibration, batch, work)
+            extra = ["--calibrate", cpath] if int8 else []
             subprocess.run([a.inceptc, "-q", "compile", "--model", MODELS[label], "--weights", weights,
                             "--batch", str(batch), "--target-cpu", a.target_cpu, "--precision", a.precision,
-                            "-o", exe], check=True)
+                            "-o", exe] + extra, check=True)
             ypath = os.path.join(work, f"{label}-b{batch}-y.npy")
             subprocess.run([exe, "--input", xpath, "--output", ypath, "--threads", str(a.threads)], check=True)
             so = ort.SessionOptions()
             so.intra_op_num_threads = a.threads
             so.inter_op_num_threads = 1
             sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-            compiled = ov.Core().compile_model(onnx_path, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
-                                                                   "INFERENCE_PRECISION_HINT": a.precision})
+            ov_hint = "f32" if int8 else a.precision
+            ov_path = onnx_path.replace("-int8.onnx", ".onnx")
+            compiled = ov.Core().compile_model(ov_path, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
+                                                                 "INFERENCE_PRECISION_HINT": ov_hint})
             xn = x.numpy()
             run_ort = lambda: sess.run(None, {"x": xn})[0]  # noqa: E731
             run_ov = lambda: compiled(xn)[0]  # noqa: E731
             outputs = {"inceptc": np.load(ypath), "onnxruntime": run_ort(), "openvino": run_ov()}
             errs = {e: rel_err(y, ref) for e, y in outputs.items()}
             for engine, err in errs.items():
-                # ONNX Runtime runs f32 in either mode.
-                reduced = a.precision != "f32" and engine != "onnxruntime"
-                ok = err <= (BF16_TOLERANCE if reduced else TOLERANCE)
-                if reduced:
-                    ok &= bool((outputs[engine].argmax(axis=1) == ref.argmax(axis=1)).all())
+                top1 = float((outputs[engine].argmax(axis=1) == ref.argmax(axis=1)).mean())
+                if int8:
+                    # inceptc and ONNX Runtime in int8, OpenVINO in f32.
+                    quantized = engine != "openvino"
+                    ok = err <= (INT8_TOLERANCE if quantized else TOLERANCE)
+                else:
+                    # ONNX Runtime runs f32 in f32 and bf16 mode.
+                    reduced = a.precision != "f32" and engine != "onnxruntime"
+                    ok = err <= (BF16_TOLERANCE if reduced else TOLERANCE)
+                    if reduced:
+                        ok &= top1 == 1.0
                 failed |= not ok
-                print(f"{label} batch {batch} {engine}: rel err {err:.2e} {'ok' if ok else 'FAIL'}", file=sys.stderr)
+                print(f"{label} batch {batch} {engine}: rel err {err:.2e}, top-1 as PyTorch on {top1:.0%} "
+                      f"{'ok' if ok else 'FAIL'}", file=sys.stderr)
             times = {"inceptc": [], "onnxruntime": [], "openvino": []}
             for _ in range(a.rounds):
                 out = subprocess.run([exe, "--bench", "--json", "--runs", str(a.runs), "--threads", str(a.threads)],
@@ -148,14 +193,16 @@ def main():
                 "inceptc": fresh_process([exe, "--input", xpath, "--output", ypath, "--threads", str(a.threads)]),
                 "onnxruntime": fresh_process([sys.executable, "-c", FIRST_RESULT, "onnxruntime", onnx_path, xpath,
                                               str(a.threads), "f32"]),
-                "openvino": fresh_process([sys.executable, "-c", FIRST_RESULT, "openvino", onnx_path, xpath,
-                                           str(a.threads), a.precision]),
+                "openvino": fresh_process([sys.executable, "-c", FIRST_RESULT, "openvino", ov_path, xpath,
+                                           str(a.threads), ov_hint]),
             }
             med = {e: float(np.median(t)) for e, t in times.items()}
             rows.append((label, batch, med, first, errs))
             print(f"{label} batch {batch}: " + ", ".join(f"{e} {m:.1f} ms" for e, m in med.items()), file=sys.stderr)
 
-    print(f"\ninceptc and OpenVINO in {a.precision}, ONNX Runtime in f32; {a.threads} threads, {a.rounds} "
+    engines = {"int8": "inceptc and ONNX Runtime (static QDQ) in int8, OpenVINO in f32",
+               "bf16": "inceptc and OpenVINO in bf16, ONNX Runtime in f32"}.get(a.precision, "every engine in f32")
+    print(f"\n{engines}; {a.threads} threads, {a.rounds} "
           f"interleaved rounds of {a.runs} runs; inceptc --target-cpu {a.target_cpu}; onnxruntime {ort.__version__}, "
           f"openvino {ov.__version__}, torch {torch.__version__}")
     print(f"CPU: {cpu_model()}\n")

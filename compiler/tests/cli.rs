@@ -1092,3 +1092,75 @@ fn a_full_standard_output_is_an_error() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("error"), "{stderr}");
 }
+
+/// `--precision int8` needs calibration input that it can read: leaving it out, an empty
+/// directory, a file that is no image, an unreadable or wrongly shaped .npy, and `--calibrate`
+/// without int8 are clear errors, and no output file is left.
+#[test]
+fn bad_calibration_input_is_a_clear_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let not_images = d.join("not-images");
+    std::fs::create_dir(&not_images).unwrap();
+    std::fs::write(not_images.join("a.jpg"), b"not a jpeg").unwrap();
+    let rank3 = write_npy(d, "rank3.npy", &[3, 80, 80]);
+    let gray = write_npy(d, "gray.npy", &[2, 1, 80, 80]);
+    let out = d.join("v4-int8");
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    let compile = |extra: &[String], needles: &[&str]| {
+        let mut args: Vec<String> = [
+            "compile",
+            "--model",
+            "inception-v4",
+            "--image-size",
+            "75",
+            "--target-cpu",
+            "x86-64-v4",
+            "-o",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(p(&out));
+        args.extend_from_slice(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, needles);
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    };
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    compile(
+        &s(&["--precision", "int8"]),
+        &["--precision int8 needs --calibrate"],
+    );
+    compile(
+        &s(&["--calibrate", &p(&rank3)]),
+        &["--calibrate is for --precision int8"],
+    );
+    compile(
+        &s(&["--precision", "int8", "--calibrate", &p(&empty)]),
+        &["has no images", "empty"],
+    );
+    compile(
+        &s(&["--precision", "int8", "--calibrate", &p(&not_images)]),
+        &["--calibrate", "a.jpg"],
+    );
+    compile(
+        &s(&["--precision", "int8", "--calibrate", &p(&rank3)]),
+        &["rank3.npy", "[3, 80, 80]", "expected [N, 3, H, W]"],
+    );
+    compile(
+        &s(&["--precision", "int8", "--calibrate", &p(&gray)]),
+        &["gray.npy", "[2, 1, 80, 80]"],
+    );
+    compile(
+        &s(&[
+            "--precision",
+            "int8",
+            "--calibrate",
+            &p(&d.join("nowhere.npy")),
+        ]),
+        &["--calibrate", "nowhere.npy"],
+    );
+}
