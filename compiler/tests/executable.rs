@@ -143,6 +143,91 @@ fn f16_weights_halve_the_executable_within_f16_precision() {
     eprintln!("f16 weights: size {ratio:.3} of f32, relative error {err:.2e}");
 }
 
+/// An int8 executable stores its weight codes as bytes (about a quarter of the f32 one), and
+/// runs the int8 interpreter's values with the parameters the same calibration gives (bit-exact
+/// but for the f64 of the L2 normalization), on input it was not calibrated on.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
+fn int8_executables_store_byte_codes_and_run_the_int8_interpreters_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = [
+        "--image-size",
+        "80",
+        "--batch",
+        "2",
+        "--target-cpu",
+        "x86-64-v4",
+    ];
+    let calibration = random_tensor([3, 3, 80, 80], 31);
+    let cpath = d.join("calibration.npy");
+    inceptc_runtime::npy::write_f32(&cpath, calibration.shape(), calibration.data()).unwrap();
+    let f32_exe = compile(d, "f32", "inception-resnet-v1", &size);
+    let int8_exe = compile(
+        d,
+        "int8",
+        "inception-resnet-v1",
+        &[
+            &size[..],
+            &[
+                "--precision",
+                "int8",
+                "--calibrate",
+                cpath.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let bytes = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = bytes(&int8_exe) / bytes(&f32_exe);
+    // Codes are a quarter of f32; the head, the requantization tables and the runtime are not.
+    assert!(ratio <= 0.35, "int8 / f32 size = {ratio}");
+    let missing = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::U8,
+        false,
+    );
+    if !missing.is_empty() {
+        eprintln!(
+            "SKIPPED running the int8 executable: this CPU lacks {}",
+            missing.join(", ")
+        );
+        return;
+    }
+    let mut g = load(
+        Model::InceptionResnetV1,
+        Weights::Seeded(inceptc_ir::init::DEFAULT_SEED),
+        &Options::default(),
+    )
+    .unwrap();
+    let x = random_tensor([2, 3, 80, 80], 32);
+    let exact = interp::run(&g, &x).unwrap().remove(0);
+    inceptc::passes::run_pipeline(&mut g, None).unwrap();
+    let images: Vec<Tensor> = calibration
+        .data()
+        .chunks(3 * 80 * 80)
+        .map(|c| Tensor::new(vec![1, 3, 80, 80], c.to_vec()).unwrap())
+        .collect();
+    use inceptc_ir::quant::{calibrate, Calibration, Int8Params};
+    let ranges = calibrate(&g, &images, Calibration::MinMax).unwrap();
+    let params = Int8Params::new(&g, &ranges).unwrap();
+    let want = interp::run_int8(&g, &x, &params).unwrap().remove(0);
+    let (code, stderr, y) = run_tensor(&int8_exe, d, &x, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let got = npy_tensor(&y.unwrap());
+    let to_int8 = got.relative_error(&want).unwrap();
+    let to_f32 = got.relative_error(&exact).unwrap();
+    assert!(
+        to_int8 <= 1e-6,
+        "int8 against the int8 interpreter: {to_int8:e}"
+    );
+    assert!(to_f32 <= 0.1, "int8 against f32: {to_f32:e}");
+    eprintln!(
+        "int8: size {ratio:.3} of f32, {to_int8:.2e} from the int8 interpreter, {to_f32:.2e} \
+         from f32"
+    );
+}
+
 /// A bf16 executable is about half the f32 one, and runs the rounding interpreter's values on
 /// the optimized graph (bit-exact but for the f64 of its L2 normalization), within 1e-2 of f32.
 #[test]

@@ -182,7 +182,12 @@ pub(crate) fn compile(
     };
     let mut desc =
         inceptc::codegen::describe(&program, args.model().name(), preprocessing, output_kind);
-    desc.weights_dtype = target.weights_dtype;
+    // int8 code stores its weight codes as bytes (the description says how many); the others
+    // as --weights-dtype or their precision says.
+    if program.codes == 0 {
+        desc.weights_dtype = target.weights_dtype;
+    }
+    let weights_dtype = desc.weights_dtype;
     let kernels = program.steps.iter().filter(|s| s.kernel.is_some()).count();
     progress.counted("generating code", kernels);
     let object =
@@ -240,7 +245,7 @@ pub(crate) fn compile(
             (inceptc_runtime::layout::Precision::U8, _) => " in int8",
         },
         program.arena_bytes as f64 / (1 << 20) as f64,
-        (program.stored.len() * target.weights_dtype.size()) as f64 / (1 << 20) as f64,
+        weights_dtype.offset(program.stored.len()) as f64 / (1 << 20) as f64,
         program.packed_bytes as f64 / (1 << 20) as f64,
         runtime.map_or(String::new(), |b| format!(
             ", runtime {:.1} MiB",

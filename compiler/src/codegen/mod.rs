@@ -235,10 +235,11 @@ pub fn describe(
         arena_bytes: program.arena_bytes,
         // bf16 code stores its weights as the bf16 it packs them to, every parameter alike.
         weights_dtype: match program.precision {
-            // int8 code stores its weight codes and requantization constants as f32.
-            inceptc_runtime::layout::Precision::F32 | inceptc_runtime::layout::Precision::U8 => {
-                Default::default()
-            }
+            inceptc_runtime::layout::Precision::F32 => Default::default(),
+            // int8 code stores its weight codes as bytes, its requantization tables as f32.
+            inceptc_runtime::layout::Precision::U8 => inceptc_runtime::desc::WeightsDtype::Int8 {
+                codes: program.codes,
+            },
             inceptc_runtime::layout::Precision::Bf16 => inceptc_runtime::desc::WeightsDtype::Bf16,
         },
         tier: program.tier.runtime(),

@@ -139,11 +139,13 @@ pub(crate) fn linked_model() -> Result<Linked> {
 /// the packed weights at any time.
 fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
     use inceptc_runtime::pack;
-    let size = desc.weights_dtype.size();
-    if !stored.len().is_multiple_of(size) || stored.as_ptr().align_offset(size) != 0 {
-        bail!("corrupt model: stored weights of odd length or alignment");
+    let dtype = desc.weights_dtype;
+    let Some(floats) = dtype.values(stored.len()) else {
+        bail!("corrupt model: stored weights of odd length");
+    };
+    if stored.as_ptr().align_offset(4) != 0 {
+        bail!("corrupt model: stored weights of odd alignment");
     }
-    let floats = stored.len() / size;
     pack::check(floats, &desc.segments, desc.packed_bytes)?;
     let layout = std::alloc::Layout::from_size_align(desc.packed_bytes.max(64), 64)?;
     // SAFETY: the layout has a non-zero size.
@@ -181,14 +183,26 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
     let pack_one =
         |segment: &inceptc_runtime::pack::Segment, dst: &mut [u8], wide: &mut Vec<f32>| {
             let n = segment.recipe.source_floats().unwrap_or(0);
-            let bytes = &stored[segment.source * size..(segment.source + n) * size];
-            let source: &[f32] = match desc.weights_dtype {
-                // SAFETY: `stored` is 4-aligned (checked) and `bytes` holds `n` little-endian f32.
-                WeightsDtype::F32 => unsafe {
-                    std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n)
-                },
+            let (first, end) = (segment.source, segment.source + n);
+            let bytes = match dtype {
+                // Codes, one byte each.
+                WeightsDtype::Int8 { codes } if end <= codes => &stored[first..end],
+                _ => &stored[dtype.offset(first)..dtype.offset(end)],
+            };
+            // SAFETY: `stored` is 4-aligned (checked), f32 values start at multiples of 4
+            // bytes, and `bytes` holds `n` little-endian f32.
+            let floats = || unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n) };
+            let source: &[f32] = match dtype {
+                WeightsDtype::F32 => floats(),
                 WeightsDtype::F16 => widen::<half::f16>(bytes, wide),
                 WeightsDtype::Bf16 => widen::<half::bf16>(bytes, wide),
+                // A segment is all codes or all f32 (the lowering keeps them apart).
+                WeightsDtype::Int8 { codes } if end <= codes => {
+                    wide.clear();
+                    wide.extend(bytes.iter().map(|b| *b as i8 as f32));
+                    wide
+                }
+                WeightsDtype::Int8 { .. } => floats(),
             };
             pack::pack_segment(source, &segment.recipe, dst);
             release(bytes.as_ptr() as usize, bytes.len());

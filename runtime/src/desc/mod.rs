@@ -62,6 +62,12 @@ pub enum WeightsDtype {
     F16,
     /// Stored as bf16 (rounded to nearest even), widened to f32 at start-up.
     Bf16,
+    /// An int8 executable's: the first `codes` stored values are s8 weight codes, one byte each,
+    /// the rest (requantization tables, the head) f32 from the next multiple of 4 bytes on.
+    Int8 {
+        /// Stored values that are codes.
+        codes: usize,
+    },
 }
 
 impl WeightsDtype {
@@ -78,14 +84,43 @@ impl WeightsDtype {
             WeightsDtype::F32 => f32_bytes,
             WeightsDtype::F16 => narrow(|v| half::f16::from_f32(v).to_le_bytes()),
             WeightsDtype::Bf16 => narrow(|v| half::bf16::from_f32(v).to_le_bytes()),
+            WeightsDtype::Int8 { codes } => {
+                let split = (4 * codes).min(f32_bytes.len());
+                let mut out: Vec<u8> = f32_bytes[..split]
+                    .chunks_exact(4)
+                    .map(|b| {
+                        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        (v.clamp(-128.0, 127.0) as i8) as u8
+                    })
+                    .collect();
+                out.resize(out.len().next_multiple_of(4), 0);
+                out.extend_from_slice(&f32_bytes[split..]);
+                out
+            }
         }
     }
 
-    /// Bytes per stored weight.
-    pub fn size(self) -> usize {
+    /// The byte offset of stored value `index` (an int8 executable's f32 values, from index
+    /// `codes` on, start at the next multiple of 4 bytes after the codes).
+    pub fn offset(self, index: usize) -> usize {
         match self {
-            WeightsDtype::F32 => 4,
-            WeightsDtype::F16 | WeightsDtype::Bf16 => 2,
+            WeightsDtype::F32 => 4 * index,
+            WeightsDtype::F16 | WeightsDtype::Bf16 => 2 * index,
+            WeightsDtype::Int8 { codes } if index < codes => index,
+            WeightsDtype::Int8 { codes } => codes.next_multiple_of(4) + 4 * (index - codes),
+        }
+    }
+
+    /// How many values `bytes` stored bytes hold, or `None` where they cannot be whole values
+    /// (or an int8 executable's codes do not fit).
+    pub fn values(self, bytes: usize) -> Option<usize> {
+        match self {
+            WeightsDtype::F32 => bytes.is_multiple_of(4).then_some(bytes / 4),
+            WeightsDtype::F16 | WeightsDtype::Bf16 => bytes.is_multiple_of(2).then_some(bytes / 2),
+            WeightsDtype::Int8 { codes } => {
+                let floats = bytes.checked_sub(codes.next_multiple_of(4))?;
+                floats.is_multiple_of(4).then_some(codes + floats / 4)
+            }
         }
     }
 }
@@ -314,11 +349,15 @@ impl ModelDesc {
             OutputKind::Embedding => 1,
         });
         w.u(self.arena_bytes);
-        w.u(match self.weights_dtype {
-            WeightsDtype::F32 => 0,
-            WeightsDtype::F16 => 1,
-            WeightsDtype::Bf16 => 2,
-        });
+        match self.weights_dtype {
+            WeightsDtype::F32 => w.u(0),
+            WeightsDtype::F16 => w.u(1),
+            WeightsDtype::Bf16 => w.u(2),
+            WeightsDtype::Int8 { codes } => {
+                w.u(3);
+                w.u(codes)
+            }
+        }
         w.u(match self.tier {
             crate::exec::Tier::V3 => 3,
             crate::exec::Tier::V4 => 4,
@@ -436,6 +475,7 @@ impl ModelDesc {
             0 => WeightsDtype::F32,
             1 => WeightsDtype::F16,
             2 => WeightsDtype::Bf16,
+            3 => WeightsDtype::Int8 { codes: r.u()? },
             _ => return Err(DescError("unknown weights dtype")),
         };
         let tier = match r.u()? {

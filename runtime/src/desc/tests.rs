@@ -119,3 +119,21 @@ fn round_trips_and_rejects_truncation() {
         "outside the arena",
     );
 }
+
+/// An int8 executable's stored weights: codes one byte each, then f32 from a multiple of 4.
+#[test]
+fn int8_weights_store_codes_as_bytes_then_f32() {
+    let dtype = WeightsDtype::Int8 { codes: 5 };
+    let values: Vec<f32> = vec![-127.0, 3.0, 0.0, 127.0, -1.0, 0.5, -2.25];
+    let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let stored = dtype.encode(f32_bytes);
+    assert_eq!(stored.len(), 8 + 2 * 4);
+    assert_eq!(&stored[..5], &[0x81, 3, 0, 127, 0xff]);
+    assert_eq!(dtype.offset(4), 4);
+    assert_eq!(dtype.offset(5), 8);
+    assert_eq!(dtype.offset(6), 12);
+    assert_eq!(dtype.values(stored.len()), Some(7));
+    assert_eq!(dtype.values(6), None);
+    assert_eq!(dtype.values(15), None);
+    assert_eq!(&stored[12..16], &(-2.25f32).to_le_bytes());
+}

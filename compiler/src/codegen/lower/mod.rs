@@ -64,6 +64,9 @@ pub struct Program {
     /// The weights an executable stores, from which [`Program::segments`] make the packed ones
     /// the kernels read, at start-up ([`Program::packed_weights`] in process).
     pub stored: Vec<f32>,
+    /// How many of the stored values, at the start, are int8 weight codes (which the
+    /// executable stores one byte each); 0 outside int8.
+    pub codes: usize,
     /// How each packed segment is made from the stored weights.
     pub segments: Vec<Segment>,
     /// Bytes of the packed weights: 64-byte-aligned segments of little-endian f32.
@@ -255,7 +258,8 @@ impl Program {
                 })
                 .collect(),
         };
-        let mut stored = weights.stored;
+        let packed_bytes = weights.end;
+        let (mut stored, codes, segments) = weights.finish();
         if options.precision == Precision::Bf16 {
             // Every parameter is stored as bf16 (`WeightsDtype::Bf16`): round here, so that
             // in-process code runs on the executable's values.
@@ -274,9 +278,10 @@ impl Program {
             steps,
             blocks,
             arena_bytes,
-            packed_bytes: weights.end,
+            packed_bytes,
             stored,
-            segments: weights.segments,
+            codes,
+            segments,
             input,
             outputs,
             guards,
@@ -580,7 +585,7 @@ impl Lowering<'_> {
                             let w = quant::quantize_weights(weight, oc);
                             let r = residual.map(|r| r.quant);
                             let table = quant::requant(&w, bias, input.quant, out.quant, r);
-                            let codes = blob.push_recipe(&w.codes, Recipe::Conv(packing));
+                            let codes = blob.push_codes(&w.codes, Recipe::Conv(packing));
                             (codes, blob.push(&pack_requant(&table, oc, &reg)))
                         }
                         _ => (

@@ -11,9 +11,45 @@ pub(super) struct WeightBlob {
     pub(super) segments: Vec<Segment>,
     /// Bytes of the packed weights so far.
     pub(super) end: usize,
+    /// int8 weight codes, stored ahead of `stored` (see [`WeightBlob::finish`]), and the
+    /// segments made from them.
+    codes: Vec<f32>,
+    coded: Vec<bool>,
 }
 
 impl WeightBlob {
+    /// Appends a segment made by `recipe` from int8 weight `codes`, which the executable stores
+    /// one byte each (`WeightsDtype::Int8`); returns its byte offset in the packed weights.
+    pub(super) fn push_codes(&mut self, codes: &[f32], recipe: Recipe) -> usize {
+        let offset = self.end.next_multiple_of(WEIGHT_ALIGN);
+        let bytes = recipe.packed_bytes().expect("a segment the lowering sized");
+        self.segments.push(Segment {
+            offset,
+            source: self.codes.len(),
+            recipe,
+        });
+        self.coded.resize(self.segments.len(), false);
+        self.coded[self.segments.len() - 1] = true;
+        self.codes.extend_from_slice(codes);
+        self.end = offset + bytes;
+        offset
+    }
+
+    /// The stored values (the codes first, then the rest), how many of them are codes, and
+    /// the segments with their sources in that order.
+    pub(super) fn finish(self) -> (Vec<f32>, usize, Vec<Segment>) {
+        let codes = self.codes.len();
+        let mut segments = self.segments;
+        for (i, s) in segments.iter_mut().enumerate() {
+            if !self.coded.get(i).copied().unwrap_or(false) {
+                s.source += codes;
+            }
+        }
+        let mut stored = self.codes;
+        stored.extend(self.stored);
+        (stored, codes, segments)
+    }
+
     /// Appends a segment made by `recipe` from `values`, stored as they are; returns its byte
     /// offset in the packed weights (aligned to [`WEIGHT_ALIGN`]).
     pub(super) fn push_recipe(&mut self, values: &[f32], recipe: Recipe) -> usize {
