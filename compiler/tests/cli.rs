@@ -1164,3 +1164,57 @@ fn bad_calibration_input_is_a_clear_error_and_writes_nothing() {
         &["--calibrate", "nowhere.npy"],
     );
 }
+
+/// `--report` of an int8 compile prints, per block, the SQNR of its output against f32 and its
+/// worst convolution, and the network output's.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "calibrates a network: cargo test --release"
+)]
+fn int8_report_prints_the_sqnr_of_every_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let calibration = write_npy(dir.path(), "calibration.npy", &[1, 3, 75, 75]);
+    let out = dir.path().join("v4");
+    let (code, stdout, stderr) = run_inceptc([
+        "compile",
+        "--model",
+        "inception-v4",
+        "--image-size",
+        "75",
+        "--target-cpu",
+        "x86-64-v4",
+        "--precision",
+        "int8",
+        "--calibrate",
+        calibration.to_str().unwrap(),
+        "--report",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("int8 SQNR against f32 over the 1 calibration input"),
+        "{stdout}"
+    );
+    let table = stdout.split("int8 SQNR").nth(1).unwrap();
+    for block in [
+        "stem",
+        "inception_a.0",
+        "reduction_b",
+        "inception_c.2",
+        "output ",
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(block))
+            .unwrap_or_else(|| panic!("no `{block}` in:\n{table}"));
+        let db: f64 = line
+            .split_whitespace()
+            .nth(if block.starts_with("output") { 2 } else { 1 })
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{line}"));
+        assert!(db > 10.0 && db < 80.0, "{line}");
+    }
+}

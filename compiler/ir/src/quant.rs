@@ -383,23 +383,45 @@ pub fn quantize(values: &[f32], q: Quant) -> Vec<f32> {
     values.iter().map(|v| q.quantize(*v) as f32).collect()
 }
 
-/// Signal-to-quantization-noise ratio in dB of `got` against `want`: `10 log10(Σ want² / Σ (got −
-/// want)²)`; infinite when they are equal.
-pub fn sqnr_db(got: &[f32], want: &[f32]) -> f64 {
-    let (mut signal, mut noise) = (0f64, 0f64);
-    for (g, w) in got.iter().zip(want) {
-        signal += (*w as f64).powi(2);
-        noise += (*g as f64 - *w as f64).powi(2);
-    }
-    match noise {
-        0.0 => f64::INFINITY,
-        _ => 10.0 * (signal / noise).log10(),
-    }
-}
-
 /// Whether `shape` is a feature map.
 pub fn is_map(shape: Shape) -> bool {
     matches!(shape, Shape::Map { .. })
+}
+
+/// The SQNR in dB of every node's value in int8 (with `params`) against f32, over `inputs`:
+/// signal and noise summed over all of them. The interpreter runs both.
+pub fn measure_sqnr(
+    graph: &Graph,
+    inputs: &[Tensor],
+    params: &Int8Params,
+) -> Result<HashMap<NodeId, f64>, QuantError> {
+    let mut sums: HashMap<NodeId, (f64, f64)> = HashMap::new();
+    for input in inputs {
+        let mut reference: HashMap<NodeId, Tensor> = HashMap::new();
+        run_observed(graph, input, &mut |id, t| {
+            reference.insert(id, t.clone());
+        })?;
+        crate::interp::run_int8_observed(graph, input, params, &mut |id, got| {
+            let Some(want) = reference.remove(&id) else {
+                return;
+            };
+            let (signal, noise) = sums.entry(id).or_default();
+            for (g, w) in got.data().iter().zip(want.data()) {
+                *signal += (*w as f64).powi(2);
+                *noise += (*g as f64 - *w as f64).powi(2);
+            }
+        })?;
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(id, (signal, noise))| {
+            let db = match noise {
+                0.0 => f64::INFINITY,
+                _ => 10.0 * (signal / noise).log10(),
+            };
+            (id, db)
+        })
+        .collect())
 }
 
 #[cfg(test)]

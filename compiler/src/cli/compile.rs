@@ -108,6 +108,64 @@ fn calibration_inputs(
         .collect())
 }
 
+/// Per block, the SQNR of its output and its worst convolution, and the network's outputs'.
+fn sqnr_table(
+    graph: &inceptc_ir::Graph,
+    sqnr: &std::collections::HashMap<inceptc_ir::NodeId, f64>,
+    inputs: usize,
+) -> String {
+    use std::fmt::Write;
+    let order = graph.topo_order().unwrap_or_default();
+    /// A block's name, its last value, and its worst convolution's SQNR and name.
+    type Row = (String, Option<inceptc_ir::NodeId>, Option<(f64, String)>);
+    let mut blocks: Vec<Row> = Vec::new();
+    for id in order {
+        let node = graph.node(id);
+        if matches!(node.op, inceptc_ir::Op::Input(_)) {
+            continue;
+        }
+        let Some(db) = sqnr.get(&id).copied() else {
+            continue;
+        };
+        if blocks.last().is_none_or(|b| b.0 != node.block) {
+            blocks.push((node.block.clone(), None, None));
+        }
+        let block = blocks.last_mut().expect("pushed");
+        block.1 = Some(id);
+        if matches!(node.op, inceptc_ir::Op::FusedConv(_))
+            && block.2.as_ref().is_none_or(|(worst, _)| db < *worst)
+        {
+            block.2 = Some((db, node.name.clone()));
+        }
+    }
+    let mut out = format!(
+        "\nint8 SQNR against f32 over the {inputs} calibration input(s), in dB (signal power over \
+         the power of the difference), at each value's output (errors accumulate from the \
+         input):\n{:<28} {:>8}   worst convolution\n",
+        "block", "output"
+    );
+    for (name, last, worst) in &blocks {
+        let db = last
+            .and_then(|id| sqnr.get(&id))
+            .copied()
+            .unwrap_or(f64::NAN);
+        let worst = worst
+            .as_ref()
+            .map_or(String::new(), |(db, node)| format!("{db:>6.1}  {node}"));
+        let _ = writeln!(out, "{name:<28} {db:>8.1}   {worst}");
+    }
+    for o in graph.outputs() {
+        if let Some(db) = sqnr.get(o) {
+            let _ = writeln!(
+                out,
+                "{:<28} {db:>8.1}",
+                format!("output {}", graph.node(*o).name)
+            );
+        }
+    }
+    out
+}
+
 /// Compiles; every file is written through `inceptc::interrupt` workspaces.
 pub(crate) fn compile(
     args: &ModelArgs,
@@ -143,6 +201,12 @@ pub(crate) fn compile(
             .with_context(|| format!("calibrating on {}", path.display()))?;
         options.int8 = inceptc_ir::quant::Int8Params::new(&graph, &ranges)
             .with_context(|| format!("quantizing {}", args.model()))?;
+        if target.report {
+            progress.stage("measuring int8 SQNR against f32");
+            let sqnr = inceptc_ir::quant::measure_sqnr(&graph, &inputs, &options.int8)
+                .context("measuring the int8 SQNR")?;
+            print!("{}", sqnr_table(&graph, &sqnr, inputs.len()));
+        }
     }
     let program = inceptc::codegen::Program::with_options(&graph, batch, size, size, &options)
         .with_context(|| format!("lowering {}", args.model()))?;
