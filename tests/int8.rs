@@ -163,8 +163,8 @@ fn random_int8_convolutions_match_the_int8_interpreter() {
 }
 
 /// Pools (max and average, both padding rules, the clamped edges; the max pool both keeping its
-/// input's parameters and requantizing into a concatenation's), concat tiles and shared
-/// kernels in int8, bit for bit.
+/// input's parameters and requantizing into a concatenation's), concat tiles (ReLU and plain
+/// parts mixed, so that ReLUs clamp at a zero point) and shared kernels in int8, bit for bit.
 #[test]
 fn int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter() {
     if !runs_here("int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter") {
@@ -183,22 +183,24 @@ fn int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter() {
         let ps = rng.gen_range(1..=2);
         let pp = rng.gen_range(0..pk);
         let include = rng.gen_bool(0.3);
-        // The concatenation's parts all end with a ReLU (zero point 0), or none does (then the
-        // buffer's zero point comes from the negative values, and a pool reads it unpadded).
-        let relu = rng.gen_bool(0.6);
-        let (pk, pp) = match relu {
-            true => (pk, pp),
-            false => (pk, 0),
-        };
-        // The activated parts, as operands and their nodes.
-        let (parts, acts) = match relu {
-            true => (
-                "%2, %14, %15",
-                "  %2 = relu %1 name=\"m.b0.act\" block=\"m\"\n  %14 = relu %3 name=\"m.b1.act\" \
-                 block=\"m\"\n  %15 = relu %5 name=\"m.b2.1.act\" block=\"m\"",
-            ),
-            false => ("%1, %3, %5", ""),
-        };
+        // Each part of the concatenation ends with a ReLU or not: with a part that does not,
+        // the buffer has a zero point, and the ReLUs clamp at it.
+        let relu: Vec<bool> = (0..3).map(|_| rng.gen_bool(0.6)).collect();
+        let mut acts = String::new();
+        let mut parts = Vec::new();
+        for (i, (v, name)) in [(1, "m.b0"), (3, "m.b1"), (5, "m.b2.1")].iter().enumerate() {
+            match relu[i] {
+                true => {
+                    acts += &format!(
+                        "  %{} = relu %{v} name=\"{name}.act\" block=\"m\"\n",
+                        20 + i
+                    );
+                    parts.push(format!("%{}", 20 + i));
+                }
+                false => parts.push(format!("%{v}")),
+            }
+        }
+        let parts = parts.join(", ");
         let pool = match rng.gen_bool(0.5) {
             true => format!("max_pool %6 kernel={pk}x{pk} stride={ps}x{ps} pad={pp}x{pp}"),
             false => format!(

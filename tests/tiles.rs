@@ -412,6 +412,10 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
     table.extend((0..width).map(|_| rng.gen_range(0.5..2.0) / (40.0 * terms.sqrt() * 64.0)));
     table.extend((0..width).map(|_| rng.gen_range(-40.0..200.0f32)));
     table.extend((0..width).map(|_| rng.gen_range(0.0..1.5f32)));
+    table.extend((0..width).map(|_| match rng.gen_bool(0.5) {
+        true => 0.0,
+        false => rng.gen_range(0..40) as f32,
+    }));
     let channel = 48;
     let sentinel = 0xAAu8;
     let mut outputs: Vec<Vec<u8>> = (0..m).map(|_| vec![sentinel; channel + width]).collect();
@@ -452,8 +456,9 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
             if tile.residual {
                 v = (residuals[p][channel + o] as f32).mul_add(table[2 * width + o], v);
             }
-            let want = v.clamp(0.0, 255.0).round_ties_even() as u8;
-            low += usize::from(v < 0.0);
+            let floor = table[3 * width + o];
+            let want = v.clamp(floor, 255.0).round_ties_even() as u8;
+            low += usize::from(v < floor);
             high += usize::from(v > 255.0);
             assert_eq!(
                 got, want,

@@ -303,7 +303,7 @@ fn eval_int8(
                 map_dims(out),
             );
             let residual = f.residual.then(|| p.of(operands[1]));
-            let r = quant::requant(&w, param("bias"), p.of(operands[0]), y, residual);
+            let r = quant::requant(&w, param("bias"), p.of(operands[0]), y, residual, f.relu);
             let codes = f.residual.then(|| args[1].0.data());
             let plane = out.elements() / (map_dims(out)[0] * f.conv.out_channels).max(1);
             acc.iter()
@@ -314,7 +314,7 @@ fn eval_int8(
                     if let Some(codes) = codes {
                         v = codes[i].mul_add(r.r, v);
                     }
-                    quant::saturate(v)
+                    quant::saturate(v, r.floor)
                 })
                 .collect()
         }

@@ -9,8 +9,9 @@
 //!   The nodes of a tiled concatenation write into one buffer and share its parameters.
 //! - Weights are s8, symmetric per output channel: `w ≈ scale_k · code`, codes in −127 ..= 127.
 //! - A convolution sums `q_x · code` exactly in i32, then requantizes in f32 per output channel:
-//!   `q_y = sat_u8(round_even(acc · M + B [+ R · q_r]))` with two fused steps; `B` holds the bias,
-//!   the input's zero-point compensation and the output's zero point.
+//!   `q_y = round_even(min(max(acc · M + B [+ R · q_r], L), 255))` with two fused steps; `B`
+//!   holds the bias, the input's zero-point compensation and the output's zero point, and the
+//!   floor `L` is the output's zero point after a ReLU (real 0), else 0.
 //! - Pools and the global pool work on the real values (`(q − zero) · scale` in f32) and quantize
 //!   their results; vectors (pooled features, the head) stay f32.
 
@@ -111,17 +112,6 @@ pub enum QuantError {
         /// The value read.
         value: String,
         /// Its zero point.
-        zero: u8,
-    },
-    /// A ReLU output that shares a buffer with values that are negative.
-    #[error(
-        "node `{node}` ends with a ReLU but writes into a buffer with negative values (zero \
-         point {zero}); its ReLU would not clamp at 0"
-    )]
-    ReluZeroPoint {
-        /// The node's name.
-        node: String,
-        /// The buffer's zero point.
         zero: u8,
     },
 }
@@ -238,8 +228,7 @@ pub struct Int8Params {
 
 impl Int8Params {
     /// The parameters of `graph`'s feature maps from calibrated `ranges`, checked: every node
-    /// has an int8 form, a map with a zero point is never read through padding, and a ReLU
-    /// output has zero point 0.
+    /// has an int8 form, and a map with a zero point is never read through padding.
     pub fn new(graph: &Graph, ranges: &HashMap<NodeId, Range>) -> Result<Int8Params, QuantError> {
         let mut values = HashMap::new();
         for id in graph.node_ids() {
@@ -269,13 +258,6 @@ impl Int8Params {
             let Op::FusedConv(f) = &node.op else {
                 continue;
             };
-            let zero = values[&id].zero;
-            if f.relu && zero != 0 {
-                return Err(QuantError::ReluZeroPoint {
-                    node: node.name.clone(),
-                    zero,
-                });
-            }
             let x = graph.inputs(id)[0];
             let zx = values.get(&x).map_or(0, |q| q.zero);
             if f.conv.padding != [0, 0] && zx != 0 {
@@ -337,16 +319,20 @@ pub struct Requant {
     pub b: Vec<f32>,
     /// `scale_r / scale_y`.
     pub r: f32,
+    /// The smallest code: the output's zero point after a ReLU (real 0), else 0.
+    pub floor: f32,
 }
 
 /// The requantization of a convolution with weights `w`, optional `bias`, reading `x`, writing
-/// `y`, adding a `residual` with its parameters; computed in f64 and rounded once to f32.
+/// `y`, adding a `residual` with its parameters, ending with a ReLU if `relu`; computed in f64
+/// and rounded once to f32.
 pub fn requant(
     w: &QuantizedWeights,
     bias: Option<&[f32]>,
     x: Quant,
     y: Quant,
     residual: Option<Quant>,
+    relu: bool,
 ) -> Requant {
     let (sx, sy) = (x.scale as f64, y.scale as f64);
     let r = residual.map_or(0.0, |q| q.scale as f64 / sy);
@@ -361,15 +347,20 @@ pub fn requant(
         m.push((sx * sw / sy) as f32);
         b.push(((bias - x.zero as f64 * sx * sw * sum) / sy + y.zero as f64 - r * zr) as f32);
     }
-    Requant { m, b, r: r as f32 }
+    Requant {
+        m,
+        b,
+        r: r as f32,
+        floor: if relu { y.zero as f32 } else { 0.0 },
+    }
 }
 
-/// The code of a requantized value: clamped to 0 ..= 255 (a NaN becomes 0) and rounded to
-/// nearest even, as `vmaxps`, `vminps` and `vcvtps2dq` do it.
-pub fn saturate(v: f32) -> f32 {
+/// The code of a requantized value: clamped to `floor` ..= 255 (a NaN becomes the floor) and
+/// rounded to nearest even, as `vmaxps`, `vminps` and `vcvtps2dq` do it.
+pub fn saturate(v: f32, floor: f32) -> f32 {
     match v.is_nan() {
-        true => 0.0,
-        false => v.clamp(0.0, 255.0).round_ties_even(),
+        true => floor,
+        false => v.clamp(floor, 255.0).round_ties_even(),
     }
 }
 
@@ -464,7 +455,7 @@ mod tests {
             scale: 2.0,
             zero: 3,
         };
-        let r = requant(&w, Some(&[1.0]), x, y, None);
+        let r = requant(&w, Some(&[1.0]), x, y, None, false);
         // Real output of codes (q1, q2): (0.25·(q1 − 4)·0.5 + 0.25·(q2 − 4)·1 + 1) / 2 + 3.
         let (q1, q2) = (10.0f32, 7.0f32);
         let want = (0.25 * (q1 - 4.0) * 0.5 + 0.25 * (q2 - 4.0) + 1.0) / 2.0 + 3.0;

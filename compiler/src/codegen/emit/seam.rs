@@ -141,10 +141,10 @@ pub(super) fn zmm_call(
     let bias = match epilogue.bias {
         Some(b) => {
             let base = e.offset(e.weights, b as i64);
-            // The u8 tile's requantization table has three floats a channel (see
+            // The u8 tile's requantization table has four floats a channel (see
             // `lower::pack_requant`).
             let per_channel = match source.data {
-                Data::U8S8 => 3 * F32,
+                Data::U8S8 => 4 * F32,
                 Data::F32 | Data::Bf16 => F32,
             };
             e.scaled(base, panel.first, per_channel)

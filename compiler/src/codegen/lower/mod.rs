@@ -584,7 +584,7 @@ impl Lowering<'_> {
                         Precision::U8 => {
                             let w = quant::quantize_weights(weight, oc);
                             let r = residual.map(|r| r.quant);
-                            let table = quant::requant(&w, bias, input.quant, out.quant, r);
+                            let table = quant::requant(&w, bias, input.quant, out.quant, r, g.relu);
                             let codes = blob.push_codes(&w.codes, Recipe::Conv(packing));
                             (codes, blob.push(&pack_requant(&table, oc, &reg)))
                         }

@@ -87,11 +87,11 @@ pub(super) fn pack_bias(bias: Option<&[f32]>, channels: usize, register: &Tile) 
     b
 }
 
-/// A range's requantization table for the u8 tile: per panel of `register`, its `M`, `B` and `R`
-/// rows of the panel's packed width (zeros beyond the channels), so that a panel's table starts
-/// 3 floats per channel after the range's (the order `x86::Data::U8S8` reads).
+/// A range's requantization table for the u8 tile: per panel of `register`, its `M`, `B`, `R`
+/// and `L` rows of the panel's packed width (zeros beyond the channels), so that a panel's table
+/// starts 4 floats per channel after the range's (the order `x86::Data::U8S8` reads).
 pub(super) fn pack_requant(r: &quant::Requant, channels: usize, register: &Tile) -> Vec<f32> {
-    let mut table = Vec::with_capacity(3 * register.padded(channels));
+    let mut table = Vec::with_capacity(4 * register.padded(channels));
     for p in register.panels(channels) {
         let row = |values: &[f32]| {
             let mut v = values[p.first..p.first + p.channels].to_vec();
@@ -101,6 +101,7 @@ pub(super) fn pack_requant(r: &quant::Requant, channels: usize, register: &Tile)
         table.extend(row(&r.m));
         table.extend(row(&r.b));
         table.extend(std::iter::repeat_n(r.r, p.width));
+        table.extend(std::iter::repeat_n(r.floor, p.width));
     }
     table
 }

@@ -48,10 +48,10 @@ pub enum Data {
     Bf16,
     /// u8 activations, s8 weights `[tap][quad][16 · vectors][4]` (AVX512-VNNI): products
     /// accumulated exactly in i32 with `vpdpbusd`, then requantized per output channel in f32:
-    /// `q = sat_u8(round_even(acc · M + B + R · residual))`. The `bias` argument points at the
-    /// table `M`, `B` and, with a residual, `R` (16 · vectors f32 each); the tile's `bias` and
-    /// `relu` are off (the bias and the output's zero point are in `B`; a ReLU output has zero
-    /// point 0, so ReLU is the clamp at 0 that every u8 output gets).
+    /// `q = round_even(min(max(acc · M + B + R · residual, L), 255))`. The `bias` argument
+    /// points at the table `M`, `B`, `R` and `L` (16 · vectors f32 each; `R` is read with a
+    /// residual only); the tile's `bias` and `relu` are off (the bias and the output's zero
+    /// point are in `B`; the floor `L` is the output's zero point after a ReLU, else 0).
     U8S8,
 }
 
@@ -218,14 +218,13 @@ impl ZmmTile {
     }
 
     /// The u8 epilogue (see [`Data::U8S8`]): per accumulator, i32 → f32, `· M + B`, `+ R ·
-    /// residual`, clamped to 0 ..= 255 in f32 (so that no conversion overflows), rounded to
+    /// residual`, clamped to L ..= 255 in f32 (so that no conversion overflows), rounded to
     /// nearest even, and stored as 16 bytes, the last vector masked when `masked`. `rdx` is the
     /// table, `r9` the channel offset in bytes.
     fn requantize(&self, a: &mut CodeAssembler, masked: bool) -> Result<(), IcedError> {
         let n = self.vectors;
         let table = (64 * n) as i32;
-        let (scale, widened, zero, top) = (zmm(28), zmm(29), zmm(30), zmm(31));
-        a.vpxord(zero, zero, zero)?;
+        let (scale, widened, top) = (zmm(28), zmm(29), zmm(31));
         a.mov(eax, 255f32.to_bits())?;
         a.vpbroadcastd(top, eax)?;
         self.each_output(a, masked, |a, acc, j, partial| {
@@ -242,8 +241,8 @@ impl ZmmTile {
                 a.vcvtdq2ps(widened, widened)?;
                 a.vfmadd231ps(acc, widened, zmmword_ptr(rdx + 2 * table + row))?;
             }
-            // maxps returns its second operand when either is NaN: NaN becomes 0.
-            a.vmaxps(acc, acc, zero)?;
+            // maxps returns its second operand when either is NaN: NaN becomes the floor.
+            a.vmaxps(acc, acc, zmmword_ptr(rdx + 3 * table + row))?;
             a.vminps(acc, acc, top)?;
             a.vcvtps2dq(acc, acc)?;
             // The values are 0 ..= 255 now: vpmovusdb's unsigned saturation changes none.
