@@ -20,7 +20,7 @@ use inceptc::passes::run_pipeline;
 use inceptc_graphs::blocks::{column, pointwise, row, square, Builder, ConvSpec};
 use inceptc_ir::interp::Rounding;
 use inceptc_ir::op::{AvgPoolAttrs, Conv2dAttrs, Op, PoolAttrs, ScaleAttrs};
-use inceptc_ir::quant::{calibrate, Calibration, Int8Params, QuantError};
+use inceptc_ir::quant::{calibrate, Calibration, Int8Params};
 use inceptc_ir::{interp, text, Graph, NodeId, Tensor};
 use inceptc_runtime::exec::missing_features_for;
 use inceptc_runtime::exec::Arena;
@@ -250,12 +250,9 @@ fn check(original: &Graph, batch: usize, size: usize, seed: u64) -> Result<(), S
     Ok(())
 }
 
-// Networks checked in int8, and those int8 cannot quantize: a padded convolution reads a map with
-// negative values (a residual block without its ReLU, before a padded layer). Per test thread:
-// each test counts its own.
+// Networks checked in int8, per test thread (each test counts its own).
 thread_local! {
     static INT8_CHECKED: Cell<usize> = const { Cell::new(0) };
-    static INT8_UNSUPPORTED: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The bf16 tile families this CPU runs: zmm (`false`) and AMX (`true`).
@@ -277,16 +274,8 @@ fn check_with(
         inceptc_ir::verify(original).map_err(|e| e.to_string())?;
         let mut optimized = original.clone();
         run_pipeline(&mut optimized, None).map_err(|e| e.to_string())?;
-        let mut x = input(batch, size, seed);
-        if options.precision == Precision::U8 {
-            // int8 pads only maps with zero point 0, and the stems here pad their input: make it
-            // non-negative (every other map is a ReLU's).
-            x = Tensor::new(
-                x.shape().to_vec(),
-                x.data().iter().map(|v| v.abs()).collect(),
-            )
-            .expect("the same shape");
-        }
+        // Signed: the input has a zero point, which the padded stems read from its halo.
+        let x = input(batch, size, seed);
         let mut options = LowerOptions {
             check_bounds: true,
             ..options.clone()
@@ -300,15 +289,7 @@ fn check_with(
             (Precision::U8, _) => {
                 let ranges = calibrate(&optimized, std::slice::from_ref(&x), Calibration::MinMax)
                     .map_err(|e| e.to_string())?;
-                options.int8 = match Int8Params::new(&optimized, &ranges) {
-                    Ok(p) => p,
-                    // A limit of int8 (the lowering's error names it), counted and reported.
-                    Err(QuantError::PaddedZeroPoint { .. }) => {
-                        INT8_UNSUPPORTED.set(INT8_UNSUPPORTED.get() + 1);
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.to_string()),
-                };
+                options.int8 = Int8Params::new(&optimized, &ranges).map_err(|e| e.to_string())?;
                 INT8_CHECKED.set(INT8_CHECKED.get() + 1);
                 (interp::run_int8(&optimized, &x, &options.int8), 0.0)
             }
@@ -438,7 +419,7 @@ fn random_inception_networks_compile_to_what_the_interpreter_computes() {
         .unwrap_or(40);
     let mut seen = std::collections::BTreeSet::new();
     let int8 = missing_features_for(Tier::V4.runtime(), Precision::U8, false).is_empty();
-    let (checked, unsupported) = (INT8_CHECKED.get(), INT8_UNSUPPORTED.get());
+    let checked = INT8_CHECKED.get();
     for seed in 0..count {
         let (original, size) = network(seed);
         seen.extend(features(&original));
@@ -480,16 +461,8 @@ fn random_inception_networks_compile_to_what_the_interpreter_computes() {
     match int8 {
         true => {
             let checked = INT8_CHECKED.get() - checked;
-            let unsupported = INT8_UNSUPPORTED.get() - unsupported;
-            eprintln!(
-                "int8: {checked} of {count} random networks match the int8 interpreter; {unsupported} \
-                 were not quantized (a padded convolution reads a map with negative values, which \
-                 int8 does not support yet)"
-            );
-            assert!(
-                checked * 2 >= count as usize,
-                "only {checked} networks ran in int8"
-            );
+            eprintln!("int8: {checked} of {count} random networks match the int8 interpreter");
+            assert_eq!(checked, count as usize, "every network runs in int8");
         }
         false => eprintln!("SKIPPED int8: this CPU lacks AVX512-VNNI"),
     }

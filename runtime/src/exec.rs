@@ -509,9 +509,11 @@ fn zero_upper() {
     }
 }
 
-/// Zeroes the halo rows and columns of every image of `m`, and the padding channels of every
-/// pixel (see [`MapLayout::padding_channels`]).
+/// Fills the halo rows and columns of every image of `m` with its [`MapLayout::halo_byte`] (0
+/// but in a u8 map with a zero point), and zeroes the padding channels of every pixel (see
+/// [`MapLayout::padding_channels`]).
 fn clear_halo(arena: &mut Arena, m: &MapLayout, padding_channels: bool) {
+    let fill = m.halo_byte();
     let side = m.halo[1] * m.pixel_stride();
     let right = (m.halo[1] + m.w) * m.pixel_stride();
     let value = m.value_bytes();
@@ -523,11 +525,11 @@ fn clear_halo(arena: &mut Arena, m: &MapLayout, padding_channels: bool) {
         for r in 0..rows {
             let row = arena.bytes_mut(image + r * m.row_stride(), m.row_stride());
             if r < m.halo[0] || r >= m.h + m.halo[0] {
-                row.fill(0);
+                row.fill(fill);
                 continue;
             }
-            row[..side].fill(0);
-            row[right..].fill(0);
+            row[..side].fill(fill);
+            row[right..].fill(fill);
             if padding_channels && !padding.is_empty() {
                 for pixel in row[side..right].chunks_exact_mut(m.pixel_stride()) {
                     pixel[padding.clone()].fill(0);
@@ -596,7 +598,7 @@ fn damage(arena: &Arena, g: &Guard) -> Option<String> {
             };
             for range in ranges {
                 let start = range.start;
-                if let Some(i) = row[range].iter().position(|b| *b != 0) {
+                if let Some(i) = row[range].iter().position(|b| *b != m.halo_byte()) {
                     let i = (start + i) / value;
                     return Some(format!(
                         "the zero halo (image {n}, padded row {r}, padded column {}, channel {})",

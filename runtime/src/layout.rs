@@ -155,6 +155,15 @@ impl MapLayout {
         (self.channel_offset + self.channels).min(self.c_total)..self.c_total
     }
 
+    /// The byte the halo holds: the code of real 0 (the zero point) in a u8 map, else 0, so
+    /// that a padded convolution reads zeros.
+    pub fn halo_byte(&self) -> u8 {
+        match self.precision {
+            Precision::U8 => self.quant.zero,
+            Precision::F32 | Precision::Bf16 => 0,
+        }
+    }
+
     /// Bytes from one pixel to the next along a row.
     pub fn pixel_stride(&self) -> usize {
         self.c_total * self.value_bytes()

@@ -293,15 +293,19 @@ fn eval_int8(
         Op::FusedConv(f) => {
             let w =
                 quant::quantize_weights(param("weight").unwrap_or_default(), f.conv.out_channels);
-            // Exact sums of codes (integers far below 2^53), rounded once to f32 like vcvtdq2ps.
-            let acc = conv2d(
+            // The halo holds the input's zero point: pad with it, then convolve unpadded.
+            let (x, dims) = pad_codes(
                 args[0].0.data(),
                 map_dims(args[0].1),
-                &w.codes,
-                None,
-                &f.conv,
-                map_dims(out),
+                f.conv.padding,
+                p.of(operands[0]).zero as f32,
             );
+            let unpadded = Conv2dAttrs {
+                padding: [0, 0],
+                ..f.conv.clone()
+            };
+            // Exact sums of codes (integers far below 2^53), rounded once to f32 like vcvtdq2ps.
+            let acc = conv2d(&x, dims, &w.codes, None, &unpadded, map_dims(out));
             let residual = f.residual.then(|| p.of(operands[1]));
             let r = quant::requant(&w, param("bias"), p.of(operands[0]), y, residual, f.relu);
             let codes = f.residual.then(|| args[1].0.data());
@@ -342,6 +346,24 @@ fn eval_int8(
         _ => return eval(graph, id, args, out, true),
     };
     Tensor::new(out.dims(), data).unwrap_or_else(|| Tensor::zeros(out.dims()))
+}
+
+/// NCHW `x` with `padding` rows and columns of `fill` around every plane, and its dims.
+fn pad_codes(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    [ph, pw]: [usize; 2],
+    fill: f32,
+) -> (Vec<f32>, [usize; 4]) {
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let mut out = vec![fill; n * c * hp * wp];
+    for plane in 0..n * c {
+        for y in 0..h {
+            let from = &x[(plane * h + y) * w..][..w];
+            out[(plane * hp + y + ph) * wp + pw..][..w].copy_from_slice(from);
+        }
+    }
+    (out, [n, c, hp, wp])
 }
 
 /// Evaluates one node's op. Shapes were checked by [`infer_shapes`], so indexing is in bounds.

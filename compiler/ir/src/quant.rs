@@ -100,20 +100,6 @@ pub enum QuantError {
         /// Its op's keyword.
         op: &'static str,
     },
-    /// A map with a zero point is read through padding, where the halo's code 0 would not
-    /// stand for real 0.
-    #[error(
-        "node `{reader}` reads `{value}` with padding, but `{value}` has negative values \
-         (zero point {zero}); int8 pads only maps whose zero point is 0"
-    )]
-    PaddedZeroPoint {
-        /// The padded reader.
-        reader: String,
-        /// The value read.
-        value: String,
-        /// Its zero point.
-        zero: u8,
-    },
 }
 
 /// Records the range of every feature map of `graph` (optimized, weights bound) over `inputs`,
@@ -228,7 +214,8 @@ pub struct Int8Params {
 
 impl Int8Params {
     /// The parameters of `graph`'s feature maps from calibrated `ranges`, checked: every node
-    /// has an int8 form, and a map with a zero point is never read through padding.
+    /// has an int8 form. A map with a zero point holds that code in its halo, so padding reads
+    /// real 0.
     pub fn new(graph: &Graph, ranges: &HashMap<NodeId, Range>) -> Result<Int8Params, QuantError> {
         let mut values = HashMap::new();
         for id in graph.node_ids() {
@@ -251,21 +238,6 @@ impl Int8Params {
                     .copied()
                     .unwrap_or(Range { min: 0.0, max: 0.0 });
                 values.insert(id, quant_for(range));
-            }
-        }
-        for id in graph.node_ids() {
-            let node = graph.node(id);
-            let Op::FusedConv(f) = &node.op else {
-                continue;
-            };
-            let x = graph.inputs(id)[0];
-            let zx = values.get(&x).map_or(0, |q| q.zero);
-            if f.conv.padding != [0, 0] && zx != 0 {
-                return Err(QuantError::PaddedZeroPoint {
-                    reader: node.name.clone(),
-                    value: graph.node(x).name.clone(),
-                    zero: zx,
-                });
             }
         }
         Ok(Int8Params { values })

@@ -103,6 +103,20 @@ pub enum CodegenError {
     /// An int8 program without the u8 parameters of one of its feature maps.
     #[error("--precision int8: node `{0}` has no u8 parameters (calibrate the optimized graph)")]
     Uncalibrated(String),
+    /// Two int8 values with different zero points share a buffer whose halo must hold one.
+    #[error(
+        "--precision int8: `{}` and `{}` share buffer {buffer}, whose halo a padded layer reads, \
+         but their zero points differ ({} and {})",
+        values[0], values[1], zeros[0], zeros[1]
+    )]
+    HaloZeroPoints {
+        /// The buffer.
+        buffer: String,
+        /// Two of its values.
+        values: [String; 2],
+        /// Their zero points.
+        zeros: [u8; 2],
+    },
     /// AMX tiles cannot run in this process.
     #[error("{0}")]
     Amx(String),

@@ -147,6 +147,14 @@ impl Program {
         }
         // AMX reads 32 channels a step: maps of 32 or more channels are padded to a multiple.
         let amx = options.amx && options.precision == Precision::Bf16;
+        let separated;
+        let graph = match options.precision {
+            Precision::U8 => {
+                separated = separate_zero_points(graph, &options.int8);
+                &separated
+            }
+            _ => graph,
+        };
         let plan = plan_guarded(
             graph,
             batch,
@@ -178,6 +186,7 @@ impl Program {
             amx,
             int8: &options.int8,
         };
+        let halo_quants = halo_quants(graph, &plan, &options.int8, options.precision)?;
         let mut weights = WeightBlob::default();
         let mut blocks: Vec<String> = Vec::new();
         let mut steps = Vec::with_capacity(plan.steps.len());
@@ -201,11 +210,9 @@ impl Program {
             let clear_halos = plan
                 .buffers
                 .iter()
-                .filter(|b| b.live[0] == s && needs_clearing(b))
-                .filter_map(|b| match buffer_layout(b, 0, b.shape.channels()) {
-                    Layout::Map(m) => Some(m),
-                    Layout::Vector(_) => None,
-                })
+                .zip(&halo_quants)
+                .filter(|(b, _)| b.live[0] == s && needs_clearing(b))
+                .filter_map(|(b, q)| halo_layout(b, *q))
                 .collect();
             steps.push(Step {
                 kernel,
@@ -245,16 +252,14 @@ impl Program {
             true => plan
                 .buffers
                 .iter()
-                .map(|b| Guard {
+                .zip(&halo_quants)
+                .map(|(b, q)| Guard {
                     buffer: b.name.clone(),
                     offset: b.data_offset(),
                     bytes: b.data_bytes(),
                     guard: b.guard,
                     live: b.live,
-                    halo: match buffer_layout(b, 0, b.shape.channels()) {
-                        Layout::Map(m) if needs_clearing(b) => Some(m),
-                        _ => None,
-                    },
+                    halo: halo_layout(b, *q).filter(|_| needs_clearing(b)),
                 })
                 .collect(),
         };
@@ -296,6 +301,71 @@ impl Program {
 /// (see [`MapLayout::padding_channels`]).
 fn needs_clearing(b: &Buffer) -> bool {
     b.halo != [0, 0] || b.channels() > b.shape.channels()
+}
+
+/// `graph` with every in-place residual convolution whose output's zero point differs from its
+/// residual's written to a buffer of its own: a buffer's halo holds one zero point (int8).
+fn separate_zero_points(graph: &Graph, int8: &Int8Params) -> Graph {
+    let mut g = graph.clone();
+    let ids: Vec<NodeId> = g.node_ids().collect();
+    for id in ids {
+        let residual = match &g.node(id).op {
+            Op::FusedConv(f) if f.in_place && f.residual => g.inputs(id)[1],
+            _ => continue,
+        };
+        if int8.of(id).zero != int8.of(residual).zero {
+            if let Op::FusedConv(f) = &mut g.node_mut(id).op {
+                f.in_place = false;
+            }
+        }
+    }
+    g
+}
+
+/// The u8 parameters whose zero point each buffer's halo holds (int8; the default otherwise):
+/// those of the values placed in it, which must agree on the zero point where the buffer has a
+/// halo (an in-place residual whose output's differs from its input's is refused).
+fn halo_quants(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    int8: &Int8Params,
+    precision: Precision,
+) -> Result<Vec<Quant>, CodegenError> {
+    let mut quants: Vec<Option<(Quant, NodeId)>> = vec![None; plan.buffers.len()];
+    if precision != Precision::U8 {
+        return Ok(vec![Quant::default(); plan.buffers.len()]);
+    }
+    let mut placed: Vec<(&NodeId, &crate::plan::Placement)> = plan.placements.iter().collect();
+    placed.sort_by_key(|(id, _)| graph.node(**id).name.clone());
+    for (id, place) in placed {
+        let Some(q) = int8.values.get(id).copied() else {
+            continue;
+        };
+        let buffer = &plan.buffers[place.buffer];
+        match quants[place.buffer] {
+            None => quants[place.buffer] = Some((q, *id)),
+            Some((first, other)) if first.zero != q.zero && buffer.halo != [0, 0] => {
+                return Err(CodegenError::HaloZeroPoints {
+                    buffer: buffer.name.clone(),
+                    values: [graph.node(other).name.clone(), graph.node(*id).name.clone()],
+                    zeros: [first.zero, q.zero],
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(quants
+        .into_iter()
+        .map(|q| q.map_or_else(Quant::default, |(q, _)| q))
+        .collect())
+}
+
+/// The whole of map buffer `b` with parameters `q` (for its halo), or `None` for a vector.
+fn halo_layout(b: &Buffer, q: Quant) -> Option<MapLayout> {
+    match buffer_layout(b, 0, b.shape.channels()) {
+        Layout::Map(m) => Some(MapLayout { quant: q, ..m }),
+        Layout::Vector(_) => None,
+    }
 }
 
 /// Channels `channel_offset .. channel_offset + channels` of `buffer`, as a layout.
