@@ -157,9 +157,10 @@ impl ConvKernel {
     }
 
     /// Consecutive output pixels that flat tiles cover: the whole batch's when the input has no
-    /// halo, else one image's (halo rows lie between images).
+    /// halo and the output's size (a 1×1), else one image's (halo rows, or the rows below a
+    /// taller kernel's last output row, lie between images).
     pub fn flat_run(&self) -> usize {
-        flat_run(&self.input, self.out_h * self.out_w)
+        flat_run(&self.input, [self.out_h, self.out_w])
     }
 
     /// What the cost model and the FLOP count see.
@@ -168,9 +169,11 @@ impl ConvKernel {
     }
 }
 
-/// [`ConvKernel::flat_run`] of a convolution over `input` with `pixels` output pixels per image.
-pub fn flat_run(input: &MapLayout, pixels: usize) -> usize {
-    match input.halo == [0, 0] {
+/// [`ConvKernel::flat_run`] of a convolution over `input` with `out` (rows, columns) output
+/// pixels per image.
+pub fn flat_run(input: &MapLayout, out: [usize; 2]) -> usize {
+    let pixels = out[0] * out[1];
+    match input.halo == [0, 0] && [input.h, input.w] == out {
         true => input.n * pixels,
         false => pixels,
     }

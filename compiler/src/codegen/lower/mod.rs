@@ -508,7 +508,7 @@ impl Lowering<'_> {
             && f.conv.stride == [1, 1]
             && f.conv.padding[1] == 0
             && input.halo[1] == 0;
-        let flat_run = kernels::flat_run(input, out.h * out.w);
+        let flat_run = kernels::flat_run(input, [out.h, out.w]);
         // AMX sums 32 input channels a step: layers with other counts take the zmm tile.
         if self.amx && input.pixel_dwords().is_multiple_of(AMX_CHANNELS / 2) {
             return match can_flatten {
@@ -619,7 +619,7 @@ impl Lowering<'_> {
                     _ => register,
                 };
                 let run = match flat {
-                    true => kernels::flat_run(&input, out.h * out.w),
+                    true => kernels::flat_run(&input, [out.h, out.w]),
                     false => out.w,
                 };
                 let winograd = self.winograd_tile(f, &input, &out, out_channels, (&register, run));
