@@ -2,7 +2,9 @@
 //! executable does: single convolutions on random shapes (odd channel counts, strides, paddings,
 //! residuals, inputs with and without a zero point), pools, concat tiles and shared kernels, all
 //! under the bounds check and bit for bit; and whole networks, which must also stay near f32.
-//! The tests need x86-64-v4 with AVX512-VNNI; elsewhere they say so on standard error.
+//! Both tile families run: `vpdpbusd` on zmm, and AMX `tdpbusd` where the host has AMX-INT8;
+//! their i32 sums are exact, so both match bit for bit. The tests need x86-64-v4 with
+//! AVX512-VNNI (and AMX-INT8 for the AMX family); elsewhere they say so on standard error.
 
 use inceptc::codegen::jit::JitProgram;
 use inceptc::codegen::tile::Tier;
@@ -18,13 +20,23 @@ use inceptc_runtime::pool::ThreadPool;
 use inceptc_suite::random_input;
 use rand::{Rng, SeedableRng};
 
-/// Whether this CPU runs int8 code; says why not when it does not.
-fn runs_here(test: &str) -> bool {
-    let missing = missing_features_for(Tier::V4.runtime(), Precision::U8, false);
-    if !missing.is_empty() {
-        eprintln!("SKIPPED {test}: this CPU lacks {}", missing.join(", "));
-    }
-    missing.is_empty()
+/// The int8 tile families this CPU runs (`false`: zmm `vpdpbusd`, `true`: AMX `tdpbusd` where
+/// a layer has a multiple of 64 input channels); names the ones it cannot run.
+fn families(test: &str) -> Vec<bool> {
+    [false, true]
+        .into_iter()
+        .filter(|&amx| {
+            let missing = missing_features_for(Tier::V4.runtime(), Precision::U8, amx);
+            if !missing.is_empty() {
+                let tiles = if amx { "AMX" } else { "zmm" };
+                eprintln!(
+                    "SKIPPED {test} with {tiles} tiles: this CPU lacks {}",
+                    missing.join(", ")
+                );
+            }
+            missing.is_empty()
+        })
+        .collect()
 }
 
 /// The u8 parameters of `graph`'s maps, calibrated on `inputs` by min/max.
@@ -33,8 +45,15 @@ fn params(graph: &Graph, inputs: &[Tensor]) -> Int8Params {
     Int8Params::new(graph, &ranges).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `graph` compiled in int8 with `int8` under the bounds check and run on `threads` threads.
-fn run_int8(graph: &Graph, x: &Tensor, int8: &Int8Params, threads: usize) -> Vec<Tensor> {
+/// `graph` compiled in int8 with `int8` (with AMX tiles if `amx`) under the bounds check and run
+/// on `threads` threads; whether some kernel ran AMX tiles.
+fn run_int8(
+    graph: &Graph,
+    x: &Tensor,
+    int8: &Int8Params,
+    threads: usize,
+    amx: bool,
+) -> (Vec<Tensor>, bool) {
     let [n, _, h, w] = x.shape() else {
         panic!("input must be NCHW")
     };
@@ -43,6 +62,7 @@ fn run_int8(graph: &Graph, x: &Tensor, int8: &Int8Params, threads: usize) -> Vec
         tier: Tier::V4,
         precision: Precision::U8,
         int8: int8.clone(),
+        amx,
         ..LowerOptions::default()
     };
     let program =
@@ -54,10 +74,12 @@ fn run_int8(graph: &Graph, x: &Tensor, int8: &Int8Params, threads: usize) -> Vec
     let got = model
         .run(&mut arena, x.data(), &pool)
         .unwrap_or_else(|e| panic!("{e}"));
-    got.into_iter()
+    let got = got
+        .into_iter()
         .zip(&program.outputs)
         .map(|(g, o)| Tensor::new(o.dims(), g).expect("output size"))
-        .collect()
+        .collect();
+    (got, program.amx)
 }
 
 /// Asserts that `got` and `want` are equal value for value, naming the first difference.
@@ -100,9 +122,13 @@ fn graph(body: &str) -> Graph {
 /// near f32.
 #[test]
 fn random_int8_convolutions_match_the_int8_interpreter() {
-    if !runs_here("random_int8_convolutions_match_the_int8_interpreter") {
-        return;
+    for amx in families("random_int8_convolutions_match_the_int8_interpreter") {
+        random_convolutions(amx);
     }
+}
+
+fn random_convolutions(amx: bool) {
+    let mut amx_kernels = 0;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(26);
     for case in 0..60 {
         let kh: usize = rng.gen_range(1..=7);
@@ -117,7 +143,11 @@ fn random_int8_convolutions_match_the_int8_interpreter() {
         let signed = rng.gen_bool(0.6);
         let h = rng.gen_range(kh.saturating_sub(2 * ph).max(1)..=13);
         let w = rng.gen_range(kw.saturating_sub(2 * pw).max(1)..=17);
-        let ic = rng.gen_range(1..=70);
+        // Multiples of 64 take the AMX tile.
+        let ic = match rng.gen_bool(0.4) {
+            true => 64 * rng.gen_range(1..=2),
+            false => rng.gen_range(1..=70),
+        };
         let oc = rng.gen_range(1..=70);
         let n = rng.gen_range(1..=2);
         let relu = rng.gen_bool(0.5);
@@ -149,12 +179,17 @@ fn random_int8_convolutions_match_the_int8_interpreter() {
         let g = graph(&body);
         let x = input(n, ic, h, w, case, signed);
         let p = params(&g, std::slice::from_ref(&x));
-        let got = run_int8(&g, &x, &p, 1 + case as usize % 3);
+        let (got, ran_amx) = run_int8(&g, &x, &p, 1 + case as usize % 3, amx);
+        amx_kernels += usize::from(ran_amx);
         let want = interp::run_int8(&g, &x, &p).unwrap();
         assert_same(&got[0], &want[0], &format!("case {case}\n{body}"));
         let exact = interp::run(&g, &x).unwrap();
         let err = got[0].relative_error(&exact[0]).unwrap();
         assert!(err <= 5e-2, "case {case}: {err:.2e} from f32\n{body}");
+    }
+    if amx {
+        assert!(amx_kernels >= 10, "only {amx_kernels} cases ran AMX tiles");
+        eprintln!("{amx_kernels} of 60 cases ran AMX int8 tiles");
     }
 }
 
@@ -163,7 +198,8 @@ fn random_int8_convolutions_match_the_int8_interpreter() {
 /// parts mixed, so that ReLUs clamp at a zero point) and shared kernels in int8, bit for bit.
 #[test]
 fn int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter() {
-    if !runs_here("int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter") {
+    let test = "int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter";
+    if !families(test).contains(&false) {
         return;
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
@@ -226,7 +262,7 @@ fn int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter() {
         run_pipeline(&mut g, None).unwrap();
         let x = input(2, c, h.max(3), w.max(3), case, true);
         let p = params(&g, std::slice::from_ref(&x));
-        let got = run_int8(&g, &x, &p, 2);
+        let (got, _) = run_int8(&g, &x, &p, 2, false);
         let want = interp::run_int8(&g, &x, &p).unwrap();
         for (i, (g1, w1)) in got.iter().zip(&want).enumerate() {
             assert_same(g1, w1, &format!("case {case}, output {i}\n{body}"));
@@ -242,21 +278,27 @@ fn int8_concat_tiles_shared_kernels_and_pools_match_the_int8_interpreter() {
     ignore = "whole networks run in release mode: cargo test --release"
 )]
 fn every_network_in_int8_matches_the_int8_interpreter() {
-    if !runs_here("every_network_in_int8_matches_the_int8_interpreter") {
-        return;
+    for amx in families("every_network_in_int8_matches_the_int8_interpreter") {
+        networks(amx);
     }
+}
+
+fn networks(amx: bool) {
+    let tiles = if amx { "AMX" } else { "zmm" };
     for model in Model::ALL {
         let mut g = load(model, Weights::Seeded(3), &Options::default()).unwrap();
         run_pipeline(&mut g, None).unwrap();
         let calibration = [random_input(1, 107, 1), random_input(1, 107, 2)];
         let p = params(&g, &calibration);
         let x = random_input(2, 107, 5);
-        let got = run_int8(&g, &x, &p, 2);
+        let (got, _) = run_int8(&g, &x, &p, 2, amx);
         let want = interp::run_int8(&g, &x, &p).unwrap();
         let exact = interp::run(&g, &x).unwrap();
         let to_int8 = got[0].relative_error(&want[0]).unwrap();
         let to_f32 = got[0].relative_error(&exact[0]).unwrap();
-        eprintln!("{model}: {to_int8:.2e} from the int8 interpreter, {to_f32:.2e} from f32");
+        eprintln!(
+            "{model}, {tiles} tiles: {to_int8:.2e} from the int8 interpreter, {to_f32:.2e} from f32"
+        );
         assert!(to_int8 <= 1e-6, "{model}: {to_int8:.2e}");
         assert!(to_f32 <= 0.1, "{model}: {to_f32:.2e}");
     }

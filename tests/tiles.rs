@@ -386,10 +386,23 @@ fn shape(
     }
 }
 
-/// One u8 × s8 tile run on random data, checked bit for bit against the scalar requantization.
+/// One u8 × s8 zmm tile run on random data, checked bit for bit against the scalar
+/// requantization.
 fn check_u8(tile: &ZmmTile, seed: u64) {
+    let code = tile.code().unwrap();
+    check_u8_code(
+        &Geometry::of(tile),
+        &code,
+        tile.residual,
+        &format!("{tile:?}"),
+        seed,
+    );
+}
+
+/// One u8 × s8 tile (`code`, of geometry `g`, adding a residual if `residual`) run on random
+/// data, checked bit for bit against the scalar requantization.
+fn check_u8_code(g: &Geometry, code: &[u8], residual: bool, tile: &str, seed: u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let g = Geometry::of(tile);
     let (m, width, valid, quads) = (g.pixels, g.width, g.valid, g.steps);
     let (rows, columns) = (g.rows, g.columns);
     let input: Vec<u8> = (0..g.input_bytes()).map(|_| rng.gen()).collect();
@@ -423,7 +436,7 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
         .map(|_| (0..channel + width).map(|_| rng.gen()).collect())
         .collect();
     run(
-        &tile.code().unwrap(),
+        code,
         &input,
         &weights,
         &table,
@@ -436,7 +449,7 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
         for o in 0..width {
             let got = outputs[p][channel + o];
             if o >= valid {
-                assert_eq!(got, sentinel, "{tile:?}: lane {o} written");
+                assert_eq!(got, sentinel, "{tile}: lane {o} written");
                 continue;
             }
             let mut acc = 0i32;
@@ -453,7 +466,7 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
                 }
             }
             let mut v = (acc as f32).mul_add(table[o], table[width + o]);
-            if tile.residual {
+            if residual {
                 v = (residuals[p][channel + o] as f32).mul_add(table[2 * width + o], v);
             }
             let floor = table[3 * width + o];
@@ -462,13 +475,13 @@ fn check_u8(tile: &ZmmTile, seed: u64) {
             high += usize::from(v > 255.0);
             assert_eq!(
                 got, want,
-                "{tile:?}: pixel {p} channel {o}: acc {acc}, value {v}"
+                "{tile}: pixel {p} channel {o}: acc {acc}, value {v}"
             );
         }
     }
     assert!(
         low > 0 || high > 0 || m * valid < 8,
-        "{tile:?}: no clamped value"
+        "{tile}: no clamped value"
     );
 }
 
@@ -551,6 +564,7 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
                 relu: epilogue % 3 == 0,
                 configures: true,
                 prefetch_step: 0,
+                data: Data::Bf16,
             };
             let tested = Bf16Tile::amx(&tile);
             if !amx {
@@ -567,6 +581,64 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
              equal an f32 sum with each pair's even product first, {} with its odd one first",
             orders[2], orders[0], orders[1]
         );
+    }
+}
+
+/// The AMX int8 tile (`tdpbusd`, 64 channels a step) requantizes bit for bit like the zmm one:
+/// its i32 sums are exact in any order.
+#[test]
+fn the_amx_int8_tile_requantizes_bit_for_bit() {
+    let missing = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::U8,
+        true,
+    );
+    let run_here = missing.is_empty();
+    if !run_here {
+        eprintln!(
+            "SKIPPED: this CPU lacks {}; the AMX int8 tile was assembled but not run",
+            missing.join(", ")
+        );
+    } else {
+        inceptc_runtime::exec::enable_amx().unwrap();
+    }
+    let mut runs = 0;
+    for (i, (pixels, vectors, last_lanes, taps, chunks)) in AMX_SHAPES.into_iter().enumerate() {
+        for residual in [false, true] {
+            let column_step = 2 * AMX_CHANNELS * chunks + 64;
+            let row_step = taps[1] * column_step + 128;
+            let tile = AmxTile {
+                pixels,
+                vectors,
+                last_lanes,
+                taps,
+                tap_steps: [row_step as i32, column_step as i32],
+                chunks,
+                pixel_step: (taps[0] * row_step + 32) as i32,
+                bias: false,
+                residual,
+                relu: false,
+                configures: true,
+                prefetch_step: 0,
+                data: Data::U8S8,
+            };
+            let code = tile.code().unwrap();
+            if !run_here {
+                continue;
+            }
+            let g = Geometry::of_amx(&tile);
+            check_u8_code(
+                &g,
+                &code,
+                residual,
+                &format!("{tile:?}"),
+                (300 + 10 * i) as u64,
+            );
+            runs += 1;
+        }
+    }
+    if run_here {
+        eprintln!("AMX int8 tile: {runs} shapes and epilogues bit-exact");
     }
 }
 
@@ -605,6 +677,7 @@ fn amx_sums_pairs_of_pairs_before_rounding() {
         relu: false,
         configures: true,
         prefetch_step: 0,
+        data: Data::Bf16,
     };
     let p = |e: i32| 2f32.powi(e);
     // (bias, [(input channel, product)], question, the answer)

@@ -168,7 +168,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ConvArg::Auto)]
         conv: ConvArg,
         /// The CPUs the code is for: this machine's best tier (native), x86-64-v4 (AVX-512
-        /// register tiles), sapphirerapids (x86-64-v4 and, with --precision bf16, AMX tiles) or
+        /// register tiles), sapphirerapids (x86-64-v4 and, with --precision bf16 or int8, AMX tiles) or
         /// x86-64-v3 (AVX2 and FMA, for older servers). The executable checks at start-up that
         /// the CPU has every feature of its tier.
         #[arg(long, value_enum, default_value_t = TargetCpu::Native)]
@@ -286,8 +286,11 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 },
                 amx: match target_cpu {
                     // AMX where this CPU has it and its kernel grants the tile-data permission.
+                    // int8 tiles need AMX-INT8 too.
                     TargetCpu::Native => {
                         inceptc_runtime::exec::amx_present()
+                            && (precision != PrecisionArg::Int8
+                                || inceptc_runtime::exec::amx_int8_present())
                             && inceptc_runtime::exec::enable_amx().is_ok()
                     }
                     TargetCpu::Sapphirerapids => true,

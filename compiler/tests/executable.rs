@@ -226,6 +226,38 @@ fn int8_executables_store_byte_codes_and_run_the_int8_interpreters_values() {
         "int8: size {ratio:.3} of f32, {to_int8:.2e} from the int8 interpreter, {to_f32:.2e} \
          from f32"
     );
+    // With AMX tiles (`tdpbusd`, whose i32 sums are exact too): the same bytes.
+    let amx = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::U8,
+        true,
+    );
+    if !amx.is_empty() {
+        eprintln!(
+            "SKIPPED running the int8 executable with AMX tiles: this CPU lacks {}",
+            amx.join(", ")
+        );
+        return;
+    }
+    let amx_exe = compile(
+        d,
+        "int8-amx",
+        "inception-resnet-v1",
+        &[
+            &["--image-size", "80", "--batch", "2"][..],
+            &["--target-cpu", "sapphirerapids", "--precision", "int8"],
+            &["--calibrate", cpath.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let (code, stderr, y_amx) = run_tensor(&amx_exe, d, &x, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let got_amx = npy_tensor(&y_amx.unwrap());
+    assert_eq!(
+        got_amx.data(),
+        got.data(),
+        "int8 with AMX tiles against zmm tiles"
+    );
 }
 
 /// A bf16 executable is about half the f32 one, and runs the rounding interpreter's values on

@@ -192,6 +192,37 @@ pub fn amx_present() -> bool {
     false
 }
 
+/// Whether CPUID says this CPU's AMX tiles multiply bytes (leaf 7: EDX bit 25), besides
+/// [`amx_present`].
+pub fn amx_int8_present() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        amx_present() && __cpuid_count(7, 0).edx & (1 << 25) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// What AMX tiles add to int8 code: the tile registers and their byte products.
+const AMX_INT8_FEATURES: [Feature; 3] = [
+    Feature {
+        name: "AMX_TILE",
+        cranelift: None,
+        detect: amx_present,
+    },
+    Feature {
+        name: "AMX_INT8",
+        cranelift: None,
+        detect: amx_int8_present,
+    },
+    Feature {
+        name: "PREFETCHW",
+        cranelift: None,
+        detect: prefetchw_present,
+    },
+];
+
 /// What AMX tiles add to bf16 code: the tile registers and their bf16 products ([`amx_present`]
 /// detects both).
 const AMX_FEATURES: [Feature; 3] = [
@@ -274,8 +305,10 @@ pub fn features_for(tier: Tier, precision: Precision, amx: bool) -> Vec<Feature>
         Precision::Bf16 => all.extend(BF16_FEATURES),
         Precision::U8 => all.extend(VNNI_FEATURES),
     }
-    if amx {
-        all.extend(AMX_FEATURES);
+    match (amx, precision) {
+        (false, _) => {}
+        (true, Precision::U8) => all.extend(AMX_INT8_FEATURES),
+        (true, Precision::F32 | Precision::Bf16) => all.extend(AMX_FEATURES),
     }
     all
 }
@@ -304,7 +337,8 @@ pub fn check_cpu(tier: Tier, precision: Precision, amx: bool) -> Result<(), RunE
                 (Precision::F32, _) => tier.name(),
                 (Precision::Bf16, false) => "x86-64-v4 with bf16",
                 (Precision::Bf16, true) => "x86-64-v4 with bf16 and AMX",
-                (Precision::U8, _) => "x86-64-v4 with VNNI (int8)",
+                (Precision::U8, false) => "x86-64-v4 with VNNI (int8)",
+                (Precision::U8, true) => "x86-64-v4 with VNNI and AMX-INT8 (int8)",
             },
             missing: missing.join(", "),
         });

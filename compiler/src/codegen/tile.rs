@@ -63,7 +63,8 @@ pub enum Isa {
     Avx2,
     /// The assembled 512-bit tile, called once per tile and panel.
     Avx512,
-    /// The assembled AMX bf16 tile ([`super::x86::AmxTile`]), called once per tile and panel:
+    /// The assembled AMX tile ([`super::x86::AmxTile`], bf16 or int8), called once per tile and
+    /// panel:
     /// up to 32 pixels in two tile-register blocks of 16.
     Amx,
 }

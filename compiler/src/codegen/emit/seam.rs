@@ -120,6 +120,8 @@ pub(super) fn zmm_call(
     epilogue: &Epilogue,
     pixels: usize,
 ) {
+    // The u8 tiles always read their requantization table and clamp at its floor.
+    let float = source.data != Data::U8S8;
     let tile = match source.amx {
         true => TileFn::Amx(AmxTile {
             pixels,
@@ -127,13 +129,15 @@ pub(super) fn zmm_call(
             last_lanes: panel.channels - (panel.width - 16),
             taps: source.grid,
             tap_steps: source.grid_steps.map(|s| s as i32),
+            // A step is 16 dwords of a pixel: 32 bf16 channels or 64 u8 ones.
             chunks: source.channels / (AMX_CHANNELS / 2),
             pixel_step: source.pixel_step as i32,
-            bias: epilogue.bias.is_some(),
+            bias: float && epilogue.bias.is_some(),
             residual: epilogue.residuals.is_some(),
-            relu: epilogue.relu,
+            relu: float && epilogue.relu,
             configures: false,
             prefetch_step: panel.prefetch.map_or(0, |p| p.1),
+            data: source.data,
         }),
         false => zmm_tile(source, panel, epilogue, pixels),
     };
@@ -173,8 +177,7 @@ pub(super) fn zmm_call(
 
 /// The AVX-512 tile of `pixels` pixels for `panel`.
 fn zmm_tile(source: &TileSource, panel: &ZmmPanel, epilogue: &Epilogue, pixels: usize) -> TileFn {
-    // The u8 tile always reads its requantization table and clamps at 0 (a ReLU output's zero
-    // point is 0).
+    // The u8 tile always reads its requantization table and clamps at its floor.
     let float = source.data != Data::U8S8;
     TileFn::Zmm(ZmmTile {
         pixels,
@@ -223,7 +226,7 @@ pub(super) struct TileSource {
     pub(super) readonly: bool,
     /// The input's and the weights' data types (the output's too on the AVX-512 tier).
     pub(super) data: Data,
-    /// Whether the AMX tile sums the products (bf16 only).
+    /// Whether the AMX tile sums the products (bf16 and int8).
     pub(super) amx: bool,
 }
 

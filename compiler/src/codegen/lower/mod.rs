@@ -103,8 +103,9 @@ pub struct LowerOptions {
     /// What the feature maps are in the arena: f32, or bf16 with bf16 weights, f32
     /// accumulation and direct convolutions only (x86-64-v4).
     pub precision: Precision,
-    /// Whether bf16 convolutions whose input channels are a multiple of 32 use the AMX tile
-    /// (a CPU with AMX-BF16: `--target-cpu sapphirerapids`, or `native` on one).
+    /// Whether bf16 convolutions whose input channels are a multiple of 32, and int8 ones whose
+    /// input channels are a multiple of 64, use the AMX tile (a CPU with AMX-BF16, or AMX-INT8
+    /// for int8: `--target-cpu sapphirerapids`, or `native` on one).
     pub amx: bool,
     /// The u8 parameters of every feature map, from calibration (`Precision::U8` only).
     pub int8: Int8Params,
@@ -145,8 +146,9 @@ impl Program {
                 tier: options.tier.name(),
             });
         }
-        // AMX reads 32 channels a step: maps of 32 or more channels are padded to a multiple.
-        let amx = options.amx && options.precision == Precision::Bf16;
+        // AMX reads 16 dwords of a pixel a step (32 bf16 channels, 64 u8 ones): maps of as many
+        // channels or more are padded to a multiple.
+        let amx = options.amx && matches!(options.precision, Precision::Bf16 | Precision::U8);
         let separated;
         let graph = match options.precision {
             Precision::U8 => {
@@ -163,7 +165,10 @@ impl Program {
             options.check_bounds,
             Storage {
                 precision: options.precision,
-                granule: if amx { AMX_CHANNELS } else { 1 },
+                granule: match amx {
+                    true => AMX_CHANNELS / 2 * options.precision.per_dword(),
+                    false => 1,
+                },
             },
         )?;
         if let Some(name) = &options.inject_fault {
@@ -402,7 +407,7 @@ struct Lowering<'a> {
     conv: ConvAlgorithm,
     tier: Tier,
     precision: Precision,
-    /// Whether bf16 convolutions may use AMX tiles.
+    /// Whether bf16 and int8 convolutions may use AMX tiles.
     amx: bool,
     /// See [`LowerOptions::int8`].
     int8: &'a Int8Params,
@@ -610,9 +615,10 @@ impl Lowering<'_> {
                     })
                     .sum();
                 let (register, flat) = self.direct_register(f, &input, &out, out_channels);
-                let register = match input.precision {
-                    // The u8 tile's requantization needs four registers after the accumulators.
-                    Precision::U8 => Tile {
+                let register = match (input.precision, register.isa) {
+                    // The u8 zmm tile's requantization needs four registers after the
+                    // accumulators.
+                    (Precision::U8, tile::Isa::Avx512) => Tile {
                         pixels: register.pixels.min(U8_ACCUMULATORS / register.vectors),
                         ..register
                     },

@@ -1,5 +1,6 @@
-//! The AMX bf16 register tile: up to 32 pixels × 48 output channels in tile registers, summed by
-//! `tdpbf16ps` over every tap and every 32 input channels, then the bf16 zmm epilogue.
+//! The AMX register tile: up to 32 pixels × 48 output channels in tile registers, summed by
+//! `tdpbf16ps` over every tap and every 32 input channels (bf16), or by `tdpbusd` over every 64
+//! (u8 × s8), then the bf16 or the u8 zmm epilogue.
 
 use super::*;
 
@@ -9,9 +10,9 @@ pub const AMX_CHANNELS: usize = 32;
 /// Bytes of one accumulator tile (16 rows of 16 f32) in the epilogue's scratch.
 const C_TILE_BYTES: usize = 1024;
 
-/// The AMX bf16 tile for one shape and epilogue. Its arguments are [`ZmmTile`]'s, the prefetch
-/// pointer included. Tile registers: per A tile (16 pixels, one row each: 32 input channels,
-/// `pixel_step` bytes apart) `vectors` accumulators C of 16 pixels × 16 output channels; each
+/// The AMX tile for one shape and epilogue (bf16; int8 as [`AmxTile::data`] says). Its arguments
+/// are [`ZmmTile`]'s, the prefetch pointer included. Tile registers: per A tile (16 pixels, one
+/// row each: 32 input channels, `pixel_step` bytes apart) `vectors` accumulators C of 16 pixels × 16 output channels; each
 /// weight tile B is 16 channel pairs × 16 output channels of the panel `[tap][pair][16 · vectors]
 /// [2]`, a row of `64 · vectors` bytes per pair. The accumulators start from the bias (a tile
 /// load with stride 0 repeats its row), the steps loop over `chunks` 32-channel blocks per tap
@@ -54,6 +55,11 @@ pub struct AmxTile {
     /// Bytes the `prefetch` pointer moves on per 32-channel step, each of its cache lines
     /// prefetched into L2 as it goes; 0: the tile prefetches nothing.
     pub prefetch_step: i32,
+    /// [`Data::Bf16`]: `tdpbf16ps` on channel pairs, the bf16 epilogue. [`Data::U8S8`]:
+    /// `tdpbusd` on quads of u8 input and s8 weights (`chunks` of 64 channels, the same 64 bytes
+    /// a step), i32 accumulators from zero, and [`ZmmTile`]'s requantization (its table at the
+    /// `bias` argument; `bias` and `relu` off).
+    pub data: Data,
 }
 
 /// Tile registers of the kernel-wide configuration: four accumulators, two A tiles, two B tiles,
@@ -102,9 +108,13 @@ fn tmm(i: usize) -> AsmRegisterTmm {
 }
 
 impl AmxTile {
-    /// `tile<index>_amxbf16_<pixels>x<vectors>`.
+    /// `tile<index>_amxbf16_<pixels>x<vectors>` (`amxint8` for u8).
     pub fn name(&self, index: usize) -> String {
-        format!("tile{index}_amxbf16_{}x{}", self.pixels, self.vectors)
+        let isa = match self.data {
+            Data::U8S8 => "amxint8",
+            Data::F32 | Data::Bf16 => "amxbf16",
+        };
+        format!("tile{index}_{isa}_{}x{}", self.pixels, self.vectors)
     }
 
     /// A tiles (16 pixels each).
@@ -149,10 +159,19 @@ impl AmxTile {
             (1..=16).contains(&self.last_lanes) && self.chunks >= 1,
             "{self:?}"
         );
+        let u8 = self.data == Data::U8S8;
+        assert!(self.data != Data::F32, "{self:?}");
+        assert!(!u8 || (!self.bias && !self.relu), "{self:?}");
         let mut a = CodeAssembler::new(64)?;
         let (mut own, mut full) = (a.create_label(), a.create_label());
         let short = self.short_tiles();
         let scratch = (C_TILE_BYTES * a_tiles * n) as i32;
+        if u8 {
+            // The loops count tap columns in edx; the requantization table is read after them.
+            a.push(rdx)?;
+        }
+        // Bytes the tile pushes before its scratch.
+        let pushed = if u8 { 24 } else { 16 };
         a.push(rbx)?;
         a.push(r12)?;
         a.sub(rsp, scratch)?;
@@ -175,7 +194,8 @@ impl AmxTile {
         // the other core to drop it, one line after another at commit. `prefetchw` asks for
         // them all at once (Inception-ResNet-v2's residual up-projections, in place in the
         // block's input, spent half their two-thread time there).
-        let bytes = 32 * (n - 1) + 2 * self.last_lanes;
+        let value = if u8 { 1 } else { 2 };
+        let bytes = value * (16 * (n - 1) + self.last_lanes);
         for p in 0..m {
             a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
             for line in 0..bytes.div_ceil(64) {
@@ -188,8 +208,8 @@ impl AmxTile {
         a.mov(r10, rdi)?;
         a.mov(r11, rsi)?;
         if self.prefetch_step > 0 {
-            // The seventh argument, above the return address, the two pushes and the scratch.
-            a.mov(rdi, qword_ptr(rsp + scratch + 24))?;
+            // The seventh argument, above the return address, the pushes and the scratch.
+            a.mov(rdi, qword_ptr(rsp + scratch + pushed + 8))?;
         }
         let [rows, columns] = self.taps;
         let [row_step, column_step] = self.tap_steps;
@@ -214,7 +234,10 @@ impl AmxTile {
         for j in 0..n {
             a.tileloadd(tmm(self.b(j)), ptr(r11 + r12 + 64 * j as i32))?;
             for i in 0..a_tiles {
-                a.tdpbf16ps(tmm(self.c(i, j)), tmm(self.a(i)), tmm(self.b(j)))?;
+                match u8 {
+                    true => a.tdpbusd(tmm(self.c(i, j)), tmm(self.a(i)), tmm(self.b(j)))?,
+                    false => a.tdpbf16ps(tmm(self.c(i, j)), tmm(self.a(i)), tmm(self.b(j)))?,
+                }
             }
         }
         if self.prefetch_step > 0 {
@@ -264,6 +287,12 @@ impl AmxTile {
         if self.relu {
             a.vpxord(zero, zero, zero)?;
         }
+        let top = zmm(30);
+        if u8 {
+            a.mov(eax, 255f32.to_bits())?;
+            a.vpbroadcastd(top, eax)?;
+            a.mov(rdx, qword_ptr(rsp + scratch + 16))?;
+        }
         for p in 0..m {
             a.mov(rax, qword_ptr(rcx + 8 * p as i32))?;
             if self.residual {
@@ -271,8 +300,14 @@ impl AmxTile {
             }
             for j in 0..n {
                 let at = (C_TILE_BYTES * self.c(p / 16, j) + 64 * (p % 16)) as i32;
-                a.vmovups(acc, zmmword_ptr(rsp + at))?;
                 let partial = masked && j == n - 1;
+                if u8 {
+                    a.vcvtdq2ps(acc, zmmword_ptr(rsp + at))?;
+                    let regs = [zmm(1), zmm(2), top];
+                    super::zmm::finish_u8(&mut a, acc, regs, n, j, partial, self.residual)?;
+                    continue;
+                }
+                a.vmovups(acc, zmmword_ptr(rsp + at))?;
                 finish_bf16(
                     &mut a,
                     acc,
@@ -286,6 +321,9 @@ impl AmxTile {
         a.add(rsp, scratch)?;
         a.pop(r12)?;
         a.pop(rbx)?;
+        if u8 {
+            a.pop(rdx)?;
+        }
         a.vzeroupper()?;
         a.ret()?;
         a.set_label(&mut own)?;

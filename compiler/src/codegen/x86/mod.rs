@@ -552,6 +552,7 @@ mod tests {
                 relu: true,
                 configures: pixels == 9,
                 prefetch_step: 0x100,
+                data: Data::Bf16,
             };
             let code = amx.code().unwrap();
             let needs = beyond_for(&code, features_for(Tier::V4, Precision::Bf16, true));
@@ -561,6 +562,21 @@ mod tests {
                 without.contains("AMX_TILE")
                     && without.contains("AMX_BF16")
                     && without.contains("PREFETCHW"),
+                "{without:?}"
+            );
+            // The int8 AMX tile: AMX-INT8 and VNNI's check, not AMX-BF16's.
+            let int8 = AmxTile {
+                bias: false,
+                relu: false,
+                data: Data::U8S8,
+                ..amx
+            };
+            let code = int8.code().unwrap();
+            let needs = beyond_for(&code, features_for(Tier::V4, Precision::U8, true));
+            assert!(needs.is_empty(), "the int8 AMX tile needs {needs:?}");
+            let without = beyond_for(&code, features_for(Tier::V4, Precision::U8, false));
+            assert!(
+                without.contains("AMX_TILE") && without.contains("AMX_INT8"),
                 "{without:?}"
             );
         }

@@ -6,6 +6,44 @@ use super::*;
 /// Input channel steps per loop iteration of a [`ZmmTile`].
 pub const ZMM_UNROLL: usize = 4;
 
+/// The u8 epilogue of vector `j` of `vectors` in `acc` (f32 of the i32 sums): `· M + B`, `+ R ·
+/// residual` (the u8 residual at `r10 + r9 + 16j`, widened into `widened`), clamped to `L ..=
+/// 255` (`top` holds 255.0) in f32 (so that no conversion overflows), rounded to nearest even and
+/// stored as 16 bytes at `rax + r9 + 16j`, under mask `k1` when `partial`. `rdx` is the table
+/// (see [`Data::U8S8`]); `scale` is scratch.
+pub(super) fn finish_u8(
+    a: &mut CodeAssembler,
+    acc: AsmRegisterZmm,
+    [scale, widened, top]: [AsmRegisterZmm; 3],
+    vectors: usize,
+    j: usize,
+    partial: bool,
+    residual: bool,
+) -> Result<(), IcedError> {
+    let table = (64 * vectors) as i32;
+    let at = 16 * j as i32;
+    let row = 64 * j as i32;
+    a.vmovups(scale, zmmword_ptr(rdx + row))?;
+    a.vfmadd213ps(acc, scale, zmmword_ptr(rdx + table + row))?;
+    if residual {
+        match partial {
+            true => a.vpmovzxbd(widened.k1().z(), xmmword_ptr(r10 + r9 + at))?,
+            false => a.vpmovzxbd(widened, xmmword_ptr(r10 + r9 + at))?,
+        }
+        a.vcvtdq2ps(widened, widened)?;
+        a.vfmadd231ps(acc, widened, zmmword_ptr(rdx + 2 * table + row))?;
+    }
+    // maxps returns its second operand when either is NaN: NaN becomes the floor.
+    a.vmaxps(acc, acc, zmmword_ptr(rdx + 3 * table + row))?;
+    a.vminps(acc, acc, top)?;
+    a.vcvtps2dq(acc, acc)?;
+    // The values are 0 ..= 255 now: vpmovusdb's unsigned saturation changes none.
+    match partial {
+        true => a.vpmovusdb(xmmword_ptr(rax + r9 + at).k1(), acc),
+        false => a.vpmovusdb(xmmword_ptr(rax + r9 + at), acc),
+    }
+}
+
 /// The AVX-512 tile for one shape and epilogue (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ZmmTile {
@@ -223,34 +261,12 @@ impl ZmmTile {
     /// table, `r9` the channel offset in bytes.
     fn requantize(&self, a: &mut CodeAssembler, masked: bool) -> Result<(), IcedError> {
         let n = self.vectors;
-        let table = (64 * n) as i32;
         let (scale, widened, top) = (zmm(28), zmm(29), zmm(31));
         a.mov(eax, 255f32.to_bits())?;
         a.vpbroadcastd(top, eax)?;
         self.each_output(a, masked, |a, acc, j, partial| {
-            let at = 16 * j as i32;
-            let row = 64 * j as i32;
             a.vcvtdq2ps(acc, acc)?;
-            a.vmovups(scale, zmmword_ptr(rdx + row))?;
-            a.vfmadd213ps(acc, scale, zmmword_ptr(rdx + table + row))?;
-            if self.residual {
-                match partial {
-                    true => a.vpmovzxbd(widened.k1().z(), xmmword_ptr(r10 + r9 + at))?,
-                    false => a.vpmovzxbd(widened, xmmword_ptr(r10 + r9 + at))?,
-                }
-                a.vcvtdq2ps(widened, widened)?;
-                a.vfmadd231ps(acc, widened, zmmword_ptr(rdx + 2 * table + row))?;
-            }
-            // maxps returns its second operand when either is NaN: NaN becomes the floor.
-            a.vmaxps(acc, acc, zmmword_ptr(rdx + 3 * table + row))?;
-            a.vminps(acc, acc, top)?;
-            a.vcvtps2dq(acc, acc)?;
-            // The values are 0 ..= 255 now: vpmovusdb's unsigned saturation changes none.
-            match partial {
-                true => a.vpmovusdb(xmmword_ptr(rax + r9 + at).k1(), acc)?,
-                false => a.vpmovusdb(xmmword_ptr(rax + r9 + at), acc)?,
-            }
-            Ok(())
+            finish_u8(a, acc, [scale, widened, top], n, j, partial, self.residual)
         })
     }
 
