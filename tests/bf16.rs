@@ -16,7 +16,7 @@ use inceptc_ir::{text, Graph, Tensor};
 use inceptc_runtime::exec::{missing_features_for, Arena};
 use inceptc_runtime::layout::Precision;
 use inceptc_runtime::pool::ThreadPool;
-use inceptc_suite::random_input;
+use inceptc_suite::{random_conv, random_input, ConvCase};
 use rand::{Rng, SeedableRng};
 
 /// The tile families this CPU runs (`false`: zmm only, `true`: AMX where it applies); names
@@ -125,50 +125,12 @@ fn random_convolutions(amx: bool) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
     let mut amx_kernels = 0;
     for case in 0..50 {
-        let kh: usize = rng.gen_range(1..=7);
-        let kw: usize = if rng.gen_bool(0.5) {
-            kh
-        } else {
-            rng.gen_range(1..=7)
-        };
-        let (sh, sw) = (rng.gen_range(1..=2), rng.gen_range(1..=2));
-        let (ph, pw) = (rng.gen_range(0..kh), rng.gen_range(0..kw));
-        let h = rng.gen_range(kh.saturating_sub(2 * ph).max(1)..=13);
-        let w = rng.gen_range(kw.saturating_sub(2 * pw).max(1)..=17);
         // Odd counts pad the input's pixels to whole channel pairs; multiples of 32 take the
         // AMX tile.
-        let ic = match rng.gen_bool(0.4) {
-            true => 32 * rng.gen_range(1..=3),
-            false => rng.gen_range(1..=37),
-        };
-        let oc = rng.gen_range(1..=70);
-        let n = rng.gen_range(1..=2);
-        let relu = rng.gen_bool(0.5);
-        let residual = sh == 1
-            && sw == 1
-            && kh % 2 == 1
-            && kw % 2 == 1
-            && ph == kh / 2
-            && pw == kw / 2
-            && rng.gen_bool(0.6);
-        let bias = residual || rng.gen_bool(0.8);
-        let body = match residual {
-            true => format!(
-                r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
-  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
-  output %2
-}}"#
-            ),
-            false => format!(
-                r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias={bias} residual=false relu={relu} name="conv" block="b"
-  output %1
-}}"#
-            ),
-        };
+        let ConvCase {
+            body,
+            shape: [n, ic, h, w],
+        } = random_conv(&mut rng, 32, 37);
         let g = graph(&body);
         let x = input(n, ic, h, w, case);
         let (got, program) = run_bf16(&g, &x, 1 + case as usize % 3, amx);

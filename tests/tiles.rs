@@ -532,6 +532,31 @@ const AMX_SHAPES: [(usize, usize, usize, [usize; 2], usize); 6] = [
     (32, 1, 16, [1, 1], 4),
 ];
 
+/// An AMX tile of `shape` (an [`AMX_SHAPES`] entry) on `data`, run alone: its taps and pixels
+/// laid out with gaps between them, no epilogue beyond the store.
+fn amx_shape(
+    (pixels, vectors, last_lanes, taps, chunks): (usize, usize, usize, [usize; 2], usize),
+    data: Data,
+) -> AmxTile {
+    let column_step = 2 * AMX_CHANNELS * chunks + 64;
+    let row_step = taps[1] * column_step + 128;
+    AmxTile {
+        pixels,
+        vectors,
+        last_lanes,
+        taps,
+        tap_steps: [row_step as i32, column_step as i32],
+        chunks,
+        pixel_step: (taps[0] * row_step + 32) as i32,
+        bias: false,
+        residual: false,
+        relu: false,
+        configures: true,
+        prefetch_step: 0,
+        data,
+    }
+}
+
 #[test]
 fn the_amx_bf16_tile_matches_a_scalar_reference() {
     let missing = inceptc_runtime::exec::missing_features_for(
@@ -547,24 +572,13 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
         inceptc_runtime::exec::enable_amx().unwrap();
     }
     let (mut runs, mut orders) = (0, [0; 3]);
-    for (i, (pixels, vectors, last_lanes, taps, chunks)) in AMX_SHAPES.into_iter().enumerate() {
+    for (i, shape) in AMX_SHAPES.into_iter().enumerate() {
         for epilogue in 0..4 {
-            let column_step = 2 * AMX_CHANNELS * chunks + 64;
-            let row_step = taps[1] * column_step + 128;
             let tile = AmxTile {
-                pixels,
-                vectors,
-                last_lanes,
-                taps,
-                tap_steps: [row_step as i32, column_step as i32],
-                chunks,
-                pixel_step: (taps[0] * row_step + 32) as i32,
                 bias: epilogue % 2 == 1,
                 residual: epilogue >= 2,
                 relu: epilogue % 3 == 0,
-                configures: true,
-                prefetch_step: 0,
-                data: Data::Bf16,
+                ..amx_shape(shape, Data::Bf16)
             };
             let tested = Bf16Tile::amx(&tile);
             if !amx {
@@ -603,24 +617,11 @@ fn the_amx_int8_tile_requantizes_bit_for_bit() {
         inceptc_runtime::exec::enable_amx().unwrap();
     }
     let mut runs = 0;
-    for (i, (pixels, vectors, last_lanes, taps, chunks)) in AMX_SHAPES.into_iter().enumerate() {
+    for (i, shape) in AMX_SHAPES.into_iter().enumerate() {
         for residual in [false, true] {
-            let column_step = 2 * AMX_CHANNELS * chunks + 64;
-            let row_step = taps[1] * column_step + 128;
             let tile = AmxTile {
-                pixels,
-                vectors,
-                last_lanes,
-                taps,
-                tap_steps: [row_step as i32, column_step as i32],
-                chunks,
-                pixel_step: (taps[0] * row_step + 32) as i32,
-                bias: false,
                 residual,
-                relu: false,
-                configures: true,
-                prefetch_step: 0,
-                data: Data::U8S8,
+                ..amx_shape(shape, Data::U8S8)
             };
             let code = tile.code().unwrap();
             if !run_here {
