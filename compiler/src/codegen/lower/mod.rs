@@ -149,14 +149,11 @@ impl Program {
         // AMX reads 16 dwords of a pixel a step (32 bf16 channels, 64 u8 ones): maps of as many
         // channels or more are padded to a multiple.
         let amx = options.amx && matches!(options.precision, Precision::Bf16 | Precision::U8);
-        let separated;
-        let graph = match options.precision {
-            Precision::U8 => {
-                separated = separate_zero_points(graph, &options.int8);
-                &separated
-            }
-            _ => graph,
+        let separated = match options.precision {
+            Precision::U8 => separate_zero_points(graph, &options.int8),
+            _ => None,
         };
+        let graph = separated.as_ref().unwrap_or(graph);
         let plan = plan_guarded(
             graph,
             batch,
@@ -309,27 +306,34 @@ fn needs_clearing(b: &Buffer) -> bool {
 }
 
 /// `graph` with every in-place residual convolution whose output's zero point differs from its
-/// residual's written to a buffer of its own: a buffer's halo holds one zero point (int8).
-fn separate_zero_points(graph: &Graph, int8: &Int8Params) -> Graph {
-    let mut g = graph.clone();
-    let ids: Vec<NodeId> = g.node_ids().collect();
-    for id in ids {
-        let residual = match &g.node(id).op {
-            Op::FusedConv(f) if f.in_place && f.residual => g.inputs(id)[1],
-            _ => continue,
-        };
-        if int8.of(id).zero != int8.of(residual).zero {
-            if let Op::FusedConv(f) = &mut g.node_mut(id).op {
-                f.in_place = false;
+/// residual's written to a buffer of its own (a buffer's halo holds one zero point, int8), or
+/// `None` when there is none (the graph, weights and all, is copied only then).
+fn separate_zero_points(graph: &Graph, int8: &Int8Params) -> Option<Graph> {
+    let differs: Vec<NodeId> = graph
+        .node_ids()
+        .filter(|id| match &graph.node(*id).op {
+            Op::FusedConv(f) if f.in_place && f.residual => {
+                int8.of(*id).zero != int8.of(graph.inputs(*id)[1]).zero
             }
+            _ => false,
+        })
+        .collect();
+    if differs.is_empty() {
+        return None;
+    }
+    let mut g = graph.clone();
+    for id in differs {
+        if let Op::FusedConv(f) = &mut g.node_mut(id).op {
+            f.in_place = false;
         }
     }
-    g
+    Some(g)
 }
 
 /// The u8 parameters whose zero point each buffer's halo holds (int8; the default otherwise):
 /// those of the values placed in it, which must agree on the zero point where the buffer has a
-/// halo (an in-place residual whose output's differs from its input's is refused).
+/// halo ([`separate_zero_points`] has given the in-place residuals that would not a buffer of
+/// their own; anything else that disagrees is refused).
 fn halo_quants(
     graph: &Graph,
     plan: &MemoryPlan,
@@ -514,7 +518,8 @@ impl Lowering<'_> {
             && f.conv.padding[1] == 0
             && input.halo[1] == 0;
         let flat_run = kernels::flat_run(input, [out.h, out.w]);
-        // AMX sums 32 input channels a step: layers with other counts take the zmm tile.
+        // AMX sums 16 dwords of input a step (32 bf16 or 64 u8 channels): layers with other
+        // counts take the zmm tile.
         if self.amx && input.pixel_dwords().is_multiple_of(AMX_CHANNELS / 2) {
             return match can_flatten {
                 true => (tile::amx(flat_run, out_channels), true),

@@ -18,11 +18,12 @@
 //!   `prefetch` (the seventh, on the stack) is where the tile starts prefetching into L2 the
 //!   weights that a later call will read while its own come from cache, when its
 //!   [`ZmmTile::prefetch_step`] is not 0. [`ZmmTile::data`] makes it a bf16 tile (`vdpbf16ps`,
-//!   what `--precision bf16` runs) or a u8 × s8 tile (`vpdpbusd`, requantizing to u8; not yet
-//!   lowered to, issue 16); both are checked against scalar references in `tests/tiles.rs`.
+//!   what `--precision bf16` runs) or a u8 × s8 tile (`vpdpbusd`, requantizing to u8 from a
+//!   per-channel table at `bias`; what `--precision int8` runs); both are checked against scalar
+//!   references in `tests/tiles.rs`.
 //! - [`AmxTile`], with [`ZmmTile`]'s arguments: up to 32 pixels × 32 channels (48 for 16 pixels)
-//!   of bf16 products in AMX tile registers (`tdpbf16ps`), configured per call, then the bf16
-//!   epilogue on zmm registers.
+//!   of bf16 products (`tdpbf16ps`) or u8 × s8 ones (`tdpbusd`) in AMX tile registers,
+//!   configured per call, then the bf16 or u8 epilogue on zmm registers.
 
 use iced_x86::code_asm::registers::{ymm::get_ymm, zmm::get_zmm};
 use iced_x86::code_asm::*;
