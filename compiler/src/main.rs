@@ -100,7 +100,7 @@ enum Command {
     /// Compile a network and its weights into a standalone executable (or its object, or the
     /// Cranelift IR of every kernel).
     #[command(
-        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/\n  inceptc compile --model inception-v4 --emit lib -o v4-lib/   # object, runtime library, C header\n  inceptc compile --model inception-resnet-v1 --image-size 75 --check-bounds -o v1-checked\n  inceptc compile --model inception-v4 --report -o v4   # per kernel: algorithm, tile, predicted time"
+        after_help = "Example:\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors -o v4\n  ./v4 cat.jpg\n  ./v4 --input x.npy --output y.npy\n  ./v4 --bench --runs 20\n  inceptc compile --model inception-v4 --emit clif -o v4-clif/\n  inceptc compile --model inception-v4 --emit lib -o v4-lib/   # object, runtime library, C header\n  inceptc compile --model inception-resnet-v1 --image-size 75 --check-bounds -o v1-checked\n  inceptc compile --model inception-v4 --report -o v4   # per kernel: algorithm, tile, predicted time\n  inceptc compile --model inception-v4 --weights inception_v4.safetensors --precision int8 --calibrate calibration-images/ -o v4-int8"
     )]
     Compile {
         #[command(flatten)]
