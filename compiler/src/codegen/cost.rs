@@ -21,6 +21,7 @@
 //! Inception-v4 and Inception-ResNet-v2, direct and default, on an AVX-512 Xeon.
 
 use super::tile::{self, tile_fill, Isa, Tile};
+use inceptc_runtime::layout::Precision;
 
 /// The clock the predictions assume, in GHz (the development machine's, measured).
 pub const CLOCK_GHZ: f64 = 2.98;
@@ -100,8 +101,11 @@ fn peak(register: &Tile) -> f64 {
 const AMX_EFFICIENCY: f64 = 0.3;
 
 /// Predicted one-core time of the direct convolution in register tiles `register` over runs of
-/// `run` output pixels (a row, or the whole batch of a flat convolution).
-pub fn direct_time(shape: &ConvShape, register: &Tile, run: usize) -> f64 {
+/// `run` output pixels (a row, or the whole batch of a flat convolution), on values of
+/// `precision`. The efficiencies are fitted to f32 code; bf16 and int8 scale the peak by their
+/// instructions' products (`vdpbf16ps` 2×, `vpdpbusd` 4× an f32 FMA; `tdpbusd` 2× `tdpbf16ps`)
+/// and the weight stream by their bytes, and are otherwise unfitted.
+pub fn direct_time(shape: &ConvShape, register: &Tile, run: usize, precision: Precision) -> f64 {
     let steps = shape.kernel[0] * shape.kernel[1] * shape.in_channels;
     let efficiency = match register.isa {
         Isa::Sse => NARROW_EFFICIENCY,
@@ -112,14 +116,15 @@ pub fn direct_time(shape: &ConvShape, register: &Tile, run: usize) -> f64 {
         }
         Isa::Amx => AMX_EFFICIENCY * tile_fill(run, register.pixels),
     };
-    let compute = shape.flops() as f64 / (efficiency * peak(register));
+    let products = match (register.isa, precision) {
+        (Isa::Avx512, Precision::Bf16) | (Isa::Amx, Precision::U8) => 2.0,
+        (Isa::Avx512, Precision::U8) => 4.0,
+        _ => 1.0,
+    };
+    let compute = shape.flops() as f64 / (efficiency * products * peak(register));
     match register.isa {
-        Isa::Avx512 => {
-            let bytes = steps * register.padded(shape.out_channels) * 4;
-            compute + bytes as f64 / WEIGHT_STREAM_BYTES_PER_SECOND
-        }
-        Isa::Amx => {
-            let bytes = steps * register.padded(shape.out_channels) * 2;
+        Isa::Avx512 | Isa::Amx => {
+            let bytes = steps * register.padded(shape.out_channels) * precision.bytes();
             compute + bytes as f64 / WEIGHT_STREAM_BYTES_PER_SECOND
         }
         Isa::Sse | Isa::Avx2 => compute,

@@ -102,10 +102,10 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 inceptc_runtime::layout::Precision::F32 => {
                     format!("direct, {tiles} {}", k.register.describe())
                 }
-                // The cost model's times are f32's.
                 p => format!("direct, {tiles} {} {}", k.register.describe(), p.name()),
             };
-            (op, algorithm, direct_time(&shape, &k.register, run))
+            let time = direct_time(&shape, &k.register, run, k.input.precision);
+            (op, algorithm, time)
         }
         Kernel::Winograd(k) => {
             let shape = k.shape();
@@ -235,8 +235,8 @@ pub fn table(program: &Program, threads: usize) -> String {
     let _ = writeln!(
         out,
         "{} kernels for {} in {}, {:.2} GFLOP; predicted {:.1} ms on one core at {CLOCK_GHZ} GHz \
-         (a cost model of f32 code calibrated on the development machine; measure with OUT \
-         --bench)",
+         (a cost model fitted to f32 code on the development machine, bf16 and int8 scaled by \
+         their instructions' products; measure with OUT --bench)",
         rows.len(),
         program.tier.name(),
         program.precision.name(),

@@ -596,7 +596,8 @@ impl Lowering<'_> {
             .min_by(|a, b| a.1.total_cmp(&b.1))?;
         match self.conv {
             ConvAlgorithm::Winograd => Some(best),
-            _ => (time < cost::direct_time(&shape, direct.0, direct.1)).then_some(best),
+            _ => (time < cost::direct_time(&shape, direct.0, direct.1, self.precision))
+                .then_some(best),
         }
     }
 

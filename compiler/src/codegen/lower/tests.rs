@@ -22,7 +22,7 @@ fn times(tier: Tier, kernel: [usize; 2], ci: usize, co: usize, size: usize) -> (
         run: size,
         out_channels: co,
     };
-    let direct = direct_time(&shape, &choose(needs), size);
+    let direct = direct_time(&shape, &choose(needs), size, Precision::F32);
     let register = choose(TileNeeds {
         steps: ci,
         run: (size.div_ceil(2) * size.div_ceil(2)).clamp(1, 48),
