@@ -147,6 +147,16 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
         bail!("corrupt model: stored weights of odd alignment");
     }
     pack::check(floats, &desc.segments, desc.packed_bytes)?;
+    // An int8 executable's segments are all codes or all f32 (the f32 part is 4-aligned).
+    if let WeightsDtype::Int8 { codes } = dtype {
+        let straddles = |s: &pack::Segment| {
+            let end = s.source + s.recipe.source_floats().unwrap_or(0);
+            s.source < codes && end > codes
+        };
+        if desc.segments.iter().any(straddles) {
+            bail!("corrupt model: a weight segment mixes codes and floats");
+        }
+    }
     let layout = std::alloc::Layout::from_size_align(desc.packed_bytes.max(64), 64)?;
     // SAFETY: the layout has a non-zero size.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };

@@ -118,7 +118,7 @@ impl WeightsDtype {
             WeightsDtype::F32 => bytes.is_multiple_of(4).then_some(bytes / 4),
             WeightsDtype::F16 | WeightsDtype::Bf16 => bytes.is_multiple_of(2).then_some(bytes / 2),
             WeightsDtype::Int8 { codes } => {
-                let floats = bytes.checked_sub(codes.next_multiple_of(4))?;
+                let floats = bytes.checked_sub(codes.checked_next_multiple_of(4)?)?;
                 floats.is_multiple_of(4).then_some(codes + floats / 4)
             }
         }

@@ -135,5 +135,6 @@ fn int8_weights_store_codes_as_bytes_then_f32() {
     assert_eq!(dtype.values(stored.len()), Some(7));
     assert_eq!(dtype.values(6), None);
     assert_eq!(dtype.values(15), None);
+    assert_eq!(WeightsDtype::Int8 { codes: usize::MAX }.values(64), None);
     assert_eq!(&stored[12..16], &(-2.25f32).to_le_bytes());
 }
