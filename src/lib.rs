@@ -120,19 +120,57 @@ pub fn state_dict(graph: &inceptc_ir::Graph) -> Vec<(String, Vec<usize>, Vec<f32
     entries
 }
 
-/// One random convolution for the tile tests: its graph text and input shape `[n, ic, h, w]`.
+/// One fused convolution `conv` of the input as IR text; with `residual` it adds a 1×1 `skip`
+/// conv of the same input in place (stride 1 and "same" padding, bias on).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_graph(
+    ic: usize,
+    oc: usize,
+    [kh, kw]: [usize; 2],
+    [sh, sw]: [usize; 2],
+    [ph, pw]: [usize; 2],
+    bias: bool,
+    relu: bool,
+    residual: bool,
+) -> String {
+    if residual {
+        format!(
+            r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
+  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
+  output %2
+}}"#
+        )
+    } else {
+        format!(
+            r#"graph "t" {{
+  %0 = input channels={ic} name="input" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias={bias} residual=false relu={relu} name="conv" block="b"
+  output %1
+}}"#
+        )
+    }
+}
+
+/// One random convolution: its graph text ([`conv_graph`]) and input shape `[n, ic, h, w]`.
 pub struct ConvCase {
-    /// The graph: a fused convolution (strides, paddings, ReLU, bias drawn), or, in about a
-    /// third of the cases that keep the size, one with a residual from a 1×1 sibling, in place.
+    /// The graph.
     pub body: String,
     /// The input's shape.
     pub shape: [usize; 4],
 }
 
 /// A random convolution: 1–7 taps along each axis, strides 1–2, any padding below the kernel,
-/// 1–2 images of up to 13 × 17, up to 70 output channels; input channels a multiple of
-/// `block` (up to 3 of them, for the AMX tiles) in 40 % of the cases, else 1 ..= `most`.
-pub fn random_conv(rng: &mut impl rand::Rng, block: usize, most: usize) -> ConvCase {
+/// 1–2 images of up to 13 × 17, 1 ..= `outputs` output channels, ReLU and bias drawn, and in
+/// about a third of the cases that keep the size a residual. Input channels: with `block`, a
+/// multiple of it (up to 3, for the AMX tiles) in 40 % of the cases; else 1 ..= `inputs`.
+pub fn random_conv(
+    rng: &mut impl rand::Rng,
+    block: Option<usize>,
+    inputs: usize,
+    outputs: usize,
+) -> ConvCase {
     let kh: usize = rng.gen_range(1..=7);
     let kw: usize = if rng.gen_bool(0.5) {
         kh
@@ -143,13 +181,14 @@ pub fn random_conv(rng: &mut impl rand::Rng, block: usize, most: usize) -> ConvC
     let (ph, pw) = (rng.gen_range(0..kh), rng.gen_range(0..kw));
     let h = rng.gen_range(kh.saturating_sub(2 * ph).max(1)..=13);
     let w = rng.gen_range(kw.saturating_sub(2 * pw).max(1)..=17);
-    let ic = match rng.gen_bool(0.4) {
-        true => block * rng.gen_range(1..=3),
-        false => rng.gen_range(1..=most),
+    let ic = match block {
+        Some(block) if rng.gen_bool(0.4) => block * rng.gen_range(1..=3),
+        _ => rng.gen_range(1..=inputs),
     };
-    let oc = rng.gen_range(1..=70);
+    let oc = rng.gen_range(1..=outputs);
     let n = rng.gen_range(1..=2);
     let relu = rng.gen_bool(0.5);
+    // A residual needs the output's shape: stride 1 and "same" padding of an odd kernel.
     let residual = sh == 1
         && sw == 1
         && kh % 2 == 1
@@ -158,26 +197,8 @@ pub fn random_conv(rng: &mut impl rand::Rng, block: usize, most: usize) -> ConvC
         && pw == kw / 2
         && rng.gen_bool(0.6);
     let bias = residual || rng.gen_bool(0.8);
-    let conv = format!("in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw}");
-    let body = match residual {
-        true => format!(
-            r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
-  %2 = fused_conv %0, %1 {conv} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
-  output %2
-}}"#
-        ),
-        false => format!(
-            r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 {conv} bias={bias} residual=false relu={relu} name="conv" block="b"
-  output %1
-}}"#
-        ),
-    };
     ConvCase {
-        body,
+        body: conv_graph(ic, oc, [kh, kw], [sh, sw], [ph, pw], bias, relu, residual),
         shape: [n, ic, h, w],
     }
 }

@@ -130,7 +130,7 @@ fn random_convolutions(amx: bool) {
         let ConvCase {
             body,
             shape: [n, ic, h, w],
-        } = random_conv(&mut rng, 32, 37);
+        } = random_conv(&mut rng, Some(32), 37, 70);
         let g = graph(&body);
         let x = input(n, ic, h, w, case);
         let (got, program) = run_bf16(&g, &x, 1 + case as usize % 3, amx);

@@ -11,7 +11,7 @@ use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::{interp, text, Graph, Tensor};
 use inceptc_runtime::exec::Arena;
 use inceptc_runtime::pool::ThreadPool;
-use inceptc_suite::random_input;
+use inceptc_suite::{conv_graph, random_conv, random_input, ConvCase};
 use rand::{Rng, SeedableRng};
 
 /// max |generated − interpreter| / max |interpreter| allowed.
@@ -117,39 +117,6 @@ fn graph(body: String) -> Graph {
     inceptc_ir::init::seed_weights(&mut g, 7);
     inceptc_ir::verify(&g).unwrap_or_else(|e| panic!("{e}\n{body}"));
     g
-}
-
-/// One fused convolution `conv` of the input as IR text; with `residual` it adds a 1×1 `skip`
-/// conv of the same input in place (stride 1 and "same" padding, bias on).
-#[allow(clippy::too_many_arguments)]
-fn conv_graph(
-    ic: usize,
-    oc: usize,
-    [kh, kw]: [usize; 2],
-    [sh, sw]: [usize; 2],
-    [ph, pw]: [usize; 2],
-    bias: bool,
-    relu: bool,
-    residual: bool,
-) -> String {
-    if residual {
-        format!(
-            r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel=1x1 stride=1x1 pad=0x0 bias=true residual=false relu=false name="skip" block="b"
-  %2 = fused_conv %0, %1 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias=true residual=true relu={relu} in_place=true name="conv" block="b"
-  output %2
-}}"#
-        )
-    } else {
-        format!(
-            r#"graph "t" {{
-  %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride={sh}x{sw} pad={ph}x{pw} bias={bias} residual=false relu={relu} name="conv" block="b"
-  output %1
-}}"#
-        )
-    }
 }
 
 /// A global pool's work items are blocks of channels per image: one block or several, a last
@@ -295,30 +262,10 @@ fn winograd_error_stays_within_its_bound_of_the_direct_path() {
 fn random_convolutions_match_the_interpreter() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2016);
     for case in 0..60 {
-        let kh: usize = rng.gen_range(1..=7);
-        let kw: usize = if rng.gen_bool(0.5) {
-            kh
-        } else {
-            rng.gen_range(1..=7)
-        };
-        let (sh, sw) = (rng.gen_range(1..=2), rng.gen_range(1..=2));
-        let (ph, pw) = (rng.gen_range(0..kh), rng.gen_range(0..kw));
-        let h = rng.gen_range(kh.saturating_sub(2 * ph).max(1)..=13);
-        let w = rng.gen_range(kw.saturating_sub(2 * pw).max(1)..=17);
-        let ic = rng.gen_range(1..=13);
-        let oc = rng.gen_range(1..=21);
-        let n = rng.gen_range(1..=2);
-        let relu = rng.gen_bool(0.5);
-        // A residual needs the output's shape: stride 1 and "same" padding of an odd kernel.
-        let residual = sh == 1
-            && sw == 1
-            && kh % 2 == 1
-            && kw % 2 == 1
-            && ph == kh / 2
-            && pw == kw / 2
-            && rng.gen_bool(0.6);
-        let bias = residual || rng.gen_bool(0.8);
-        let body = conv_graph(ic, oc, [kh, kw], [sh, sw], [ph, pw], bias, relu, residual);
+        let ConvCase {
+            body,
+            shape: [n, ic, h, w],
+        } = random_conv(&mut rng, None, 13, 21);
         let g = graph(body.clone());
         let err = compare(&g, &input(n, ic, h, w, case), 1 + case as usize % 3);
         assert!(err.err <= TOLERANCE, "case {case}: error {err}\n{body}");

@@ -135,7 +135,7 @@ fn random_convolutions(amx: bool) {
         let ConvCase {
             body,
             shape: [n, ic, h, w],
-        } = random_conv(&mut rng, 64, 70);
+        } = random_conv(&mut rng, Some(64), 70, 70);
         // A signed input has a zero point, which its halo holds for the padded taps.
         let signed = rng.gen_bool(0.6);
         let g = graph(&body);
