@@ -322,26 +322,14 @@ fn eval_int8(
                 })
                 .collect()
         }
-        Op::MaxPool(w) => {
-            let max = pool(&real(), map_dims(args[0].1), w, map_dims(out), Pool::Max);
-            quant::quantize(&max, y)
-        }
-        Op::AvgPool(a) => {
-            let avg = avg_pool_ordered(
-                &real(),
-                map_dims(args[0].1),
-                &a.window,
-                map_dims(out),
-                a.count_include_pad,
-            );
-            quant::quantize(&relu_if(a.relu, avg), y)
-        }
-        Op::GlobalAvgPool => {
-            let [n, c, h, w] = map_dims(args[0].1);
-            let (x, inv) = (real(), 1.0 / (h * w) as f32);
-            (0..n * c)
-                .map(|plane| x[plane * h * w..][..h * w].iter().sum::<f32>() * inv)
-                .collect()
+        // On the real values, as the bf16 kernels sum them; a map's result quantized.
+        Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool => {
+            let x = Tensor::new(args[0].0.shape().to_vec(), real()).expect("the same shape");
+            let v = eval(graph, id, &[(&x, args[0].1)], out, true);
+            match out {
+                Shape::Map { .. } => quant::quantize(v.data(), y),
+                Shape::Vector { .. } => return v,
+            }
         }
         _ => return eval(graph, id, args, out, true),
     };

@@ -223,13 +223,24 @@ impl Emitter<'_, '_> {
             }
             Precision::U8 => {
                 let codes = self.load_codes(ty == types::F32, addr, offset);
-                let v = self.b.ins().fcvt_from_sint(ty, codes);
-                let zero = self.f32s(ty, map.quant.zero as f32);
-                let scale = self.f32s(ty, map.quant.scale);
-                let v = self.b.ins().fsub(v, zero);
-                self.b.ins().fmul(v, scale)
+                self.dequantize(codes, map.quant)
             }
         }
+    }
+
+    /// u8 codes (an I32, or four in an I32X4) as the real values of a map with parameters `q`
+    /// (F32 or F32X4): `(q − zero) · scale`, as [`inceptc_runtime::layout::Quant::dequantize`]
+    /// computes it.
+    fn dequantize(&mut self, codes: Value, q: inceptc_runtime::layout::Quant) -> Value {
+        let ty = match self.b.func.dfg.value_type(codes) == types::I32 {
+            true => types::F32,
+            false => types::F32X4,
+        };
+        let v = self.b.ins().fcvt_from_sint(ty, codes);
+        let zero = self.f32s(ty, q.zero as f32);
+        let scale = self.f32s(ty, q.scale);
+        let v = self.b.ins().fsub(v, zero);
+        self.b.ins().fmul(v, scale)
     }
 
     /// One u8 code (`scalar`: an I32) or four (I32X4) at `addr + offset`, zero-extended.

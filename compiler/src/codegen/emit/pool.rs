@@ -119,15 +119,7 @@ impl Lanes {
             Lanes::Codes if k.out.quant == k.input.quant => e.store_codes(v, addr, at),
             Lanes::Codes => {
                 // The maximum's real value, quantized for the output.
-                let ty = match e.b.func.dfg.value_type(v) == types::I32 {
-                    true => types::F32,
-                    false => types::F32X4,
-                };
-                let q = e.b.ins().fcvt_from_sint(ty, v);
-                let zero = e.f32s(ty, k.input.quant.zero as f32);
-                let scale = e.f32s(ty, k.input.quant.scale);
-                let q = e.b.ins().fsub(q, zero);
-                let real = e.b.ins().fmul(q, scale);
+                let real = e.dequantize(v, k.input.quant);
                 e.store_value(real, &k.out, addr, at)
             }
             Lanes::F32Bits => {
