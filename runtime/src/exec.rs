@@ -204,44 +204,41 @@ pub fn amx_int8_present() -> bool {
     false
 }
 
-/// What AMX tiles add to int8 code: the tile registers and their byte products.
-const AMX_INT8_FEATURES: [Feature; 3] = [
-    Feature {
-        name: "AMX_TILE",
-        cranelift: None,
-        detect: amx_present,
-    },
-    Feature {
-        name: "AMX_INT8",
-        cranelift: None,
-        detect: amx_int8_present,
-    },
-    Feature {
-        name: "PREFETCHW",
-        cranelift: None,
-        detect: prefetchw_present,
-    },
-];
+/// The AMX tile registers (with a tile palette: [`amx_present`]).
+const AMX_TILE: Feature = Feature {
+    name: "AMX_TILE",
+    cranelift: None,
+    detect: amx_present,
+};
+
+/// The AMX tile claims its output lines with `prefetchw` (every CPU with AMX has it).
+const PREFETCHW: Feature = Feature {
+    name: "PREFETCHW",
+    cranelift: None,
+    detect: prefetchw_present,
+};
 
 /// What AMX tiles add to bf16 code: the tile registers and their bf16 products ([`amx_present`]
 /// detects both).
 const AMX_FEATURES: [Feature; 3] = [
-    Feature {
-        name: "AMX_TILE",
-        cranelift: None,
-        detect: amx_present,
-    },
+    AMX_TILE,
     Feature {
         name: "AMX_BF16",
         cranelift: None,
         detect: amx_present,
     },
-    // The AMX tile claims its output lines with `prefetchw` (every CPU with AMX has it).
+    PREFETCHW,
+];
+
+/// What AMX tiles add to int8 code: the tile registers and their byte products.
+const AMX_INT8_FEATURES: [Feature; 3] = [
+    AMX_TILE,
     Feature {
-        name: "PREFETCHW",
+        name: "AMX_INT8",
         cranelift: None,
-        detect: prefetchw_present,
+        detect: amx_int8_present,
     },
+    PREFETCHW,
 ];
 
 /// Whether CPUID says this CPU has `prefetchw` (leaf 0x8000_0001: ECX bit 8, PRFCHW).
