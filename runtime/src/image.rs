@@ -59,6 +59,9 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, ImageError> {
         Ok(other) => return Err(err(format!("a {other:?} image; expected PNG or JPEG"))),
         Err(_) => return Err(err("not a PNG or JPEG image".into())),
     };
+    if format == image::ImageFormat::Png {
+        check_png_palette(bytes).map_err(err)?;
+    }
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -76,6 +79,34 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<RgbImage, ImageError> {
         return Err(err("the image is empty".into()));
     }
     Ok(to_rgb(img, path))
+}
+
+/// Rejects a palette PNG whose palette chunk (PLTE) is not a whole number of RGB entries, which
+/// the PNG specification forbids and on which png 0.18's decoder panics as it expands the indices
+/// (found by the `image` fuzz target). Walks the chunks up to the first IDAT; a file whose chunk
+/// structure is broken is left for the decoder to reject.
+fn check_png_palette(bytes: &[u8]) -> Result<(), String> {
+    let mut at = 8; // the signature
+    let mut indexed = false;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+        let Some(data) = bytes.get(at + 8..).and_then(|rest| rest.get(..len)) else {
+            break;
+        };
+        match &header[4..] {
+            b"IHDR" => indexed = data.get(9) == Some(&3),
+            b"PLTE" if indexed && len % 3 != 0 => {
+                return Err(format!(
+                    "the PNG's palette chunk (PLTE) is {len} bytes, not a whole number of \
+                     3-byte RGB entries"
+                ))
+            }
+            b"IDAT" | b"IEND" => break,
+            _ => {}
+        }
+        at += 12 + len;
+    }
+    Ok(())
 }
 
 /// `img` as Pillow's `Image.open(path).convert("RGB")` gives it.
@@ -220,6 +251,59 @@ mod tests {
         assert!((x[15] - 1.0).abs() < 1e-6, "right edge is white → 1");
         let facenet = preprocess(&img, Preprocess::Facenet, [8, 8]);
         assert!((facenet[0] + 127.5 / 128.0).abs() < 1e-6);
+    }
+
+    /// A 2×2 palette PNG with `palette` as its PLTE chunk (red first) and a tRNS chunk of `alpha`.
+    fn palette_png(palette: &[u8], alpha: &[u8]) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in bytes {
+                crc ^= b as u32;
+                for _ in 0..8 {
+                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+                }
+            }
+            !crc
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            png.extend((data.len() as u32).to_be_bytes());
+            let body = [kind, data].concat();
+            png.extend(&body);
+            png.extend(crc32(&body).to_be_bytes());
+        };
+        chunk(b"IHDR", &[0, 0, 0, 2, 0, 0, 0, 2, 8, 3, 0, 0, 0]);
+        chunk(b"PLTE", palette);
+        chunk(b"tRNS", alpha);
+        // Two rows of filter 0 and two index-0 pixels, as a stored (uncompressed) zlib stream.
+        let rows = [0u8, 0, 0, 0, 0, 0];
+        let mut idat = vec![0x78, 0x01, 1, 6, 0, !6, 0xFF];
+        idat.extend(rows);
+        let (mut a, mut b) = (1u32, 0u32);
+        for r in rows {
+            a = (a + r as u32) % 65521;
+            b = (b + a) % 65521;
+        }
+        idat.extend(((b << 16) | a).to_be_bytes());
+        chunk(b"IDAT", &idat);
+        chunk(b"IEND", &[]);
+        png
+    }
+
+    #[test]
+    fn a_palette_of_partial_entries_is_an_error_not_a_panic() {
+        let path = Path::new("palette.png");
+        let img = decode(path, &palette_png(&[255, 0, 0], &[128])).expect("a valid palette PNG");
+        assert_eq!(img.get_pixel(1, 1).0, [255, 0, 0]);
+        // More alpha values than entries: png ignores the tRNS chunk; the image decodes.
+        decode(path, &palette_png(&[255, 0, 0], &[128, 64])).expect("an overlong tRNS");
+        let e = decode(path, &palette_png(&[255, 0, 0, 7], &[128]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("palette.png") && e.contains("PLTE") && e.contains("4 bytes"),
+            "{e}"
+        );
     }
 }
 
