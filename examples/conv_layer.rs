@@ -10,6 +10,7 @@
 use inceptc::codegen::tile::Tier;
 use inceptc::codegen::{jit::JitProgram, ConvAlgorithm, Kernel, LowerOptions, Program};
 use inceptc_ir::text;
+use inceptc_runtime::layout::Precision;
 use inceptc_runtime::{exec::Arena, pool::ThreadPool};
 
 fn main() {
@@ -47,9 +48,20 @@ fn main() {
         Ok("x86-64-v4") => Tier::V4,
         _ => Tier::native(),
     };
+    // `INCEPTC_PRECISION=bf16`: bf16 maps and weights, on AMX tiles where this CPU has them.
+    let precision = match std::env::var("INCEPTC_PRECISION").as_deref() {
+        Ok("bf16") => Precision::Bf16,
+        Ok("f32") | Err(_) => Precision::F32,
+        Ok(other) => panic!("INCEPTC_PRECISION is f32 or bf16, not {other}"),
+    };
+    let amx = precision == Precision::Bf16
+        && inceptc_runtime::exec::amx_present()
+        && inceptc_runtime::exec::missing_features_for(tier.runtime(), precision, true).is_empty();
     let options = LowerOptions {
         conv,
         tier,
+        precision,
+        amx,
         ..LowerOptions::default()
     };
     let prog = Program::with_options(&g, 1, hw, hw, &options).unwrap();
@@ -87,9 +99,14 @@ fn main() {
         mib => format!(", {mib} MiB evicted before each run"),
     };
     println!(
-        "{ic}->{oc} {hw}x{hw} k{k} ({}, {tile}{cache}): {:.3} ms, {gflops:.1} GFLOP/s = {:.0}% of the {} FMA peak \
+        "{ic}->{oc} {hw}x{hw} k{k} ({}{}, {tile}{cache}): {:.3} ms, {gflops:.1} GFLOP/s = {:.0}% of the {} FMA peak \
          ({peak:.1} GFLOP/s, measured by a loop of independent vfmadd231ps)",
         tier.name(),
+        match precision {
+            Precision::Bf16 if amx => " bf16 with AMX",
+            Precision::Bf16 => " bf16",
+            _ => "",
+        },
         best * 1e3,
         100.0 * gflops / peak,
         if wide { "zmm" } else { "ymm" },
