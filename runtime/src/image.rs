@@ -95,7 +95,7 @@ fn check_png_palette(bytes: &[u8]) -> Result<(), String> {
         };
         match &header[4..] {
             b"IHDR" => indexed = data.get(9) == Some(&3),
-            b"PLTE" if indexed && len % 3 != 0 => {
+            b"PLTE" if indexed && !len.is_multiple_of(3) => {
                 return Err(format!(
                     "the PNG's palette chunk (PLTE) is {len} bytes, not a whole number of \
                      3-byte RGB entries"
