@@ -56,12 +56,24 @@ fn compare(graph: &Graph, x: &Tensor, threads: usize) -> Worst {
 
 /// [`compare`] with convolutions computed by `conv`.
 fn compare_with(graph: &Graph, x: &Tensor, threads: usize, conv: ConvAlgorithm) -> Worst {
+    compare_options(graph, x, threads, conv, 0)
+}
+
+/// [`compare_with`] on code whose work splits are made for `split_for` threads
+/// ([`LowerOptions::threads`]).
+fn compare_options(
+    graph: &Graph,
+    x: &Tensor,
+    threads: usize,
+    conv: ConvAlgorithm,
+    split_for: usize,
+) -> Worst {
     let mut worst = Worst {
         err: 0.0,
         tier: "no tier",
     };
     for tier in tiers() {
-        let err = compare_tier(graph, x, threads, conv, tier);
+        let err = compare_tier(graph, x, threads, conv, tier, split_for);
         if err >= worst.err {
             worst = Worst {
                 err,
@@ -73,7 +85,14 @@ fn compare_with(graph: &Graph, x: &Tensor, threads: usize, conv: ConvAlgorithm) 
 }
 
 /// [`compare_with`] on one tier.
-fn compare_tier(graph: &Graph, x: &Tensor, threads: usize, conv: ConvAlgorithm, tier: Tier) -> f64 {
+fn compare_tier(
+    graph: &Graph,
+    x: &Tensor,
+    threads: usize,
+    conv: ConvAlgorithm,
+    tier: Tier,
+    split_for: usize,
+) -> f64 {
     let [n, _, h, w] = x.shape() else {
         panic!("input must be NCHW")
     };
@@ -82,6 +101,7 @@ fn compare_tier(graph: &Graph, x: &Tensor, threads: usize, conv: ConvAlgorithm, 
         check_bounds: true,
         conv,
         tier,
+        threads: split_for,
         ..LowerOptions::default()
     };
     let program =
@@ -205,6 +225,91 @@ fn random_winograd_convolutions_match_the_interpreter() {
     );
 }
 
+/// Winograd work items split by output-channel panels (`compile --threads` above 2) compute
+/// every output with the same instructions as one item per tile-row group of the same tile: the
+/// same bits, under
+/// the bounds check, on every tier, for 1 to 3 threads; every part count from 2 to one per panel,
+/// with several ranges (sibling convolutions sharing the kernel) and partial last panels.
+#[test]
+fn winograd_channel_parts_give_the_bits_of_one_part() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1414);
+    // Each kernel with a tile of its own (a split may change the tile the cost model prefers).
+    let kernels = [
+        ([3, 3], [4, 4]),
+        ([1, 7], [1, 3]),
+        ([7, 1], [2, 1]),
+        ([1, 3], [1, 2]),
+    ];
+    let mut most = 0;
+    for case in 0..16 {
+        let ([kh, kw], tile) = kernels[case % kernels.len()];
+        let (ph, pw) = (kh / 2, kw / 2);
+        let (h, w) = (rng.gen_range(3..=12), rng.gen_range(3..=12));
+        let ic = 4 * rng.gen_range(1..=5);
+        let oc = rng.gen_range(17..=90);
+        let n = rng.gen_range(1..=2);
+        let residual = rng.gen_bool(0.4);
+        let body = conv_graph(ic, oc, [kh, kw], [1, 1], [ph, pw], true, true, residual);
+        let g = graph(body.clone());
+        let x = input(n, ic, h, w, case as u64);
+        let want = interp::run(&g, &x).unwrap();
+        for tier in tiers() {
+            let run = |parts: Option<usize>| {
+                let options = LowerOptions {
+                    check_bounds: true,
+                    conv: ConvAlgorithm::WinogradTile(tile),
+                    tier,
+                    winograd_parts: parts,
+                    ..LowerOptions::default()
+                };
+                let program = Program::with_options(&g, n, h, w, &options).unwrap();
+                let split = program.steps.iter().find_map(|s| match &s.kernel {
+                    Some(Kernel::Winograd(k)) => Some((k.parts, k.panels())),
+                    _ => None,
+                });
+                let (parts, panels) = split.unwrap_or_else(|| panic!("no Winograd\n{body}"));
+                let jit = JitProgram::new(program).unwrap();
+                let model = jit.model();
+                let mut arena = Arena::new(model.arena_bytes).unwrap();
+                let outputs: Vec<Vec<f32>> = (1..=3)
+                    .map(|threads| {
+                        let pool = ThreadPool::new(threads);
+                        let mut y = model.run(&mut arena, x.data(), &pool).unwrap();
+                        y.remove(0)
+                    })
+                    .collect();
+                (parts, panels, outputs)
+            };
+            let (_, panels, one) = run(None);
+            let t = Tensor::new(want[0].shape().to_vec(), one[0].clone()).unwrap();
+            let err = t.relative_error(&want[0]).unwrap();
+            assert!(
+                err <= TOLERANCE,
+                "case {case} on {}: {err:e}\n{body}",
+                tier.name()
+            );
+            for parts in 2..=panels {
+                let (got_parts, _, split) = run(Some(parts));
+                assert_eq!(got_parts, parts);
+                most = most.max(parts);
+                for (threads, y) in split.iter().enumerate() {
+                    let same = y
+                        .iter()
+                        .zip(&one[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "case {case} on {}: {parts} parts, {} threads differ from one part\n{body}",
+                        tier.name(),
+                        threads + 1
+                    );
+                }
+            }
+        }
+    }
+    assert!(most >= 4, "the cases split into at most {most} parts");
+}
+
 /// The error Winograd adds, bounded against the direct path at the networks' own shapes: every
 /// offered tile on the layer kinds that use it (1×7/7×1 at 17×17 with 192 channels, 3×3 at
 /// 35×35 and 147×147, 1×3/3×1 at 8×8 with 384 channels), inputs like post-ReLU activations.
@@ -267,8 +372,38 @@ fn random_convolutions_match_the_interpreter() {
             shape: [n, ic, h, w],
         } = random_conv(&mut rng, None, 13, 21);
         let g = graph(body.clone());
-        let err = compare(&g, &input(n, ic, h, w, case), 1 + case as usize % 3);
+        let x = input(n, ic, h, w, case);
+        let err = compare(&g, &x, 1 + case as usize % 3);
         assert!(err.err <= TOLERANCE, "case {case}: error {err}\n{body}");
+        // Split for 16 threads (groups of single units: the last groups may hold the short
+        // tile alone), run on 5.
+        let err = compare_options(&g, &x, 5, ConvAlgorithm::Auto, 16);
+        assert!(
+            err.err <= TOLERANCE,
+            "case {case}, split for 16: {err}\n{body}"
+        );
+    }
+}
+
+/// Split for 16 threads, 1×1 convolutions over many panels, in place over their residual, in
+/// groups of one or two flat tiles with a short last tile, match the interpreter (the groups'
+/// rule itself is tested in `lower::tests`).
+#[test]
+fn split_for_many_threads_in_place_residuals_match_the_interpreter() {
+    for (case, (oc, size)) in [(256, 13), (200, 11), (300, 9), (130, 15)]
+        .into_iter()
+        .enumerate()
+    {
+        let body = conv_graph(16, oc, [1, 1], [1, 1], [0, 0], true, false, true);
+        let g = graph(body.clone());
+        let x = input(1, 16, size, size, case as u64);
+        for threads in [1, 3] {
+            let err = compare_options(&g, &x, threads, ConvAlgorithm::Auto, 16);
+            assert!(
+                err.err <= TOLERANCE,
+                "{oc} channels, {size}×{size}: {err}\n{body}"
+            );
+        }
     }
 }
 

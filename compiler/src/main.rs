@@ -158,9 +158,13 @@ enum Command {
         /// time a cost model predicts for one core.
         #[arg(long)]
         report: bool,
-        /// With --report: also predict each kernel's time on this many threads, and per block
-        /// the parallel efficiency (the executable's own --threads is chosen when it runs).
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = threads, requires = "report")]
+        /// The thread count the work splits are made for: above 2, kernels with few work items
+        /// (Winograd convolutions over small maps) split into more, smaller ones, where the
+        /// cost model predicts it faster on that many threads. With --report, also predict each
+        /// kernel's time on this many threads and per block the parallel efficiency. The
+        /// executable's own --threads still chooses how many run, every count giving the same
+        /// output bits (a split may pick another Winograd tile: within rounding of the default).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = threads)]
         threads: usize,
         /// How convolutions are computed: per layer whichever the cost model predicts faster
         /// (auto), direct everywhere, or Winograd wherever a tile applies (stride 1, 3- or 7-tap
@@ -303,6 +307,8 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 },
                 // Set from --calibrate once the graph is optimized.
                 int8: Default::default(),
+                threads,
+                winograd_parts: None,
             };
             match (options.precision, &calibrate) {
                 (Precision::U8, None) => bail!(

@@ -1149,6 +1149,40 @@ fn outputs_are_bit_identical_across_runs_and_thread_counts() {
             "--threads {threads} differs from --threads 1"
         );
     }
+    // Compiled for 16 threads (Winograd items split by channel panels), under the bounds check:
+    // the same bits on every thread count again.
+    let many = compile(
+        d,
+        "v2-16",
+        "inception-resnet-v2",
+        &[
+            "--image-size",
+            "91",
+            "--batch",
+            "2",
+            "--threads",
+            "16",
+            "--check-bounds",
+        ],
+    );
+    let mut first = None;
+    for threads in ["1", "3", "16"] {
+        let (code, stderr, y) = run_tensor(&many, d, &x, &["--threads", threads]);
+        assert_eq!(code, 0, "{stderr}");
+        let y = y.unwrap();
+        let first = first.get_or_insert_with(|| y.clone());
+        assert!(
+            y == *first,
+            "compiled for 16 threads: --threads {threads} differs from --threads 1"
+        );
+    }
+    // And within rounding of the two-thread build (a split may choose another Winograd tile).
+    let (split, default) = (npy_tensor(&first.unwrap()), npy_tensor(&outputs[0].1));
+    let err = split.relative_error(&default).unwrap();
+    assert!(
+        err <= 1e-4,
+        "compiled for 16 threads: {err:e} from the default build"
+    );
 }
 
 #[test]

@@ -142,8 +142,20 @@ const TRANSFORM_OPS_PER_CYCLE: f64 = 1.0;
 /// `group` tile rows per work item, its products in register tiles `register`: the point-wise
 /// products at the register tile's fill, plus the transforms, counted in vector instructions.
 pub fn winograd_time(shape: &ConvShape, tile: [usize; 2], group: usize, register: &Tile) -> f64 {
-    let parts = winograd_parts(shape, tile, group, register);
-    parts.products + parts.transforms + parts.streaming
+    winograd_split_time(shape, tile, group, 1, register)
+}
+
+/// [`winograd_time`] with the output channels' panels split in `parts` shares, each a work item
+/// of its own that transforms its tile rows' input again.
+pub fn winograd_split_time(
+    shape: &ConvShape,
+    tile: [usize; 2],
+    group: usize,
+    parts: usize,
+    register: &Tile,
+) -> f64 {
+    let t = winograd_parts(shape, tile, group, register);
+    t.products + t.transforms + (parts - 1) as f64 * t.input_transforms + t.streaming
 }
 
 /// A Winograd convolution's predicted time in its parts.
@@ -153,6 +165,8 @@ pub struct WinogradParts {
     pub products: f64,
     /// The input and output transforms.
     pub transforms: f64,
+    /// The input transforms' share of `transforms`.
+    pub input_transforms: f64,
     /// Streaming the transformed weights from memory.
     pub streaming: f64,
 }
@@ -186,6 +200,7 @@ pub fn winograd_parts(
     let output_ops = 2.0 * points
         + (tile[0] * ly * lx + tile[0] * tile[1] * lx) as f64
         + 3.0 * (tile[0] * tile[1]) as f64;
+    let input_share = ci * input_ops / (ci * input_ops + co * output_ops);
     let transform_ops = tiles * (ci / 4.0 * input_ops + co / 4.0 * output_ops);
     let transforms = transform_ops / (TRANSFORM_OPS_PER_CYCLE * CLOCK_GHZ * 1e9);
     match register.isa {
@@ -199,12 +214,14 @@ pub fn winograd_parts(
             WinogradParts {
                 products: WINOGRAD_AVX512_SCALE * products,
                 transforms: WINOGRAD_AVX512_TRANSFORMS * transforms,
+                input_transforms: WINOGRAD_AVX512_TRANSFORMS * transforms * input_share,
                 streaming: (bytes * streams) as f64 / WEIGHT_STREAM_BYTES_PER_SECOND,
             }
         }
         Isa::Sse | Isa::Avx2 | Isa::Amx => WinogradParts {
             products,
             transforms,
+            input_transforms: transforms * input_share,
             streaming: 0.0,
         },
     }

@@ -118,12 +118,17 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 _ => format!("F({my}×{mx},{ry}×{rx})"),
             };
             let parts = winograd_parts(&shape, k.tile, k.group, &k.register);
-            let time = parts.products + parts.transforms + parts.streaming;
+            let again = (k.parts - 1) as f64 * parts.input_transforms;
+            let time = parts.products + parts.transforms + again + parts.streaming;
+            let split = match k.parts {
+                1 => String::new(),
+                n => format!(" in {n} channel parts"),
+            };
             let algorithm = format!(
-                "winograd {name}, {} tiles, {}; transforms {:.0}%",
+                "winograd {name}, {} tiles{split}, {}; transforms {:.0}%",
                 k.item_tiles(),
                 k.register.describe(),
-                100.0 * parts.transforms / time
+                100.0 * (parts.transforms + again) / time
             );
             (op, algorithm, time)
         }
@@ -281,11 +286,12 @@ fn threads_summary(program: &Program, rows: &[KernelReport], threads: usize) -> 
     }
     let one: f64 = rows.iter().map(|r| r.predicted).sum();
     let many: f64 = rows.iter().map(|r| r.parallel).sum();
-    let starved: f64 = rows
+    // A fold from +0 (an empty f64 sum is −0, which prints as "-0%").
+    let starved = rows
         .iter()
         .filter(|r| r.items < threads)
         .map(|r| r.predicted)
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let _ = writeln!(
         out,
         "predicted {:.1} ms on {threads} threads against {:.1} ms on one: parallel efficiency \

@@ -150,10 +150,13 @@ pub(super) fn flat_tiles(
         let stop = e.b.ins().smin(end, full_v);
         e.for_range(begin, stop, 1, |e, index| tile_at(e, zero, index, tile));
         if rest > 0 {
+            // The short tile is unit `full`: this call's when `begin <= full < end`.
             let last = e.b.create_block();
             let done = e.b.create_block();
             let reaches = e.b.ins().icmp(IntCC::SignedGreaterThan, end, full_v);
-            e.b.ins().brif(reaches, last, &[], done, &[]);
+            let starts = e.b.ins().icmp(IntCC::SignedLessThanOrEqual, begin, full_v);
+            let includes = e.b.ins().band(reaches, starts);
+            e.b.ins().brif(includes, last, &[], done, &[]);
             e.b.switch_to_block(last);
             tile_at(e, zero, full_v, rest);
             e.b.ins().jump(done, &[]);

@@ -212,6 +212,33 @@ pub(super) fn for_blocks(
     }
 }
 
+/// [`for_blocks`] for the blocks `from .. to` (run-time values within the block count) only.
+pub(super) fn for_blocks_between(
+    e: &mut Emitter,
+    channels: usize,
+    width: usize,
+    from: Value,
+    to: Value,
+    body: &dyn Fn(&mut Emitter, Value, usize),
+) {
+    let full_blocks = (channels / width) as i64;
+    let full = e.int(full_blocks);
+    let stop = e.b.ins().smin(to, full);
+    e.for_range(from, stop, 1, |e, block| body(e, block, width));
+    let rest = channels % width;
+    if rest > 0 {
+        let (last, done) = (e.b.create_block(), e.b.create_block());
+        let reaches = e.b.ins().icmp(IntCC::SignedGreaterThan, to, full);
+        let starts = e.b.ins().icmp(IntCC::SignedLessThanOrEqual, from, full);
+        let includes = e.b.ins().band(reaches, starts);
+        e.b.ins().brif(includes, last, &[], done, &[]);
+        e.b.switch_to_block(last);
+        body(e, full, rest);
+        e.b.ins().jump(done, &[]);
+        e.b.switch_to_block(done);
+    }
+}
+
 /// What one register tile reads: per tap, the byte offset of its input pixel from the tile's
 /// first and of its weights from the block's (an AVX2 tier block); the same taps as a grid of
 /// rows × columns and the bytes between them; the input channel steps (channels, or bf16 pairs);

@@ -159,8 +159,21 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
         amx: false,
     };
     let step = k.register.pixels;
+    // Panels before each range's, over all ranges.
+    let starts: Vec<usize> = k
+        .ranges
+        .iter()
+        .scan(0, |before, r| {
+            let start = *before;
+            *before += r.channels.div_ceil(width);
+            Some(start)
+        })
+        .collect();
+    let panels = k.panels();
     e.for_range(begin, end, 1, |e, item| {
-        let (n, group) = e.image_and_row(item, k.groups());
+        // Item `(n · groups + group) · parts + part`: the parts of a group are consecutive.
+        let (n, group_part) = e.image_and_row(item, k.groups() * k.parts);
+        let (group, part) = e.image_and_row(group_part, k.parts);
         let scratch = e.offset(e.arena, k.scratch as i64);
         let v_base = e.scaled(scratch, item, k.item_scratch() as i64);
         let m_base = e.offset(v_base, k.input_scratch() as i64);
@@ -168,7 +181,15 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
         for_tiles(e, k, &y, &x, group, &|e, row, ty, tx| {
             input_tile(e, k, &y, &x, in_origin, v_base, row, ty, tx)
         });
-        for range in &k.ranges {
+        // The part's panels: `part · panels / parts ..` the next part's first.
+        let share = |e: &mut Emitter, part: Value| {
+            let scaled = e.b.ins().imul_imm_s(part, panels as i64);
+            e.b.ins().udiv_imm_u(scaled, k.parts as i64)
+        };
+        let first = share(e, part);
+        let next = e.b.ins().iadd_imm_s(part, 1);
+        let last = share(e, next);
+        for (range, start) in k.ranges.iter().zip(&starts) {
             let out_origin = e.map_origin(&range.out, n);
             let res_origin = k.residual.map(|r| e.map_origin(&r, n));
             let block_body = |e: &mut Emitter, block: Value, lanes: usize| {
@@ -235,7 +256,22 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
                     )
                 });
             };
-            for_blocks(e, range.channels, width, &block_body);
+            match k.parts {
+                1 => for_blocks(e, range.channels, width, &block_body),
+                _ => {
+                    // The range's panels in the part: `first − start .. last − start`, clamped.
+                    let count = range.channels.div_ceil(width) as i64;
+                    let clamp = |e: &mut Emitter, panel: Value| {
+                        let local = e.b.ins().iadd_imm_s(panel, -(*start as i64));
+                        let zero = e.int(0);
+                        let all = e.int(count);
+                        let local = e.b.ins().smax(local, zero);
+                        e.b.ins().smin(local, all)
+                    };
+                    let (from, to) = (clamp(e, first), clamp(e, last));
+                    for_blocks_between(e, range.channels, width, from, to, &block_body);
+                }
+            }
         }
     });
 }

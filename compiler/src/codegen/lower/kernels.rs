@@ -97,12 +97,20 @@ pub enum Split {
 }
 
 /// Work items per range's panel (see [`Split::Panels`]) for `units` units and `panels` panels in
-/// all: enough items that each of up to 16 threads gets 4, without splitting a panel's units
-/// into groups of fewer than 4.
-pub(super) fn panel_groups(units: usize, panels: usize) -> usize {
-    const ITEMS: usize = 64;
-    let wanted = ITEMS.div_ceil(panels.max(1));
-    wanted.min(units.div_ceil(4)).clamp(1, units.max(1))
+/// all, for `threads` threads ([`LowerOptions::threads`]): enough items that each of up to 16
+/// threads (or of `threads`, if more) gets 4, without splitting a panel's units into groups of
+/// fewer than 4 for up to two threads (each group reads the panel's weights again), or of fewer
+/// than 1 for more.
+pub(super) fn panel_groups(units: usize, panels: usize, threads: usize) -> usize {
+    let items = 64.max(4 * threads);
+    let least = match threads > 2 {
+        true => 1,
+        false => 4,
+    };
+    let wanted = items.div_ceil(panels.max(1));
+    let groups = wanted.min(units.div_ceil(least)).clamp(1, units.max(1));
+    // No empty group: groups of ⌈units / groups⌉ units, as many as that takes.
+    units.max(1).div_ceil(units.div_ceil(groups).max(1))
 }
 
 /// A stride-1 convolution computed in Winograd tiles F(m_y × m_x, r_y × r_x) (see
@@ -121,6 +129,10 @@ pub struct WinogradKernel {
     pub tile: [usize; 2],
     /// Tile rows per work item.
     pub group: usize,
+    /// Shares of the output channels' panels per tile-row group, ≥ 1: the work items of a group
+    /// each transform its input and compute their share of the panels (more items for many
+    /// threads, at the cost of transforming the input again).
+    pub parts: usize,
     /// Arena offset of the scratch: work item `i` owns [`WinogradKernel::item_scratch`] bytes
     /// from `scratch + i · item_scratch`.
     pub scratch: usize,
@@ -206,6 +218,12 @@ impl WinogradKernel {
         self.tiles()[0].div_ceil(self.group)
     }
 
+    /// Panels of the register tile over all ranges (what [`WinogradKernel::parts`] shares out).
+    pub fn panels(&self) -> usize {
+        let width = self.register.panel();
+        self.ranges.iter().map(|r| r.channels.div_ceil(width)).sum()
+    }
+
     /// Tiles one work item transforms (the last item of an image may use fewer).
     pub fn item_tiles(&self) -> usize {
         self.group * self.tiles()[1]
@@ -284,6 +302,51 @@ pub fn winograd_group(
         .min_by(|a, b| time(*a).total_cmp(&time(*b)))
         .unwrap_or(1)
 }
+
+/// Tile rows per work item and channel parts per group ([`WinogradKernel::parts`]) of a Winograd
+/// convolution of `shape` in tiles `tile` with `panels` panels of `register`, for `threads`
+/// threads: up to two threads, [`winograd_group`] and one part; beyond, whichever the cost model
+/// predicts fastest on that many threads, with at most [`WINOGRAD_SCRATCH`] bytes of scratch.
+pub fn winograd_split(
+    shape: &cost::ConvShape,
+    tile: [usize; 2],
+    register: &Tile,
+    panels: usize,
+    threads: usize,
+) -> (usize, usize) {
+    let [th, tw] = [
+        shape.out[0].div_ceil(tile[0]),
+        shape.out[1].div_ceil(tile[1]),
+    ];
+    if threads <= 2 {
+        return (winograd_group(shape.images, th, tw, register.pixels), 1);
+    }
+    let points = (tile[0] + shape.kernel[0] - 1) * (tile[1] + shape.kernel[1] - 1);
+    let scratch = |group: usize, parts: usize| {
+        let tiles = group * tw;
+        let item = points * (tiles * (shape.in_channels + register.panel()) + 4) * MapLayout::F32;
+        shape.images * th.div_ceil(group) * parts * item
+    };
+    let mut best = (f64::INFINITY, (1, 1));
+    for group in (1..=th).filter(|g| g * tw <= 48 || *g == 1) {
+        for parts in 1..=panels.max(1) {
+            if scratch(group, parts) > WINOGRAD_SCRATCH && (group, parts) != (1, 1) {
+                continue;
+            }
+            let one = cost::winograd_split_time(shape, tile, group, parts, register);
+            let items = shape.images * th.div_ceil(group) * parts;
+            let time = crate::codegen::report::parallel_time(one, items, threads);
+            // Ties (within 1 %) go to fewer items: less scratch and fewer transforms again.
+            if time < best.0 * 0.99 {
+                best = (time, (group, parts));
+            }
+        }
+    }
+    best.1
+}
+
+/// The most scratch [`winograd_split`] gives a Winograd convolution's work items, in bytes.
+pub const WINOGRAD_SCRATCH: usize = 16 << 20;
 
 /// How convolutions are computed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -399,7 +462,7 @@ impl Kernel {
                     panels * groups
                 }
             },
-            Kernel::Winograd(k) => k.input.n * k.groups(),
+            Kernel::Winograd(k) => k.input.n * k.groups() * k.parts,
             Kernel::Pool(k) => k.out.n * k.out.h,
             Kernel::GlobalPool(k) => k.out.n * k.blocks(),
             Kernel::Linear(k) => match k.register {

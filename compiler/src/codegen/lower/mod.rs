@@ -11,7 +11,7 @@ use inceptc_ir::{Graph, NodeId, Shape};
 
 use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
 use super::x86::AMX_CHANNELS;
-use super::{cost, winograd, CodegenError};
+use super::{cost, report, winograd, CodegenError};
 use crate::plan::{plan_guarded, Buffer, MemoryPlan, Storage};
 use inceptc_runtime::desc::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, Precision, Quant, VecLayout};
@@ -86,6 +86,14 @@ pub struct Program {
     pub amx: bool,
 }
 
+/// A Winograd convolution's tile, split and products' register tile (see [`WinogradKernel`]).
+struct Winograd {
+    tile: [usize; 2],
+    group: usize,
+    parts: usize,
+    register: Tile,
+}
+
 /// How to lower.
 #[derive(Clone, Debug, Default)]
 pub struct LowerOptions {
@@ -109,6 +117,13 @@ pub struct LowerOptions {
     pub amx: bool,
     /// The u8 parameters of every feature map, from calibration (`Precision::U8` only).
     pub int8: Int8Params,
+    /// The thread count the work splits are chosen for (`inceptc compile --threads`); up to 2
+    /// (and 0, the default) keeps the splits made for two threads.
+    pub threads: usize,
+    /// Test-only: every Winograd convolution splits its panels in this many parts (at most one
+    /// per panel).
+    #[doc(hidden)]
+    pub winograd_parts: Option<usize>,
 }
 
 impl Program {
@@ -187,6 +202,8 @@ impl Program {
             precision: options.precision,
             amx,
             int8: &options.int8,
+            threads: options.threads,
+            winograd_parts: options.winograd_parts,
         };
         let halo_quants = halo_quants(graph, &plan, &options.int8, options.precision)?;
         let mut weights = WeightBlob::default();
@@ -234,7 +251,8 @@ impl Program {
         for step in &mut steps {
             if let Some(Kernel::Winograd(k)) = &mut step.kernel {
                 k.scratch = scratch;
-                scratch_bytes = scratch_bytes.max(k.item_scratch() * k.input.n * k.groups());
+                scratch_bytes =
+                    scratch_bytes.max(k.item_scratch() * k.input.n * k.groups() * k.parts);
             }
         }
         let arena_bytes = match scratch_bytes {
@@ -415,6 +433,10 @@ struct Lowering<'a> {
     amx: bool,
     /// See [`LowerOptions::int8`].
     int8: &'a Int8Params,
+    /// See [`LowerOptions::threads`].
+    threads: usize,
+    /// See [`LowerOptions::winograd_parts`].
+    winograd_parts: Option<usize>,
 }
 
 impl Lowering<'_> {
@@ -545,18 +567,19 @@ impl Lowering<'_> {
         }
     }
 
-    /// The Winograd tile (outputs along y and x) for a convolution, its tile rows per work item
-    /// and its products' register tile, or `None` for the direct path: by [`ConvAlgorithm`], and
-    /// under `Auto` only where the cost model predicts it faster than `direct` (the direct
-    /// path's register tile, over runs of `direct_run` pixels).
+    /// The Winograd tile (outputs along y and x) for a convolution, its tile rows per work item,
+    /// its channel parts and its products' register tile, or `None` for the direct path: by
+    /// [`ConvAlgorithm`], and under `Auto` only where the cost model predicts it faster than
+    /// `direct` (the direct path's register tile, over runs of `direct_run` pixels, in
+    /// `direct_items` work items) on the thread count the splits are for.
     fn winograd_tile(
         &self,
         f: &inceptc_ir::op::FusedConvAttrs,
         input: &MapLayout,
         out: &MapLayout,
         out_channels: usize,
-        direct: (&Tile, usize),
-    ) -> Option<([usize; 2], usize, Tile)> {
+        (direct, direct_run, direct_items): (&Tile, usize, usize),
+    ) -> Option<Winograd> {
         let [ry, rx] = f.conv.kernel;
         let applies = f.conv.stride == [1, 1]
             && [ry, rx] != [1, 1]
@@ -568,11 +591,6 @@ impl Lowering<'_> {
             return None;
         }
         let register = winograd_register(self.tier, input, out, out_channels);
-        if let ConvAlgorithm::WinogradTile(t) = self.conv {
-            let fits = |m: usize, r: usize| winograd::choices(r).contains(&m);
-            return (fits(t[0], ry) && fits(t[1], rx))
-                .then(|| (t, winograd_group_for(input, out, t, &register), register));
-        }
         let shape = cost::ConvShape {
             images: input.n,
             in_channels: input.channels,
@@ -581,23 +599,49 @@ impl Lowering<'_> {
             kernel: f.conv.kernel,
             stride: f.conv.stride,
         };
+        let panels = out_channels.div_ceil(register.panel());
+        let threads = self.threads.max(1);
+        // The tile `t` with its split, and its predicted time on `threads` threads.
+        let with = |t: [usize; 2]| {
+            let (group, parts) = match self.winograd_parts {
+                Some(parts) => (
+                    winograd_group_for(input, out, t, &register),
+                    parts.clamp(1, panels),
+                ),
+                None => winograd_split(&shape, t, &register, panels, self.threads),
+            };
+            let one = cost::winograd_split_time(&shape, t, group, parts, &register);
+            let [th, _] = [out.h.div_ceil(t[0]), out.w.div_ceil(t[1])];
+            let items = input.n * th.div_ceil(group) * parts;
+            let time = match threads > 2 {
+                true => report::parallel_time(one, items, threads),
+                false => one,
+            };
+            let split = Winograd {
+                tile: t,
+                group,
+                parts,
+                register,
+            };
+            (split, time)
+        };
+        if let ConvAlgorithm::WinogradTile(t) = self.conv {
+            let fits = |m: usize, r: usize| winograd::choices(r).contains(&m);
+            return (fits(t[0], ry) && fits(t[1], rx)).then(|| with(t).0);
+        }
         // Square kernels take square tiles; a 1-tap axis takes 1.
         let tiles = winograd::choices(ry.max(rx))
             .iter()
             .map(|&m| [if ry == 1 { 1 } else { m }, if rx == 1 { 1 } else { m }]);
-        let (best, time) = tiles
-            .map(|t| {
-                let group = winograd_group_for(input, out, t, &register);
-                (
-                    (t, group, register),
-                    cost::winograd_time(&shape, t, group, &register),
-                )
-            })
-            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        let (best, time) = tiles.map(with).min_by(|a, b| a.1.total_cmp(&b.1))?;
+        let direct = cost::direct_time(&shape, direct, direct_run, self.precision);
+        let direct = match threads > 2 {
+            true => report::parallel_time(direct, direct_items, threads),
+            false => direct,
+        };
         match self.conv {
             ConvAlgorithm::Winograd => Some(best),
-            _ => (time < cost::direct_time(&shape, direct.0, direct.1, self.precision))
-                .then_some(best),
+            _ => (time < direct).then_some(best),
         }
     }
 
@@ -634,7 +678,26 @@ impl Lowering<'_> {
                     true => kernels::flat_run(&input, [out.h, out.w]),
                     false => out.w,
                 };
-                let winograd = self.winograd_tile(f, &input, &out, out_channels, (&register, run));
+                let direct_items = {
+                    let units = match flat {
+                        true => input.n * out.h * out.w / run * run.div_ceil(register.pixels),
+                        false => input.n * out.h,
+                    };
+                    match register.isa {
+                        tile::Isa::Avx512 | tile::Isa::Amx => {
+                            let panels = register.panels(out_channels).len();
+                            panels * panel_groups(units, panels, self.threads)
+                        }
+                        tile::Isa::Sse | tile::Isa::Avx2 => units,
+                    }
+                };
+                let winograd = self.winograd_tile(
+                    f,
+                    &input,
+                    &out,
+                    out_channels,
+                    (&register, run, direct_items),
+                );
                 let residual = match f.residual {
                     true => Some(self.read_map(self.graph.inputs(id)[1])?),
                     false => None,
@@ -652,13 +715,11 @@ impl Lowering<'_> {
                         true => Some(self.param(*m, "bias")?),
                         false => None,
                     };
-                    let packing = match winograd {
-                        Some((tile, _, register)) => {
-                            winograd_packing(&g.conv, tile, &register, &input)
-                        }
+                    let packing = match &winograd {
+                        Some(w) => winograd_packing(&g.conv, w.tile, &w.register, &input),
                         None => conv_packing(&g.conv, &register, &input),
                     };
-                    let reg = winograd.map_or(register, |w| w.2);
+                    let reg = winograd.as_ref().map_or(register, |w| w.register);
                     let out = self.conv_out(*m)?;
                     let oc = g.conv.out_channels;
                     let (weights, bias) = match input.precision {
@@ -694,13 +755,16 @@ impl Lowering<'_> {
                     residual,
                     register,
                 };
-                if let Some((tile, group, register)) = winograd {
-                    return Ok(Kernel::Winograd(WinogradKernel {
-                        core: core(register),
-                        tile,
-                        group,
+                if let Some(w) = winograd {
+                    let mut k = WinogradKernel {
+                        core: core(w.register),
+                        tile: w.tile,
+                        group: w.group,
+                        parts: 1,
                         scratch: 0,
-                    }));
+                    };
+                    k.parts = w.parts.min(k.panels());
+                    return Ok(Kernel::Winograd(k));
                 }
                 let mut conv = ConvKernel {
                     core: core(register),
@@ -715,7 +779,7 @@ impl Lowering<'_> {
                         .map(|r| register.panels(r.channels).len())
                         .sum();
                     conv.split = Split::Panels {
-                        groups: panel_groups(conv.units(), panels),
+                        groups: panel_groups(conv.units(), panels, self.threads),
                     };
                 }
                 conv.into()

@@ -67,3 +67,63 @@ fn the_avx512_model_picks_what_measured_faster() {
     assert!(!wins([1, 3], 512, 256, 8));
     assert!(!wins([3, 1], 384, 448, 8));
 }
+
+/// Up to two threads, the splits stay those made for two; for 16, Inception-v4's 35×35 Winograd
+/// layers and 8×8 direct ones get several times the work items, within the scratch bound, and
+/// the cost model predicts them faster on 16 threads than the two-thread split.
+#[test]
+fn many_threads_split_small_kernels_into_more_items() {
+    let shape = ConvShape {
+        images: 1,
+        in_channels: 192,
+        out_channels: 224,
+        out: [35, 35],
+        kernel: [3, 3],
+        stride: [1, 1],
+    };
+    let register = Tile {
+        isa: tile::Isa::Avx512,
+        pixels: 12,
+        vectors: 2,
+    };
+    let tile = [4, 4];
+    let panels = 224usize.div_ceil(register.panel());
+    let two = winograd_split(&shape, tile, &register, panels, 2);
+    assert_eq!(two, (winograd_group(1, 9, 9, 12), 1));
+    let (group, parts) = winograd_split(&shape, tile, &register, panels, 16);
+    let items = |(group, parts): (usize, usize)| 9usize.div_ceil(group) * parts;
+    // 15 items (3 groups of 3 tile rows, 5 parts) against 2.
+    assert!(
+        items((group, parts)) >= 6 * items(two),
+        "{group} rows, {parts} parts"
+    );
+    let time = |(group, parts): (usize, usize)| {
+        let one = cost::winograd_split_time(&shape, tile, group, parts, &register);
+        report::parallel_time(one, items((group, parts)), 16)
+    };
+    assert!(time((group, parts)) < 0.5 * time(two));
+    let item_bytes = 36 * (group * 9 * (192 + register.panel()) + 4) * 4;
+    assert!(items((group, parts)) * item_bytes <= WINOGRAD_SCRATCH);
+    // 8 rows and 4 panels: 8 items for two threads (groups of 4 rows), 32 for 16.
+    assert_eq!(4 * panel_groups(8, 4, 2), 8);
+    assert_eq!(4 * panel_groups(8, 4, 16), 32);
+}
+
+/// No group of a panel's units is empty, for any thread count: an empty last group would still
+/// reach the short last flat tile (`begin .. end` past it) and compute it a second time, which
+/// in place over a residual adds the residual twice (found at 16 threads on Inception-ResNet-v2).
+#[test]
+fn panel_groups_are_never_empty() {
+    for units in 1..200 {
+        for panels in 1..40 {
+            for threads in [0, 1, 2, 3, 16, 64] {
+                let groups = panel_groups(units, panels, threads);
+                let per = units.div_ceil(groups);
+                assert!(
+                    groups >= 1 && (groups - 1) * per < units,
+                    "{units} units, {panels} panels, {threads} threads: {groups} groups of {per}"
+                );
+            }
+        }
+    }
+}
