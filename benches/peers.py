@@ -101,7 +101,11 @@ def main():
     p.add_argument("--inceptc", required=True)
     p.add_argument("--models", default="inception_v4,inception_resnet_v2")
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", default="2",
+                   help="thread counts, comma-separated: with several (1,2), every engine runs at each in "
+                        "the same interleaved rounds and a second table gives the speed-ups over the first")
+    p.add_argument("--compile-threads", type=int,
+                   help="inceptc compile --threads (the splits' thread count; default: the compiler's)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--target-cpu", default="native", help="inceptc's tier (native, x86-64-v4, x86-64-v3)")
@@ -110,15 +114,17 @@ def main():
                         "Runtime static int8 in int8")
     p.add_argument("--work")
     a = p.parse_args()
+    counts = [int(t) for t in a.threads.split(",")]
+    top = counts[-1]
     work = a.work or tempfile.mkdtemp(prefix="inceptc-peers-")
     os.makedirs(work, exist_ok=True)
     torch.set_grad_enabled(False)
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(top)
     import onnxruntime as ort
     import openvino as ov
     import timm
 
-    rows, failed = [], False
+    rows, scaling, failed = [], [], False
     for label in a.models.split(","):
         gen = torch.Generator().manual_seed(2016)
         model = timm.create_model(label, pretrained=False)
@@ -146,22 +152,29 @@ def main():
                 np.save(cpath, np.concatenate(calibration))
                 onnx_path = quantize_ort(onnx_path, calibration, batch, work)
             extra = ["--calibrate", cpath] if int8 else []
+            if a.compile_threads:
+                extra += ["--threads", str(a.compile_threads)]
             subprocess.run([a.inceptc, "-q", "compile", "--model", MODELS[label], "--weights", weights,
                             "--batch", str(batch), "--target-cpu", a.target_cpu, "--precision", a.precision,
                             "-o", exe] + extra, check=True)
             ypath = os.path.join(work, f"{label}-b{batch}-y.npy")
-            subprocess.run([exe, "--input", xpath, "--output", ypath, "--threads", str(a.threads)], check=True)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = a.threads
-            so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            subprocess.run([exe, "--input", xpath, "--output", ypath, "--threads", str(top)], check=True)
             ov_hint = "f32" if int8 else a.precision
             ov_path = onnx_path.replace("-int8.onnx", ".onnx")
-            compiled = ov.Core().compile_model(ov_path, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
-                                                                 "INFERENCE_PRECISION_HINT": ov_hint})
             xn = x.numpy()
-            run_ort = lambda: sess.run(None, {"x": xn})[0]  # noqa: E731
-            run_ov = lambda: compiled(xn)[0]  # noqa: E731
+            # Per thread count: ONNX Runtime's session and OpenVINO's compiled model (both fix their
+            # threads when made).
+            runners = {}
+            for t in counts:
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = t
+                so.inter_op_num_threads = 1
+                sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+                compiled = ov.Core().compile_model(ov_path, "CPU", {"INFERENCE_NUM_THREADS": t,
+                                                                     "INFERENCE_PRECISION_HINT": ov_hint})
+                runners[t] = (lambda s=sess: s.run(None, {"x": xn})[0],
+                              lambda c=compiled: c(xn)[0])
+            run_ort, run_ov = runners[top]
             outputs = {"inceptc": np.load(ypath), "onnxruntime": run_ort(), "openvino": run_ov()}
             errs = {e: rel_err(y, ref) for e, y in outputs.items()}
             for engine, err in errs.items():
@@ -179,30 +192,33 @@ def main():
                 failed |= not ok
                 print(f"{label} batch {batch} {engine}: rel err {err:.2e}, top-1 as PyTorch on {top1:.0%} "
                       f"{'ok' if ok else 'FAIL'}", file=sys.stderr)
-            times = {"inceptc": [], "onnxruntime": [], "openvino": []}
+            times = {(e, t): [] for e in ("inceptc", "onnxruntime", "openvino") for t in counts}
             for _ in range(a.rounds):
-                out = subprocess.run([exe, "--bench", "--json", "--runs", str(a.runs), "--threads", str(a.threads)],
-                                     check=True, capture_output=True, text=True).stdout
-                times["inceptc"].append(json.loads(out)["end_to_end"]["median_ms"])
-                for engine, fn in (("onnxruntime", run_ort), ("openvino", run_ov)):
-                    for _ in range(a.runs):
-                        start = time.perf_counter()
-                        fn()
-                        times[engine].append((time.perf_counter() - start) * 1e3)
+                for t in counts:
+                    out = subprocess.run([exe, "--bench", "--json", "--runs", str(a.runs), "--threads", str(t)],
+                                         check=True, capture_output=True, text=True).stdout
+                    times[("inceptc", t)].append(json.loads(out)["end_to_end"]["median_ms"])
+                    for engine, fn in zip(("onnxruntime", "openvino"), runners[t]):
+                        for _ in range(a.runs):
+                            start = time.perf_counter()
+                            fn()
+                            times[(engine, t)].append((time.perf_counter() - start) * 1e3)
             first = {
-                "inceptc": fresh_process([exe, "--input", xpath, "--output", ypath, "--threads", str(a.threads)]),
+                "inceptc": fresh_process([exe, "--input", xpath, "--output", ypath, "--threads", str(top)]),
                 "onnxruntime": fresh_process([sys.executable, "-c", FIRST_RESULT, "onnxruntime", onnx_path, xpath,
-                                              str(a.threads), "f32"]),
+                                              str(top), "f32"]),
                 "openvino": fresh_process([sys.executable, "-c", FIRST_RESULT, "openvino", ov_path, xpath,
-                                           str(a.threads), ov_hint]),
+                                           str(top), ov_hint]),
             }
-            med = {e: float(np.median(t)) for e, t in times.items()}
+            medians = {k: float(np.median(t)) for k, t in times.items()}
+            scaling.append((label, batch, medians))
+            med = {e: medians[(e, top)] for e in ("inceptc", "onnxruntime", "openvino")}
             rows.append((label, batch, med, first, errs))
             print(f"{label} batch {batch}: " + ", ".join(f"{e} {m:.1f} ms" for e, m in med.items()), file=sys.stderr)
 
     engines = {"int8": "inceptc and ONNX Runtime (static QDQ) in int8, OpenVINO in f32",
                "bf16": "inceptc and OpenVINO in bf16, ONNX Runtime in f32"}.get(a.precision, "every engine in f32")
-    print(f"\n{engines}; {a.threads} threads, {a.rounds} "
+    print(f"\n{engines}; {top} threads, {a.rounds} "
           f"interleaved rounds of {a.runs} runs; inceptc --target-cpu {a.target_cpu}; onnxruntime {ort.__version__}, "
           f"openvino {ov.__version__}, torch {torch.__version__}")
     print(f"CPU: {cpu_model()}\n")
@@ -215,6 +231,17 @@ def main():
         e = " / ".join(f"{errs[k]:.1e}" for k in ("inceptc", "onnxruntime", "openvino"))
         print(f"| {label} | {batch} | {med['inceptc']:.1f} | {med['onnxruntime']:.1f} | {med['openvino']:.1f} | "
               f"{med['inceptc'] / med['onnxruntime']:.2f} | {med['inceptc'] / med['openvino']:.2f} | {f} | {r} | {e} |")
+    if len(counts) > 1:
+        first_count = counts[0]
+        print(f"\nMedians at each thread count, same interleaved rounds; speed-up over {first_count} thread(s)\n")
+        print("| model | batch | engine | " + " | ".join(f"{t} thr ms" for t in counts) + " | " +
+              " | ".join(f"speed-up {first_count}→{t}" for t in counts[1:]) + " |")
+        print("|---|---|---|" + "---|" * (2 * len(counts) - 1))
+        for label, batch, medians in scaling:
+            for engine in ("inceptc", "onnxruntime", "openvino"):
+                ms = [medians[(engine, t)] for t in counts]
+                print(f"| {label} | {batch} | {engine} | " + " | ".join(f"{m:.1f}" for m in ms) + " | " +
+                      " | ".join(f"×{ms[0] / m:.2f}" for m in ms[1:]) + " |")
     sys.exit(1 if failed else 0)
 
 

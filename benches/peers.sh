@@ -4,9 +4,9 @@
 # count), interleaved in one run, after checking that every engine agrees with PyTorch. Not part of CI: it installs torch, timm, onnx, onnxruntime and
 # openvino into the git-ignored virtual environment .venv/ on first use.
 #
-#   benches/peers.sh [--models inception_v4,inception_resnet_v2] [--batches 1,8] [--threads 2]
+#   benches/peers.sh [--models inception_v4,inception_resnet_v2] [--batches 1,8] [--threads 2 | 1,2]
 #                    [--rounds 5] [--runs 3] [--target-cpu native|x86-64-v4|x86-64-v3] [--work DIR]
-#                    [--precision f32|bf16]
+#                    [--precision f32|bf16|int8] [--compile-threads N]
 set -euo pipefail
 [ -x /usr/bin/time ] || { echo "GNU time is needed for peak RSS (Debian: apt-get install time)" >&2; exit 1; }
 root=$(cd "$(dirname "$0")/.." && pwd)
