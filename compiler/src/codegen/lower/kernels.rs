@@ -336,7 +336,9 @@ pub fn winograd_split(
             let one = cost::winograd_split_time(shape, tile, group, parts, register);
             let items = shape.images * th.div_ceil(group) * parts;
             let time = crate::codegen::report::parallel_time(one, items, threads);
-            // Ties (within 1 %) go to fewer items: less scratch and fewer transforms again.
+            // A later candidate must be over 1 % faster: near-ties keep the earlier one, with
+            // fewer tile rows a group (smaller scratch) and then fewer parts (fewer transforms
+            // again).
             if time < best.0 * 0.99 {
                 best = (time, (group, parts));
             }
