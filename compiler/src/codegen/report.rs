@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::cost::{direct_time, winograd_parts, ConvShape, CLOCK_GHZ};
+use super::cost::{direct_time, winograd_parts, winograd_split_time, ConvShape, CLOCK_GHZ};
 use super::lower::Kernel;
 use super::Program;
 
@@ -118,8 +118,9 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 _ => format!("F({my}×{mx},{ry}×{rx})"),
             };
             let parts = winograd_parts(&shape, k.tile, k.group, &k.register);
-            let again = (k.parts - 1) as f64 * parts.input_transforms;
-            let time = parts.products + parts.transforms + again + parts.streaming;
+            let time = winograd_split_time(&shape, k.tile, k.group, k.parts, &k.register);
+            // Transforms, the repeated input transforms of the channel parts included.
+            let transforms = time - parts.products - parts.streaming;
             let split = match k.parts {
                 1 => String::new(),
                 n => format!(" in {n} channel parts"),
@@ -128,7 +129,7 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 "winograd {name}, {} tiles{split}, {}; transforms {:.0}%",
                 k.item_tiles(),
                 k.register.describe(),
-                100.0 * (parts.transforms + again) / time
+                100.0 * transforms / time
             );
             (op, algorithm, time)
         }

@@ -159,13 +159,12 @@ through_core!(ConvKernel, WinogradKernel);
 impl ConvKernel {
     /// Output rows, or pixel tiles when `flat`.
     pub fn units(&self) -> usize {
-        match self.flat {
-            true => {
-                let run = self.flat_run();
-                (self.input.n * self.out_h * self.out_w / run) * run.div_ceil(self.register.pixels)
-            }
-            false => self.input.n * self.out_h,
-        }
+        conv_units(
+            &self.input,
+            [self.out_h, self.out_w],
+            self.flat,
+            self.register.pixels,
+        )
     }
 
     /// Consecutive output pixels that flat tiles cover: the whole batch's when the input has no
@@ -178,6 +177,18 @@ impl ConvKernel {
     /// What the cost model and the FLOP count see.
     pub fn shape(&self) -> cost::ConvShape {
         self.core.shape(self.stride)
+    }
+}
+
+/// [`ConvKernel::units`] of a convolution over `input` with `out` (rows, columns) output pixels
+/// per image, `flat` or not, in tiles of `pixels` pixels.
+pub fn conv_units(input: &MapLayout, out: [usize; 2], flat: bool, pixels: usize) -> usize {
+    match flat {
+        true => {
+            let run = flat_run(input, out);
+            (input.n * out[0] * out[1] / run) * run.div_ceil(pixels)
+        }
+        false => input.n * out[0],
     }
 }
 
@@ -246,8 +257,25 @@ impl WinogradKernel {
     /// Bytes of scratch one work item owns (see [`WinogradKernel::stage_offset`]).
     pub fn item_scratch(&self) -> usize {
         let [ly, lx] = self.points();
-        (self.stage_offset() + ly * lx * 4 * MapLayout::F32).next_multiple_of(WEIGHT_ALIGN)
+        winograd_item_scratch(
+            ly * lx,
+            self.item_tiles(),
+            self.input.channels,
+            self.register.panel(),
+        )
     }
+}
+
+/// [`WinogradKernel::item_scratch`] for `points` points per tile, `tiles` tiles per item,
+/// `in_channels` input channels and products `panel` channels wide: the transformed input, one
+/// panel's products and the staging buffer, aligned.
+pub fn winograd_item_scratch(
+    points: usize,
+    tiles: usize,
+    in_channels: usize,
+    panel: usize,
+) -> usize {
+    (points * (tiles * (in_channels + panel) + 4) * MapLayout::F32).next_multiple_of(WEIGHT_ALIGN)
 }
 
 /// [`winograd_group`] for a convolution from `input` to `out` in Winograd tiles `tile`, its
@@ -323,8 +351,7 @@ pub fn winograd_split(
     }
     let points = (tile[0] + shape.kernel[0] - 1) * (tile[1] + shape.kernel[1] - 1);
     let scratch = |group: usize, parts: usize| {
-        let tiles = group * tw;
-        let item = points * (tiles * (shape.in_channels + register.panel()) + 4) * MapLayout::F32;
+        let item = winograd_item_scratch(points, group * tw, shape.in_channels, register.panel());
         shape.images * th.div_ceil(group) * parts * item
     };
     let mut best = (f64::INFINITY, (1, 1));

@@ -679,10 +679,7 @@ impl Lowering<'_> {
                     false => out.w,
                 };
                 let direct_items = {
-                    let units = match flat {
-                        true => input.n * out.h * out.w / run * run.div_ceil(register.pixels),
-                        false => input.n * out.h,
-                    };
+                    let units = conv_units(&input, [out.h, out.w], flat, register.pixels);
                     match register.isa {
                         tile::Isa::Avx512 | tile::Isa::Amx => {
                             let panels = register.panels(out_channels).len();

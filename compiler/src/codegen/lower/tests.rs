@@ -102,7 +102,7 @@ fn many_threads_split_small_kernels_into_more_items() {
         report::parallel_time(one, items((group, parts)), 16)
     };
     assert!(time((group, parts)) < 0.5 * time(two));
-    let item_bytes = 36 * (group * 9 * (192 + register.panel()) + 4) * 4;
+    let item_bytes = winograd_item_scratch(36, group * 9, 192, register.panel());
     assert!(items((group, parts)) * item_bytes <= WINOGRAD_SCRATCH);
     // 8 rows and 4 panels: 8 items for two threads (groups of 4 rows), 32 for 16.
     assert_eq!(4 * panel_groups(8, 4, 2), 8);
