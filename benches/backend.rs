@@ -113,7 +113,11 @@ fn main() {
         let program = Program::with_options(&graph, 1, size, size, &options).unwrap();
         let jit = JitProgram::new(program).unwrap();
         let compile = start.elapsed();
-        let m = jit.model();
+        // Each kernel timed alone: a stage's kernels run one after another.
+        let m = inceptc_runtime::exec::Model {
+            stages: inceptc_runtime::exec::StageOrder::OneByOne,
+            ..jit.model()
+        };
         let x = random_input(1, size, 1);
         let mut arena = Arena::new(m.arena_bytes).unwrap();
         println!("\n{model} at {size}×{size}, batch 1 (passes + lowering + JIT: {compile:.2?})");

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: golden files that print a unified diff on mismatch and
 //! are rewritten with `BLESS=1`, safetensors checkpoints written from a graph's parameters, and the
-//! bodies of the fuzz targets.
+//! bodies of the fuzz targets, and a run of a model with the kernels of each stage reversed.
 
 use std::path::{Path, PathBuf};
 
@@ -252,4 +252,34 @@ pub fn outcome(out: std::process::Output) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `model` on `input` as it runs, and again with every stage's kernels one after another,
+/// the last first ([`inceptc_runtime::exec::StageOrder::Reversed`]); returns the outputs, or
+/// where the two runs differ. The kernels of a stage run concurrently: were any of them to write
+/// what another reads or writes, the reversed order would change the outputs.
+pub fn run_in_both_orders(
+    model: &inceptc_runtime::exec::Model<'_>,
+    arena: &mut inceptc_runtime::exec::Arena,
+    input: &[f32],
+    pool: &inceptc_runtime::pool::ThreadPool,
+) -> Result<Vec<Vec<f32>>, String> {
+    let got = model.run(arena, input, pool).map_err(|e| e.to_string())?;
+    let reversed = inceptc_runtime::exec::Model {
+        stages: inceptc_runtime::exec::StageOrder::Reversed,
+        ..model.clone()
+    };
+    let again = reversed
+        .run(arena, input, pool)
+        .map_err(|e| e.to_string())?;
+    for (o, (a, b)) in got.iter().zip(&again).enumerate() {
+        if let Some(i) = (0..a.len()).find(|i| a[*i].to_bits() != b[*i].to_bits()) {
+            return Err(format!(
+                "output {o} value {i}: {} with the stages' kernels together, {} with them one \
+                 after another in reverse",
+                a[i], b[i]
+            ));
+        }
+    }
+    Ok(got)
 }

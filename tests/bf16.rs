@@ -57,8 +57,7 @@ fn run_bf16(graph: &Graph, x: &Tensor, threads: usize, amx: bool) -> (Vec<Tensor
     let model = jit.model();
     let mut arena = Arena::new(model.arena_bytes).unwrap();
     let pool = ThreadPool::new(threads);
-    let got = model
-        .run(&mut arena, x.data(), &pool)
+    let got = inceptc_suite::run_in_both_orders(&model, &mut arena, x.data(), &pool)
         .unwrap_or_else(|e| panic!("{e}"));
     let got = got
         .into_iter()

@@ -9,7 +9,7 @@ use inceptc::codegen::{ConvAlgorithm, Kernel, LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::{interp, text, Graph, Tensor};
-use inceptc_runtime::exec::Arena;
+use inceptc_runtime::exec::{Arena, StageOrder};
 use inceptc_runtime::pool::ThreadPool;
 use inceptc_suite::{conv_graph, random_conv, random_input, ConvCase};
 use rand::{Rng, SeedableRng};
@@ -110,8 +110,7 @@ fn compare_tier(
     let model = jit.model();
     let mut arena = Arena::new(model.arena_bytes).unwrap();
     let pool = ThreadPool::new(threads);
-    let got = model
-        .run(&mut arena, x.data(), &pool)
+    let got = inceptc_suite::run_in_both_orders(&model, &mut arena, x.data(), &pool)
         .unwrap_or_else(|e| panic!("{e}"));
     let want = interp::run(graph, x).unwrap();
     assert_eq!(got.len(), want.len());
@@ -481,8 +480,9 @@ fn every_network_matches_the_interpreter() {
 }
 
 /// A convolution made to write one row too far (a wrong tile) is caught by the bounds check after
-/// its own step and named. (Unchecked, the same write lands outside its buffer, maybe outside the
-/// arena: it is not run.)
+/// its own stage and named with the kernels it ran with; with the stage's kernels run one by one,
+/// after its own step and by itself. (Unchecked, the same write lands outside its buffer, maybe
+/// outside the arena: it is not run.)
 #[test]
 fn the_bounds_check_names_a_kernel_that_writes_out_of_bounds() {
     let g = graph(
@@ -506,21 +506,46 @@ fn the_bounds_check_names_a_kernel_that_writes_out_of_bounds() {
             ..LowerOptions::default()
         };
         let program = Program::with_options(&g, 2, 15, 13, &options).unwrap();
-        let steps: Vec<Vec<String>> = program.steps.iter().map(|s| s.nodes.clone()).collect();
-        let jit = JitProgram::new(program).unwrap();
-        let model = jit.model();
-        let mut arena = Arena::new(model.arena_bytes).unwrap();
-        let result = model.run(&mut arena, x.data(), &pool);
-        let err = result.expect_err(fault).to_string();
-        let step = steps.iter().position(|s| s[0] == fault).unwrap();
-        let kernel = inceptc::codegen::kernel_name(step, fault);
-        assert!(
-            err.starts_with(&format!(
-                "bounds check: kernel `{kernel}` (step {step}, block b) wrote out of bounds: "
-            )),
-            "{fault}: {err}"
+        let names: Vec<String> = (program.steps.iter().enumerate())
+            .map(|(i, s)| inceptc::codegen::kernel_name(i, &s.nodes[0]))
+            .collect();
+        let step = program
+            .steps
+            .iter()
+            .position(|s| s.nodes[0] == fault)
+            .unwrap();
+        // The tiles `a` and `b` of one concatenation run together.
+        let first = (0..=step).rev().find(|s| !program.steps[*s].joins).unwrap();
+        let mut end = step + 1;
+        while program.steps.get(end).is_some_and(|s| s.joins) {
+            end += 1;
+        }
+        assert_eq!(
+            end - first,
+            1 + ["a", "b"].contains(&fault) as usize,
+            "{fault}"
         );
-        assert!(err.contains(" of buffer `"), "{err}");
+        let jit = JitProgram::new(program).unwrap();
+        for order in [StageOrder::Together, StageOrder::OneByOne] {
+            let model = inceptc_runtime::exec::Model {
+                stages: order,
+                ..jit.model()
+            };
+            let mut arena = Arena::new(model.arena_bytes).unwrap();
+            let result = model.run(&mut arena, x.data(), &pool);
+            let err = result.expect_err(fault).to_string();
+            let (kernels, at) = match order {
+                StageOrder::Together => (names[first..end].join("` or `"), first),
+                _ => (names[step].clone(), step),
+            };
+            assert!(
+                err.starts_with(&format!(
+                    "bounds check: kernel `{kernels}` (step {at}, block b) wrote out of bounds: "
+                )),
+                "{fault}, {order:?}: {err}"
+            );
+            assert!(err.contains(" of buffer `"), "{err}");
+        }
     }
     // An unknown node is refused when lowering.
     let options = LowerOptions {

@@ -6,7 +6,7 @@ use inceptc::passes::run_pipeline;
 use inceptc::plan::{plan, schedule, MemoryPlan};
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::op::Op;
-use inceptc_ir::{text, Graph};
+use inceptc_ir::{text, Graph, NodeId};
 
 /// The arena may exceed the lower bound by this factor at most.
 const SLACK: f64 = 1.1;
@@ -52,6 +52,7 @@ fn check(graph: &Graph, p: &MemoryPlan) -> Result<(), String> {
             return Err(format!("`{}` overwrites the buffer it reads", node.name));
         }
     }
+    check_stages(graph, p)?;
     if p.arena_bytes < p.lower_bound || p.ratio() > SLACK {
         return Err(format!(
             "arena {} against lower bound {}",
@@ -59,6 +60,95 @@ fn check(graph: &Graph, p: &MemoryPlan) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The stages cover the steps in order; the kernels of a stage read nothing another of them
+/// writes, write one buffer only at different channels, and every buffer they touch is live for
+/// the whole stage (so that the arena keeps them apart while they run together).
+fn check_stages(graph: &Graph, p: &MemoryPlan) -> Result<(), String> {
+    let covered: Vec<usize> = p.stages.iter().flat_map(|s| s.clone()).collect();
+    if covered != (0..p.steps.len()).collect::<Vec<_>>() {
+        return Err(format!(
+            "the stages {:?} do not cover the steps in order",
+            p.stages
+        ));
+    }
+    for stage in &p.stages {
+        let members: Vec<NodeId> = p.steps[stage.clone()].iter().flatten().copied().collect();
+        for &a in &members {
+            let inputs = graph.inputs(a);
+            let own = graph.node(a).own_operands(inputs.len());
+            for &b in &members {
+                let (pa, pb) = (p.placements[&a], p.placements[&b]);
+                let same_step = p.steps[stage.clone()]
+                    .iter()
+                    .any(|s| s.contains(&a) && s.contains(&b));
+                if same_step {
+                    continue;
+                }
+                if inputs[..own]
+                    .iter()
+                    .any(|i| p.placements[i].buffer == pb.buffer)
+                {
+                    return Err(format!(
+                        "`{}` reads the buffer of `{}`, which runs in its stage",
+                        graph.node(a).name,
+                        graph.node(b).name
+                    ));
+                }
+                let apart = pa.channel_offset + pa.channels <= pb.channel_offset
+                    || pb.channel_offset + pb.channels <= pa.channel_offset;
+                if pa.buffer == pb.buffer && !apart {
+                    return Err(format!(
+                        "`{}` and `{}` write the same channels and run together",
+                        graph.node(a).name,
+                        graph.node(b).name
+                    ));
+                }
+            }
+            let touched = inputs.iter().map(|i| p.placements[i].buffer);
+            for buffer in touched.chain([p.placements[&a].buffer]) {
+                let live = p.buffers[buffer].live;
+                if live[0] > stage.start || live[1] < stage.end - 1 {
+                    return Err(format!(
+                        "`{}` of stage {stage:?} touches `{}`, live only {live:?}",
+                        graph.node(a).name,
+                        p.buffers[buffer].name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_branches_of_an_inception_block_run_as_stages() {
+    let g = optimized(Model::InceptionV4);
+    let p = plan(&g, 1, 299, 299).unwrap();
+    check(&g, &p).unwrap();
+    let names = |stage: &std::ops::Range<usize>| -> Vec<String> {
+        p.steps[stage.clone()]
+            .iter()
+            .map(|s| g.node(s[0]).name.clone())
+            .collect()
+    };
+    let stages: Vec<Vec<String>> = p
+        .stages
+        .iter()
+        .map(names)
+        .filter(|n| n.iter().all(|n| n.starts_with("features.6.")))
+        .collect();
+    // The first Inception-A block: its shared 1×1 kernel (with the average pool, which reads
+    // the same input), then the two 3×3 convolutions that read it, then the second 3×3 of the
+    // third branch with the pooled branch's 1×1.
+    assert_eq!(stages.len(), 3, "{stages:#?}");
+    assert!(stages[1].len() >= 2 && stages[2].len() >= 2, "{stages:#?}");
+    assert!(
+        p.stages.len() < p.steps.len() * 2 / 3,
+        "{} stages",
+        p.stages.len()
+    );
 }
 
 #[test]

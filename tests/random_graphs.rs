@@ -309,9 +309,8 @@ fn check_with(
         let jit = JitProgram::new(program).map_err(|e| e.to_string())?;
         let model = jit.model();
         let mut arena = Arena::new(model.arena_bytes).map_err(|e| e.to_string())?;
-        let got = model
-            .run(&mut arena, x.data(), &ThreadPool::new(2))
-            .map_err(|e| e.to_string())?;
+        let got =
+            inceptc_suite::run_in_both_orders(&model, &mut arena, x.data(), &ThreadPool::new(2))?;
         for (g, w) in got.iter().zip(&want) {
             let g = Tensor::new(w.shape().to_vec(), g.clone()).ok_or("output size")?;
             let err = g.relative_error(w).ok_or("no error measure")?;

@@ -2,15 +2,21 @@
 //! size.
 //!
 //! The schedule runs one kernel per step: a node, or all members of a shared kernel
-//! (`merge-sibling-1x1`) together; among the kernels whose operands are ready, the one with the
-//! smallest node index goes first, so branches run in the order the network lists them.
+//! (`merge-sibling-1x1`) together. Kernels go level by level (a kernel's level is one more than
+//! the highest of the kernels it reads), and within a level in node order, so that branches run
+//! in the order the network lists them. Consecutive steps of one level and one block form a
+//! *stage* whose kernels run concurrently, their work items handed out from one range (see
+//! [`stages`]): the branches of an Inception block fill the threads together where one branch
+//! alone cannot. No kernel of a stage writes a buffer another of the stage reads, and two may
+//! write one buffer only at different channels (the tiles of a concatenation).
 //!
 //! Values share buffers where the graph says they may: a tiled node writes into its destination's
 //! buffer, an `in_place` fused conv into its residual's. Each buffer is an NHWC tensor with a zero
 //! halo as wide as the largest padding of any convolution that reads it, so that kernels need no
-//! bounds tests. A buffer lives from the step that first writes it to the last step that reads it
-//! (the graph's outputs live to the end); buffers whose lifetimes overlap never overlap in the
-//! arena. Offsets come from greedy placement (each buffer at the lowest 64-byte-aligned offset, or
+//! bounds tests. A buffer lives from the first step of the stage that first writes it to the last
+//! step of the stage that last reads it (the graph's outputs live to the end), so that the buffers
+//! of the kernels of one stage are live together; buffers whose lifetimes overlap never overlap in
+//! the arena. Offsets come from greedy placement (each buffer at the lowest 64-byte-aligned offset, or
 //! in the tightest gap, that is free for its whole lifetime) over a few visiting orders, improved
 //! by a seeded local search over the order until the arena meets the lower bound (the largest sum
 //! of live buffer sizes at one step) or the search budget is spent.
@@ -144,6 +150,9 @@ pub struct MemoryPlan {
     pub image: [usize; 2],
     /// The kernels in execution order; each step is one node or the members of a shared kernel.
     pub steps: Vec<Vec<NodeId>>,
+    /// The stages: consecutive ranges of steps, covering them all in order, whose kernels run
+    /// concurrently.
+    pub stages: Vec<std::ops::Range<usize>>,
     /// The arena's buffers.
     pub buffers: Vec<Buffer>,
     /// Where each node's result goes.
@@ -173,6 +182,14 @@ pub enum PlanError {
 
 /// The kernels of `graph` in execution order (see the module documentation).
 pub fn schedule(graph: &Graph) -> Result<Vec<Vec<NodeId>>, PlanError> {
+    Ok(leveled_schedule(graph)?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect())
+}
+
+/// [`schedule`], each step with its level.
+fn leveled_schedule(graph: &Graph) -> Result<Vec<(usize, Vec<NodeId>)>, PlanError> {
     // A unit is a kernel: its members, keyed by the smallest member.
     let mut unit_of: HashMap<NodeId, NodeId> = HashMap::new();
     let mut members: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
@@ -197,30 +214,49 @@ pub fn schedule(graph: &Graph) -> Result<Vec<Vec<NodeId>>, PlanError> {
         deps.dedup();
         pending.insert(*key, deps.len());
     }
-    let mut ready: std::collections::BTreeSet<NodeId> = pending
+    // (level, unit): a unit is ready once every unit it reads has run, and its level is known
+    // then: one more than the highest level of a unit whose value it reads, and at least the
+    // level of the tile whose buffer it writes into (a tile's destination operand is not read:
+    // the tiles of a concatenation may run together). A unit becomes ready only once a unit of
+    // its level or lower has run, so units run in order of level.
+    let mut ready: std::collections::BTreeSet<(usize, NodeId)> = pending
         .iter()
         .filter(|(_, k)| **k == 0)
-        .map(|(u, _)| *u)
+        .map(|(u, _)| (0, *u))
         .collect();
+    let mut level: HashMap<NodeId, usize> = HashMap::new();
     let mut steps = Vec::with_capacity(members.len());
-    while let Some(unit) = ready.pop_first() {
+    while let Some((l, unit)) = ready.pop_first() {
         let ms = members[&unit].clone();
-        let mut next: Vec<NodeId> = ms
-            .iter()
-            .flat_map(|m| graph.users(*m))
-            .map(|u| unit_of[&u])
-            .filter(|u| *u != unit)
-            .collect();
-        next.sort();
-        next.dedup();
-        for u in next {
-            let k = pending.get_mut(&u).ok_or(PlanError::Cycle)?;
-            *k -= 1;
-            if *k == 0 {
-                ready.insert(u);
+        // Each later unit that takes a member's value, and whether it reads it (or only writes
+        // into its buffer).
+        let mut next: Vec<(NodeId, bool)> = Vec::new();
+        for m in &ms {
+            for user in graph.users(*m) {
+                let inputs = graph.inputs(user);
+                let own = graph.node(user).own_operands(inputs.len());
+                let reads = inputs[..own].contains(m);
+                next.push((unit_of[&user], reads));
             }
         }
-        steps.push(ms);
+        next.retain(|(u, _)| *u != unit);
+        next.sort();
+        // A unit once, reading if any of its members reads.
+        next.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            earlier.1 |= same && later.1;
+            same
+        });
+        for (u, reads) in next {
+            let k = pending.get_mut(&u).ok_or(PlanError::Cycle)?;
+            *k -= 1;
+            let lu = level.entry(u).or_default();
+            *lu = (*lu).max(l + reads as usize);
+            if *k == 0 {
+                ready.insert((*lu, u));
+            }
+        }
+        steps.push((l, ms));
     }
     if steps.len() != members.len() {
         return Err(PlanError::Cycle);
@@ -250,7 +286,8 @@ pub fn plan_guarded(
     storage: Storage,
 ) -> Result<MemoryPlan, PlanError> {
     let shapes = infer_shapes(graph, batch, height, width)?;
-    let steps = schedule(graph)?;
+    let leveled = leveled_schedule(graph)?;
+    let steps: Vec<Vec<NodeId>> = leveled.iter().map(|(_, s)| s.clone()).collect();
 
     let mut buffers: Vec<Buffer> = Vec::new();
     let mut placements: HashMap<NodeId, Placement> = HashMap::new();
@@ -310,6 +347,18 @@ pub fn plan_guarded(
         }
     }
 
+    let stages = stages(graph, &leveled, &placements);
+    // The steps of each step's stage.
+    let mut stage_of = vec![0..0; steps.len()];
+    for stage in &stages {
+        for s in stage.clone() {
+            stage_of[s] = stage.clone();
+        }
+    }
+    for b in &mut buffers {
+        b.live = [stage_of[b.live[0]].start, stage_of[b.live[0]].end - 1];
+    }
+
     // Halos, hazards and lifetimes.
     let end = steps.len();
     for (s, ms) in steps.iter().enumerate() {
@@ -335,7 +384,7 @@ pub fn plan_guarded(
                 if b == out && !allowed {
                     return Err(PlanError::Hazard(node.name.clone()));
                 }
-                buffers[b].live[1] = buffers[b].live[1].max(s);
+                buffers[b].live[1] = buffers[b].live[1].max(stage_of[s].end - 1);
             }
         }
     }
@@ -361,12 +410,71 @@ pub fn plan_guarded(
         batch,
         image: [height, width],
         steps,
+        stages,
         buffers,
         placements,
         shapes,
         arena_bytes,
         lower_bound,
     })
+}
+
+/// Splits the leveled schedule into stages: maximal runs of consecutive steps of one level and
+/// one block, each with a kernel (the input's step stands alone), where no step reads a buffer
+/// that another step of the run writes, and steps write one buffer only at different channels.
+fn stages(
+    graph: &Graph,
+    leveled: &[(usize, Vec<NodeId>)],
+    placements: &HashMap<NodeId, Placement>,
+) -> Vec<std::ops::Range<usize>> {
+    // The buffers and channels a step writes, and the buffers it reads (the destination operand of
+    // a tile excepted, which it writes into; an in-place residual is read).
+    let access = |members: &[NodeId]| {
+        let writes: Vec<Placement> = members.iter().map(|m| placements[m]).collect();
+        let reads: Vec<usize> = members
+            .iter()
+            .flat_map(|m| {
+                let inputs = graph.inputs(*m);
+                let own = graph.node(*m).own_operands(inputs.len());
+                inputs.into_iter().take(own)
+            })
+            .map(|i| placements[&i].buffer)
+            .collect();
+        (writes, reads)
+    };
+    let apart = |a: &[Placement], b: &[Placement]| {
+        a.iter().all(|p| {
+            b.iter().all(|q| {
+                p.buffer != q.buffer
+                    || p.channel_offset + p.channels <= q.channel_offset
+                    || q.channel_offset + q.channels <= p.channel_offset
+            })
+        })
+    };
+    let kernel = |members: &[NodeId]| !matches!(graph.node(members[0]).op, Op::Input(_));
+    let block = |members: &[NodeId]| graph.node(members[0]).block.as_str();
+    let mut stages: Vec<std::ops::Range<usize>> = Vec::new();
+    for (s, (level, members)) in leveled.iter().enumerate() {
+        let joins = stages.last().is_some_and(|stage| {
+            let first = &leveled[stage.start];
+            let (writes, reads) = access(members);
+            first.0 == *level
+                && kernel(&first.1)
+                && kernel(members)
+                && block(&first.1) == block(members)
+                && leveled[stage.clone()].iter().all(|(_, other)| {
+                    let (w, r) = access(other);
+                    apart(&w, &writes)
+                        && !w.iter().any(|p| reads.contains(&p.buffer))
+                        && !writes.iter().any(|p| r.contains(&p.buffer))
+                })
+        });
+        match (joins, stages.last_mut()) {
+            (true, Some(stage)) => stage.end = s + 1,
+            _ => stages.push(s..s + 1),
+        }
+    }
+    stages
 }
 
 /// Channels a tiled node computes itself: its op's output before tiling.
@@ -523,12 +631,13 @@ impl fmt::Display for MemoryPlan {
         }
         writeln!(
             f,
-            "batch {} at {}×{}: {} steps, {} buffers, arena {} bytes ({:.2} MiB), lower bound {} \
-             bytes, ratio {:.3}",
+            "batch {} at {}×{}: {} steps in {} stages, {} buffers, arena {} bytes ({:.2} MiB), \
+             lower bound {} bytes, ratio {:.3}",
             self.batch,
             self.image[0],
             self.image[1],
             self.steps.len(),
+            self.stages.len(),
             self.buffers.len(),
             self.arena_bytes,
             self.arena_bytes as f64 / (1 << 20) as f64,

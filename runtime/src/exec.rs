@@ -26,6 +26,9 @@ pub struct Step {
     pub block: usize,
     /// Halos to zero before the step runs.
     pub clear_halos: Vec<MapLayout>,
+    /// Whether it runs concurrently with the step before: the work items of a stage's kernels
+    /// are handed out from one range, in step order.
+    pub joins: bool,
 }
 
 /// Everything needed to run a compiled model.
@@ -45,6 +48,22 @@ pub struct Model<'a> {
     pub blocks: Vec<String>,
     /// Buffers watched by the bounds check (`inceptc compile --check-bounds`); empty otherwise.
     pub guards: Vec<Guard>,
+    /// How the kernels of a stage run: together, or one after another (to time each alone, or
+    /// to test that their order does not matter).
+    pub stages: StageOrder,
+}
+
+/// How the kernels of a stage run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StageOrder {
+    /// Their work items handed out together (what executables do).
+    #[default]
+    Together,
+    /// One kernel after another, in step order, each with its own time.
+    OneByOne,
+    /// One kernel after another, the last first. The outputs must not change: no kernel of a
+    /// stage writes what another of it reads or writes.
+    Reversed,
 }
 
 /// The canary: a NaN no kernel computes.
@@ -78,7 +97,7 @@ pub enum RunError {
          {place} of buffer `{buffer}` changed"
     )]
     OutOfBounds {
-        /// The kernel's name.
+        /// The kernel's name (the names of a stage's kernels: `a` or `b`).
         kernel: String,
         /// Its step.
         step: usize,
@@ -402,7 +421,7 @@ impl Drop for Arena {
 }
 
 /// When each step of one run started (from the start of the run) and how long it took, in step
-/// order.
+/// order. The steps of a stage run together: the first holds the stage's time, the others none.
 #[derive(Clone, Debug, Default)]
 pub struct StepTimes {
     /// When each step started, from the start of the run.
@@ -451,62 +470,120 @@ impl Model<'_> {
             t.start = vec![Duration::ZERO; self.steps.len()];
             t.duration = vec![Duration::ZERO; self.steps.len()];
         }
-        for (s, step) in self.steps.iter().enumerate() {
+        let mut first = 0;
+        while first < self.steps.len() {
+            let stage = first..self.stage_end(first);
             let start = Instant::now();
-            for g in self.guards.iter().filter(|g| g.live[0] == s) {
+            for g in self.guards.iter().filter(|g| stage.contains(&g.live[0])) {
                 arm(arena, g);
             }
-            for halo in &step.clear_halos {
-                // The input step writes every pixel of the input map, padding channels included.
-                let written = step.kernel.is_none() && *halo == self.input;
-                clear_halo(arena, halo, !written);
+            for step in &self.steps[stage.clone()] {
+                for halo in &step.clear_halos {
+                    // The input step writes every pixel of the input map, padding channels
+                    // included.
+                    let written = step.kernel.is_none() && *halo == self.input;
+                    clear_halo(arena, halo, !written);
+                }
+                if step.kernel.is_none() {
+                    write_map(arena, &self.input, input, pool);
+                }
             }
-            if step.kernel.is_none() {
-                write_map(arena, &self.input, input, pool);
-            }
-            if let Some(kernel) = step.kernel {
-                let base = arena.as_mut_ptr() as usize;
-                let weights = self.weights.as_ptr() as usize;
-                pool.run(step.items, &|begin, end| {
-                    zero_upper();
-                    // SAFETY: the kernel was generated for this arena and weight layout; work
-                    // items write disjoint memory.
-                    unsafe {
-                        kernel(
-                            base as *mut u8,
-                            weights as *const u8,
-                            begin as u64,
-                            end as u64,
-                        )
+            match self.stages {
+                StageOrder::Together => self.run_stage(arena, stage.clone(), pool),
+                StageOrder::OneByOne | StageOrder::Reversed => {
+                    let mut order: Vec<usize> = stage.clone().collect();
+                    if self.stages == StageOrder::Reversed {
+                        order.reverse();
                     }
-                });
+                    for s in order {
+                        let alone = Instant::now();
+                        self.run_stage(arena, s..s + 1, pool);
+                        if let Some(t) = times.as_deref_mut() {
+                            t.start[s] = alone - run_start;
+                            t.duration[s] = alone.elapsed();
+                        }
+                        // Alone, a kernel that writes out of bounds is named by itself.
+                        self.check_guards(arena, s..s + 1)?;
+                    }
+                }
             }
             if let Some(t) = times.as_deref_mut() {
-                t.start[s] = start - run_start;
-                t.duration[s] = start.elapsed();
+                if self.stages == StageOrder::Together || stage.len() == 1 {
+                    t.start[stage.start] = start - run_start;
+                    t.duration[stage.start] = start.elapsed();
+                    for s in stage.clone().skip(1) {
+                        t.start[s] = t.start[stage.start];
+                    }
+                }
             }
-            self.check_guards(arena, s)?;
+            self.check_guards(arena, stage.clone())?;
+            first = stage.end;
         }
         Ok(self.outputs.iter().map(|o| read(arena, o)).collect())
     }
 }
 
 impl Model<'_> {
-    /// After step `s`: the canaries of every live guarded buffer are intact and its halo is zero.
-    fn check_guards(&self, arena: &Arena, s: usize) -> Result<(), RunError> {
+    /// The end of the stage that starts at step `first`: the first later step that does not
+    /// join it.
+    fn stage_end(&self, first: usize) -> usize {
+        let mut end = first + 1;
+        while self.steps.get(end).is_some_and(|s| s.joins) {
+            end += 1;
+        }
+        end
+    }
+
+    /// Runs the kernels of the steps `stage` on `pool`, their work items numbered one after
+    /// another, each kernel's a segment ([`ThreadPool::run_segments`]).
+    fn run_stage(&self, arena: &Arena, stage: std::ops::Range<usize>, pool: &ThreadPool) {
+        let kernels: Vec<(KernelFn, usize)> = self.steps[stage]
+            .iter()
+            .filter_map(|s| Some((s.kernel?, s.items)))
+            .collect();
+        let ends = crate::pool::segment_ends(kernels.iter().map(|(_, n)| *n));
+        let base = arena.as_mut_ptr() as usize;
+        let weights = self.weights.as_ptr() as usize;
+        pool.run_segments(&ends, &|begin, end| {
+            zero_upper();
+            let mut first = 0;
+            for &(kernel, n) in &kernels {
+                let (b, e) = (begin.max(first), end.min(first + n));
+                if b < e {
+                    // SAFETY: the kernel was generated for this arena and weight layout; work
+                    // items write disjoint memory, and so do the kernels of a stage.
+                    unsafe {
+                        kernel(
+                            base as *mut u8,
+                            weights as *const u8,
+                            (b - first) as u64,
+                            (e - first) as u64,
+                        )
+                    }
+                }
+                first += n;
+            }
+        });
+    }
+
+    /// After the steps `stage`: the canaries of every guarded buffer live in it are intact and
+    /// its halo is zero. A damage names the stage's kernels (which of them wrote, the run cannot
+    /// tell: they ran together).
+    fn check_guards(&self, arena: &Arena, stage: std::ops::Range<usize>) -> Result<(), RunError> {
         for g in self
             .guards
             .iter()
-            .filter(|g| g.live[0] <= s && s <= g.live[1])
+            .filter(|g| g.live[0] < stage.end && stage.start <= g.live[1])
         {
             let Some(place) = damage(arena, g) else {
                 continue;
             };
-            let step = &self.steps[s];
+            let steps = &self.steps[stage.clone()];
+            let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
             return Err(RunError::OutOfBounds {
-                kernel: step.name.clone(),
-                step: s,
-                block: self.blocks.get(step.block).cloned().unwrap_or_default(),
+                kernel: names.join("` or `"),
+                step: stage.start,
+                block: self.blocks.get(steps[0].block).cloned().unwrap_or_default(),
                 buffer: g.buffer.clone(),
                 place,
             });

@@ -23,6 +23,21 @@ pub fn chunk_size(left: usize, threads: usize) -> usize {
     left.div_ceil(2 * threads.max(1)).max(1)
 }
 
+/// The ends of consecutive segments of `counts` items each, for [`ThreadPool::run_segments`].
+pub fn segment_ends(counts: impl Iterator<Item = usize>) -> Vec<usize> {
+    counts
+        .scan(0, |end, n| {
+            *end += n;
+            Some(*end)
+        })
+        .collect()
+}
+
+/// The end of the segment that holds item `item`: the first of `ends` above it.
+pub fn segment_end(ends: &[usize], item: usize) -> usize {
+    ends.iter().copied().find(|e| *e > item).unwrap_or(item + 1)
+}
+
 /// Checks a waiting thread makes before it sleeps (each a spin-loop hint, tens of nanoseconds).
 const SPIN: usize = 1 << 14;
 
@@ -42,6 +57,9 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
 struct Job {
     work: *const Work,
     items: usize,
+    /// The ends of the segments the items fall into, the last `items` (see
+    /// [`ThreadPool::run_segments`]).
+    ends: Vec<usize>,
     threads: usize,
     /// The first item not yet taken.
     next: AtomicUsize,
@@ -59,9 +77,11 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// The end of the chunk that starts at item `begin` (below `items`).
+    /// The end of the chunk that starts at item `begin` (below `items`): a share of the items
+    /// left in `begin`'s segment.
     fn chunk_end(&self, begin: usize) -> usize {
-        begin + chunk_size(self.items - begin, self.threads)
+        let end = segment_end(&self.ends, begin);
+        begin + chunk_size(end - begin, self.threads)
     }
 
     /// Takes and runs chunks until none is left; returns how many items this thread took. A
@@ -152,6 +172,15 @@ impl ThreadPool {
     /// when all are done. If a chunk panics, the chunks not yet started are skipped, and the
     /// panic is raised again here once no thread runs `work`; the pool stays usable.
     pub fn run(&self, items: usize, work: &(dyn Fn(usize, usize) + Sync)) {
+        self.run_segments(&[items], work)
+    }
+
+    /// [`ThreadPool::run`] over items in consecutive segments, `0 .. ends[0]`, `ends[0] ..
+    /// ends[1]` and so on (the kernels of a stage): each segment is split into chunks as if it
+    /// ran alone, so that a segment of few costly items is spread as finely as it would be, while
+    /// threads go on to the next segment without waiting for the others.
+    pub fn run_segments(&self, ends: &[usize], work: &(dyn Fn(usize, usize) + Sync)) {
+        let items = ends.last().copied().unwrap_or(0);
         if self.threads == 1 || items <= 1 {
             if items > 0 {
                 work(0, items);
@@ -164,6 +193,7 @@ impl ThreadPool {
         let job = Arc::new(Job {
             work: work as *const Work,
             items,
+            ends: ends.to_vec(),
             threads: self.threads,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
@@ -288,6 +318,20 @@ mod tests {
             });
             assert_eq!(hits.load(Ordering::Relaxed), 100, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn segments_split_into_chunks_of_their_own() {
+        let pool = ThreadPool::new(2);
+        let chunks = Mutex::new(Vec::new());
+        pool.run_segments(&[3, 3, 43], &|b, e| chunks.lock().unwrap().push((b, e)));
+        let mut chunks = chunks.into_inner().unwrap();
+        chunks.sort();
+        // The first segment in single items (a quarter of 3, rounded up), the empty one not at
+        // all, the third from a chunk of 10 (a quarter of 40) down to single items.
+        assert_eq!(&chunks[..4], [(0, 1), (1, 2), (2, 3), (3, 13)]);
+        assert_eq!(chunks.last(), Some(&(42, 43)));
+        assert!(chunks.windows(2).all(|w| w[0].1 == w[1].0));
     }
 
     #[test]

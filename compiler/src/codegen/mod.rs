@@ -272,6 +272,7 @@ pub fn describe(
                 items: s.kernel.as_ref().map_or(0, |k| k.items()),
                 block: s.block,
                 clear_halos: s.clear_halos.clone(),
+                joins: s.joins,
             })
             .collect(),
         guards: program.guards.clone(),

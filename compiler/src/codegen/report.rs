@@ -24,8 +24,13 @@ pub struct KernelReport {
     pub flops: u64,
     /// Predicted time on one core, in seconds.
     pub predicted: f64,
-    /// Predicted time on the report's thread count, in seconds ([`parallel_time`]).
+    /// Predicted time on the report's thread count, in seconds: its share of its stage's
+    /// [`stage_time`], in proportion to its one-thread time.
     pub parallel: f64,
+    /// Whether it runs together with the kernel before (one stage).
+    pub joins: bool,
+    /// Work items of its stage: its own and those of the kernels it runs with.
+    pub stage_items: usize,
 }
 
 /// What handing a kernel's work items to the pool's threads costs per kernel, in seconds, when
@@ -37,19 +42,33 @@ const POOL_HANDOUT: f64 = 1.5e-6;
 /// the items run out ([`inceptc_runtime::pool::chunk_size`]), each taken by the first thread to
 /// be free. Memory bandwidth shared by the threads is not modelled.
 pub fn parallel_time(one: f64, items: usize, threads: usize) -> f64 {
+    stage_time(&[(one, items)], threads)
+}
+
+/// [`parallel_time`] of a stage: kernels, each `(one, items)`, that run together, their work
+/// items numbered one after another, each kernel's split into chunks as if it ran alone
+/// ([`inceptc_runtime::pool::ThreadPool::run_segments`]).
+pub fn stage_time(kernels: &[(f64, usize)], threads: usize) -> f64 {
     use inceptc_runtime::pool;
+    let items: usize = kernels.iter().map(|(_, n)| n).sum();
+    let one: f64 = kernels.iter().map(|(t, _)| t).sum();
     if threads <= 1 || items <= 1 {
         return one;
     }
-    let per_item = one / items as f64;
+    // Each item's cost, in order.
+    let costs: Vec<f64> = kernels
+        .iter()
+        .flat_map(|(t, n)| std::iter::repeat_n(t / *n.max(&1) as f64, *n))
+        .collect();
+    let ends = pool::segment_ends(kernels.iter().map(|(_, n)| *n));
     let mut free = vec![0.0f64; threads];
     let mut begin = 0;
     while begin < items {
-        let size = pool::chunk_size(items - begin, threads);
+        let size = pool::chunk_size(pool::segment_end(&ends, begin) - begin, threads);
         let first = (0..threads)
             .min_by(|a, b| free[*a].total_cmp(&free[*b]))
             .unwrap_or(0);
-        free[first] += size as f64 * per_item;
+        free[first] += costs[begin..begin + size].iter().sum::<f64>();
         begin += size;
     }
     free.iter().cloned().fold(0.0, f64::max) + POOL_HANDOUT
@@ -67,26 +86,43 @@ const STREAM_VALUES_PER_SECOND: f64 = 0.9e9;
 /// Describes and predicts every kernel of `program`, in step order, on one and on `threads`
 /// threads.
 pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
-    program
-        .steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, step)| {
-            let kernel = step.kernel.as_ref()?;
-            let (op, algorithm, predicted) = describe(kernel);
-            let items = kernel.items();
-            Some(KernelReport {
-                name: super::kernel_name(i, &step.nodes[0]),
-                block: program.blocks[step.block].clone(),
-                op,
-                algorithm,
-                items,
-                flops: kernel.flops(),
-                predicted,
-                parallel: parallel_time(predicted, items, threads),
-            })
-        })
-        .collect()
+    let mut rows: Vec<KernelReport> = Vec::new();
+    // The rows of the current stage start here.
+    let mut stage = 0;
+    for (i, step) in program.steps.iter().enumerate() {
+        let Some(kernel) = step.kernel.as_ref() else {
+            continue;
+        };
+        if !step.joins {
+            stage = rows.len();
+        }
+        let (op, algorithm, predicted) = describe(kernel);
+        rows.push(KernelReport {
+            name: super::kernel_name(i, &step.nodes[0]),
+            block: program.blocks[step.block].clone(),
+            op,
+            algorithm,
+            items: kernel.items(),
+            flops: kernel.flops(),
+            predicted,
+            parallel: 0.0,
+            joins: step.joins,
+            stage_items: 0,
+        });
+        // The stage's time so far, shared among its kernels as their one-thread times are.
+        let kernels: Vec<(f64, usize)> = rows[stage..]
+            .iter()
+            .map(|r| (r.predicted, r.items))
+            .collect();
+        let time = stage_time(&kernels, threads);
+        let one: f64 = kernels.iter().map(|(t, _)| t).sum();
+        let items = kernels.iter().map(|(_, n)| n).sum();
+        for r in &mut rows[stage..] {
+            r.parallel = time * r.predicted / one.max(f64::MIN_POSITIVE);
+            r.stage_items = items;
+        }
+    }
+    rows
 }
 
 fn describe(kernel: &Kernel) -> (String, String, f64) {
@@ -219,10 +255,14 @@ pub fn table(program: &Program, threads: usize) -> String {
         false => out.push('\n'),
     }
     for r in &rows {
+        let name = match r.joins {
+            true => format!("+ {}", r.name),
+            false => r.name.clone(),
+        };
         let _ = write!(
             out,
             "{:<44} {:<20} {:<36} {:<34} {:>6} {:>9.1} {:>7.3} ms {:>5.1}%",
-            r.name,
+            name,
             r.block,
             r.op,
             r.algorithm,
@@ -240,10 +280,12 @@ pub fn table(program: &Program, threads: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{} kernels for {} in {}, {:.2} GFLOP; predicted {:.1} ms on one core at {CLOCK_GHZ} GHz \
-         (a cost model fitted to f32 code on the development machine, bf16 and int8 scaled by \
-         their instructions' products; measure with OUT --bench)",
+        "{} kernels in {} stages (a kernel marked + runs together with the one above) for {} in \
+         {}, {:.2} GFLOP; predicted {:.1} ms on one core at {CLOCK_GHZ} GHz (a cost model fitted \
+         to f32 code on the development machine, bf16 and int8 scaled by their instructions' \
+         products; measure with OUT --bench)",
         rows.len(),
+        rows.iter().filter(|r| !r.joins).count(),
         program.tier.name(),
         program.precision.name(),
         flops as f64 / 1e9,
@@ -276,7 +318,7 @@ fn threads_summary(program: &Program, rows: &[KernelReport], threads: usize) -> 
         }
         let one: f64 = of_block.iter().map(|r| r.predicted).sum();
         let many: f64 = of_block.iter().map(|r| r.parallel).sum();
-        let least = of_block.iter().map(|r| r.items).min().unwrap_or(0);
+        let least = of_block.iter().map(|r| r.stage_items).min().unwrap_or(0);
         let _ = writeln!(
             out,
             "{block:<24} {:>7.3} ms {:>9.3} ms {:>10.2} {least:>9}",
@@ -290,14 +332,15 @@ fn threads_summary(program: &Program, rows: &[KernelReport], threads: usize) -> 
     // A fold from +0 (an empty f64 sum is −0, which prints as "-0%").
     let starved = rows
         .iter()
-        .filter(|r| r.items < threads)
+        .filter(|r| r.stage_items < threads)
         .map(|r| r.predicted)
         .fold(0.0, |a, b| a + b);
     let _ = writeln!(
         out,
         "predicted {:.1} ms on {threads} threads against {:.1} ms on one: parallel efficiency \
-         {:.2}; {:.0}% of the one-thread time is in kernels with fewer than {threads} work items \
-         (kernels run one after another; memory bandwidth is not modelled)",
+         {:.2}; {:.0}% of the one-thread time is in stages with fewer than {threads} work items \
+         (the kernels of a stage run together, the stages one after another; memory bandwidth is \
+         not modelled)",
         many * 1e3,
         one * 1e3,
         efficiency(one, many),
@@ -309,6 +352,27 @@ fn threads_summary(program: &Program, rows: &[KernelReport], threads: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_splits_each_kernel_as_if_alone() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // 2 costly items, then 40 cheap ones, on 2 threads: one costly item each, then 20 cheap
+        // ones each.
+        assert!(close(
+            stage_time(&[(2.0, 2), (0.4, 40)], 2),
+            1.2 + POOL_HANDOUT
+        ));
+        // The same kernels one after another, each on both threads.
+        let apart = parallel_time(2.0, 2, 2) + parallel_time(0.4, 40, 2);
+        assert!(close(
+            apart - stage_time(&[(2.0, 2), (0.4, 40)], 2),
+            POOL_HANDOUT
+        ));
+        // 3 items of one kernel on 4 threads leave a thread idle that the next kernel fills.
+        assert!(stage_time(&[(3.0, 3), (1.0, 1)], 4) < parallel_time(3.0, 3, 4) + 1.0);
+        // On one thread, the sum.
+        assert_eq!(stage_time(&[(3.0, 3), (1.0, 1)], 1), 4.0);
+    }
 
     #[test]
     fn parallel_time_follows_the_pools_chunks() {

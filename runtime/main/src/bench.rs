@@ -46,14 +46,16 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// The Chrome trace-event JSON of one timed run: a complete ("X") event per block and per kernel,
-/// in microseconds from the start of the run.
+/// The Chrome trace-event JSON of one timed run: a complete ("X") event per block and per stage,
+/// in microseconds from the start of the run. A stage of one step is its kernel; the kernels of a
+/// larger stage run together, and its event names them all (`k12_a + k13_b`).
 fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mut events = vec![format!(
         "{{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": 1, \"tid\": 1, \"args\": {{\"name\": {}}}}}",
         json_string(&format!("{} (batch {}, {threads} threads)", desc.model, desc.batch))
     )];
+    let end_of = |k: usize| times.start[k] + times.duration[k];
     let mut s = 0;
     while s < desc.steps.len() {
         let block = desc.steps[s].block;
@@ -62,22 +64,35 @@ fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
             s += 1;
         }
         let begin = times.start[first];
-        let end = times.start[s - 1] + times.duration[s - 1];
+        let end = (first..s).map(end_of).max().unwrap_or(begin);
         events.push(format!(
             "{{\"name\": {}, \"cat\": \"block\", \"ph\": \"X\", \"ts\": {:.3}, \"dur\": {:.3}, \"pid\": 1, \"tid\": 1}}",
             json_string(&desc.blocks[block]),
             us(begin),
             us(end - begin)
         ));
-        for k in first..s {
-            let step = &desc.steps[k];
+        let mut k = first;
+        while k < s {
+            let mut stage = k + 1;
+            while stage < s && desc.steps[stage].joins {
+                stage += 1;
+            }
+            let steps = &desc.steps[k..stage];
+            let name: Vec<&str> = steps
+                .iter()
+                .map(|step| match step.has_kernel {
+                    true => step.name.as_str(),
+                    false => "input",
+                })
+                .collect();
             events.push(format!(
                 "{{\"name\": {}, \"cat\": \"kernel\", \"ph\": \"X\", \"ts\": {:.3}, \"dur\": {:.3}, \"pid\": 1, \"tid\": 1, \"args\": {{\"work_items\": {}}}}}",
-                json_string(if step.has_kernel { &step.name } else { "input" }),
+                json_string(&name.join(" + ")),
                 us(times.start[k]),
                 us(times.duration[k]),
-                step.items
+                steps.iter().map(|step| step.items).sum::<usize>()
             ));
+            k = stage;
         }
     }
     format!(

@@ -63,6 +63,16 @@ impl ModelDesc {
                 return Err(DescError("an int8 feature map's scale is not positive"));
             }
         }
+        // A stage is steps with kernels: the input's step, and the first step, run alone.
+        let mut previous: Option<&StepDesc> = None;
+        for s in &self.steps {
+            if s.joins && (!s.has_kernel || !previous.is_some_and(|p| p.has_kernel)) {
+                return Err(DescError(
+                    "a step without a kernel runs concurrently with another",
+                ));
+            }
+            previous = Some(s);
+        }
         for g in &self.guards {
             let end = g
                 .offset

@@ -29,7 +29,7 @@ pub struct Guard {
 }
 
 const MAGIC: u64 = u64::from_le_bytes(*b"INCEPTC\0");
-const VERSION: u64 = 7;
+const VERSION: u64 = 8;
 
 /// How input images become the network's input tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,6 +147,8 @@ pub struct StepDesc {
     pub block: usize,
     /// Halos to zero before the step runs.
     pub clear_halos: Vec<MapLayout>,
+    /// Whether the step runs concurrently with the one before (one stage).
+    pub joins: bool,
 }
 
 /// The whole description.
@@ -311,10 +313,12 @@ impl ModelDesc {
                     items: s.items,
                     block: s.block,
                     clear_halos: s.clear_halos.clone(),
+                    joins: s.joins,
                 })
                 .collect(),
             blocks: self.blocks.clone(),
             guards: self.guards.clone(),
+            stages: crate::exec::StageOrder::Together,
         }
     }
 
@@ -390,6 +394,7 @@ impl ModelDesc {
             w.u(s.block);
             w.u(s.clear_halos.len());
             s.clear_halos.iter().for_each(|m| w.map(m));
+            w.u(s.joins as usize);
         }
         w.u(self.guards.len());
         for g in &self.guards {
@@ -521,12 +526,14 @@ impl ModelDesc {
             for _ in 0..r.len()? {
                 clear_halos.push(r.map()?);
             }
+            let joins = r.u()? != 0;
             steps.push(StepDesc {
                 name,
                 has_kernel,
                 items,
                 block,
                 clear_halos,
+                joins,
             });
         }
         let mut guards = Vec::new();

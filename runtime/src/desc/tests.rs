@@ -51,6 +51,7 @@ fn round_trips_and_rejects_truncation() {
             items: 5,
             block: 1,
             clear_halos: vec![m],
+            joins: false,
         }],
         guards: vec![Guard {
             buffer: "conv".into(),
@@ -107,6 +108,7 @@ fn round_trips_and_rejects_truncation() {
         "preprocessing is out of range",
     );
     refused(&|d| d.outputs.clear(), "no output");
+    refused(&|d| d.steps[0].joins = true, "runs concurrently");
     refused(&|d| d.image = [6, 5], "does not match");
     refused(&|d| d.input.offset = usize::MAX - 8, "outside the arena");
     refused(&|d| d.input.c_total = usize::MAX / 2, "outside the arena");

@@ -33,7 +33,8 @@ pub const LINEAR_LANES: usize = 4;
 pub const WEIGHT_ALIGN: usize = 64;
 
 /// One step of the program: its kernel (none for the graph's input), the node names it covers,
-/// its block, and the halos to clear before it runs (buffers it is the first to write).
+/// its block, the halos to clear before it runs (buffers it is the first to write), and whether
+/// it runs concurrently with the step before (one stage of the plan).
 #[derive(Clone, Debug)]
 pub struct Step {
     /// What it computes; `None` for the input step.
@@ -44,6 +45,9 @@ pub struct Step {
     pub block: usize,
     /// Halos to zero before it runs.
     pub clear_halos: Vec<MapLayout>,
+    /// Whether it runs in the same stage as the step before: their work items are handed out
+    /// from one range.
+    pub joins: bool,
 }
 
 /// A network ready for code generation at one batch size and input size.
@@ -241,19 +245,27 @@ impl Program {
                     .collect(),
                 block,
                 clear_halos,
+                joins: plan
+                    .stages
+                    .iter()
+                    .any(|stage| stage.start < s && s < stage.end),
             });
         }
         let input = input.ok_or(CodegenError::NoInput)?;
-        // Winograd scratch: one region after the buffers, shared by the steps (they run one at a
-        // time), as large as the largest step's.
+        // Winograd scratch: one region after the buffers, shared by the stages (they run one at
+        // a time); the Winograd kernels of a stage take consecutive parts of it.
         let scratch = plan.arena_bytes.next_multiple_of(WEIGHT_ALIGN);
         let mut scratch_bytes = 0;
-        for step in &mut steps {
-            if let Some(Kernel::Winograd(k)) = &mut step.kernel {
-                k.scratch = scratch;
-                scratch_bytes =
-                    scratch_bytes.max(k.item_scratch() * k.input.n * k.groups() * k.parts);
+        for stage in &plan.stages {
+            let mut offset = scratch;
+            for step in &mut steps[stage.clone()] {
+                if let Some(Kernel::Winograd(k)) = &mut step.kernel {
+                    k.scratch = offset;
+                    offset += (k.item_scratch() * k.input.n * k.groups() * k.parts)
+                        .next_multiple_of(WEIGHT_ALIGN);
+                }
             }
+            scratch_bytes = scratch_bytes.max(offset - scratch);
         }
         let arena_bytes = match scratch_bytes {
             0 => plan.arena_bytes,
