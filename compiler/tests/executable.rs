@@ -1126,7 +1126,8 @@ fn an_executable_on_a_cpu_without_its_tier_says_so() {
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
 fn outputs_are_bit_identical_across_runs_and_thread_counts() {
     // Every output element is computed by the same instructions whichever thread runs it: work
-    // items are fixed rows or pixel tiles, and the thread count only decides who takes which.
+    // items are fixed rows or pixel tiles, and the thread count only decides who takes which (of
+    // every kernel of a stage, whose kernels run together).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let exe = compile(
@@ -1149,32 +1150,37 @@ fn outputs_are_bit_identical_across_runs_and_thread_counts() {
             "--threads {threads} differs from --threads 1"
         );
     }
-    // Compiled for 16 threads (Winograd items split by channel panels), under the bounds check:
-    // the same bits on every thread count again.
-    let many = compile(
-        d,
-        "v2-16",
-        "inception-resnet-v2",
-        &[
-            "--image-size",
-            "91",
-            "--batch",
-            "2",
-            "--threads",
-            "16",
-            "--check-bounds",
-        ],
-    );
+    // Compiled for 16 threads (Winograd items split by channel panels), under the bounds check
+    // with the stages' kernels running together (Inception-v4's Inception-A branches among
+    // them): the same bits on every thread count again.
     let mut first = None;
-    for threads in ["1", "3", "16"] {
-        let (code, stderr, y) = run_tensor(&many, d, &x, &["--threads", threads]);
-        assert_eq!(code, 0, "{stderr}");
-        let y = y.unwrap();
-        let first = first.get_or_insert_with(|| y.clone());
-        assert!(
-            y == *first,
-            "compiled for 16 threads: --threads {threads} differs from --threads 1"
+    for (name, model) in [("v2-16", "inception-resnet-v2"), ("v4-16", "inception-v4")] {
+        let many = compile(
+            d,
+            name,
+            model,
+            &[
+                "--image-size",
+                "91",
+                "--batch",
+                "2",
+                "--threads",
+                "16",
+                "--check-bounds",
+            ],
         );
+        let mut one = None;
+        for threads in ["1", "2", "3", "5", "16"] {
+            let (code, stderr, y) = run_tensor(&many, d, &x, &["--threads", threads]);
+            assert_eq!(code, 0, "{model}: {stderr}");
+            let y = y.unwrap();
+            let one = one.get_or_insert_with(|| y.clone());
+            assert!(
+                y == *one,
+                "{model} compiled for 16 threads: --threads {threads} differs from --threads 1"
+            );
+        }
+        first.get_or_insert(one.unwrap());
     }
     // And within rounding of the two-thread build (a split may choose another Winograd tile).
     let (split, default) = (npy_tensor(&first.unwrap()), npy_tensor(&outputs[0].1));
