@@ -477,27 +477,34 @@ impl Model<'_> {
             for g in self.guards.iter().filter(|g| stage.contains(&g.live[0])) {
                 arm(arena, g);
             }
+            // The halos of the buffers the stage is the first to write: their rows and columns
+            // are cleared by the pool along with the stage's kernels (which write only inside),
+            // the padding channels of their pixels before.
+            let mut halos: Vec<&MapLayout> = Vec::new();
             for step in &self.steps[stage.clone()] {
                 for halo in &step.clear_halos {
                     // The input step writes every pixel of the input map, padding channels
                     // included.
-                    let written = step.kernel.is_none() && *halo == self.input;
-                    clear_halo(arena, halo, !written);
-                }
-                if step.kernel.is_none() {
-                    write_map(arena, &self.input, input, pool);
+                    if !(step.kernel.is_none() && *halo == self.input) {
+                        clear_padding_channels(arena, halo);
+                    }
+                    halos.push(halo);
                 }
             }
+            if self.steps[stage.clone()].iter().any(|s| s.kernel.is_none()) {
+                write_map(arena, &self.input, input, pool);
+            }
             match self.stages {
-                StageOrder::Together => self.run_stage(arena, stage.clone(), pool),
+                StageOrder::Together => self.run_stage(arena, stage.clone(), &halos, pool),
                 StageOrder::OneByOne | StageOrder::Reversed => {
+                    self.run_stage(arena, stage.start..stage.start, &halos, pool);
                     let mut order: Vec<usize> = stage.clone().collect();
                     if self.stages == StageOrder::Reversed {
                         order.reverse();
                     }
                     for s in order {
                         let alone = Instant::now();
-                        self.run_stage(arena, s..s + 1, pool);
+                        self.run_stage(arena, s..s + 1, &[], pool);
                         if let Some(t) = times.as_deref_mut() {
                             t.start[s] = alone - run_start;
                             t.duration[s] = alone.elapsed();
@@ -535,18 +542,43 @@ impl Model<'_> {
     }
 
     /// Runs the kernels of the steps `stage` on `pool`, their work items numbered one after
-    /// another, each kernel's a segment ([`ThreadPool::run_segments`]).
-    fn run_stage(&self, arena: &Arena, stage: std::ops::Range<usize>, pool: &ThreadPool) {
+    /// another, each kernel's a segment ([`ThreadPool::run_segments`]), after a segment that
+    /// clears the halo rows and columns of `halos`, a padded row an item.
+    fn run_stage(
+        &self,
+        arena: &Arena,
+        stage: std::ops::Range<usize>,
+        halos: &[&MapLayout],
+        pool: &ThreadPool,
+    ) {
         let kernels: Vec<(KernelFn, usize)> = self.steps[stage]
             .iter()
             .filter_map(|s| Some((s.kernel?, s.items)))
             .collect();
-        let ends = crate::pool::segment_ends(kernels.iter().map(|(_, n)| *n));
+        let rows: Vec<usize> = halos.iter().map(|m| halo_rows(m)).collect();
+        let halo_items: usize = rows.iter().sum();
+        let ends = crate::pool::segment_ends(
+            std::iter::once(halo_items).chain(kernels.iter().map(|(_, n)| *n)),
+        );
         let base = arena.as_mut_ptr() as usize;
+        let size = arena.layout.size();
         let weights = self.weights.as_ptr() as usize;
         pool.run_segments(&ends, &|begin, end| {
-            zero_upper();
+            // The halo rows first: item `i` of halo `h` is its padded row `i`.
             let mut first = 0;
+            for (m, n) in halos.iter().zip(&rows) {
+                for item in begin.max(first)..end.min(first + n) {
+                    // SAFETY: the rows of a halo lie in the arena (checked inside); no kernel of
+                    // the stage writes them and no other halo shares them.
+                    unsafe { clear_halo_row(base as *mut u8, size, m, item - first) };
+                }
+                first += n;
+            }
+            if end <= halo_items {
+                return;
+            }
+            zero_upper();
+            let mut first = halo_items;
             for &(kernel, n) in &kernels {
                 let (b, e) = (begin.max(first), end.min(first + n));
                 if b < e {
@@ -617,31 +649,69 @@ fn zero_upper() {
     }
 }
 
-/// Fills the halo rows and columns of every image of `m` with its [`MapLayout::halo_byte`] (0
-/// but in a u8 map with a zero point), and zeroes the padding channels of every pixel (see
-/// [`MapLayout::padding_channels`]).
-fn clear_halo(arena: &mut Arena, m: &MapLayout, padding_channels: bool) {
+/// The padded rows of every image of `m` that hold halo (every row, when `m` has halo columns;
+/// 0 without a halo).
+fn halo_rows(m: &MapLayout) -> usize {
+    match m.halo {
+        [0, 0] => 0,
+        [_, 0] => m.n * 2 * m.halo[0],
+        _ => m.n * (m.h + 2 * m.halo[0]),
+    }
+}
+
+/// Fills the halo of padded row `item` ([`halo_rows`]) of `m` with its
+/// [`MapLayout::halo_byte`] (0 but in a u8 map with a zero point): a halo row whole, another
+/// row's halo columns.
+///
+/// # Safety
+/// `base` is an arena of `size` bytes that no other thread writes at those bytes.
+unsafe fn clear_halo_row(base: *mut u8, size: usize, m: &MapLayout, item: usize) {
     let fill = m.halo_byte();
+    let padded = m.h + 2 * m.halo[0];
+    let (n, r) = match m.halo[1] {
+        0 => {
+            // Only the halo rows: the first `halo[0]` and the last of each image.
+            let per = 2 * m.halo[0];
+            let (n, k) = (item / per, item % per);
+            (n, if k < m.halo[0] { k } else { m.h + k })
+        }
+        _ => (item / padded, item % padded),
+    };
+    let row = m.offset + n * m.image_stride() + r * m.row_stride();
+    assert!(
+        row + m.row_stride() <= size,
+        "a halo row lies outside the arena"
+    );
     let side = m.halo[1] * m.pixel_stride();
     let right = (m.halo[1] + m.w) * m.pixel_stride();
+    // SAFETY: in the arena (checked); the caller owns these bytes.
+    unsafe {
+        if r < m.halo[0] || r >= m.h + m.halo[0] {
+            std::ptr::write_bytes(base.add(row), fill, m.row_stride());
+        } else {
+            std::ptr::write_bytes(base.add(row), fill, side);
+            std::ptr::write_bytes(base.add(row + right), fill, m.row_stride() - right);
+        }
+    }
+}
+
+/// Zeroes the padding channels of every pixel of `m` inside its halo (see
+/// [`MapLayout::padding_channels`]).
+fn clear_padding_channels(arena: &mut Arena, m: &MapLayout) {
     let value = m.value_bytes();
     let padding = m.padding_channels();
+    if padding.is_empty() {
+        return;
+    }
     let padding = padding.start * value..padding.end * value;
+    let side = m.halo[1] * m.pixel_stride();
+    let right = (m.halo[1] + m.w) * m.pixel_stride();
     for n in 0..m.n {
         let image = m.offset + n * m.image_stride();
-        let rows = m.h + 2 * m.halo[0];
-        for r in 0..rows {
+        for r in m.halo[0]..m.halo[0] + m.h {
             let row = arena.bytes_mut(image + r * m.row_stride(), m.row_stride());
-            if r < m.halo[0] || r >= m.h + m.halo[0] {
-                row.fill(fill);
-                continue;
-            }
-            row[..side].fill(fill);
-            row[right..].fill(fill);
-            if padding_channels && !padding.is_empty() {
-                for pixel in row[side..right].chunks_exact_mut(m.pixel_stride()) {
-                    pixel[padding.clone()].fill(0);
-                }
+            for pixel in row[side..right].chunks_exact_mut(m.pixel_stride()) {
+                pixel[padding.clone()].fill(0);
             }
         }
     }
@@ -815,6 +885,52 @@ pub fn read(arena: &Arena, layout: &Layout) -> Vec<f32> {
                 out.extend_from_slice(arena.floats(v.address(n, 0), v.features));
             }
             out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte of the halo rows and columns of `m`, and no other, as `clear_halo_row` over
+    /// its `halo_rows` clears them.
+    #[test]
+    fn halo_rows_clear_the_halo_and_nothing_else() {
+        for halo in [[1, 2], [2, 0], [0, 3], [0, 0]] {
+            let m = MapLayout {
+                offset: 64,
+                n: 2,
+                h: 5,
+                w: 4,
+                c_total: 3,
+                channel_offset: 0,
+                channels: 3,
+                halo,
+                precision: Precision::F32,
+                quant: crate::layout::Quant::default(),
+            };
+            let size = 64 + m.bytes() + 64;
+            let mut arena = vec![0xAAu8; size];
+            for item in 0..halo_rows(&m) {
+                // SAFETY: the arena is `size` bytes, this thread's alone.
+                unsafe { clear_halo_row(arena.as_mut_ptr(), size, &m, item) };
+            }
+            for (i, byte) in arena.iter().enumerate() {
+                let inside = (m.offset..m.offset + m.bytes()).contains(&i);
+                let (image, at) = (
+                    (i - m.offset.min(i)) / m.image_stride(),
+                    i - m.offset.min(i),
+                );
+                let (r, x) = (
+                    at % m.image_stride() / m.row_stride(),
+                    at % m.row_stride() / m.pixel_stride(),
+                );
+                let in_halo = inside
+                    && image < m.n
+                    && (r < halo[0] || r >= m.h + halo[0] || x < halo[1] || x >= m.w + halo[1]);
+                assert_eq!(*byte == 0, in_halo, "halo {halo:?}, byte {i}");
+            }
         }
     }
 }
