@@ -4,8 +4,9 @@
     benches/kernel_scaling.py EXE [--threads 1,2] [--rounds 5] [--runs 5] [--all]
 
 Each round runs `EXE --bench --runs RUNS --threads T --trace FILE` for every thread count T in
-turn and reads each kernel's span from the trace (the round's fastest run); a kernel's time at T
-is its minimum over the rounds (the shared machines are noisy: the minimum is the least disturbed
+turn and reads each kernel's span from the trace (the round's fastest run; kernels that run
+together in one stage share a span, named `k14_… + k15_…`); a kernel's time at T is its minimum
+over the rounds (the shared machines are noisy: the minimum is the least disturbed
 run). Prints the kernels that are not faster on the later thread counts than on the first (all of
 them with --all), with their work items, and the whole network's speed-up. Standard library only.
 """
