@@ -87,15 +87,10 @@ const STREAM_VALUES_PER_SECOND: f64 = 0.9e9;
 /// threads.
 pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
     let mut rows: Vec<KernelReport> = Vec::new();
-    // The rows of the current stage start here.
-    let mut stage = 0;
     for (i, step) in program.steps.iter().enumerate() {
         let Some(kernel) = step.kernel.as_ref() else {
             continue;
         };
-        if !step.joins {
-            stage = rows.len();
-        }
         let (op, algorithm, predicted) = describe(kernel);
         rows.push(KernelReport {
             name: super::kernel_name(i, &step.nodes[0]),
@@ -109,15 +104,14 @@ pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
             joins: step.joins,
             stage_items: 0,
         });
-        // The stage's time so far, shared among its kernels as their one-thread times are.
-        let kernels: Vec<(f64, usize)> = rows[stage..]
-            .iter()
-            .map(|r| (r.predicted, r.items))
-            .collect();
+    }
+    // Each stage's time, shared among its kernels as their one-thread times are.
+    for stage in rows.chunk_by_mut(|_, next| next.joins) {
+        let kernels: Vec<(f64, usize)> = stage.iter().map(|r| (r.predicted, r.items)).collect();
         let time = stage_time(&kernels, threads);
         let one: f64 = kernels.iter().map(|(t, _)| t).sum();
         let items = kernels.iter().map(|(_, n)| n).sum();
-        for r in &mut rows[stage..] {
+        for r in stage {
             r.parallel = time * r.predicted / one.max(f64::MIN_POSITIVE);
             r.stage_items = items;
         }
