@@ -254,6 +254,14 @@ pub fn outcome(out: std::process::Output) -> (i32, String, String) {
     )
 }
 
+/// Whether a test compiles its convolutions' work items panel-major (`true`) or group-major
+/// (`LowerOptions::item_order`): by the sign of the input's first value, so that a test's
+/// random cases cover both numberings (the compiler picks group-major for every layer as small
+/// as a test's; the executable tests run its own choice on whole networks).
+pub fn panel_major_for(input: &[f32]) -> bool {
+    input.first().is_some_and(|v| *v < 0.0)
+}
+
 /// Runs `model` on `input` as it runs, and again with every stage's kernels one after another,
 /// the last first ([`inceptc_runtime::exec::StageOrder::Reversed`]); returns the outputs, or
 /// where the two runs differ. The kernels of a stage run concurrently: were any of them to write

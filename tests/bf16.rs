@@ -8,7 +8,7 @@
 
 use inceptc::codegen::jit::JitProgram;
 use inceptc::codegen::tile::Tier;
-use inceptc::codegen::{Kernel, LowerOptions, Program};
+use inceptc::codegen::{ItemOrder, Kernel, LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::interp::{self, Rounding};
@@ -49,6 +49,10 @@ fn run_bf16(graph: &Graph, x: &Tensor, threads: usize, amx: bool) -> (Vec<Tensor
         tier: Tier::V4,
         precision: Precision::Bf16,
         amx,
+        item_order: Some(match inceptc_suite::panel_major_for(x.data()) {
+            true => ItemOrder::PanelMajor,
+            false => ItemOrder::GroupMajor,
+        }),
         ..LowerOptions::default()
     };
     let program =

@@ -5,7 +5,7 @@
 
 use inceptc::codegen::jit::JitProgram;
 use inceptc::codegen::tile::Tier;
-use inceptc::codegen::{ConvAlgorithm, Kernel, LowerOptions, Program};
+use inceptc::codegen::{ConvAlgorithm, ItemOrder, Kernel, LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::{interp, text, Graph, Tensor};
@@ -102,6 +102,10 @@ fn compare_tier(
         conv,
         tier,
         threads: split_for,
+        item_order: Some(match inceptc_suite::panel_major_for(x.data()) {
+            true => ItemOrder::PanelMajor,
+            false => ItemOrder::GroupMajor,
+        }),
         ..LowerOptions::default()
     };
     let program =

@@ -8,7 +8,7 @@
 
 use inceptc::codegen::jit::JitProgram;
 use inceptc::codegen::tile::Tier;
-use inceptc::codegen::{LowerOptions, Program};
+use inceptc::codegen::{ItemOrder, LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::interp;
@@ -63,6 +63,10 @@ fn run_int8(
         precision: Precision::U8,
         int8: int8.clone(),
         amx,
+        item_order: Some(match inceptc_suite::panel_major_for(x.data()) {
+            true => ItemOrder::PanelMajor,
+            false => ItemOrder::GroupMajor,
+        }),
         ..LowerOptions::default()
     };
     let program =

@@ -15,7 +15,7 @@
 
 use inceptc::codegen::jit::JitProgram;
 use inceptc::codegen::tile::Tier;
-use inceptc::codegen::{LowerOptions, Program};
+use inceptc::codegen::{ItemOrder, LowerOptions, Program};
 use inceptc::passes::run_pipeline;
 use inceptc_graphs::blocks::{column, pointwise, row, square, Builder, ConvSpec};
 use inceptc_ir::interp::Rounding;
@@ -285,6 +285,10 @@ fn check_with(
         let x = input(batch, size, seed);
         let mut options = LowerOptions {
             check_bounds: true,
+            item_order: Some(match inceptc_suite::panel_major_for(x.data()) {
+                true => ItemOrder::PanelMajor,
+                false => ItemOrder::GroupMajor,
+            }),
             ..options.clone()
         };
         let (want, tolerance) = match (options.precision, options.amx) {

@@ -309,6 +309,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 int8: Default::default(),
                 threads,
                 winograd_parts: None,
+                item_order: None,
             };
             match (options.precision, &calibrate) {
                 (Precision::U8, None) => bail!(

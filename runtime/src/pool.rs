@@ -1,26 +1,32 @@
-//! A fixed pool of worker threads that splits a range of work items into chunks, which the
-//! threads take in turn: a thread that runs late (a busy or shared core) takes fewer chunks
-//! instead of holding the others up. Chunks shrink as the items run out (each takes a
-//! `1 / (2 · threads)` share of what is left, see [`chunk_size`]), so that the threads finish
-//! together: the last chunks are single items. The calling thread works too and returns when
-//! every item is done. Which thread computes an item never changes what is computed.
+//! A fixed pool of worker threads that splits a range of work items among them. Every thread has
+//! a *share* of each call: of `T` threads (the caller is thread 0), thread `t` owns the items `t ·
+//! n / T .. (t + 1) · n / T` of each segment of `n` items ([`shares`]). Kernels number their
+//! items by position in the image where they can (rows, or groups of pixels before weight
+//! panels), so a thread computes the same part of the image in one kernel after another, and
+//! the activations it wrote are still in its own core's cache when it reads them again, instead
+//! of moving from core to core. A thread takes its share in chunks that halve as it runs out
+//! ([`chunk_size`]), then takes chunks of what is left of the others' shares: a thread that runs
+//! late (a busy or shared core) is made up for by the others, and the last chunks are single
+//! items. The calling thread works too and returns when every item is done. Which thread
+//! computes an item never changes what is computed.
 //!
 //! A network runs one call per kernel, back to back, so idle workers and a caller waiting for the
 //! last chunk spin for up to [`SPIN`] checks before they sleep on a condition variable: waking a
 //! sleeping thread costs tens of microseconds per kernel.
 
 use std::any::Any;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 type Work = dyn Fn(usize, usize) + Sync;
 
-/// The items the next chunk takes when `left` items are left to `threads` threads: a
-/// `1 / (2 · threads)` share of them, at least one. Early chunks are large (few hand-outs), the
-/// last ones single items (no thread waits long for another's last chunk).
-pub fn chunk_size(left: usize, threads: usize) -> usize {
-    left.div_ceil(2 * threads.max(1)).max(1)
+/// The items the next chunk of a share takes when `left` of its items are left: half of them,
+/// at least one. Its first chunk is large (few hand-outs), its last ones single items (no thread
+/// waits long for another's last chunk).
+pub fn chunk_size(left: usize) -> usize {
+    left.div_ceil(2).max(1)
 }
 
 /// The ends of consecutive segments of `counts` items each, for [`ThreadPool::run_segments`].
@@ -33,9 +39,26 @@ pub fn segment_ends(counts: impl Iterator<Item = usize>) -> Vec<usize> {
         .collect()
 }
 
-/// The end of the segment that holds item `item`: the first of `ends` above it.
-pub fn segment_end(ends: &[usize], item: usize) -> usize {
-    ends.iter().copied().find(|e| *e > item).unwrap_or(item + 1)
+/// The threads' shares of segments ending at `ends`, segment after segment, `threads` shares
+/// each: share `t` of a segment is thread `t`'s (empty where a segment has fewer items than
+/// threads).
+pub fn shares(ends: &[usize], threads: usize) -> Vec<Range<usize>> {
+    let threads = threads.max(1);
+    let mut start = 0;
+    let mut shares = Vec::with_capacity(ends.len() * threads);
+    for &end in ends {
+        let n = end - start;
+        shares.extend((0..threads).map(|t| start + n * t / threads..start + n * (t + 1) / threads));
+        start = end;
+    }
+    shares
+}
+
+/// The order in which thread `me` of `threads` visits the [`shares`] of `segments` segments:
+/// its own share of every segment, then the next thread's shares, and so on round.
+pub fn visit_order(me: usize, threads: usize, segments: usize) -> impl Iterator<Item = usize> {
+    (0..threads)
+        .flat_map(move |turn| (0..segments).map(move |s| s * threads + (me + turn) % threads))
 }
 
 /// Checks a waiting thread makes before it sleeps (each a spin-loop hint, tens of nanoseconds).
@@ -52,17 +75,20 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
     ready()
 }
 
+/// What is left of one thread's share of a segment: items `next .. end`.
+struct Share {
+    next: AtomicUsize,
+    end: usize,
+}
+
 /// One call of [`ThreadPool::run`]. A worker that wakes after the call is over still holds it, but
 /// finds no chunk left and never calls `work`.
 struct Job {
     work: *const Work,
     items: usize,
-    /// The ends of the segments the items fall into, the last `items` (see
-    /// [`ThreadPool::run_segments`]).
-    ends: Vec<usize>,
     threads: usize,
-    /// The first item not yet taken.
-    next: AtomicUsize,
+    /// What is left of the threads' [`shares`].
+    shares: Vec<Share>,
     /// Items finished.
     done: AtomicUsize,
     /// Set when a chunk panicked: the items left are counted as done without running.
@@ -77,29 +103,48 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// The end of the chunk that starts at item `begin` (below `items`): a share of the items
-    /// left in `begin`'s segment.
-    fn chunk_end(&self, begin: usize) -> usize {
-        let end = segment_end(&self.ends, begin);
-        begin + chunk_size(end - begin, self.threads)
+    fn new(work: &'static Work, ends: &[usize], threads: usize) -> Job {
+        Job {
+            work: work as *const Work,
+            items: ends.last().copied().unwrap_or(0),
+            threads,
+            shares: shares(ends, threads)
+                .into_iter()
+                .map(|r| Share {
+                    next: AtomicUsize::new(r.start),
+                    end: r.end,
+                })
+                .collect(),
+            done: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            panic: Mutex::new(None),
+        }
     }
 
-    /// Takes and runs chunks until none is left; returns how many items this thread took. A
-    /// panic in a chunk is caught and kept, so that every item still counts as done: `run`
-    /// neither hangs nor returns (raising the panic) while another thread could still be in the
-    /// closure.
-    fn work_through(&self) -> usize {
+    /// Takes and runs chunks of the shares in thread `me`'s [`visit_order`] until none is left;
+    /// returns how many items this thread took. A panic in a chunk is caught and kept, so that
+    /// every item still counts as done: `run` neither hangs nor returns (raising the panic)
+    /// while another thread could still be in the closure.
+    fn work_through(&self, me: usize) -> usize {
+        let segments = self.shares.len() / self.threads;
+        visit_order(me, self.threads, segments)
+            .map(|i| self.drain(&self.shares[i]))
+            .sum()
+    }
+
+    /// Takes and runs chunks of `share` ([`chunk_size`]) until none is left.
+    fn drain(&self, share: &Share) -> usize {
         let mut ran = 0;
         loop {
-            let taken = self
+            let taken = share
                 .next
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |begin| {
-                    (begin < self.items).then(|| self.chunk_end(begin))
+                    (begin < share.end).then(|| begin + chunk_size(share.end - begin))
                 });
             let Ok(begin) = taken else {
                 return ran;
             };
-            let end = self.chunk_end(begin);
+            let end = begin + chunk_size(share.end - begin);
             if !self.failed.load(Ordering::Relaxed) {
                 // SAFETY: see `unsafe impl Send for Job`: this chunk is not done, so `run` waits.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
@@ -154,10 +199,10 @@ impl ThreadPool {
             shared: Arc::new(Shared::default()),
             workers: Vec::with_capacity(threads - 1),
         };
-        for _ in 1..threads {
+        for me in 1..threads {
             let shared = Arc::clone(&pool.shared);
             // On failure, dropping the pool stops and joins the workers started so far.
-            let worker = std::thread::Builder::new().spawn(move || worker(&shared))?;
+            let worker = std::thread::Builder::new().spawn(move || worker(&shared, me))?;
             pool.workers.push(worker);
         }
         Ok(pool)
@@ -176,9 +221,10 @@ impl ThreadPool {
     }
 
     /// [`ThreadPool::run`] over items in consecutive segments, `0 .. ends[0]`, `ends[0] ..
-    /// ends[1]` and so on (the kernels of a stage): each segment is split into chunks as if it
-    /// ran alone, so that a segment of few costly items is spread as finely as it would be, while
-    /// threads go on to the next segment without waiting for the others.
+    /// ends[1]` and so on (the kernels of a stage): each segment is split into the threads'
+    /// shares as if it ran alone, so that a segment of few costly items is spread as finely as
+    /// it would be, and a thread takes its share of each segment in turn without waiting for the
+    /// others.
     pub fn run_segments(&self, ends: &[usize], work: &(dyn Fn(usize, usize) + Sync)) {
         let items = ends.last().copied().unwrap_or(0);
         if self.threads == 1 || items <= 1 {
@@ -190,16 +236,7 @@ impl ThreadPool {
         // SAFETY: only the lifetime is erased; this function does not return before every chunk
         // is done, and no chunk is taken after that.
         let work: &'static Work = unsafe { std::mem::transmute(work) };
-        let job = Arc::new(Job {
-            work: work as *const Work,
-            items,
-            ends: ends.to_vec(),
-            threads: self.threads,
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-            panic: Mutex::new(None),
-        });
+        let job = Arc::new(Job::new(work, ends, self.threads));
         {
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             state.job = Some(Arc::clone(&job));
@@ -209,7 +246,7 @@ impl ThreadPool {
                 .store(state.generation, Ordering::Release);
         }
         self.shared.start.notify_all();
-        let ran = job.work_through();
+        let ran = job.work_through(0);
         job.done.fetch_add(ran, Ordering::AcqRel);
         spin_until(|| job.done.load(Ordering::Acquire) >= items);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +266,7 @@ impl ThreadPool {
     }
 }
 
-fn worker(shared: &Shared) {
+fn worker(shared: &Shared, me: usize) {
     let mut seen = 0;
     loop {
         spin_until(|| shared.generation.load(Ordering::Acquire) != seen);
@@ -245,7 +282,7 @@ fn worker(shared: &Shared) {
             state.job.clone()
         };
         let Some(job) = job else { continue };
-        let ran = job.work_through();
+        let ran = job.work_through(me);
         if ran > 0 && job.done.fetch_add(ran, Ordering::AcqRel) + ran == job.items {
             // Under the lock, so that `run` is either before its check or already waiting.
             let _state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -327,11 +364,37 @@ mod tests {
         pool.run_segments(&[3, 3, 43], &|b, e| chunks.lock().unwrap().push((b, e)));
         let mut chunks = chunks.into_inner().unwrap();
         chunks.sort();
-        // The first segment in single items (a quarter of 3, rounded up), the empty one not at
-        // all, the third from a chunk of 10 (a quarter of 40) down to single items.
+        // The first segment's shares are item 0 and items 1 and 2, the empty one's are empty,
+        // and the third's are 3 .. 23 and 23 .. 43, each from a chunk of half its items down to
+        // single items.
         assert_eq!(&chunks[..4], [(0, 1), (1, 2), (2, 3), (3, 13)]);
+        assert!(chunks.contains(&(23, 33)), "{chunks:?}");
         assert_eq!(chunks.last(), Some(&(42, 43)));
         assert!(chunks.windows(2).all(|w| w[0].1 == w[1].0));
+    }
+
+    #[test]
+    fn a_thread_takes_its_own_shares_first_then_the_others() {
+        // Thread 1 of 3 alone: its shares of both segments, then thread 2's, then thread 0's.
+        let chunks: &'static Mutex<Vec<(usize, usize)>> = Box::leak(Box::default());
+        let work: &'static Work = Box::leak(Box::new(|b, e| chunks.lock().unwrap().push((b, e))));
+        let job = Job::new(work, &[6, 9], 3);
+        assert_eq!(job.work_through(1), 9);
+        let chunks = chunks.lock().unwrap().clone();
+        let want = [
+            (2, 3),
+            (3, 4),
+            (7, 8),
+            (4, 5),
+            (5, 6),
+            (8, 9),
+            (0, 1),
+            (1, 2),
+            (6, 7),
+        ];
+        assert_eq!(chunks, want);
+        assert_eq!(shares(&[6, 9], 3), [0..2, 2..4, 4..6, 6..7, 7..8, 8..9]);
+        assert_eq!(shares(&[2], 3), [0..0, 0..1, 1..2]);
     }
 
     #[test]

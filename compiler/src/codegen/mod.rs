@@ -19,7 +19,7 @@ pub mod x86;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 
-pub use lower::{ConvAlgorithm, Kernel, LowerOptions, Program, Step};
+pub use lower::{ConvAlgorithm, ItemOrder, Kernel, LowerOptions, Program, Step};
 
 /// Why a graph could not be compiled.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::cost::{direct_time, winograd_parts, winograd_split_time, ConvShape, CLOCK_GHZ};
-use super::lower::Kernel;
+use super::lower::{ItemOrder, Kernel, Split};
 use super::Program;
 
 /// One kernel as the report shows it.
@@ -38,16 +38,16 @@ pub struct KernelReport {
 const POOL_HANDOUT: f64 = 1.5e-6;
 
 /// The time a kernel of `items` equal work items that takes `one` seconds on one thread takes on
-/// `threads` threads, as the runtime's pool runs it: chunks of consecutive items that shrink as
-/// the items run out ([`inceptc_runtime::pool::chunk_size`]), each taken by the first thread to
-/// be free. Memory bandwidth shared by the threads is not modelled.
+/// `threads` threads, as the runtime's pool runs it: each thread takes its own share of the items
+/// in chunks that halve as the share runs out, then chunks of what is left of the others' shares
+/// ([`inceptc_runtime::pool`]). Memory bandwidth shared by the threads is not modelled.
 pub fn parallel_time(one: f64, items: usize, threads: usize) -> f64 {
     stage_time(&[(one, items)], threads)
 }
 
 /// [`parallel_time`] of a stage: kernels, each `(one, items)`, that run together, their work
-/// items numbered one after another, each kernel's split into chunks as if it ran alone
-/// ([`inceptc_runtime::pool::ThreadPool::run_segments`]).
+/// items numbered one after another, each kernel's split into the threads' shares as if it ran
+/// alone ([`inceptc_runtime::pool::ThreadPool::run_segments`]).
 pub fn stage_time(kernels: &[(f64, usize)], threads: usize) -> f64 {
     use inceptc_runtime::pool;
     let items: usize = kernels.iter().map(|(_, n)| n).sum();
@@ -60,16 +60,25 @@ pub fn stage_time(kernels: &[(f64, usize)], threads: usize) -> f64 {
         .iter()
         .flat_map(|(t, n)| std::iter::repeat_n(t / *n.max(&1) as f64, *n))
         .collect();
-    let ends = pool::segment_ends(kernels.iter().map(|(_, n)| *n));
+    let shares = pool::shares(
+        &pool::segment_ends(kernels.iter().map(|(_, n)| *n)),
+        threads,
+    );
+    let mut next: Vec<usize> = shares.iter().map(|r| r.start).collect();
     let mut free = vec![0.0f64; threads];
-    let mut begin = 0;
-    while begin < items {
-        let size = pool::chunk_size(pool::segment_end(&ends, begin) - begin, threads);
-        let first = (0..threads)
+    // The thread that is free first takes its next chunk; once it finds none, none is left.
+    loop {
+        let me = (0..threads)
             .min_by(|a, b| free[*a].total_cmp(&free[*b]))
             .unwrap_or(0);
-        free[first] += costs[begin..begin + size].iter().sum::<f64>();
-        begin += size;
+        let Some(i) =
+            pool::visit_order(me, threads, kernels.len()).find(|&i| next[i] < shares[i].end)
+        else {
+            break;
+        };
+        let size = pool::chunk_size(shares[i].end - next[i]);
+        free[me] += costs[next[i]..next[i] + size].iter().sum::<f64>();
+        next[i] += size;
     }
     free.iter().cloned().fold(0.0, f64::max) + POOL_HANDOUT
 }
@@ -128,12 +137,18 @@ fn describe(kernel: &Kernel) -> (String, String, f64) {
                 true => ("flat pixel tiles", k.flat_run()),
                 false => ("row tiles", k.out_w),
             };
-            let algorithm = match k.input.precision {
+            let mut algorithm = match k.input.precision {
                 inceptc_runtime::layout::Precision::F32 => {
                     format!("direct, {tiles} {}", k.register.describe())
                 }
                 p => format!("direct, {tiles} {} {}", k.register.describe(), p.name()),
             };
+            if let Split::Panels { order, .. } = k.split {
+                algorithm += match order {
+                    ItemOrder::PanelMajor => ", channels first",
+                    ItemOrder::GroupMajor => ", pixels first",
+                };
+            }
             let time = direct_time(&shape, &k.register, run, k.input.precision);
             (op, algorithm, time)
         }

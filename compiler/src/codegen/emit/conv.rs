@@ -1,6 +1,6 @@
 //! Direct convolutions: the work split over output rows or flat pixel tiles (AVX2 tier) or over
-//! weight panels × groups of them (AVX-512 tier), and the AVX2 tier's blocks of 8 channels with
-//! their epilogue.
+//! weight panels × groups of them (AVX-512 tier, in either [`ItemOrder`]), and the AVX2 tier's
+//! blocks of 8 channels with their epilogue.
 
 use super::*;
 
@@ -25,7 +25,7 @@ pub(super) fn conv(e: &mut Emitter, k: &ConvKernel, begin: Value, end: Value) {
         Split::Units => for_units(e, k, begin, end, &|e, bases, pixels| {
             conv_ranges(e, k, bases, pixels)
         }),
-        Split::Panels { groups } => conv_by_panels(e, k, begin, end, groups),
+        Split::Panels { groups, order } => conv_by_panels(e, k, begin, end, groups, order),
     }
 }
 
@@ -186,24 +186,99 @@ pub(super) fn flat_tiles(
     });
 }
 
-/// The AVX-512 tier's panel-major split: the work items of range `r` are its panels × `groups`
-/// groups of units, panel-major after those of the ranges before it, so that consecutive items
-/// reuse one weight panel from cache. Each item calls the panel's tile for every tile of its
-/// units.
+/// The AVX-512 tier's split by panels: an item is one panel of one range and one of `groups`
+/// groups of units. [`ItemOrder::PanelMajor`] numbers range after range, panel after panel, each
+/// panel's groups in turn (consecutive items reuse one weight panel from cache);
+/// [`ItemOrder::GroupMajor`] numbers group after group, each group's panels of every range in
+/// turn (a thread's share of the items is a part of the image). Each item calls the panel's tile
+/// for every tile of its units.
 pub(super) fn conv_by_panels(
     e: &mut Emitter,
     k: &ConvKernel,
     begin: Value,
     end: Value,
     groups: usize,
+    order: ItemOrder,
 ) {
     let units = k.units();
     let per_group = units.div_ceil(groups) as i64;
     let source = TileSource::conv(k);
     let prefetch = NextPanel::new(k, &source);
+    // The tiles of group `group` of range `r`'s panel `panel`.
+    let run = |e: &mut Emitter, r: usize, panel: Value, group: Value| {
+        let range = &k.ranges[r];
+        let u0 = e.b.ins().imul_imm_s(group, per_group);
+        let u1 = e.b.ins().iadd_imm_s(u0, per_group);
+        let all = e.int(units as i64);
+        let u1 = e.b.ins().smin(u1, all);
+        let weights = RangePanels {
+            register: &k.register,
+            weights: range.weights,
+            channels: range.channels,
+            rows: source.taps.len() * source.channels,
+        };
+        for_panel(e, &weights, panel, &|e, panel| {
+            // The tile calls of a panel spread the prefetch of the next panel between
+            // them, each a share, so that it streams in while this one is reused from cache.
+            let start = e.offset(panel.weights, prefetch.panel as i64);
+            let skip =
+                e.b.ins()
+                    .imul_imm_s(u0, (prefetch.per_unit * prefetch.share) as i64);
+            let start = e.b.ins().iadd(start, skip);
+            let cursor = e.var(types::I64, start);
+            for_units(e, k, u0, u1, &|e, bases, pixels| {
+                let epilogue = Epilogue {
+                    bias: Some(range.bias),
+                    outputs: pointer_table(e, &bases.outputs[r]),
+                    residuals: bases.residual.as_ref().map(|p| pointer_table(e, p)),
+                    relu: range.relu,
+                };
+                let at = e.b.use_var(cursor);
+                let panel = ZmmPanel {
+                    prefetch: (prefetch.step > 0).then_some((at, prefetch.step)),
+                    ..*panel
+                };
+                zmm_call(e, &source, bases.input, &panel, &epilogue, pixels);
+                let next = e.offset(at, prefetch.share as i64);
+                e.b.def_var(cursor, next);
+            });
+        });
+    };
+    let counts: Vec<i64> = k
+        .ranges
+        .iter()
+        .map(|range| k.register.panels(range.channels).len() as i64)
+        .collect();
+    if order == ItemOrder::GroupMajor {
+        let total: i64 = counts.iter().sum();
+        e.for_range(begin, end, 1, |e, item| {
+            let group = e.b.ins().udiv_imm_u(item, total);
+            let before = e.b.ins().imul_imm_s(group, total);
+            let j = e.b.ins().isub(item, before);
+            let mut start = 0;
+            for (r, &count) in counts.iter().enumerate() {
+                let (inside, next) = (e.b.create_block(), e.b.create_block());
+                let lo =
+                    e.b.ins()
+                        .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, j, start);
+                let hi =
+                    e.b.ins()
+                        .icmp_imm_s(IntCC::SignedLessThan, j, start + count);
+                let both = e.b.ins().band(lo, hi);
+                e.b.ins().brif(both, inside, &[], next, &[]);
+                e.b.switch_to_block(inside);
+                let panel = e.b.ins().iadd_imm_s(j, -start);
+                run(e, r, panel, group);
+                e.b.ins().jump(next, &[]);
+                e.b.switch_to_block(next);
+                start += count;
+            }
+        });
+        return;
+    }
     let mut start = 0;
-    for (r, range) in k.ranges.iter().enumerate() {
-        let count = (k.register.panels(range.channels).len() * groups) as i64;
+    for (r, &panels) in counts.iter().enumerate() {
+        let count = panels * groups as i64;
         let (lo, hi) = (e.int(start), e.int(start + count));
         let from = e.b.ins().smax(begin, lo);
         let to = e.b.ins().smin(end, hi);
@@ -212,42 +287,7 @@ pub(super) fn conv_by_panels(
             let panel = e.b.ins().udiv_imm_u(local, groups as i64);
             let before = e.b.ins().imul_imm_s(panel, groups as i64);
             let group = e.b.ins().isub(local, before);
-            let u0 = e.b.ins().imul_imm_s(group, per_group);
-            let u1 = e.b.ins().iadd_imm_s(u0, per_group);
-            let all = e.int(units as i64);
-            let u1 = e.b.ins().smin(u1, all);
-            let weights = RangePanels {
-                register: &k.register,
-                weights: range.weights,
-                channels: range.channels,
-                rows: source.taps.len() * source.channels,
-            };
-            for_panel(e, &weights, panel, &|e, panel| {
-                // The tile calls of a panel spread the prefetch of the next panel between
-                // them, each a share, so that it streams in while this one is reused from cache.
-                let start = e.offset(panel.weights, prefetch.panel as i64);
-                let skip =
-                    e.b.ins()
-                        .imul_imm_s(u0, (prefetch.per_unit * prefetch.share) as i64);
-                let start = e.b.ins().iadd(start, skip);
-                let cursor = e.var(types::I64, start);
-                for_units(e, k, u0, u1, &|e, bases, pixels| {
-                    let epilogue = Epilogue {
-                        bias: Some(range.bias),
-                        outputs: pointer_table(e, &bases.outputs[r]),
-                        residuals: bases.residual.as_ref().map(|p| pointer_table(e, p)),
-                        relu: range.relu,
-                    };
-                    let at = e.b.use_var(cursor);
-                    let panel = ZmmPanel {
-                        prefetch: (prefetch.step > 0).then_some((at, prefetch.step)),
-                        ..*panel
-                    };
-                    zmm_call(e, &source, bases.input, &panel, &epilogue, pixels);
-                    let next = e.offset(at, prefetch.share as i64);
-                    e.b.def_var(cursor, next);
-                });
-            });
+            run(e, r, panel, group);
         });
         start += count;
     }

@@ -23,8 +23,8 @@ use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::lower::{
-    ConvKernel, ConvRange, GlobalPoolKernel, Kernel, L2NormKernel, LinearKernel, PoolKernel, Split,
-    WinogradKernel, LINEAR_LANES,
+    ConvKernel, ConvRange, GlobalPoolKernel, ItemOrder, Kernel, L2NormKernel, LinearKernel,
+    PoolKernel, Split, WinogradKernel, LINEAR_LANES,
 };
 use super::tile::{Isa, Tile};
 use super::winograd::Transform;

@@ -87,14 +87,38 @@ pub struct ConvKernel {
 pub enum Split {
     /// One work item per unit, covering every output channel (the AVX2 tier).
     Units,
-    /// Per range, every weight panel × `groups` groups of units, panel-major: a panel's weights
-    /// stay in cache while one thread computes consecutive groups with it, instead of every
-    /// unit streaming the whole layer's weights (the AVX-512 tier).
+    /// Every weight panel × `groups` groups of units, numbered as `order` says (the AVX-512
+    /// tier): a thread computes a panel's groups with its weights in cache, instead of every
+    /// unit streaming the whole layer's weights.
     Panels {
         /// Groups of consecutive units per panel.
         groups: usize,
+        /// How the items are numbered.
+        order: ItemOrder,
     },
 }
+
+/// The numbering of a [`Split::Panels`] convolution's work items. The pool gives each thread a
+/// consecutive share of them (`inceptc_runtime::pool`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemOrder {
+    /// Range by range, panel by panel, each panel's groups in turn: a thread's share is a part
+    /// of the output channels at every pixel, so the threads split the weights between them.
+    /// For layers whose weights do not fit in a core's cache.
+    PanelMajor,
+    /// Group by group, each group's panels of every range in turn: a thread's share is a part
+    /// of the image at every output channel, the part it computed in the kernels before, so it
+    /// reads activations from its own core's cache and every thread reads all the weights.
+    GroupMajor,
+}
+
+/// Weight bytes up to which a convolution's items are [`ItemOrder::GroupMajor`]: half a core's
+/// 2 MiB L2 on the Xeon and Zen 5 machines, so that the weights a thread reads for each of its
+/// groups stay in its cache. Measured on the Xeon (2 threads, interleaved runs): bf16
+/// Inception-ResNet-v2 took 18.1 ms with this limit, 19.7 ms with every layer panel-major and
+/// 18.1–18.5 ms with every layer group-major; f32 Inception-v4 and IR-v2 were slower with every
+/// layer group-major (61 and 68 ms against 55–57 and 62–64).
+pub const GROUP_MAJOR_WEIGHTS: usize = 1 << 20;
 
 /// Work items per range's panel (see [`Split::Panels`]) for `units` units and `panels` panels in
 /// all, for `threads` threads ([`LowerOptions::threads`]): enough items that each of up to 16
@@ -482,7 +506,7 @@ impl Kernel {
         match self {
             Kernel::Conv(k) => match k.split {
                 Split::Units => k.units(),
-                Split::Panels { groups } => {
+                Split::Panels { groups, .. } => {
                     let panels: usize = k
                         .ranges
                         .iter()

@@ -128,6 +128,10 @@ pub struct LowerOptions {
     /// per panel).
     #[doc(hidden)]
     pub winograd_parts: Option<usize>,
+    /// Test-only: every convolution split by panels numbers its items this way (else by its
+    /// weights' size, see [`GROUP_MAJOR_WEIGHTS`]).
+    #[doc(hidden)]
+    pub item_order: Option<ItemOrder>,
 }
 
 impl Program {
@@ -208,6 +212,7 @@ impl Program {
             int8: &options.int8,
             threads: options.threads,
             winograd_parts: options.winograd_parts,
+            item_order: options.item_order,
         };
         let halo_quants = halo_quants(graph, &plan, &options.int8, options.precision)?;
         let mut weights = WeightBlob::default();
@@ -449,6 +454,8 @@ struct Lowering<'a> {
     threads: usize,
     /// See [`LowerOptions::winograd_parts`].
     winograd_parts: Option<usize>,
+    /// See [`LowerOptions::item_order`].
+    item_order: Option<ItemOrder>,
 }
 
 impl Lowering<'_> {
@@ -787,8 +794,19 @@ impl Lowering<'_> {
                         .iter()
                         .map(|r| register.panels(r.channels).len())
                         .sum();
+                    let shape = conv.shape();
+                    let taps = shape.kernel[0] * shape.kernel[1];
+                    let weights =
+                        shape.in_channels * shape.out_channels * taps * conv.input.value_bytes();
+                    let order = self
+                        .item_order
+                        .unwrap_or(match weights <= GROUP_MAJOR_WEIGHTS {
+                            true => ItemOrder::GroupMajor,
+                            false => ItemOrder::PanelMajor,
+                        });
                     conv.split = Split::Panels {
                         groups: panel_groups(conv.units(), panels, self.threads),
+                        order,
                     };
                 }
                 conv.into()
