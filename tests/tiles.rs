@@ -9,6 +9,7 @@
 
 use half::bf16;
 use inceptc::codegen::x86::{AmxTile, Data, ZmmTile, AMX_CHANNELS};
+use inceptc_ir::interp::amx_dot_step;
 use rand::{Rng, SeedableRng};
 
 /// Whether this CPU runs AVX-512 F and AVX512-VNNI code.
@@ -220,9 +221,10 @@ impl Bf16Tile {
 }
 
 /// One bf16 tile run on random data, checked against an f64 reference on the same bf16 values;
-/// returns how many outputs equal an f32 sum with each pair's even product first, and how many
-/// with its odd product first (`vdpbf16ps`'s order), of all outputs.
-fn check(tile: &Bf16Tile, seed: u64) -> [usize; 3] {
+/// returns how many outputs equal an f32 sum with each pair's even product first, how many
+/// with its odd product first (`vdpbf16ps`'s order), and how many the f32 sums of
+/// `tdpbf16ps` (`inceptc_ir::interp::amx_dot_step` per tap and 16 pairs), of all outputs.
+fn check(tile: &Bf16Tile, seed: u64) -> [usize; 4] {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let g = &tile.g;
     let (m, width, valid, pairs) = (g.pixels, g.width, g.valid, g.steps);
@@ -262,7 +264,7 @@ fn check(tile: &Bf16Tile, seed: u64) -> [usize; 3] {
         channel,
     );
     let first = channel / 2;
-    let mut orders = [0; 3];
+    let mut orders = [0; 4];
     for p in 0..m {
         for o in 0..width {
             let got = outputs[p][first + o];
@@ -278,10 +280,19 @@ fn check(tile: &Bf16Tile, seed: u64) -> [usize; 3] {
             let start = if tile.bias { bias[o] } else { 0.0 };
             let mut want = start as f64;
             let mut magnitude = want.abs();
-            let mut ordered = [start; 2];
+            let mut ordered = [start; 3];
             for ty in 0..rows {
                 for tx in 0..columns {
                     let t = ty * columns + tx;
+                    let products: Vec<f32> = (0..2 * pairs)
+                        .map(|i| {
+                            let x = input[at(p, ty, tx, i / 2, i % 2)].to_f32();
+                            x * weights[((t * pairs + i / 2) * width + o) * 2 + i % 2].to_f32()
+                        })
+                        .collect();
+                    for block in products.chunks(AMX_CHANNELS) {
+                        ordered[2] = amx_dot_step(ordered[2], block);
+                    }
                     for c in 0..pairs {
                         for k in 0..2 {
                             let x = input[at(p, ty, tx, c, k)].to_f64();
@@ -293,7 +304,7 @@ fn check(tile: &Bf16Tile, seed: u64) -> [usize; 3] {
                             let x = input[at(p, ty, tx, c, k)].to_f32();
                             x * weights[((t * pairs + c) * width + o) * 2 + k].to_f32()
                         };
-                        for (order, sum) in ordered.iter_mut().enumerate() {
+                        for (order, sum) in ordered[..2].iter_mut().enumerate() {
                             for k in [order, 1 - order] {
                                 *sum += product(k);
                             }
@@ -315,7 +326,7 @@ fn check(tile: &Bf16Tile, seed: u64) -> [usize; 3] {
                 let v = bf16::from_f32(finish(*sum as f64) as f32);
                 orders[order] += (v == got) as usize;
             }
-            orders[2] += 1;
+            orders[3] += 1;
             // bf16 rounding (half an ulp: 2⁻⁹ relative) and f32 accumulation.
             let err = (got.to_f64() - want).abs();
             let bound = want.abs() / 256.0 + 1e-6 * magnitude + 1e-30;
@@ -348,7 +359,7 @@ fn the_bf16_zmm_tile_matches_a_scalar_reference() {
                 relu: epilogue % 3 == 0,
                 ..tile
             };
-            let [_, odd_first, all] = check(&Bf16Tile::zmm(&tile), (10 * i + epilogue) as u64);
+            let [_, odd_first, _, all] = check(&Bf16Tile::zmm(&tile), (10 * i + epilogue) as u64);
             assert_eq!(
                 odd_first, all,
                 "vdpbf16ps sums each pair's odd product first"
@@ -571,7 +582,7 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
     if amx {
         inceptc_runtime::exec::enable_amx().unwrap();
     }
-    let (mut runs, mut orders) = (0, [0; 3]);
+    let (mut runs, mut orders) = (0, [0; 4]);
     for (i, shape) in AMX_SHAPES.into_iter().enumerate() {
         for epilogue in 0..4 {
             let tile = AmxTile {
@@ -590,11 +601,13 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
         }
     }
     if amx {
+        let [even_first, odd_first, as_amx, all] = orders;
         eprintln!(
-            "AMX bf16 tile: {runs} shapes and epilogues match the reference; of {} outputs, {} \
-             equal an f32 sum with each pair's even product first, {} with its odd one first",
-            orders[2], orders[0], orders[1]
+            "AMX bf16 tile: {runs} shapes and epilogues match the reference; of {all} outputs, \
+             {as_amx} equal tdpbf16ps's f32 sums as the interpreter models them, {even_first} an \
+             f32 sum with each pair's even product first, {odd_first} with its odd one first"
         );
+        assert_eq!(as_amx, all, "tdpbf16ps sums as amx_dot_step models it");
     }
 }
 
@@ -649,12 +662,14 @@ type Question = (f32, Vec<(usize, f32)>, &'static str, f32);
 /// How `tdpbf16ps` sums, probed with products whose f32 rounding shows (inputs 1.0, so each
 /// weight is its product; a last block of 32 channels subtracts 1.0 exactly where the bias is
 /// 1.0, which exposes the low bits), one output lane per question. What AMX answered on the
-/// development host: the accumulator rounds to nearest even; two pairs' four products are summed
-/// before any rounding; a product of 2⁻³⁰ beside 1.0 in another pair of the block is lost. No
-/// sequential f32 sum, in either order of a pair, does all of that: the interpreter's bf16 mode
-/// follows `vdpbf16ps` bit for bit, and AMX only within a rounding.
+/// development host: within a block of 32 channels, the even channels' products are summed in
+/// f32 in channel order, the odd ones' apart, and their two sums added before the accumulator
+/// (a product of 2⁻³⁰ is lost beside 1.0 in its own half of the block, kept beside 1.0 in the
+/// other); the accumulator rounds to nearest even. `inceptc_ir::interp::amx_dot_step` models
+/// exactly that (and matches every answer here), so the interpreter's bf16 mode follows AMX
+/// tiles bit for bit as it follows `vdpbf16ps`.
 #[test]
-fn amx_sums_pairs_of_pairs_before_rounding() {
+fn amx_sums_even_and_odd_channels_apart() {
     let missing = inceptc_runtime::exec::missing_features_for(
         inceptc_runtime::exec::Tier::V4,
         inceptc_runtime::layout::Precision::Bf16,
@@ -695,6 +710,9 @@ fn amx_sums_pairs_of_pairs_before_rounding() {
         (0.0, vec![(0, p(-30)), (2, 1.0), (4, -1.0)], "2⁻³⁰, 1, −1 in three pairs", 0.0),
         (0.0, vec![(0, 1.0), (30, p(-30)), (31, -1.0)], "1 first, 2⁻³⁰ and −1 in the last pair", 0.0),
         (0.0, vec![(0, 1.0), (16, p(-30)), (31, -1.0)], "1, 2⁻³⁰ mid-block, −1 last", 0.0),
+        (0.0, vec![(0, 1.0), (3, p(-30)), (6, -1.0)], "even 1, odd 2⁻³⁰, even −1 two pairs on", p(-30)),
+        (0.0, vec![(0, 1.0), (3, -1.0), (6, p(-30))], "even 1, odd −1, even 2⁻³⁰ after them", 0.0),
+        (0.0, vec![(0, 1.0), (4, -1.0), (6, p(-30))], "even 1, even −1, then even 2⁻³⁰", p(-30)),
     ];
     let input = vec![bf16::ONE; 64];
     let mut weights = vec![bf16::ZERO; 32 * 16 * 2];
@@ -715,8 +733,111 @@ fn amx_sums_pairs_of_pairs_before_rounding() {
         &[vec![bf16::ZERO; 16]],
         0,
     );
-    for (lane, (_, _, question, answer)) in lanes.iter().enumerate() {
+    for (lane, (b, products, question, answer)) in lanes.iter().enumerate() {
         let v = outputs[0][lane].to_f32();
         assert_eq!(v, *answer, "{question}: {v:e}");
+        let mut channels = [0f32; 64];
+        for &(channel, product) in products {
+            channels[channel] = product;
+        }
+        let modelled = channels.chunks(AMX_CHANNELS).fold(*b, amx_dot_step);
+        assert_eq!(
+            bf16::from_f32(modelled).to_f32(),
+            *answer,
+            "the model: {question}"
+        );
     }
+}
+
+/// One `tdpbf16ps` on a single row: `c[16] += a[32] · b[16 pairs][16][2]`, the accumulators read
+/// and written as f32 (no bf16 rounding after it, unlike a tile's epilogue).
+fn tdpbf16ps_row() -> Vec<u8> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut config = a.create_label();
+    a.ldtilecfg(ptr(config)).unwrap();
+    a.mov(rax, 64i64).unwrap();
+    a.tileloadd(tmm0, ptr(rdx + rax)).unwrap();
+    a.tileloadd(tmm1, ptr(rdi + rax)).unwrap();
+    a.tileloadd(tmm2, ptr(rsi + rax)).unwrap();
+    a.tdpbf16ps(tmm0, tmm1, tmm2).unwrap();
+    a.tilestored(ptr(rdx + rax), tmm0).unwrap();
+    a.tilerelease().unwrap();
+    a.ret().unwrap();
+    a.set_label(&mut config).unwrap();
+    // Palette 1; tmm0 (C) and tmm1 (A) one row of 64 bytes, tmm2 (B) 16 rows.
+    let mut bytes = [0u8; 64];
+    bytes[0] = 1;
+    for t in 0..3 {
+        bytes[16 + 2 * t] = 64;
+    }
+    bytes[48..51].copy_from_slice(&[1, 1, 16]);
+    a.db(&bytes).unwrap();
+    a.assemble(0).unwrap()
+}
+
+/// `tdpbf16ps` on random bf16 values of widely spread magnitudes (2⁻¹⁰ to 2¹¹, products 2⁻²⁰ to
+/// 2²², so that sums cancel and round in every way, all within f32's normal range) gives exactly the f32 sums
+/// `amx_dot_step` models, lane by lane; the documented pseudo-code's chain of fused
+/// multiply-adds does not.
+#[test]
+fn tdpbf16ps_sums_as_the_interpreter_models_it() {
+    let missing = inceptc_runtime::exec::missing_features_for(
+        inceptc_runtime::exec::Tier::V4,
+        inceptc_runtime::layout::Precision::Bf16,
+        true,
+    );
+    let code = tdpbf16ps_row();
+    if !missing.is_empty() {
+        eprintln!(
+            "SKIPPED: this CPU lacks {}; tdpbf16ps was assembled but not run",
+            missing.join(", ")
+        );
+        return;
+    }
+    inceptc_runtime::exec::enable_amx().unwrap();
+    let exe = Executable::new(&code);
+    // SAFETY: the code reads 64 bytes at `a`, 1 KiB at `b` and reads and writes 64 at `c`.
+    let call = unsafe {
+        std::mem::transmute::<
+            *mut libc::c_void,
+            unsafe extern "C" fn(*const bf16, *const bf16, *mut f32),
+        >(exe.ptr)
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2016);
+    let value = |rng: &mut rand_chacha::ChaCha8Rng| {
+        let magnitude = rng.gen_range(1.0f32..2.0) * 2f32.powi(rng.gen_range(-10..=10));
+        bf16::from_f32(if rng.gen_bool(0.5) {
+            -magnitude
+        } else {
+            magnitude
+        })
+    };
+    let (mut lanes, mut chained) = (0, 0);
+    for _ in 0..2000 {
+        let a: Vec<bf16> = (0..32).map(|_| value(&mut rng)).collect();
+        let b: Vec<bf16> = (0..512).map(|_| value(&mut rng)).collect();
+        let start: Vec<f32> = (0..16).map(|_| 4.0 * value(&mut rng).to_f32()).collect();
+        let mut c = start.clone();
+        // SAFETY: the sizes above.
+        unsafe { call(a.as_ptr(), b.as_ptr(), c.as_mut_ptr()) };
+        for lane in 0..16 {
+            let products: Vec<f32> = (0..32)
+                .map(|i| a[i].to_f32() * b[((i / 2) * 16 + lane) * 2 + i % 2].to_f32())
+                .collect();
+            let want = amx_dot_step(start[lane], &products);
+            assert_eq!(
+                c[lane].to_bits(),
+                want.to_bits(),
+                "lane {lane}: {} against {want}",
+                c[lane]
+            );
+            let fma = products.iter().fold(start[lane], |acc, p| acc + p);
+            chained += (fma != c[lane]) as usize;
+            lanes += 1;
+        }
+    }
+    // The chain differs from AMX on most lanes: the test tells the two apart.
+    assert!(chained > lanes / 4, "{chained} of {lanes}");
+    eprintln!("tdpbf16ps: {lanes} random lanes as modelled; a chain of f32 additions differs on {chained}");
 }

@@ -261,7 +261,8 @@ fn int8_executables_store_byte_codes_and_run_the_int8_interpreters_values() {
 }
 
 /// A bf16 executable is about half the f32 one, and runs the rounding interpreter's values on
-/// the optimized graph (bit-exact but for the f64 of its L2 normalization), within 1e-2 of f32.
+/// the optimized graph (bit-exact but for the f64 of its L2 normalization), with zmm tiles and
+/// with AMX's, within 1e-2 of f32.
 #[test]
 #[cfg_attr(debug_assertions, ignore = "compiles a network: cargo test --release")]
 fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values() {
@@ -323,7 +324,8 @@ fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values()
         "bf16: size {ratio:.3} of f32, {to_rounded:.2e} from the rounding interpreter, \
          {to_f32:.2e} from f32"
     );
-    // With AMX tiles (which sum in an order of their own): within 1e-2 of both.
+    // With AMX tiles: the rounding interpreter's values with the convolutions the AMX tiles
+    // compute summed as they sum (the lowering `--target-cpu sapphirerapids` makes names them).
     let amx = inceptc_runtime::exec::missing_features_for(
         inceptc_runtime::exec::Tier::V4,
         inceptc_runtime::layout::Precision::Bf16,
@@ -348,10 +350,23 @@ fn bf16_executables_are_half_the_size_and_run_the_rounding_interpreters_values()
         let (code, stderr, y) = run_tensor(&amx_exe, d, &x, &[]);
         assert_eq!(code, 0, "{stderr}");
         let got = npy_tensor(&y.unwrap());
+        let options = inceptc::codegen::LowerOptions {
+            tier: inceptc::codegen::tile::Tier::V4,
+            precision: inceptc_runtime::layout::Precision::Bf16,
+            amx: true,
+            ..Default::default()
+        };
+        let on_amx = inceptc::codegen::Program::with_options(&g, 2, 80, 80, &options)
+            .unwrap()
+            .amx_nodes();
+        assert!(!on_amx.is_empty(), "no convolution runs on AMX tiles");
+        let rounded = interp::run_bf16_amx(&g, &x, &|id| on_amx.contains(&g.node(id).name))
+            .unwrap()
+            .remove(0);
         let to_rounded = got.relative_error(&rounded).unwrap();
         let to_f32 = got.relative_error(&exact).unwrap();
         assert!(
-            to_rounded <= 1e-2 && to_f32 <= 1e-2,
+            to_rounded <= 1e-6 && to_f32 <= 1e-2,
             "AMX: {to_rounded:e}, {to_f32:e}"
         );
         eprintln!(

@@ -135,6 +135,18 @@ pub struct LowerOptions {
 }
 
 impl Program {
+    /// The names of the graph nodes whose convolutions run on AMX tiles: in bf16, an
+    /// executable's values are [`inceptc_ir::interp::run_bf16_amx`]'s with these.
+    pub fn amx_nodes(&self) -> std::collections::HashSet<String> {
+        self.steps
+            .iter()
+            .filter(
+                |s| matches!(&s.kernel, Some(Kernel::Conv(k)) if k.register.isa == tile::Isa::Amx),
+            )
+            .flat_map(|s| s.nodes.iter().cloned())
+            .collect()
+    }
+
     /// The packed weights the kernels read, made from the stored ones as an executable makes
     /// them at start-up.
     pub fn packed_weights(&self) -> Vec<u8> {
