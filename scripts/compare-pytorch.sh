@@ -5,6 +5,7 @@
 # git-ignored virtual environment .venv/ on first use (several GB).
 #
 #   scripts/compare-pytorch.sh [--work DIR] [--models inception_v4,...] [--backends interpret,exe,exe-bf16]
+#                              [--target-cpu native|x86-64-v4|x86-64-v3|sapphirerapids]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv"

@@ -73,7 +73,7 @@ def randomize(model, size, generator):
                 m.bias.copy_(0.2 * torch.randn(c, generator=generator))
 
 
-def run_inceptc(inceptc, backend, model, flags, weights, x, work):
+def run_inceptc(inceptc, backend, model, flags, weights, x, work, target_cpu=None):
     """Runs `inceptc interpret`, or compiles an executable for this batch and size and runs it.
     Returns the output and the seconds the run took (compiling excluded)."""
     xin = os.path.join(work, "x.npy")
@@ -88,6 +88,8 @@ def run_inceptc(inceptc, backend, model, flags, weights, x, work):
         return np.load(yout), time.time() - start
     exe = os.path.join(work, f"{model}-b{x.shape[0]}-{backend}")
     precision = ["--precision", "bf16"] if backend == "exe-bf16" else []
+    if target_cpu:
+        precision += ["--target-cpu", target_cpu]
     subprocess.run(
         [inceptc, "-q", "compile", "--model", model, *flags, *precision, "--weights", weights,
          "--batch", str(x.shape[0]), "--image-size", str(x.shape[2]), "-o", exe],
@@ -103,6 +105,7 @@ def main():
     parser.add_argument("--inceptc", required=True)
     parser.add_argument("--work", help="keep checkpoints and tensors here (default: a temporary directory)")
     parser.add_argument("--models", help="comma-separated labels, default all: " + ",".join(c[0] for c in CASES))
+    parser.add_argument("--target-cpu", help="passed to `inceptc compile` (default: its own, native)")
     parser.add_argument("--backends", default="interpret,exe",
                         help="comma-separated: interpret (the reference interpreter), exe (a compiled "
                              "executable), exe-bf16 (one compiled with --precision bf16)")
@@ -133,7 +136,7 @@ def main():
                 x = x2[:batch].contiguous()
                 ref = model(x).numpy()
                 for backend in args.backends.split(","):
-                    ours, seconds = run_inceptc(args.inceptc, backend, model_name, flags, weights, x.numpy(), work)
+                    ours, seconds = run_inceptc(args.inceptc, backend, model_name, flags, weights, x.numpy(), work, args.target_cpu)
                     if ours.shape != ref.shape:
                         err = float("inf")
                     else:
