@@ -477,18 +477,18 @@ impl Model<'_> {
             for g in self.guards.iter().filter(|g| stage.contains(&g.live[0])) {
                 arm(arena, g);
             }
-            // The halos of the buffers the stage is the first to write: their rows and columns
-            // are cleared by the pool along with the stage's kernels (which write only inside),
-            // the padding channels of their pixels before.
-            let mut halos: Vec<&MapLayout> = Vec::new();
+            // The halos of the buffers the stage is the first to write, and the padding
+            // channels of their pixels: cleared by the pool along with the stage's kernels
+            // (which write only the pixels' own channels), a row an item.
+            let mut halos: Vec<Prepare> = Vec::new();
             for step in &self.steps[stage.clone()] {
                 for halo in &step.clear_halos {
-                    // The input step writes every pixel of the input map, padding channels
-                    // included.
-                    if !(step.kernel.is_none() && *halo == self.input) {
-                        clear_padding_channels(arena, halo);
-                    }
-                    halos.push(halo);
+                    halos.push(Prepare {
+                        map: halo,
+                        // The input step writes every pixel of the input map, padding channels
+                        // included.
+                        padding: !(step.kernel.is_none() && *halo == self.input),
+                    });
                 }
             }
             if self.steps[stage.clone()].iter().any(|s| s.kernel.is_none()) {
@@ -546,19 +546,19 @@ impl Model<'_> {
 
     /// Runs the kernels of the steps `stage` on `pool`, their work items numbered one after
     /// another, each kernel's a segment ([`ThreadPool::run_segments`]), after a segment that
-    /// clears the halo rows and columns of `halos`, a padded row an item.
+    /// prepares the maps of `halos` ([`prepare_row`]), a padded row an item.
     fn run_stage(
         &self,
         arena: &Arena,
         stage: std::ops::Range<usize>,
-        halos: &[&MapLayout],
+        halos: &[Prepare],
         pool: &ThreadPool,
     ) {
         let kernels: Vec<(KernelFn, usize)> = self.steps[stage]
             .iter()
             .filter_map(|s| Some((s.kernel?, s.items)))
             .collect();
-        let rows: Vec<usize> = halos.iter().map(|m| halo_rows(m)).collect();
+        let rows: Vec<usize> = halos.iter().map(prepare_rows).collect();
         let halo_items: usize = rows.iter().sum();
         let ends = crate::pool::segment_ends(
             std::iter::once(halo_items).chain(kernels.iter().map(|(_, n)| *n)),
@@ -567,13 +567,14 @@ impl Model<'_> {
         let size = arena.layout.size();
         let weights = self.weights.as_ptr() as usize;
         pool.run_segments(&ends, &|begin, end| {
-            // The halo rows first: item `i` of halo `h` is its padded row `i`.
+            // The maps' rows first: item `i` of map `h` is its row `i` ([`prepare_rows`]).
             let mut first = 0;
-            for (m, n) in halos.iter().zip(&rows) {
+            for (h, n) in halos.iter().zip(&rows) {
                 for item in begin.max(first)..end.min(first + n) {
-                    // SAFETY: the rows of a halo lie in the arena (checked inside); no kernel of
-                    // the stage writes them and no other halo shares them.
-                    unsafe { clear_halo_row(base as *mut u8, size, m, item - first) };
+                    // SAFETY: the rows of a map lie in the arena (checked inside); no kernel of
+                    // the stage writes their halo or padding channels, no kernel of the stage
+                    // reads the map, and no other map shares those bytes.
+                    unsafe { prepare_row(base as *mut u8, size, h, item - first) };
                 }
                 first += n;
             }
@@ -698,24 +699,54 @@ unsafe fn clear_halo_row(base: *mut u8, size: usize, m: &MapLayout, item: usize)
     }
 }
 
-/// Zeroes the padding channels of every pixel of `m` inside its halo (see
-/// [`MapLayout::padding_channels`]).
-fn clear_padding_channels(arena: &mut Arena, m: &MapLayout) {
-    let value = m.value_bytes();
+/// A map a stage is the first to write, to be prepared by the pool: its halo filled and, with
+/// `padding`, the padding channels of its pixels zeroed ([`MapLayout::padding_channels`]).
+struct Prepare<'a> {
+    map: &'a MapLayout,
+    padding: bool,
+}
+
+/// The rows [`prepare_row`] takes as items: every padded row of every image where the padding
+/// channels are zeroed, else those that hold halo ([`halo_rows`]).
+fn prepare_rows(p: &Prepare) -> usize {
+    let m = p.map;
+    match p.padding && !m.padding_channels().is_empty() {
+        true => m.n * (m.h + 2 * m.halo[0]),
+        false => halo_rows(m),
+    }
+}
+
+/// Prepares row `item` of [`prepare_rows`]: a halo row filled whole with the halo byte; another
+/// row's halo columns filled, and the padding channels of its pixels zeroed.
+///
+/// # Safety
+/// `base` is an arena of `size` bytes that no other thread writes at those bytes.
+unsafe fn prepare_row(base: *mut u8, size: usize, p: &Prepare, item: usize) {
+    let m = p.map;
     let padding = m.padding_channels();
-    if padding.is_empty() {
+    if !p.padding || padding.is_empty() {
+        // SAFETY: the caller's.
+        return unsafe { clear_halo_row(base, size, m, item) };
+    }
+    let padded = m.h + 2 * m.halo[0];
+    let (n, r) = (item / padded, item % padded);
+    let row = m.offset + n * m.image_stride() + r * m.row_stride();
+    assert!(row + m.row_stride() <= size, "a row lies outside the arena");
+    if r < m.halo[0] || r >= m.h + m.halo[0] {
+        // SAFETY: in the arena (checked); the caller owns these bytes.
+        unsafe { std::ptr::write_bytes(base.add(row), m.halo_byte(), m.row_stride()) };
         return;
     }
-    let padding = padding.start * value..padding.end * value;
     let side = m.halo[1] * m.pixel_stride();
     let right = (m.halo[1] + m.w) * m.pixel_stride();
-    for n in 0..m.n {
-        let image = m.offset + n * m.image_stride();
-        for r in m.halo[0]..m.halo[0] + m.h {
-            let row = arena.bytes_mut(image + r * m.row_stride(), m.row_stride());
-            for pixel in row[side..right].chunks_exact_mut(m.pixel_stride()) {
-                pixel[padding.clone()].fill(0);
-            }
+    let value = m.value_bytes();
+    let (first, bytes) = (padding.start * value, padding.len() * value);
+    // SAFETY: in the arena (checked); the caller owns these bytes.
+    unsafe {
+        std::ptr::write_bytes(base.add(row), m.halo_byte(), side);
+        std::ptr::write_bytes(base.add(row + right), m.halo_byte(), m.row_stride() - right);
+        for pixel in (side..right).step_by(m.pixel_stride()) {
+            std::ptr::write_bytes(base.add(row + pixel + first), 0, bytes);
         }
     }
 }
@@ -900,7 +931,10 @@ mod tests {
     /// its `halo_rows` clears them.
     #[test]
     fn halo_rows_clear_the_halo_and_nothing_else() {
-        for halo in [[1, 2], [2, 0], [0, 3], [0, 0]] {
+        for (halo, padding) in [[1, 2], [2, 0], [0, 3], [0, 0]]
+            .into_iter()
+            .flat_map(|h| [(h, false), (h, true)])
+        {
             let m = MapLayout {
                 offset: 64,
                 n: 2,
@@ -913,11 +947,14 @@ mod tests {
                 precision: Precision::F32,
                 quant: crate::layout::Quant::default(),
             };
+            // The map has no padding channels: with `padding` or without, only its halo is
+            // filled.
+            let prepare = Prepare { map: &m, padding };
             let size = 64 + m.bytes() + 64;
             let mut arena = vec![0xAAu8; size];
-            for item in 0..halo_rows(&m) {
+            for item in 0..prepare_rows(&prepare) {
                 // SAFETY: the arena is `size` bytes, this thread's alone.
-                unsafe { clear_halo_row(arena.as_mut_ptr(), size, &m, item) };
+                unsafe { prepare_row(arena.as_mut_ptr(), size, &prepare, item) };
             }
             for (i, byte) in arena.iter().enumerate() {
                 let inside = (m.offset..m.offset + m.bytes()).contains(&i);
@@ -933,6 +970,59 @@ mod tests {
                     && image < m.n
                     && (r < halo[0] || r >= m.h + halo[0] || x < halo[1] || x >= m.w + halo[1]);
                 assert_eq!(*byte == 0, in_halo, "halo {halo:?}, byte {i}");
+            }
+        }
+    }
+
+    /// With padding channels, the rows the pool prepares fill the halo with the halo byte and
+    /// zero the padding channels of every pixel inside, and write nothing else; a map the input
+    /// step writes (`padding: false`) keeps its padding channels.
+    #[test]
+    fn prepared_rows_fill_the_halo_and_zero_the_padding_channels() {
+        for (halo, padding) in [[1, 2], [2, 0], [0, 3], [0, 0]]
+            .into_iter()
+            .flat_map(|h| [(h, false), (h, true)])
+        {
+            let m = MapLayout {
+                offset: 64,
+                n: 2,
+                h: 5,
+                w: 4,
+                c_total: 8,
+                channel_offset: 0,
+                channels: 5,
+                halo,
+                precision: Precision::U8,
+                quant: crate::layout::Quant {
+                    zero: 7,
+                    ..Default::default()
+                },
+            };
+            let prepare = Prepare { map: &m, padding };
+            let size = 64 + m.bytes() + 64;
+            let mut arena = vec![0xAAu8; size];
+            for item in 0..prepare_rows(&prepare) {
+                // SAFETY: the arena is `size` bytes, this thread's alone.
+                unsafe { prepare_row(arena.as_mut_ptr(), size, &prepare, item) };
+            }
+            for (i, byte) in arena.iter().enumerate() {
+                let inside = (m.offset..m.offset + m.bytes()).contains(&i);
+                let at = i - m.offset.min(i);
+                let image = at / m.image_stride();
+                let (r, x, c) = (
+                    at % m.image_stride() / m.row_stride(),
+                    at % m.row_stride() / m.pixel_stride(),
+                    at % m.pixel_stride(),
+                );
+                let in_halo = inside
+                    && image < m.n
+                    && (r < halo[0] || r >= m.h + halo[0] || x < halo[1] || x >= m.w + halo[1]);
+                let want = match (in_halo, inside && image < m.n && padding && c >= 5) {
+                    (true, _) => 7,
+                    (false, true) => 0,
+                    (false, false) => 0xAA,
+                };
+                assert_eq!(*byte, want, "halo {halo:?}, padding {padding}, byte {i}");
             }
         }
     }
