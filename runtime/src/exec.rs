@@ -927,102 +927,64 @@ pub fn read(arena: &Arena, layout: &Layout) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Every byte of the halo rows and columns of `m`, and no other, as `clear_halo_row` over
-    /// its `halo_rows` clears them.
-    #[test]
-    fn halo_rows_clear_the_halo_and_nothing_else() {
-        for (halo, padding) in [[1, 2], [2, 0], [0, 3], [0, 0]]
-            .into_iter()
-            .flat_map(|h| [(h, false), (h, true)])
-        {
-            let m = MapLayout {
-                offset: 64,
-                n: 2,
-                h: 5,
-                w: 4,
-                c_total: 3,
-                channel_offset: 0,
-                channels: 3,
-                halo,
-                precision: Precision::F32,
-                quant: crate::layout::Quant::default(),
-            };
-            // The map has no padding channels: with `padding` or without, only its halo is
-            // filled.
-            let prepare = Prepare { map: &m, padding };
-            let size = 64 + m.bytes() + 64;
-            let mut arena = vec![0xAAu8; size];
-            for item in 0..prepare_rows(&prepare) {
-                // SAFETY: the arena is `size` bytes, this thread's alone.
-                unsafe { prepare_row(arena.as_mut_ptr(), size, &prepare, item) };
-            }
-            for (i, byte) in arena.iter().enumerate() {
-                let inside = (m.offset..m.offset + m.bytes()).contains(&i);
-                let (image, at) = (
-                    (i - m.offset.min(i)) / m.image_stride(),
-                    i - m.offset.min(i),
-                );
-                let (r, x) = (
-                    at % m.image_stride() / m.row_stride(),
-                    at % m.row_stride() / m.pixel_stride(),
-                );
-                let in_halo = inside
-                    && image < m.n
-                    && (r < halo[0] || r >= m.h + halo[0] || x < halo[1] || x >= m.w + halo[1]);
-                assert_eq!(*byte == 0, in_halo, "halo {halo:?}, byte {i}");
-            }
-        }
-    }
-
-    /// With padding channels, the rows the pool prepares fill the halo with the halo byte and
-    /// zero the padding channels of every pixel inside, and write nothing else; a map the input
-    /// step writes (`padding: false`) keeps its padding channels.
+    /// The rows the pool prepares (`prepare_row` over `prepare_rows`) fill the halo with the
+    /// halo byte (a u8 map's zero point) and zero the padding channels of every pixel inside,
+    /// and write nothing else; a map the input step writes (`padding: false`) keeps its
+    /// padding channels, and a map without any has only its halo filled.
     #[test]
     fn prepared_rows_fill_the_halo_and_zero_the_padding_channels() {
-        for (halo, padding) in [[1, 2], [2, 0], [0, 3], [0, 0]]
-            .into_iter()
-            .flat_map(|h| [(h, false), (h, true)])
-        {
-            let m = MapLayout {
-                offset: 64,
-                n: 2,
-                h: 5,
-                w: 4,
-                c_total: 8,
-                channel_offset: 0,
-                channels: 5,
-                halo,
-                precision: Precision::U8,
-                quant: crate::layout::Quant {
-                    zero: 7,
-                    ..Default::default()
-                },
-            };
-            let prepare = Prepare { map: &m, padding };
-            let size = 64 + m.bytes() + 64;
-            let mut arena = vec![0xAAu8; size];
-            for item in 0..prepare_rows(&prepare) {
-                // SAFETY: the arena is `size` bytes, this thread's alone.
-                unsafe { prepare_row(arena.as_mut_ptr(), size, &prepare, item) };
-            }
-            for (i, byte) in arena.iter().enumerate() {
-                let inside = (m.offset..m.offset + m.bytes()).contains(&i);
-                let at = i - m.offset.min(i);
-                let image = at / m.image_stride();
-                let (r, x, c) = (
-                    at % m.image_stride() / m.row_stride(),
-                    at % m.row_stride() / m.pixel_stride(),
-                    at % m.pixel_stride(),
-                );
-                let in_halo = inside
-                    && image < m.n
-                    && (r < halo[0] || r >= m.h + halo[0] || x < halo[1] || x >= m.w + halo[1]);
-                let want = match (in_halo, inside && image < m.n && padding && c >= 5) {
-                    (true, _) => 7,
-                    (false, true) => 0,
-                    (false, false) => 0xAA,
+        let f32_map = (3, 3, Precision::F32, 0);
+        let u8_map = (8, 5, Precision::U8, 7);
+        for (c_total, channels, precision, zero) in [f32_map, u8_map] {
+            for (halo, padding) in [[1, 2], [2, 0], [0, 3], [0, 0]]
+                .into_iter()
+                .flat_map(|h| [(h, false), (h, true)])
+            {
+                let m = MapLayout {
+                    offset: 64,
+                    n: 2,
+                    h: 5,
+                    w: 4,
+                    c_total,
+                    channel_offset: 0,
+                    channels,
+                    halo,
+                    precision,
+                    quant: crate::layout::Quant {
+                        zero,
+                        ..Default::default()
+                    },
                 };
-                assert_eq!(*byte, want, "halo {halo:?}, padding {padding}, byte {i}");
+                let prepare = Prepare { map: &m, padding };
+                let size = 64 + m.bytes() + 64;
+                let mut arena = vec![0xAAu8; size];
+                for item in 0..prepare_rows(&prepare) {
+                    // SAFETY: the arena is `size` bytes, this thread's alone.
+                    unsafe { prepare_row(arena.as_mut_ptr(), size, &prepare, item) };
+                }
+                let value = m.value_bytes();
+                for (i, byte) in arena.iter().enumerate() {
+                    let inside = (m.offset..m.offset + m.bytes()).contains(&i);
+                    let at = i - m.offset.min(i);
+                    let image = at / m.image_stride();
+                    let (r, x, c) = (
+                        at % m.image_stride() / m.row_stride(),
+                        at % m.row_stride() / m.pixel_stride(),
+                        at % m.pixel_stride() / value,
+                    );
+                    let in_map = inside && image < m.n;
+                    let in_halo = in_map
+                        && (r < halo[0] || r >= m.h + halo[0] || x < halo[1] || x >= m.w + halo[1]);
+                    let want = match (in_halo, in_map && padding && c >= channels) {
+                        (true, _) => zero,
+                        (false, true) => 0,
+                        (false, false) => 0xAA,
+                    };
+                    assert_eq!(
+                        *byte, want,
+                        "{precision:?}, halo {halo:?}, padding {padding}, byte {i}"
+                    );
+                }
             }
         }
     }
