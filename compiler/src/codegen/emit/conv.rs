@@ -191,7 +191,9 @@ pub(super) fn flat_tiles(
 /// panel's groups in turn (consecutive items reuse one weight panel from cache);
 /// [`ItemOrder::GroupMajor`] numbers group after group, each group's panels of every range in
 /// turn (a thread's share of the items is a part of the image). Each item calls the panel's tile
-/// for every tile of its units.
+/// for every tile of its units. The prefetch of the next panel's weights (a share per group, see
+/// [`NextPanel`]) is laid out for panel-major items; group-major layers are those whose weights
+/// stay in a core's L2 once read (`GROUP_MAJOR_WEIGHTS`).
 pub(super) fn conv_by_panels(
     e: &mut Emitter,
     k: &ConvKernel,
