@@ -568,20 +568,32 @@ fn amx_shape(
     }
 }
 
-#[test]
-fn the_amx_bf16_tile_matches_a_scalar_reference() {
+/// Whether this CPU runs AMX tiles of `precision`, with Linux's permission for the tile data
+/// asked for; if not, says on standard error what it lacks and that `what` was assembled but not
+/// run.
+fn amx_runs(precision: inceptc_runtime::layout::Precision, what: &str) -> bool {
     let missing = inceptc_runtime::exec::missing_features_for(
         inceptc_runtime::exec::Tier::V4,
-        inceptc_runtime::layout::Precision::Bf16,
-        false,
+        precision,
+        true,
     );
-    let amx = inceptc_runtime::exec::amx_present() && missing.is_empty();
-    if !amx {
-        eprintln!("SKIPPED: this CPU lacks AMX-BF16; the AMX tile was assembled but not run");
+    if !missing.is_empty() {
+        eprintln!(
+            "SKIPPED: this CPU lacks {}; {what} was assembled but not run",
+            missing.join(", ")
+        );
+        return false;
     }
-    if amx {
-        inceptc_runtime::exec::enable_amx().unwrap();
-    }
+    inceptc_runtime::exec::enable_amx().unwrap();
+    true
+}
+
+#[test]
+fn the_amx_bf16_tile_matches_a_scalar_reference() {
+    let amx = amx_runs(
+        inceptc_runtime::layout::Precision::Bf16,
+        "the AMX bf16 tile",
+    );
     let (mut runs, mut orders) = (0, [0; 4]);
     for (i, shape) in AMX_SHAPES.into_iter().enumerate() {
         for epilogue in 0..4 {
@@ -615,20 +627,7 @@ fn the_amx_bf16_tile_matches_a_scalar_reference() {
 /// its i32 sums are exact in any order.
 #[test]
 fn the_amx_int8_tile_requantizes_bit_for_bit() {
-    let missing = inceptc_runtime::exec::missing_features_for(
-        inceptc_runtime::exec::Tier::V4,
-        inceptc_runtime::layout::Precision::U8,
-        true,
-    );
-    let run_here = missing.is_empty();
-    if !run_here {
-        eprintln!(
-            "SKIPPED: this CPU lacks {}; the AMX int8 tile was assembled but not run",
-            missing.join(", ")
-        );
-    } else {
-        inceptc_runtime::exec::enable_amx().unwrap();
-    }
+    let run_here = amx_runs(inceptc_runtime::layout::Precision::U8, "the AMX int8 tile");
     let mut runs = 0;
     for (i, shape) in AMX_SHAPES.into_iter().enumerate() {
         for residual in [false, true] {
@@ -670,16 +669,9 @@ type Question = (f32, Vec<(usize, f32)>, &'static str, f32);
 /// tiles bit for bit as it follows `vdpbf16ps`.
 #[test]
 fn amx_sums_even_and_odd_channels_apart() {
-    let missing = inceptc_runtime::exec::missing_features_for(
-        inceptc_runtime::exec::Tier::V4,
-        inceptc_runtime::layout::Precision::Bf16,
-        true,
-    );
-    if !missing.is_empty() {
-        eprintln!("SKIPPED: this CPU lacks {}", missing.join(", "));
+    if !amx_runs(inceptc_runtime::layout::Precision::Bf16, "the probe's tile") {
         return;
     }
-    inceptc_runtime::exec::enable_amx().unwrap();
     let tile = AmxTile {
         pixels: 1,
         vectors: 1,
@@ -777,25 +769,15 @@ fn tdpbf16ps_row() -> Vec<u8> {
 }
 
 /// `tdpbf16ps` on random bf16 values of widely spread magnitudes (2⁻¹⁰ to 2¹¹, products 2⁻²⁰ to
-/// 2²², so that sums cancel and round in every way, all within f32's normal range) gives exactly the f32 sums
-/// `amx_dot_step` models, lane by lane; the documented pseudo-code's chain of fused
-/// multiply-adds does not.
+/// 2²², so that sums cancel and round in every way, all within f32's normal range) gives
+/// exactly the f32 sums `amx_dot_step` models, lane by lane; the documented pseudo-code's chain
+/// of fused multiply-adds does not.
 #[test]
 fn tdpbf16ps_sums_as_the_interpreter_models_it() {
-    let missing = inceptc_runtime::exec::missing_features_for(
-        inceptc_runtime::exec::Tier::V4,
-        inceptc_runtime::layout::Precision::Bf16,
-        true,
-    );
     let code = tdpbf16ps_row();
-    if !missing.is_empty() {
-        eprintln!(
-            "SKIPPED: this CPU lacks {}; tdpbf16ps was assembled but not run",
-            missing.join(", ")
-        );
+    if !amx_runs(inceptc_runtime::layout::Precision::Bf16, "tdpbf16ps") {
         return;
     }
-    inceptc_runtime::exec::enable_amx().unwrap();
     let exe = Executable::new(&code);
     // SAFETY: the code reads 64 bytes at `a`, 1 KiB at `b` and reads and writes 64 at `c`.
     let call = unsafe {
