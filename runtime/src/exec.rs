@@ -534,14 +534,9 @@ impl Model<'_> {
 }
 
 impl Model<'_> {
-    /// The end of the stage that starts at step `first`: the first later step that does not
-    /// join it.
+    /// The end of the stage that starts at step `first` ([`stage_end`]).
     fn stage_end(&self, first: usize) -> usize {
-        let mut end = first + 1;
-        while self.steps.get(end).is_some_and(|s| s.joins) {
-            end += 1;
-        }
-        end
+        stage_end(first, self.steps.len(), |s| self.steps[s].joins)
     }
 
     /// Runs the kernels of the steps `stage` on `pool`, their work items numbered one after
@@ -653,6 +648,16 @@ fn zero_upper() {
     }
 }
 
+/// The end of the stage that starts at step `first` of `count`: the first later step that does
+/// not join it (`joins(s)`: step `s` runs together with the step before).
+pub fn stage_end(first: usize, count: usize, joins: impl Fn(usize) -> bool) -> usize {
+    let mut end = first + 1;
+    while end < count && joins(end) {
+        end += 1;
+    }
+    end
+}
+
 /// The padded rows of every image of `m` that hold halo (every row, when `m` has halo columns;
 /// 0 without a halo).
 fn halo_rows(m: &MapLayout) -> usize {
@@ -663,17 +668,41 @@ fn halo_rows(m: &MapLayout) -> usize {
     }
 }
 
-/// Fills the halo of padded row `item` ([`halo_rows`]) of `m` with its
-/// [`MapLayout::halo_byte`] (0 but in a u8 map with a zero point): a halo row whole, another
-/// row's halo columns.
+/// A map a stage is the first to write, to be prepared by the pool: its halo filled and, with
+/// `padding`, the padding channels of its pixels zeroed ([`MapLayout::padding_channels`]).
+struct Prepare<'a> {
+    map: &'a MapLayout,
+    padding: bool,
+}
+
+/// Whether the pool zeroes the padding channels of `p`'s pixels (it has some, and the input
+/// step does not write them).
+fn zeroes_padding(p: &Prepare) -> bool {
+    p.padding && !p.map.padding_channels().is_empty()
+}
+
+/// The rows [`prepare_row`] takes as items: every padded row of every image where the padding
+/// channels are zeroed, else those that hold halo ([`halo_rows`]).
+fn prepare_rows(p: &Prepare) -> usize {
+    let m = p.map;
+    match zeroes_padding(p) {
+        true => m.n * (m.h + 2 * m.halo[0]),
+        false => halo_rows(m),
+    }
+}
+
+/// Prepares row `item` of [`prepare_rows`]: a halo row filled whole with the map's
+/// [`MapLayout::halo_byte`] (0 but in a u8 map with a zero point); another row's halo columns
+/// filled, and with [`zeroes_padding`] the padding channels of its pixels zeroed.
 ///
 /// # Safety
 /// `base` is an arena of `size` bytes that no other thread writes at those bytes.
-unsafe fn clear_halo_row(base: *mut u8, size: usize, m: &MapLayout, item: usize) {
+unsafe fn prepare_row(base: *mut u8, size: usize, p: &Prepare, item: usize) {
+    let m = p.map;
     let fill = m.halo_byte();
     let padded = m.h + 2 * m.halo[0];
-    let (n, r) = match m.halo[1] {
-        0 => {
+    let (n, r) = match (zeroes_padding(p), m.halo[1]) {
+        (false, 0) => {
             // Only the halo rows: the first `halo[0]` and the last of each image.
             let per = 2 * m.halo[0];
             let (n, k) = (item / per, item % per);
@@ -682,71 +711,24 @@ unsafe fn clear_halo_row(base: *mut u8, size: usize, m: &MapLayout, item: usize)
         _ => (item / padded, item % padded),
     };
     let row = m.offset + n * m.image_stride() + r * m.row_stride();
-    assert!(
-        row + m.row_stride() <= size,
-        "a halo row lies outside the arena"
-    );
+    assert!(row + m.row_stride() <= size, "a row lies outside the arena");
     let side = m.halo[1] * m.pixel_stride();
     let right = (m.halo[1] + m.w) * m.pixel_stride();
     // SAFETY: in the arena (checked); the caller owns these bytes.
     unsafe {
         if r < m.halo[0] || r >= m.h + m.halo[0] {
             std::ptr::write_bytes(base.add(row), fill, m.row_stride());
-        } else {
-            std::ptr::write_bytes(base.add(row), fill, side);
-            std::ptr::write_bytes(base.add(row + right), fill, m.row_stride() - right);
+            return;
         }
-    }
-}
-
-/// A map a stage is the first to write, to be prepared by the pool: its halo filled and, with
-/// `padding`, the padding channels of its pixels zeroed ([`MapLayout::padding_channels`]).
-struct Prepare<'a> {
-    map: &'a MapLayout,
-    padding: bool,
-}
-
-/// The rows [`prepare_row`] takes as items: every padded row of every image where the padding
-/// channels are zeroed, else those that hold halo ([`halo_rows`]).
-fn prepare_rows(p: &Prepare) -> usize {
-    let m = p.map;
-    match p.padding && !m.padding_channels().is_empty() {
-        true => m.n * (m.h + 2 * m.halo[0]),
-        false => halo_rows(m),
-    }
-}
-
-/// Prepares row `item` of [`prepare_rows`]: a halo row filled whole with the halo byte; another
-/// row's halo columns filled, and the padding channels of its pixels zeroed.
-///
-/// # Safety
-/// `base` is an arena of `size` bytes that no other thread writes at those bytes.
-unsafe fn prepare_row(base: *mut u8, size: usize, p: &Prepare, item: usize) {
-    let m = p.map;
-    let padding = m.padding_channels();
-    if !p.padding || padding.is_empty() {
-        // SAFETY: the caller's.
-        return unsafe { clear_halo_row(base, size, m, item) };
-    }
-    let padded = m.h + 2 * m.halo[0];
-    let (n, r) = (item / padded, item % padded);
-    let row = m.offset + n * m.image_stride() + r * m.row_stride();
-    assert!(row + m.row_stride() <= size, "a row lies outside the arena");
-    if r < m.halo[0] || r >= m.h + m.halo[0] {
-        // SAFETY: in the arena (checked); the caller owns these bytes.
-        unsafe { std::ptr::write_bytes(base.add(row), m.halo_byte(), m.row_stride()) };
-        return;
-    }
-    let side = m.halo[1] * m.pixel_stride();
-    let right = (m.halo[1] + m.w) * m.pixel_stride();
-    let value = m.value_bytes();
-    let (first, bytes) = (padding.start * value, padding.len() * value);
-    // SAFETY: in the arena (checked); the caller owns these bytes.
-    unsafe {
-        std::ptr::write_bytes(base.add(row), m.halo_byte(), side);
-        std::ptr::write_bytes(base.add(row + right), m.halo_byte(), m.row_stride() - right);
-        for pixel in (side..right).step_by(m.pixel_stride()) {
-            std::ptr::write_bytes(base.add(row + pixel + first), 0, bytes);
+        std::ptr::write_bytes(base.add(row), fill, side);
+        std::ptr::write_bytes(base.add(row + right), fill, m.row_stride() - right);
+        if zeroes_padding(p) {
+            let value = m.value_bytes();
+            let padding = m.padding_channels();
+            let (first, bytes) = (padding.start * value, padding.len() * value);
+            for pixel in (side..right).step_by(m.pixel_stride()) {
+                std::ptr::write_bytes(base.add(row + pixel + first), 0, bytes);
+            }
         }
     }
 }

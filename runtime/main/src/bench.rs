@@ -73,10 +73,8 @@ fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
         ));
         let mut k = first;
         while k < s {
-            let mut stage = k + 1;
-            while stage < s && desc.steps[stage].joins {
-                stage += 1;
-            }
+            // Stages lie within a block.
+            let stage = inceptc_runtime::exec::stage_end(k, s, |j| desc.steps[j].joins);
             let steps = &desc.steps[k..stage];
             let name: Vec<&str> = steps
                 .iter()
