@@ -8,7 +8,11 @@ computed with the bf16-rounded weights in f32, which is what inceptc does with i
 
 Prints one row per (model, dtype, batch, backend): max |ours - torch| / max |torch|, and fails
 above 1e-4; the backend exe-bf16 (an executable compiled with --precision bf16) fails above
-1e-2, or where a classifier's top class differs from PyTorch's on any image.
+1e-2, or where a classifier's top class differs from PyTorch's on any image. Beside exe-bf16 it
+prints the error of the bf16 modes of the peers on the same checkpoint and input: PyTorch's own
+(torch.autocast on the CPU) and, where openvino is installed (benches/peers.sh installs it),
+OpenVINO's INFERENCE_PRECISION_HINT=bf16, so that a bf16 error can be read against what a user
+gets elsewhere.
 Run it through scripts/compare-pytorch.sh, which sets up the virtual environment.
 """
 import argparse
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -60,6 +65,7 @@ def randomize(model, size, generator):
             m.reset_running_stats()
             m.momentum = None  # cumulative average: running stats = batch stats after one pass
     model.train()
+    torch.manual_seed(2016)  # facenet's dropout draws from the global generator in train mode
     with torch.no_grad():
         model(torch.rand(4, 3, size, size, generator=generator) * 2 - 1)
     model.eval()
@@ -100,6 +106,33 @@ def run_inceptc(inceptc, backend, model, flags, weights, x, work, target_cpu=Non
     return np.load(yout), time.time() - start
 
 
+def peer_bf16(model, x, ref, work, classifier):
+    """The error of torch.autocast bf16 and, where openvino and onnx are installed, of OpenVINO
+    bf16, as "torch / OpenVINO", each max |peer - torch f32| / max |torch f32|, marked "top class
+    differs" where a classifier's top class differs from PyTorch f32's on some image."""
+    scale = np.abs(ref).max()
+
+    def error(y):
+        text = f"{np.abs(y - ref).max() / scale:.2e}"
+        if classifier and not (y.argmax(axis=1) == ref.argmax(axis=1)).all():
+            text += " (top class differs)"
+        return text
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = model(x).float().numpy()
+    try:
+        import openvino as ov
+        import onnx  # noqa: F401 (torch.onnx.export needs it)
+    except ImportError:
+        return f"{error(autocast)} / not installed"
+    path = os.path.join(work, "peer.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"], dynamo=False)
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    return f"{error(autocast)} / {error(compiled(x.numpy())[0])}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inceptc", required=True)
@@ -135,6 +168,8 @@ def main():
             for batch in (1, 2):
                 x = x2[:batch].contiguous()
                 ref = model(x).numpy()
+                classifier = label != "facenet_embedding"
+                peers = peer_bf16(model, x, ref, work, classifier) if "exe-bf16" in args.backends else ""
                 for backend in args.backends.split(","):
                     ours, seconds = run_inceptc(args.inceptc, backend, model_name, flags, weights, x.numpy(), work, args.target_cpu)
                     if ours.shape != ref.shape:
@@ -142,16 +177,19 @@ def main():
                     else:
                         err = float(np.abs(ours - ref).max() / np.abs(ref).max())
                     ok = err <= (BF16_TOLERANCE if backend == "exe-bf16" else TOLERANCE)
-                    if backend == "exe-bf16" and label != "facenet_embedding" and ours.shape == ref.shape:
+                    if backend == "exe-bf16" and classifier and ours.shape == ref.shape:
                         ok &= bool((ours.argmax(axis=1) == ref.argmax(axis=1)).all())
                     failed |= not ok
-                    rows.append((label, dtype, batch, backend, list(ref.shape), float(np.abs(ref).max()), err, seconds, ok))
-                    print(f"{label:22} {dtype:5} batch {batch} {backend:9}  rel err {err:.2e}  {'ok' if ok else 'FAIL'}",
-                          file=sys.stderr)
-    print(f"\n| model | weights | batch | inceptc | output | max abs ref | max abs diff / max abs ref | run s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, dtype, batch, backend, shape, mref, err, secs, ok in rows:
-        print(f"| {label} | {dtype} | {batch} | {backend} | {shape} | {mref:.3g} | {err:.2e}{'' if ok else ' FAIL'} | {secs:.1f} |")
+                    peer = peers if backend == "exe-bf16" else ""
+                    rows.append((label, dtype, batch, backend, list(ref.shape), float(np.abs(ref).max()), err, seconds, ok, peer))
+                    print(f"{label:22} {dtype:5} batch {batch} {backend:9}  rel err {err:.2e}  {'ok' if ok else 'FAIL'}"
+                          + (f"  (torch bf16 / OpenVINO bf16: {peer})" if peer else ""), file=sys.stderr)
+    print(f"\n| model | weights | batch | inceptc | output | max abs ref | max abs diff / max abs ref | "
+          f"torch bf16 / OpenVINO bf16 | run s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, dtype, batch, backend, shape, mref, err, secs, ok, peer in rows:
+        print(f"| {label} | {dtype} | {batch} | {backend} | {shape} | {mref:.3g} | {err:.2e}{'' if ok else ' FAIL'} | "
+              f"{peer or '-'} | {secs:.1f} |")
     print(f"\ntolerance {TOLERANCE:g} ({BF16_TOLERANCE:g} and the top class for exe-bf16); torch "
           f"{torch.__version__}; work dir {work}")
     sys.exit(1 if failed else 0)
