@@ -174,8 +174,10 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
         // Item `(n · groups + group) · parts + part`: the parts of a group are consecutive.
         let (n, group_part) = e.image_and_row(item, k.groups() * k.parts);
         let (group, part) = e.image_and_row(group_part, k.parts);
+        // The scratch of the call's first item serves all its items, one after another: it
+        // stays in the core's cache from item to item (each item's own would be cold).
         let scratch = e.offset(e.arena, k.scratch as i64);
-        let v_base = e.scaled(scratch, item, k.item_scratch() as i64);
+        let v_base = e.scaled(scratch, begin, k.item_scratch() as i64);
         let m_base = e.offset(v_base, k.input_scratch() as i64);
         let in_origin = e.map_origin(&input, n);
         for_tiles(e, k, &y, &x, group, &|e, row, ty, tx| {

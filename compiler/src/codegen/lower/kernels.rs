@@ -157,8 +157,9 @@ pub struct WinogradKernel {
     /// each transform its input and compute their share of the panels (more items for many
     /// threads, at the cost of transforming the input again).
     pub parts: usize,
-    /// Arena offset of the scratch: work item `i` owns [`WinogradKernel::item_scratch`] bytes
-    /// from `scratch + i · item_scratch`.
+    /// Arena offset of the scratch, [`WinogradKernel::item_scratch`] bytes per work item: a
+    /// call for items `begin..end` uses the bytes from `scratch + begin · item_scratch` for each
+    /// of them in turn (the calls that run at once have different first items).
     pub scratch: usize,
 }
 
