@@ -836,10 +836,40 @@ fn row_span(m: &MapLayout, n: usize, y: usize) -> (usize, usize) {
 }
 
 /// Row `y` of image `n` of the NCHW tensor into `row` ([`row_span`]), channel by channel: each
-/// reads a contiguous row of the tensor.
+/// reads a contiguous row of the tensor. Where the CPU has FMA and SSE4.1 (every host of the
+/// AVX2 and AVX-512 tiers), compiled for them: int8's quantization is then a fused multiply-add
+/// and a rounding instruction, not calls into the math library. The values are the same either
+/// way. A 299×299 input on one thread of the Xeon: u8 0.88 ms before this and the one sweep
+/// that zeroes the padding below, 0.36 ms after; bf16 0.39 and 0.27 ms; f32 (no padding)
+/// 0.14 ms.
 fn write_row(row: &mut [u8], m: &MapLayout, nchw: &[f32], n: usize, y: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("sse4.1") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { write_row_fma(row, m, nchw, n, y) };
+    }
+    write_row_any(row, m, nchw, n, y)
+}
+
+/// [`write_row_any`] compiled for FMA and SSE4.1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,sse4.1")]
+fn write_row_fma(row: &mut [u8], m: &MapLayout, nchw: &[f32], n: usize, y: usize) {
+    write_row_any(row, m, nchw, n, y)
+}
+
+/// [`write_row`] for any x86-64 CPU.
+#[inline(always)]
+fn write_row_any(row: &mut [u8], m: &MapLayout, nchw: &[f32], n: usize, y: usize) {
     let (value, stride) = (m.value_bytes(), m.pixel_stride());
     let own = (m.c_total - m.channel_offset) * value;
+    let padded = m.channels * value < own;
+    // With the pixels' first channels, the row holds nothing else: zero it in one sweep first
+    // (a fill per pixel costs more than the values).
+    let whole = padded && m.channel_offset == 0;
+    if whole {
+        row.fill(0);
+    }
     for c in 0..m.channels {
         let from = &nchw[((n * m.channels + c) * m.h + y) * m.w..][..m.w];
         let to = row[c * value..].chunks_mut(stride);
@@ -857,7 +887,7 @@ fn write_row(row: &mut [u8], m: &MapLayout, nchw: &[f32], n: usize, y: usize) {
                 .for_each(|(v, px)| px[0] = m.quant.quantize(*v)),
         }
     }
-    if m.channels * value < own {
+    if padded && !whole {
         for px in row.chunks_mut(stride) {
             px[m.channels * value..own].fill(0);
         }
@@ -965,6 +995,81 @@ mod tests {
                     assert_eq!(
                         *byte, want,
                         "{precision:?}, halo {halo:?}, padding {padding}, byte {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The input step (`write_map`) writes each pixel's values in the map's precision and zeroes
+    /// the channels after them up to the next pixel, and writes nothing else: not the halo, and
+    /// not the channels before a map's own in a wider buffer.
+    #[test]
+    fn the_input_step_writes_values_and_zeroes_the_padding_after_them() {
+        let quant = crate::layout::Quant {
+            scale: 0.05,
+            zero: 7,
+        };
+        let encode = |precision: Precision, v: f32| -> Vec<u8> {
+            match precision {
+                Precision::F32 => v.to_le_bytes().to_vec(),
+                Precision::Bf16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                Precision::U8 => vec![quant.quantize(v)],
+            }
+        };
+        let pool = ThreadPool::new(2);
+        for precision in [Precision::F32, Precision::Bf16, Precision::U8] {
+            for (c_total, channel_offset, halo) in [
+                (3, 0, [0, 0]),
+                (4, 0, [1, 2]),
+                (8, 0, [0, 0]),
+                (8, 2, [2, 1]),
+            ] {
+                let m = MapLayout {
+                    offset: 64,
+                    n: 2,
+                    h: 5,
+                    w: 7,
+                    c_total,
+                    channel_offset,
+                    channels: 3,
+                    halo,
+                    precision,
+                    quant,
+                };
+                let x: Vec<f32> = (0..2 * 3 * 5 * 7).map(|i| i as f32 * 0.37 - 9.0).collect();
+                let size = 64 + m.bytes() + 64;
+                let mut arena = Arena::new(size).expect("a small arena");
+                // SAFETY: the arena holds `size` bytes.
+                unsafe { std::ptr::write_bytes(arena.as_mut_ptr(), 0xAA, size) };
+                write_map(&mut arena, &m, &x, &pool);
+                // SAFETY: as above; nothing else writes it now.
+                let bytes = unsafe { std::slice::from_raw_parts(arena.as_mut_ptr(), size) };
+                let value = m.value_bytes();
+                for (i, byte) in bytes.iter().enumerate() {
+                    let inside = (m.offset..m.offset + m.bytes()).contains(&i);
+                    let at = i - m.offset.min(i);
+                    let (image, r, px, c) = (
+                        at / m.image_stride(),
+                        at % m.image_stride() / m.row_stride(),
+                        at % m.row_stride() / m.pixel_stride(),
+                        at % m.pixel_stride() / value,
+                    );
+                    let in_halo =
+                        r < halo[0] || r >= m.h + halo[0] || px < halo[1] || px >= m.w + halo[1];
+                    let want = match (inside && image < m.n && !in_halo, c) {
+                        (false, _) => 0xAA,
+                        (true, c) if c < channel_offset => 0xAA,
+                        (true, c) if c < channel_offset + 3 => {
+                            let (y, xx) = (r - halo[0], px - halo[1]);
+                            let v = x[((image * 3 + c - channel_offset) * 5 + y) * 7 + xx];
+                            encode(precision, v)[at % m.pixel_stride() % value]
+                        }
+                        (true, _) => 0,
+                    };
+                    assert_eq!(
+                        *byte, want,
+                        "{precision:?}, {c_total} channels from {channel_offset}, halo {halo:?}, byte {i}"
                     );
                 }
             }
