@@ -939,6 +939,40 @@ pub fn read(arena: &Arena, layout: &Layout) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// A byte's place in a map ([`place`]).
+    struct Place {
+        image: usize,
+        row: usize,
+        column: usize,
+        channel: usize,
+        byte: usize,
+        halo: bool,
+    }
+
+    /// Where byte `i` of an arena lies in map `m`: `None` outside its images, else the image,
+    /// the padded row and column, the channel and the byte within the value, and whether the
+    /// pixel is halo.
+    fn place(m: &MapLayout, i: usize) -> Option<Place> {
+        if !(m.offset..m.offset + m.bytes()).contains(&i) {
+            return None;
+        }
+        let at = i - m.offset;
+        let (row, column) = (
+            at % m.image_stride() / m.row_stride(),
+            at % m.row_stride() / m.pixel_stride(),
+        );
+        let [hy, hx] = m.halo;
+        Some(Place {
+            image: at / m.image_stride(),
+            row,
+            column,
+            channel: at % m.pixel_stride() / m.value_bytes(),
+            byte: at % m.pixel_stride() % m.value_bytes(),
+            halo: row < hy || row >= m.h + hy || column < hx || column >= m.w + hx,
+        })
+        .filter(|p| p.image < m.n)
+    }
+
     /// The rows the pool prepares (`prepare_row` over `prepare_rows`) fill the halo with the
     /// halo byte (a u8 map's zero point) and zero the padding channels of every pixel inside,
     /// and write nothing else; a map the input step writes (`padding: false`) keeps its
@@ -974,23 +1008,12 @@ mod tests {
                     // SAFETY: the arena is `size` bytes, this thread's alone.
                     unsafe { prepare_row(arena.as_mut_ptr(), size, &prepare, item) };
                 }
-                let value = m.value_bytes();
                 for (i, byte) in arena.iter().enumerate() {
-                    let inside = (m.offset..m.offset + m.bytes()).contains(&i);
-                    let at = i - m.offset.min(i);
-                    let image = at / m.image_stride();
-                    let (r, x, c) = (
-                        at % m.image_stride() / m.row_stride(),
-                        at % m.row_stride() / m.pixel_stride(),
-                        at % m.pixel_stride() / value,
-                    );
-                    let in_map = inside && image < m.n;
-                    let in_halo = in_map
-                        && (r < halo[0] || r >= m.h + halo[0] || x < halo[1] || x >= m.w + halo[1]);
-                    let want = match (in_halo, in_map && padding && c >= channels) {
-                        (true, _) => zero,
-                        (false, true) => 0,
-                        (false, false) => 0xAA,
+                    let want = match place(&m, i) {
+                        None => 0xAA,
+                        Some(p) if p.halo => zero,
+                        Some(p) if padding && p.channel >= channels => 0,
+                        Some(_) => 0xAA,
                     };
                     assert_eq!(
                         *byte, want,
@@ -1045,27 +1068,17 @@ mod tests {
                 write_map(&mut arena, &m, &x, &pool);
                 // SAFETY: as above; nothing else writes it now.
                 let bytes = unsafe { std::slice::from_raw_parts(arena.as_mut_ptr(), size) };
-                let value = m.value_bytes();
                 for (i, byte) in bytes.iter().enumerate() {
-                    let inside = (m.offset..m.offset + m.bytes()).contains(&i);
-                    let at = i - m.offset.min(i);
-                    let (image, r, px, c) = (
-                        at / m.image_stride(),
-                        at % m.image_stride() / m.row_stride(),
-                        at % m.row_stride() / m.pixel_stride(),
-                        at % m.pixel_stride() / value,
-                    );
-                    let in_halo =
-                        r < halo[0] || r >= m.h + halo[0] || px < halo[1] || px >= m.w + halo[1];
-                    let want = match (inside && image < m.n && !in_halo, c) {
-                        (false, _) => 0xAA,
-                        (true, c) if c < channel_offset => 0xAA,
-                        (true, c) if c < channel_offset + 3 => {
-                            let (y, xx) = (r - halo[0], px - halo[1]);
-                            let v = x[((image * 3 + c - channel_offset) * 5 + y) * 7 + xx];
-                            encode(precision, v)[at % m.pixel_stride() % value]
+                    let want = match place(&m, i) {
+                        None => 0xAA,
+                        Some(p) if p.halo || p.channel < channel_offset => 0xAA,
+                        Some(p) if p.channel < channel_offset + 3 => {
+                            let (y, xx) = (p.row - halo[0], p.column - halo[1]);
+                            let c = p.channel - channel_offset;
+                            let v = x[((p.image * 3 + c) * 5 + y) * 7 + xx];
+                            encode(precision, v)[p.byte]
                         }
-                        (true, _) => 0,
+                        Some(_) => 0,
                     };
                     assert_eq!(
                         *byte, want,
