@@ -12,7 +12,8 @@
 //!
 //! A network runs one call per kernel, back to back, so idle workers and a caller waiting for the
 //! last chunk spin for up to [`SPIN`] checks before they sleep on a condition variable: waking a
-//! sleeping thread costs tens of microseconds per kernel.
+//! sleeping thread costs tens of microseconds per kernel. A call notifies the condition variables
+//! only when somebody sleeps on them (a notification is a system call even when nobody does).
 
 use std::any::Any;
 use std::ops::Range;
@@ -177,6 +178,13 @@ struct Shared {
     generation: AtomicU64,
     start: Condvar,
     done: Condvar,
+    /// Workers asleep on `start` (changed under the lock): a call wakes them only if there are
+    /// any, since a notification is a system call even when nobody waits (about 2 µs of every
+    /// call's hand-out on the Xeon).
+    sleepers: AtomicUsize,
+    /// Callers that may be asleep on `done` (changed under the lock): the worker that finishes a
+    /// call's last chunk takes the lock and notifies only if there are any.
+    callers_asleep: AtomicUsize,
 }
 
 /// Worker threads for [`ThreadPool::run`].
@@ -239,25 +247,40 @@ impl ThreadPool {
         // is done, and no chunk is taken after that.
         let work: &'static Work = unsafe { std::mem::transmute(work) };
         let job = Arc::new(Job::new(work, ends, self.threads));
-        {
+        let (generation, wake) = {
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             state.job = Some(Arc::clone(&job));
             state.generation += 1;
-            self.shared
-                .generation
-                .store(state.generation, Ordering::Release);
+            // A worker counts itself under the lock before it sleeps, and sleeps only if it has
+            // not seen this generation: one not counted now sees it.
+            (
+                state.generation,
+                self.shared.sleepers.load(Ordering::Relaxed) > 0,
+            )
+        };
+        // Published to the spinning workers once the lock is free, which they take next.
+        self.shared.generation.store(generation, Ordering::Release);
+        if wake {
+            self.shared.start.notify_all();
         }
-        self.shared.start.notify_all();
         let ran = job.work_through(0);
         job.done.fetch_add(ran, Ordering::AcqRel);
         spin_until(|| job.done.load(Ordering::Acquire) >= items);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while job.done.load(Ordering::Acquire) < items {
-            state = self
-                .shared
-                .done
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+        if job.done.load(Ordering::Acquire) < items {
+            // Counted before the check (both sequentially consistent, and so is the count of
+            // the last chunk before its worker reads this count): either the check sees every
+            // item done, or that worker sees the count and notifies under the lock, which it
+            // gets only once this thread waits.
+            self.shared.callers_asleep.fetch_add(1, Ordering::SeqCst);
+            while job.done.load(Ordering::SeqCst) < items {
+                state = self
+                    .shared
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            self.shared.callers_asleep.fetch_sub(1, Ordering::Relaxed);
         }
         state.job = None;
         drop(state);
@@ -275,7 +298,9 @@ fn worker(shared: &Shared, me: usize) {
         let job = {
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             while state.generation == seen && !state.shutdown {
+                shared.sleepers.fetch_add(1, Ordering::Relaxed);
                 state = shared.start.wait(state).unwrap_or_else(|e| e.into_inner());
+                shared.sleepers.fetch_sub(1, Ordering::Relaxed);
             }
             if state.shutdown {
                 return;
@@ -285,7 +310,8 @@ fn worker(shared: &Shared, me: usize) {
         };
         let Some(job) = job else { continue };
         let ran = job.work_through(me);
-        if ran > 0 && job.done.fetch_add(ran, Ordering::AcqRel) + ran == job.items {
+        let last = ran > 0 && job.done.fetch_add(ran, Ordering::SeqCst) + ran == job.items;
+        if last && shared.callers_asleep.load(Ordering::SeqCst) > 0 {
             // Under the lock, so that `run` is either before its check or already waiting.
             let _state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             shared.done.notify_all();
@@ -326,6 +352,44 @@ mod tests {
             }
         });
         assert!(by_main.load(Ordering::Relaxed) >= 60, "{by_main:?}");
+    }
+
+    #[test]
+    fn sleeping_workers_and_a_sleeping_caller_are_woken() {
+        // Between the calls the worker spins out and sleeps on `start`; in the call, the
+        // caller's item waits for the worker's to start (so the worker must be woken), and the
+        // worker's item outlasts the caller's spin (so the caller sleeps on `done` and must be
+        // woken by the worker that finishes). A missed wake-up fails on the timeouts, not hangs.
+        let (sent, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = ThreadPool::new(2);
+            for _ in 0..3 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let started = AtomicUsize::new(0);
+                let together = AtomicBool::new(false);
+                // Item 0 is the caller's share, item 1 the worker's.
+                pool.run(2, &|begin, _| {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    if begin == 0 {
+                        let wait = std::time::Instant::now();
+                        while started.load(Ordering::SeqCst) < 2 {
+                            if wait.elapsed().as_secs() > 10 {
+                                return;
+                            }
+                            std::hint::spin_loop();
+                        }
+                        together.store(true, Ordering::SeqCst);
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                });
+                sent.send(together.load(Ordering::SeqCst)).unwrap();
+            }
+        });
+        for call in 0..3 {
+            let together = received.recv_timeout(std::time::Duration::from_secs(30));
+            assert_eq!(together, Ok(true), "call {call}");
+        }
     }
 
     #[test]
