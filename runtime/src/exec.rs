@@ -365,7 +365,40 @@ pub fn check_cpu(tier: Tier, precision: Precision, amx: bool) -> Result<(), RunE
     }
 }
 
-/// A zeroed, 64-byte-aligned block of memory.
+/// The size of a huge page on x86-64 Linux.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// `bytes` zeroed bytes (at least 64), 64-byte aligned, and their layout for `dealloc`. From 2 MiB
+/// on (the arena, the packed weights), they are 2 MiB aligned and a whole number of 2 MiB, and
+/// asked for in 2 MiB pages (`MADV_HUGEPAGE` before the first touch: where transparent huge pages
+/// are set to `madvise`, as on the Xeon, only advised memory gets them). The kernels stream
+/// hundreds of MiB of weights, and 4 KiB pages cost a page walk every 4 KiB: Inception-v4 and
+/// IR-v2 in f32 ran 4–6 % faster on the Xeon with huge pages, on 1 and 2 threads (medians of 5
+/// interleaved rounds). Where the kernel gives no huge pages, the memory is in small ones.
+pub fn zeroed_memory(bytes: usize) -> Option<(*mut u8, std::alloc::Layout)> {
+    if bytes < HUGE_PAGE {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        return (!ptr.is_null()).then_some((ptr, layout));
+    }
+    let layout =
+        std::alloc::Layout::from_size_align(bytes.next_multiple_of(HUGE_PAGE), HUGE_PAGE).ok()?;
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: the `layout.size()` bytes at `ptr` are ours. The advice changes only the size of
+    // the pages the first touch maps (a failure leaves small ones); zeroing is that touch.
+    unsafe {
+        libc::madvise(ptr as *mut libc::c_void, layout.size(), libc::MADV_HUGEPAGE);
+        std::ptr::write_bytes(ptr, 0, layout.size());
+    }
+    Some((ptr, layout))
+}
+
+/// A zeroed, 64-byte-aligned block of memory ([`zeroed_memory`]).
 pub struct Arena {
     ptr: *mut u8,
     layout: std::alloc::Layout,
@@ -378,13 +411,7 @@ unsafe impl Sync for Arena {}
 impl Arena {
     /// `bytes` zeroed bytes, 64-byte aligned.
     pub fn new(bytes: usize) -> Result<Arena, RunError> {
-        let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64)
-            .map_err(|_| RunError::Arena(bytes))?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(RunError::Arena(bytes));
-        }
+        let (ptr, layout) = zeroed_memory(bytes).ok_or(RunError::Arena(bytes))?;
         Ok(Arena { ptr, layout })
     }
 
@@ -938,6 +965,34 @@ pub fn read(arena: &Arena, layout: &Layout) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_zeroed_and_large_blocks_are_whole_huge_pages() {
+        for bytes in [
+            1,
+            100,
+            HUGE_PAGE - 1,
+            HUGE_PAGE,
+            HUGE_PAGE + 1,
+            5 * HUGE_PAGE + 3,
+        ] {
+            let (ptr, layout) = zeroed_memory(bytes).expect("allocated");
+            assert!(
+                layout.size() >= bytes && (ptr as usize).is_multiple_of(64),
+                "{bytes} bytes"
+            );
+            if bytes >= HUGE_PAGE {
+                assert!((ptr as usize).is_multiple_of(HUGE_PAGE), "{bytes} bytes");
+                assert!(layout.size().is_multiple_of(HUGE_PAGE), "{bytes} bytes");
+            }
+            // SAFETY: allocated above with this layout, zeroed, freed once.
+            unsafe {
+                let all = std::slice::from_raw_parts(ptr, layout.size());
+                assert!(all.iter().all(|&b| b == 0), "{bytes} bytes");
+                std::alloc::dealloc(ptr, layout);
+            }
+        }
+    }
 
     /// A byte's place in a map ([`place`]).
     struct Place {

@@ -157,15 +157,12 @@ fn unpack(stored: &'static [u8], desc: &ModelDesc) -> Result<&'static [u8]> {
             bail!("corrupt model: a weight segment mixes codes and floats");
         }
     }
-    let layout = std::alloc::Layout::from_size_align(desc.packed_bytes.max(64), 64)?;
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    if ptr.is_null() {
+    let Some((ptr, _)) = inceptc_runtime::exec::zeroed_memory(desc.packed_bytes) else {
         bail!(
             "cannot allocate {} MiB for the weights",
             desc.packed_bytes >> 20
         );
-    }
+    };
     // SAFETY: `ptr` holds `packed_bytes` zeroed bytes and is never freed (the weights live as long
     // as the process).
     let packed = unsafe { std::slice::from_raw_parts_mut(ptr, desc.packed_bytes) };
