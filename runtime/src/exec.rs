@@ -382,8 +382,8 @@ pub fn zeroed_memory(bytes: usize) -> Option<(*mut u8, std::alloc::Layout)> {
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         return (!ptr.is_null()).then_some((ptr, layout));
     }
-    let layout =
-        std::alloc::Layout::from_size_align(bytes.next_multiple_of(HUGE_PAGE), HUGE_PAGE).ok()?;
+    let size = bytes.checked_next_multiple_of(HUGE_PAGE)?;
+    let layout = std::alloc::Layout::from_size_align(size, HUGE_PAGE).ok()?;
     // SAFETY: the layout has a non-zero size.
     let ptr = unsafe { std::alloc::alloc(layout) };
     if ptr.is_null() {
@@ -968,6 +968,9 @@ mod tests {
 
     #[test]
     fn memory_is_zeroed_and_large_blocks_are_whole_huge_pages() {
+        // Sizes no allocator can give fail cleanly.
+        assert!(zeroed_memory(usize::MAX - 5).is_none());
+        assert!(zeroed_memory(isize::MAX as usize).is_none());
         for bytes in [
             1,
             100,
