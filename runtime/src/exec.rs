@@ -368,13 +368,15 @@ pub fn check_cpu(tier: Tier, precision: Precision, amx: bool) -> Result<(), RunE
 /// The size of a huge page on x86-64 Linux.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// `bytes` zeroed bytes (at least 64), 64-byte aligned, and their layout for `dealloc`. From 2 MiB
-/// on (the arena, the packed weights), they are 2 MiB aligned and a whole number of 2 MiB, and
-/// asked for in 2 MiB pages (`MADV_HUGEPAGE` before the first touch: where transparent huge pages
-/// are set to `madvise`, as on the Xeon, only advised memory gets them). The kernels stream
-/// hundreds of MiB of weights, and 4 KiB pages cost a page walk every 4 KiB: Inception-v4 and
-/// IR-v2 in f32 ran 4–6 % faster on the Xeon with huge pages, on 1 and 2 threads (medians of 5
-/// interleaved rounds). Where the kernel gives no huge pages, the memory is in small ones.
+/// `bytes` zeroed bytes (at least 64), 64-byte aligned, and their layout for [`free_memory`].
+/// From 2 MiB on (the arena, the packed weights), they are a fresh mapping, 2 MiB aligned and a
+/// whole number of 2 MiB, asked for in 2 MiB pages (`MADV_HUGEPAGE` before the first touch: where
+/// transparent huge pages are set to `madvise`, as on the Xeon, only advised memory gets them),
+/// and zero without a pass over them (a fresh mapping is; zeroing IR-v2's 234 MiB of weights
+/// took 20 of the 210 ms from start to the first result). The kernels stream hundreds of MiB of
+/// weights, and 4 KiB pages cost a page walk every 4 KiB: Inception-v4 and IR-v2 in f32 ran 4–6 %
+/// faster on the Xeon with huge pages, on 1 and 2 threads (medians of 5 interleaved rounds).
+/// Where the kernel gives no huge pages, the memory is in small ones.
 pub fn zeroed_memory(bytes: usize) -> Option<(*mut u8, std::alloc::Layout)> {
     if bytes < HUGE_PAGE {
         let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64).ok()?;
@@ -384,18 +386,52 @@ pub fn zeroed_memory(bytes: usize) -> Option<(*mut u8, std::alloc::Layout)> {
     }
     let size = bytes.checked_next_multiple_of(HUGE_PAGE)?;
     let layout = std::alloc::Layout::from_size_align(size, HUGE_PAGE).ok()?;
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc(layout) };
-    if ptr.is_null() {
+    // Mapped a huge page longer than needed, then trimmed to the aligned part.
+    let span = size.checked_add(HUGE_PAGE)?;
+    // SAFETY: a new private anonymous mapping; no memory in use is affected.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
         return None;
     }
-    // SAFETY: the `layout.size()` bytes at `ptr` are ours. The advice changes only the size of
-    // the pages the first touch maps (a failure leaves small ones); zeroing is that touch.
+    let start = (base as usize).next_multiple_of(HUGE_PAGE);
+    let (head, tail) = (start - base as usize, base as usize + span - (start + size));
+    // SAFETY: the head and tail lie in the mapping just made, outside the part kept; the advice
+    // changes only the size of the pages the first touch maps (a failure leaves small ones).
     unsafe {
-        libc::madvise(ptr as *mut libc::c_void, layout.size(), libc::MADV_HUGEPAGE);
-        std::ptr::write_bytes(ptr, 0, layout.size());
+        if head > 0 {
+            libc::munmap(base, head);
+        }
+        if tail > 0 {
+            libc::munmap((start + size) as *mut libc::c_void, tail);
+        }
+        libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
     }
-    Some((ptr, layout))
+    Some((start as *mut u8, layout))
+}
+
+/// Frees what [`zeroed_memory`] gave with `layout`: a mapping if it is 2 MiB aligned.
+///
+/// # Safety
+///
+/// `ptr` and `layout` came from one call of [`zeroed_memory`], and the memory is not used again.
+pub unsafe fn free_memory(ptr: *mut u8, layout: std::alloc::Layout) {
+    match layout.align() {
+        // SAFETY: the caller's; the mapping is exactly these bytes.
+        HUGE_PAGE => unsafe {
+            libc::munmap(ptr as *mut libc::c_void, layout.size());
+        },
+        // SAFETY: the caller's; allocated with this layout.
+        _ => unsafe { std::alloc::dealloc(ptr, layout) },
+    }
 }
 
 /// A zeroed, 64-byte-aligned block of memory ([`zeroed_memory`]).
@@ -443,7 +479,7 @@ impl Arena {
 impl Drop for Arena {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+        unsafe { free_memory(self.ptr, self.layout) }
     }
 }
 
@@ -992,7 +1028,7 @@ mod tests {
             unsafe {
                 let all = std::slice::from_raw_parts(ptr, layout.size());
                 assert!(all.iter().all(|&b| b == 0), "{bytes} bytes");
-                std::alloc::dealloc(ptr, layout);
+                free_memory(ptr, layout);
             }
         }
     }
