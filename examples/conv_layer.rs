@@ -1,11 +1,20 @@
-//! One convolution layer compiled in process and timed on one thread: the quickest loop for kernel
-//! work. `cargo run --release --example conv_layer -- IN OUT SIZE KERNEL [auto|direct|M]` (square
-//! kernel, stride 1, "same" padding; `M` forces Winograd tiles of M × M outputs) prints the best
-//! of 30 runs in ms and GFLOP/s (the direct convolution's FLOPs, whatever the algorithm), and its
-//! share of one core's FMA peak for the tier's vectors, measured in the same process. Code is
-//! for this machine's best tier, or the one `INCEPTC_TIER` names (`x86-64-v3`, `x86-64-v4`).
-//! `INCEPTC_EVICT=MIB` writes that many MiB of other memory before each run, so that the weights
-//! come from where a whole network's do (512: from DRAM) instead of from cache.
+//! One convolution layer compiled in process and timed: the quickest loop for kernel work.
+//! `cargo run --release --example conv_layer -- IN OUT SIZE KERNEL [auto|direct|M]` (KERNEL `K`
+//! for K × K or `KHxKW`, e.g. `1x7`; stride 1, "same" padding; `M` forces Winograd tiles of M × M
+//! outputs) prints the best of 30 runs in ms and GFLOP/s (the direct convolution's FLOPs,
+//! whatever the algorithm), and its share of one core's FMA peak for the tier's vectors, measured
+//! in the same process. Code is for this machine's best tier, or the one `INCEPTC_TIER` names
+//! (`x86-64-v3`, `x86-64-v4`).
+//!
+//! - `INCEPTC_THREADS=N` splits the work for N threads and runs it on a pool of N (default 1);
+//!   the share of the peak is then of N cores'.
+//! - `INCEPTC_EVICT=MIB` writes that many MiB of other memory before each run, so that the weights
+//!   come from where a whole network's do (512: from DRAM) instead of from cache.
+//! - `INCEPTC_COLD=weights|maps|all` flushes the layer's packed weights, its maps (the arena), or
+//!   both from every cache (`clflush`) before each run, to tell which cold data a layer waits
+//!   for. The pool writes the input into the arena at the start of the run, each thread its
+//!   share of the rows, so `maps` leaves the input in the caches of the threads that wrote it and
+//!   the output to be fetched from memory.
 
 use inceptc::codegen::tile::Tier;
 use inceptc::codegen::{jit::JitProgram, ConvAlgorithm, Kernel, LowerOptions, Program};
@@ -26,18 +35,20 @@ fn main() {
         }
     };
     args.truncate(4);
-    let args: Vec<usize> = args
-        .iter()
-        .map(|a| a.parse().expect("IN OUT SIZE KERNEL are whole numbers"))
-        .collect();
-    let [ic, oc, hw, k] = args[..] else {
-        panic!("usage: conv_layer IN OUT SIZE KERNEL");
+    let [ic, oc, hw, kernel] = &args[..] else {
+        panic!("usage: conv_layer IN OUT SIZE KERNEL [auto|direct|M]");
     };
-    let p = k / 2;
+    let whole = |a: &str| -> usize { a.parse().expect("IN OUT SIZE and KERNEL are whole numbers") };
+    let (ic, oc, hw) = (whole(ic), whole(oc), whole(hw));
+    let (kh, kw) = match kernel.split_once('x') {
+        Some((kh, kw)) => (whole(kh), whole(kw)),
+        None => (whole(kernel), whole(kernel)),
+    };
+    let (ph, pw) = (kh / 2, kw / 2);
     let body = format!(
         r#"graph "t" {{
   %0 = input channels={ic} name="input" block="b"
-  %1 = fused_conv %0 in={ic} out={oc} kernel={k}x{k} stride=1x1 pad={p}x{p} bias=true residual=false relu=true name="conv" block="b"
+  %1 = fused_conv %0 in={ic} out={oc} kernel={kh}x{kw} stride=1x1 pad={ph}x{pw} bias=true residual=false relu=true name="conv" block="b"
   output %1
 }}"#
     );
@@ -57,8 +68,21 @@ fn main() {
     let amx = precision == Precision::Bf16
         && inceptc_runtime::exec::amx_present()
         && inceptc_runtime::exec::missing_features_for(tier.runtime(), precision, true).is_empty();
+    let threads: usize = std::env::var("INCEPTC_THREADS")
+        .map(|t| t.parse().expect("INCEPTC_THREADS is a whole number"))
+        .unwrap_or(1)
+        .max(1);
+    let cold = std::env::var("INCEPTC_COLD").unwrap_or_default();
+    let (cold_weights, cold_maps) = match cold.as_str() {
+        "" | "none" => (false, false),
+        "weights" => (true, false),
+        "maps" => (false, true),
+        "all" => (true, true),
+        other => panic!("INCEPTC_COLD is weights, maps, all or none, not {other}"),
+    };
     let options = LowerOptions {
         conv,
+        threads,
         tier,
         precision,
         amx,
@@ -75,7 +99,7 @@ fn main() {
     let jit = JitProgram::new(prog).unwrap();
     let m = jit.model();
     let mut arena = Arena::new(m.arena_bytes).unwrap();
-    let pool = ThreadPool::new(1);
+    let pool = ThreadPool::new(threads);
     let evict: usize = std::env::var("INCEPTC_EVICT")
         .map(|mib| mib.parse().expect("INCEPTC_EVICT is a whole number of MiB"))
         .unwrap_or(0);
@@ -86,6 +110,12 @@ fn main() {
         for line in other.iter_mut().step_by(64) {
             *line = line.wrapping_add(1);
         }
+        if cold_weights {
+            flush(m.weights.as_ptr(), m.weights.len());
+        }
+        if cold_maps {
+            flush(arena.as_mut_ptr(), m.arena_bytes);
+        }
         let mut times = Default::default();
         m.run_timed(&mut arena, &x, &pool, Some(&mut times))
             .unwrap();
@@ -93,14 +123,20 @@ fn main() {
     }
     let gflops = flops as f64 / best / 1e9;
     let wide = tier == Tier::V4;
-    let peak = inceptc::codegen::jit::fma_peak(wide, 5).unwrap();
-    let cache = match evict {
+    let peak = threads as f64 * inceptc::codegen::jit::fma_peak(wide, 5).unwrap();
+    let mut cache = match evict {
         0 => String::new(),
         mib => format!(", {mib} MiB evicted before each run"),
     };
+    if cold_weights || cold_maps {
+        cache += &format!(", {cold} flushed before each run");
+    }
+    if threads > 1 {
+        cache += &format!(", {threads} threads");
+    }
     println!(
-        "{ic}->{oc} {hw}x{hw} k{k} ({}{}, {tile}{cache}): {:.3} ms, {gflops:.1} GFLOP/s = {:.0}% of the {} FMA peak \
-         ({peak:.1} GFLOP/s, measured by a loop of independent vfmadd231ps)",
+        "{ic}->{oc} {hw}x{hw} k{kh}x{kw} ({}{}, {tile}{cache}): {:.3} ms, {gflops:.1} GFLOP/s = {:.0}% of the {} FMA peak \
+         ({peak:.1} GFLOP/s on {threads} core(s), measured by a loop of independent vfmadd231ps)",
         tier.name(),
         match precision {
             Precision::Bf16 if amx => " bf16 with AMX",
@@ -111,4 +147,18 @@ fn main() {
         100.0 * gflops / peak,
         if wide { "zmm" } else { "ymm" },
     );
+}
+
+/// Writes back and evicts the cache lines of `bytes` bytes at `start` from every cache.
+fn flush(start: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for offset in (0..bytes).step_by(64) {
+        // SAFETY: every line flushed lies in the `bytes` bytes at `start` (weights or arena).
+        unsafe { std::arch::x86_64::_mm_clflush(start.add(offset)) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a fence has no operands.
+    unsafe {
+        std::arch::x86_64::_mm_mfence()
+    };
 }
