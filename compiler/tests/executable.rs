@@ -843,6 +843,8 @@ fn bench_prints_every_block_and_json() {
             "--runs",
             "2",
             "--json",
+            "--threads",
+            "2",
             "--trace",
             trace.to_str().unwrap(),
         ],
@@ -853,7 +855,7 @@ fn bench_prints_every_block_and_json() {
     assert!(report["end_to_end"]["median_ms"].as_f64().unwrap() > 0.0);
     let blocks = report["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), stdout.lines().count() - 3, "{json}");
-    check_trace(&trace, blocks.len());
+    check_trace(&trace, blocks.len(), 2.0);
     let names: Vec<&str> = blocks
         .iter()
         .map(|b| b["block"].as_str().unwrap())
@@ -930,7 +932,7 @@ fn check_plot(svg: &str, blocks: &[&str]) {
 
 /// The trace is Chrome trace-event JSON: complete events with name, ph, ts, dur, pid and tid; one
 /// per block, and every kernel inside the time span of a block.
-fn check_trace(path: &Path, block_count: usize) {
+fn check_trace(path: &Path, block_count: usize, threads: f64) {
     let trace: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the trace is JSON");
     let events = trace["traceEvents"].as_array().expect("traceEvents");
@@ -962,7 +964,19 @@ fn check_trace(path: &Path, block_count: usize) {
             }),
             "kernel {k} outside every block"
         );
+        // The threads' time in the kernel's work lies within its span on each thread.
+        let busy = k["args"]["thread_ms"].as_f64().expect("thread_ms");
+        let span = k["dur"].as_f64().unwrap() / 1e3;
+        assert!(
+            (0.0..=threads * span + 1e-3).contains(&busy),
+            "kernel {k}: {busy} thread-ms in {span} ms"
+        );
     }
+    let busy: f64 = kernels
+        .iter()
+        .map(|k| k["args"]["thread_ms"].as_f64().unwrap())
+        .sum();
+    assert!(busy > 0.0, "no thread time in {path:?}");
 }
 
 #[test]

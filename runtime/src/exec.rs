@@ -491,6 +491,10 @@ pub struct StepTimes {
     pub start: Vec<Duration>,
     /// How long each step took.
     pub duration: Vec<Duration>,
+    /// The time the pool's threads spent on each step's work items, summed over the threads
+    /// ([`ThreadPool::run_segments_busy`]): on N threads, N × `duration` less this is the time
+    /// threads waited for others.
+    pub busy: Vec<Duration>,
 }
 
 impl Model<'_> {
@@ -532,6 +536,7 @@ impl Model<'_> {
         if let Some(t) = times.as_deref_mut() {
             t.start = vec![Duration::ZERO; self.steps.len()];
             t.duration = vec![Duration::ZERO; self.steps.len()];
+            t.busy = vec![Duration::ZERO; self.steps.len()];
         }
         let mut first = 0;
         while first < self.steps.len() {
@@ -554,23 +559,28 @@ impl Model<'_> {
                     });
                 }
             }
+            let timed = times.is_some();
+            let mut busy = Duration::ZERO;
             if self.steps[stage.clone()].iter().any(|s| s.kernel.is_none()) {
-                write_map(arena, &self.input, input, pool);
+                busy += write_map_busy(arena, &self.input, input, pool, timed);
             }
             match self.stages {
-                StageOrder::Together => self.run_stage(arena, stage.clone(), &halos, pool),
+                StageOrder::Together => {
+                    busy += self.run_stage(arena, stage.clone(), &halos, pool, timed);
+                }
                 StageOrder::OneByOne | StageOrder::Reversed => {
-                    self.run_stage(arena, stage.start..stage.start, &halos, pool);
+                    busy += self.run_stage(arena, stage.start..stage.start, &halos, pool, timed);
                     let mut order: Vec<usize> = stage.clone().collect();
                     if self.stages == StageOrder::Reversed {
                         order.reverse();
                     }
                     for s in order {
                         let alone = Instant::now();
-                        self.run_stage(arena, s..s + 1, &[], pool);
+                        let own = self.run_stage(arena, s..s + 1, &[], pool, timed);
                         if let Some(t) = times.as_deref_mut() {
                             t.start[s] = alone - run_start;
                             t.duration[s] = alone.elapsed();
+                            t.busy[s] = own;
                         }
                         // Alone, a kernel that writes out of bounds is named by itself.
                         self.check_guards(arena, s..s + 1)?;
@@ -581,6 +591,7 @@ impl Model<'_> {
                 if self.stages == StageOrder::Together || stage.len() == 1 {
                     t.start[stage.start] = start - run_start;
                     t.duration[stage.start] = start.elapsed();
+                    t.busy[stage.start] += busy;
                     for s in stage.clone().skip(1) {
                         t.start[s] = t.start[stage.start];
                     }
@@ -604,14 +615,16 @@ impl Model<'_> {
 
     /// Runs the kernels of the steps `stage` on `pool`, their work items numbered one after
     /// another, each kernel's a segment ([`ThreadPool::run_segments`]), after a segment that
-    /// prepares the maps of `halos` ([`prepare_row`]), a padded row an item.
+    /// prepares the maps of `halos` ([`prepare_row`]), a padded row an item. Returns the
+    /// threads' summed time on it if `timed` ([`ThreadPool::run_segments_busy`]), else zero.
     fn run_stage(
         &self,
         arena: &Arena,
         stage: std::ops::Range<usize>,
         halos: &[Prepare],
         pool: &ThreadPool,
-    ) {
+        timed: bool,
+    ) -> Duration {
         let kernels: Vec<(KernelFn, usize)> = self.steps[stage]
             .iter()
             .filter_map(|s| Some((s.kernel?, s.items)))
@@ -624,7 +637,7 @@ impl Model<'_> {
         let base = arena.as_mut_ptr() as usize;
         let size = arena.layout.size();
         let weights = self.weights.as_ptr() as usize;
-        pool.run_segments(&ends, &|begin, end| {
+        let work = |begin: usize, end: usize| {
             // The maps' rows first: item `i` of map `h` is its row `i` ([`prepare_rows`]).
             let mut first = 0;
             for (h, n) in halos.iter().zip(&rows) {
@@ -657,7 +670,14 @@ impl Model<'_> {
                 }
                 first += n;
             }
-        });
+        };
+        match timed {
+            true => pool.run_segments_busy(&ends, &work),
+            false => {
+                pool.run_segments(&ends, &work);
+                Duration::ZERO
+            }
+        }
     }
 
     /// After the steps `stage`: the canaries of every guarded buffer live in it are intact and
@@ -873,8 +893,21 @@ fn damage(arena: &Arena, g: &Guard) -> Option<String> {
 /// shared out to `pool`'s threads; the buffer's channels after the range (padding to an even
 /// count in bf16) become zero.
 pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32], pool: &ThreadPool) {
+    write_map_busy(arena, m, nchw, pool, false);
+}
+
+/// [`write_map`], returning the threads' summed time on it if `timed`
+/// ([`ThreadPool::run_segments_busy`]), else zero.
+fn write_map_busy(
+    arena: &mut Arena,
+    m: &MapLayout,
+    nchw: &[f32],
+    pool: &ThreadPool,
+    timed: bool,
+) -> Duration {
     let (base, size) = (arena.as_mut_ptr() as usize, arena.layout.size());
-    pool.run(m.n * m.h, &|begin, end| {
+    let rows = m.n * m.h;
+    let work = |begin: usize, end: usize| {
         for item in begin..end {
             let (n, y) = (item / m.h, item % m.h);
             let (offset, bytes) = row_span(m, n, y);
@@ -885,7 +918,14 @@ pub fn write_map(arena: &mut Arena, m: &MapLayout, nchw: &[f32], pool: &ThreadPo
                 unsafe { std::slice::from_raw_parts_mut((base as *mut u8).add(offset), bytes) };
             write_row(row, m, nchw, n, y);
         }
-    });
+    };
+    match timed {
+        true => pool.run_segments_busy(&[rows], &work),
+        false => {
+            pool.run(rows, &work);
+            Duration::ZERO
+        }
+    }
 }
 
 /// Where row `y` of image `n` of `m` lies in the arena: from its first pixel's value to its last

@@ -20,6 +20,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 type Work = dyn Fn(usize, usize) + Sync;
 
@@ -98,6 +99,10 @@ struct Job {
     failed: AtomicBool,
     /// The first panic's payload, raised again on the calling thread once every chunk is done.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Whether the threads add the time they spend taking and running chunks to `busy`.
+    timed: bool,
+    /// Nanoseconds the threads that took items spent taking and running them, summed.
+    busy: AtomicU64,
 }
 
 // SAFETY: `work` is called only for a chunk taken before `done` reached `items`, and `run` keeps
@@ -106,7 +111,7 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    fn new(work: &'static Work, ends: &[usize], threads: usize) -> Job {
+    fn new(work: &'static Work, ends: &[usize], threads: usize, timed: bool) -> Job {
         Job {
             work: work as *const Work,
             items: ends.last().copied().unwrap_or(0),
@@ -121,7 +126,24 @@ impl Job {
             done: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             panic: Mutex::new(None),
+            timed,
+            busy: AtomicU64::new(0),
         }
+    }
+
+    /// [`Job::work_through`], adding its time to `busy` if the call is timed and it took items
+    /// (before they count as done, so that the caller sees it once all are).
+    fn work_timed(&self, me: usize) -> usize {
+        if !self.timed {
+            return self.work_through(me);
+        }
+        let start = std::time::Instant::now();
+        let ran = self.work_through(me);
+        if ran > 0 {
+            let nanos = start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            self.busy.fetch_add(nanos, Ordering::Relaxed);
+        }
+        ran
     }
 
     /// Takes and runs chunks of the shares in thread `me`'s [`visit_order`] until none is left;
@@ -236,17 +258,39 @@ impl ThreadPool {
     /// it would be, and a thread takes its share of each segment in turn without waiting for the
     /// others.
     pub fn run_segments(&self, ends: &[usize], work: &(dyn Fn(usize, usize) + Sync)) {
+        self.call(ends, work, false);
+    }
+
+    /// [`ThreadPool::run_segments`], returning the time its threads spent on it, summed over
+    /// them: each thread's from taking its first chunk to finding none left (0 for one that took
+    /// none), so that a thread waiting for another's last chunk is not counted. Against the
+    /// call's wall time on N threads, N × wall − this is the time threads waited; against one
+    /// thread's time for the same call, it shows what running on N costs the work itself (data
+    /// that another core wrote, or that both cores read). Costs two clock reads a thread.
+    pub fn run_segments_busy(
+        &self,
+        ends: &[usize],
+        work: &(dyn Fn(usize, usize) + Sync),
+    ) -> Duration {
+        self.call(ends, work, true)
+    }
+
+    fn call(&self, ends: &[usize], work: &(dyn Fn(usize, usize) + Sync), timed: bool) -> Duration {
         let items = ends.last().copied().unwrap_or(0);
         if self.threads == 1 || items <= 1 {
+            let start = Instant::now();
             if items > 0 {
                 work(0, items);
             }
-            return;
+            return match timed && items > 0 {
+                true => start.elapsed(),
+                false => Duration::ZERO,
+            };
         }
         // SAFETY: only the lifetime is erased; this function does not return before every chunk
         // is done, and no chunk is taken after that.
         let work: &'static Work = unsafe { std::mem::transmute(work) };
-        let job = Arc::new(Job::new(work, ends, self.threads));
+        let job = Arc::new(Job::new(work, ends, self.threads, timed));
         let (generation, wake) = {
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             state.job = Some(Arc::clone(&job));
@@ -263,7 +307,7 @@ impl ThreadPool {
         if wake {
             self.shared.start.notify_all();
         }
-        let ran = job.work_through(0);
+        let ran = job.work_timed(0);
         job.done.fetch_add(ran, Ordering::AcqRel);
         spin_until(|| job.done.load(Ordering::Acquire) >= items);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,6 +332,7 @@ impl ThreadPool {
         if let Some(payload) = payload {
             std::panic::resume_unwind(payload);
         }
+        Duration::from_nanos(job.busy.load(Ordering::Relaxed))
     }
 }
 
@@ -309,7 +354,7 @@ fn worker(shared: &Shared, me: usize) {
             state.job.clone()
         };
         let Some(job) = job else { continue };
-        let ran = job.work_through(me);
+        let ran = job.work_timed(me);
         let last = ran > 0 && job.done.fetch_add(ran, Ordering::SeqCst) + ran == job.items;
         if last && shared.callers_asleep.load(Ordering::SeqCst) > 0 {
             // Under the lock, so that `run` is either before its check or already waiting.
@@ -352,6 +397,35 @@ mod tests {
             }
         });
         assert!(by_main.load(Ordering::Relaxed) >= 60, "{by_main:?}");
+    }
+
+    #[test]
+    fn a_timed_call_sums_the_time_of_every_thread_that_took_items() {
+        use std::time::{Duration, Instant};
+        let nap = Duration::from_millis(40);
+        // Two threads: item 0 (the caller's share) starts its nap once item 1 (the worker's)
+        // has started, so both nap at once and the threads' time is at least two naps.
+        let pool = ThreadPool::new(2);
+        let started = AtomicUsize::new(0);
+        let wall = Instant::now();
+        let busy = pool.run_segments_busy(&[2], &|begin, end| {
+            for _ in begin..end {
+                started.fetch_add(1, Ordering::SeqCst);
+            }
+            let wait = Instant::now();
+            while started.load(Ordering::SeqCst) < 2 && wait.elapsed() < Duration::from_secs(10) {
+                std::hint::spin_loop();
+            }
+            std::thread::sleep(nap);
+        });
+        let wall = wall.elapsed();
+        assert!(busy >= 2 * nap, "{busy:?}");
+        assert!(busy <= 2 * wall, "{busy:?} on two threads in {wall:?}");
+        // One thread: the call's own time. Untimed: nothing.
+        let one = ThreadPool::new(1);
+        let busy = one.run_segments_busy(&[3], &|_, _| std::thread::sleep(nap));
+        assert!(busy >= nap, "{busy:?}");
+        assert_eq!(pool.call(&[2], &|_, _| (), false), Duration::ZERO);
     }
 
     #[test]
@@ -444,7 +518,7 @@ mod tests {
         // Thread 1 of 3 alone: its shares of both segments, then thread 2's, then thread 0's.
         let chunks: &'static Mutex<Vec<(usize, usize)>> = Box::leak(Box::default());
         let work: &'static Work = Box::leak(Box::new(|b, e| chunks.lock().unwrap().push((b, e))));
-        let job = Job::new(work, &[6, 9], 3);
+        let job = Job::new(work, &[6, 9], 3, false);
         assert_eq!(job.work_through(1), 9);
         let chunks = chunks.lock().unwrap().clone();
         let want = [

@@ -83,12 +83,19 @@ fn chrome_trace(desc: &ModelDesc, times: &StepTimes, threads: usize) -> String {
                     false => "input",
                 })
                 .collect();
+            // The threads' summed time in the stage's work (`thread_ms`): on N threads, N ×
+            // `dur` less it is what they waited for each other.
+            let busy: Duration = times
+                .busy
+                .get(k..stage)
+                .map_or(Duration::ZERO, |b| b.iter().sum());
             events.push(format!(
-                "{{\"name\": {}, \"cat\": \"kernel\", \"ph\": \"X\", \"ts\": {:.3}, \"dur\": {:.3}, \"pid\": 1, \"tid\": 1, \"args\": {{\"work_items\": {}}}}}",
+                "{{\"name\": {}, \"cat\": \"kernel\", \"ph\": \"X\", \"ts\": {:.3}, \"dur\": {:.3}, \"pid\": 1, \"tid\": 1, \"args\": {{\"work_items\": {}, \"thread_ms\": {:.4}}}}}",
                 json_string(&name.join(" + ")),
                 us(times.start[k]),
                 us(times.duration[k]),
-                steps.iter().map(|step| step.items).sum::<usize>()
+                steps.iter().map(|step| step.items).sum::<usize>(),
+                ms(busy)
             ));
             k = stage;
         }
