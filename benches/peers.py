@@ -193,16 +193,22 @@ def main():
                 print(f"{label} batch {batch} {engine}: rel err {err:.2e}, top-1 as PyTorch on {top1:.0%} "
                       f"{'ok' if ok else 'FAIL'}", file=sys.stderr)
             times = {(e, t): [] for e in ("inceptc", "onnxruntime", "openvino") for t in counts}
+            # Each round's median per engine and thread count, for the per-round speed-ups.
+            per_round = {(e, t): [] for e in ("inceptc", "onnxruntime", "openvino") for t in counts}
             for _ in range(a.rounds):
                 for t in counts:
                     out = subprocess.run([exe, "--bench", "--json", "--runs", str(a.runs), "--threads", str(t)],
                                          check=True, capture_output=True, text=True).stdout
                     times[("inceptc", t)].append(json.loads(out)["end_to_end"]["median_ms"])
+                    per_round[("inceptc", t)].append(times[("inceptc", t)][-1])
                     for engine, fn in zip(("onnxruntime", "openvino"), runners[t]):
+                        runs = []
                         for _ in range(a.runs):
                             start = time.perf_counter()
                             fn()
-                            times[(engine, t)].append((time.perf_counter() - start) * 1e3)
+                            runs.append((time.perf_counter() - start) * 1e3)
+                        times[(engine, t)] += runs
+                        per_round[(engine, t)].append(float(np.median(runs)))
             first = {
                 "inceptc": fresh_process([exe, "--input", xpath, "--output", ypath, "--threads", str(top)]),
                 "onnxruntime": fresh_process([sys.executable, "-c", FIRST_RESULT, "onnxruntime", onnx_path, xpath,
@@ -211,7 +217,7 @@ def main():
                                            str(top), ov_hint]),
             }
             medians = {k: float(np.median(t)) for k, t in times.items()}
-            scaling.append((label, batch, medians))
+            scaling.append((label, batch, medians, per_round))
             med = {e: medians[(e, top)] for e in ("inceptc", "onnxruntime", "openvino")}
             rows.append((label, batch, med, first, errs))
             print(f"{label} batch {batch}: " + ", ".join(f"{e} {m:.1f} ms" for e, m in med.items()), file=sys.stderr)
@@ -233,15 +239,23 @@ def main():
               f"{med['inceptc'] / med['onnxruntime']:.2f} | {med['inceptc'] / med['openvino']:.2f} | {f} | {r} | {e} |")
     if len(counts) > 1:
         first_count = counts[0]
-        print(f"\nMedians at each thread count, same interleaved rounds; speed-up over {first_count} thread(s)\n")
+        print(f"\nMedians at each thread count, same interleaved rounds; speed-up over {first_count} thread(s) "
+              f"from the medians, and each round's own speed-up (the round's {first_count}-thread median over its "
+              f"N-thread median): their median and, in brackets, their middle half (25th–75th percentile), "
+              f"which shows how much the host's noise moves a speed-up\n")
         print("| model | batch | engine | " + " | ".join(f"{t} thr ms" for t in counts) + " | " +
-              " | ".join(f"speed-up {first_count}→{t}" for t in counts[1:]) + " |")
-        print("|---|---|---|" + "---|" * (2 * len(counts) - 1))
-        for label, batch, medians in scaling:
+              " | ".join(f"speed-up {first_count}→{t} | per round" for t in counts[1:]) + " |")
+        print("|---|---|---|" + "---|" * (len(counts) + 2 * (len(counts) - 1)))
+        for label, batch, medians, per_round in scaling:
             for engine in ("inceptc", "onnxruntime", "openvino"):
                 ms = [medians[(engine, t)] for t in counts]
+                cells = []
+                for t, m in zip(counts[1:], ms[1:]):
+                    ratios = [a1 / an for a1, an in zip(per_round[(engine, first_count)], per_round[(engine, t)])]
+                    q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+                    cells.append(f"×{ms[0] / m:.2f} | ×{q2:.2f} [{q1:.2f}–{q3:.2f}]")
                 print(f"| {label} | {batch} | {engine} | " + " | ".join(f"{m:.1f}" for m in ms) + " | " +
-                      " | ".join(f"×{ms[0] / m:.2f}" for m in ms[1:]) + " |")
+                      " | ".join(cells) + " |")
     sys.exit(1 if failed else 0)
 
 
