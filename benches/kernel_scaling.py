@@ -35,7 +35,7 @@ def spans(exe, threads, runs, path):
     rows = []
     for e in kernels:
         args = e.get("args", {})
-        # Executables from before the thread time count none: every thread busy.
+        # An executable from before `thread_ms`: every thread taken as busy for the whole span.
         busy = args.get("thread_ms", e["dur"] / 1e3 * threads)
         rows.append((e["name"], e["dur"] / 1e3, args.get("work_items", 0), busy))
     return rows, total / 1e3

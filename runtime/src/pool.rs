@@ -137,7 +137,7 @@ impl Job {
         if !self.timed {
             return self.work_through(me);
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let ran = self.work_through(me);
         if ran > 0 {
             let nanos = start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
@@ -262,8 +262,8 @@ impl ThreadPool {
     }
 
     /// [`ThreadPool::run_segments`], returning the time its threads spent on it, summed over
-    /// them: each thread's from taking its first chunk to finding none left (0 for one that took
-    /// none), so that a thread waiting for another's last chunk is not counted. Against the
+    /// them: each thread's from looking for its first chunk to finding none left (0 for one that
+    /// took none), so that a thread waiting for another's last chunk is not counted. Against the
     /// call's wall time on N threads, N × wall − this is the time threads waited; against one
     /// thread's time for the same call, it shows what running on N costs the work itself (data
     /// that another core wrote, or that both cores read). Costs two clock reads a thread.
