@@ -212,6 +212,31 @@ pub(super) fn for_blocks(
     }
 }
 
+/// [`for_blocks`], the full blocks last to first where `reverse` (a run-time flag) is set. Every
+/// block computes its own output channels, so the order changes no output's bits; two threads
+/// that sweep the same weights from opposite ends each fetch about half from memory and find the
+/// rest in the cache the other filled.
+pub(super) fn for_blocks_toward(
+    e: &mut Emitter,
+    channels: usize,
+    width: usize,
+    reverse: Value,
+    body: &dyn Fn(&mut Emitter, Value, usize),
+) {
+    let full_blocks = (channels / width) as i64;
+    e.for_const(0, full_blocks, 1, |e, i| {
+        let last = e.int(full_blocks - 1);
+        let back = e.b.ins().isub(last, i);
+        let block = e.b.ins().select(reverse, back, i);
+        body(e, block, width)
+    });
+    let rest = channels % width;
+    if rest > 0 {
+        let block = e.int(full_blocks);
+        body(e, block, rest);
+    }
+}
+
 /// [`for_blocks`] for the blocks `from .. to` (run-time values within the block count) only.
 pub(super) fn for_blocks_between(
     e: &mut Emitter,

@@ -188,6 +188,13 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
             let scaled = e.b.ins().imul_imm_s(part, panels as i64);
             e.b.ins().udiv_imm_u(scaled, k.parts as i64)
         };
+        // Items in the second half sweep the weight blocks last to first (see
+        // [`for_blocks_toward`]): on two threads, the second thread's share.
+        let reverse = e.b.ins().icmp_imm_u(
+            IntCC::UnsignedGreaterThanOrEqual,
+            item,
+            (k.input.n * k.groups() * k.parts / 2) as i64,
+        );
         let first = share(e, part);
         let next = e.b.ins().iadd_imm_s(part, 1);
         let last = share(e, next);
@@ -259,7 +266,7 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
                 });
             };
             match k.parts {
-                1 => for_blocks(e, range.channels, width, &block_body),
+                1 => for_blocks_toward(e, range.channels, width, reverse, &block_body),
                 _ => {
                     // The range's panels in the part: `first − start .. last − start`, clamped.
                     let count = range.channels.div_ceil(width) as i64;
