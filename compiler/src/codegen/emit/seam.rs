@@ -203,31 +203,30 @@ pub(super) fn for_blocks(
     width: usize,
     body: &dyn Fn(&mut Emitter, Value, usize),
 ) {
-    let full_blocks = (channels / width) as i64;
-    e.for_const(0, full_blocks, 1, |e, block| body(e, block, width));
-    let rest = channels % width;
-    if rest > 0 {
-        let block = e.int(full_blocks);
-        body(e, block, rest);
-    }
+    for_blocks_toward(e, channels, width, None, body)
 }
 
-/// [`for_blocks`], the full blocks last to first where `reverse` (a run-time flag) is set. Every
-/// block computes its own output channels, so the order changes no output's bits; two threads
-/// that sweep the same weights from opposite ends each fetch about half from memory and find the
-/// rest in the cache the other filled.
+/// [`for_blocks`], the full blocks last to first where `reverse` (a run-time flag, if any) is
+/// set. Every block computes its own output channels, so the order changes no output's bits;
+/// two threads that sweep the same weights from opposite ends each fetch about half from memory
+/// and find the rest in the cache the other filled.
 pub(super) fn for_blocks_toward(
     e: &mut Emitter,
     channels: usize,
     width: usize,
-    reverse: Value,
+    reverse: Option<Value>,
     body: &dyn Fn(&mut Emitter, Value, usize),
 ) {
     let full_blocks = (channels / width) as i64;
     e.for_const(0, full_blocks, 1, |e, i| {
-        let last = e.int(full_blocks - 1);
-        let back = e.b.ins().isub(last, i);
-        let block = e.b.ins().select(reverse, back, i);
+        let block = match reverse {
+            Some(reverse) => {
+                let last = e.int(full_blocks - 1);
+                let back = e.b.ins().isub(last, i);
+                e.b.ins().select(reverse, back, i)
+            }
+            None => i,
+        };
         body(e, block, width)
     });
     let rest = channels % width;

@@ -266,7 +266,7 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
                 });
             };
             match k.parts {
-                1 => for_blocks_toward(e, range.channels, width, reverse, &block_body),
+                1 => for_blocks_toward(e, range.channels, width, Some(reverse), &block_body),
                 _ => {
                     // The range's panels in the part: `first − start .. last − start`, clamped.
                     let count = range.channels.div_ceil(width) as i64;
