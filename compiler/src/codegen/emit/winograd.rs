@@ -188,13 +188,12 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
             let scaled = e.b.ins().imul_imm_s(part, panels as i64);
             e.b.ins().udiv_imm_u(scaled, k.parts as i64)
         };
-        // Items in the second half sweep the weight blocks last to first (see
-        // [`for_blocks_toward`]): on two threads, the second thread's share.
-        let reverse = e.b.ins().icmp_imm_u(
-            IntCC::UnsignedGreaterThanOrEqual,
-            item,
-            (k.input.n * k.groups() * k.parts / 2) as i64,
-        );
+        // The items of the second thread's share on two threads (and those after it on one)
+        // sweep the weight blocks last to first (see [`for_blocks_toward`]).
+        let second = inceptc_runtime::pool::shares(&[k.items()], 2)[1].start;
+        let reverse =
+            e.b.ins()
+                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, item, second as i64);
         let first = share(e, part);
         let next = e.b.ins().iadd_imm_s(part, 1);
         let last = share(e, next);

@@ -254,6 +254,11 @@ impl WinogradKernel {
         self.tiles()[0].div_ceil(self.group)
     }
 
+    /// Work items in all: per image, each group's [`WinogradKernel::parts`].
+    pub fn items(&self) -> usize {
+        self.input.n * self.groups() * self.parts
+    }
+
     /// Panels of the register tile over all ranges (what [`WinogradKernel::parts`] shares out).
     pub fn panels(&self) -> usize {
         let width = self.register.panel();
@@ -516,7 +521,7 @@ impl Kernel {
                     panels * groups
                 }
             },
-            Kernel::Winograd(k) => k.input.n * k.groups() * k.parts,
+            Kernel::Winograd(k) => k.items(),
             Kernel::Pool(k) => k.out.n * k.out.h,
             Kernel::GlobalPool(k) => k.out.n * k.blocks(),
             Kernel::Linear(k) => match k.register {

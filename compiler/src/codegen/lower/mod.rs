@@ -278,8 +278,7 @@ impl Program {
             for step in &mut steps[stage.clone()] {
                 if let Some(Kernel::Winograd(k)) = &mut step.kernel {
                     k.scratch = offset;
-                    offset += (k.item_scratch() * k.input.n * k.groups() * k.parts)
-                        .next_multiple_of(WEIGHT_ALIGN);
+                    offset += (k.item_scratch() * k.items()).next_multiple_of(WEIGHT_ALIGN);
                 }
             }
             scratch_bytes = scratch_bytes.max(offset - scratch);
