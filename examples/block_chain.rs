@@ -92,36 +92,45 @@ fn main() {
             }
         }
     }
-    // Per kind of kernel in a block (the steps of one block, in order), over all blocks.
+    // Per kind of kernel in a block (the steps of one block, in order), summed over the blocks:
+    // one thread's time, two threads' time and the two threads' time in the work.
     let per_block = (steps - 1) / blocks;
-    for k in 0..per_block {
-        let of = |b: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+    assert_eq!(
+        1 + per_block * blocks,
+        steps,
+        "every block has the same steps"
+    );
+    let kinds: Vec<[f64; 3]> = (0..per_block)
+        .map(|k| {
             (0..blocks)
-                .map(|i| f(&b[1 + i * per_block + k]))
-                .sum::<f64>()
-        };
-        let (one, two, busy) = (
-            of(&best[0], |b| b.0),
-            of(&best[1], |b| b.0),
-            of(&best[1], |b| b.1),
-        );
-        println!(
-            "  {:<40} 1 thread {one:6.2} ms, 2 threads {two:6.2} ms (×{:.2}), extra work {:+.2}, waiting {:.2}",
-            m.steps[1 + k].name,
+                .map(|i| 1 + i * per_block + k)
+                .fold([0.0; 3], |a, s| {
+                    [
+                        a[0] + best[0][s].0,
+                        a[1] + best[1][s].0,
+                        a[2] + best[1][s].1,
+                    ]
+                })
+        })
+        .collect();
+    let line = |[one, two, busy]: [f64; 3]| {
+        format!(
+            "1 thread {one:.2} ms, 2 threads {two:.2} ms (×{:.2}); extra work {:+.2} thread-ms \
+             ({:+.1} %), waiting {:.2} thread-ms",
             one / two,
             busy - one,
+            100.0 * (busy - one) / one,
             2.0 * two - busy
-        );
+        )
+    };
+    for (k, kind) in kinds.iter().enumerate() {
+        println!("  {:<40} {}", m.steps[1 + k].name, line(*kind));
     }
-    let sum = |b: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| b.iter().skip(1).map(f).sum::<f64>();
-    let (one, two) = (sum(&best[0], |b| b.0), sum(&best[1], |b| b.0));
-    let busy = sum(&best[1], |b| b.1);
+    let all = kinds
+        .iter()
+        .fold([0.0; 3], |a, k| [a[0] + k[0], a[1] + k[1], a[2] + k[2]]);
     println!(
-        "{blocks} Inception-B blocks, {rounds} rounds of 5 runs: 1 thread {one:.2} ms, 2 threads {two:.2} ms \
-         (×{:.2}); extra work {:+.2} thread-ms ({:+.1} %), waiting {:.2} thread-ms",
-        one / two,
-        busy - one,
-        100.0 * (busy - one) / one,
-        2.0 * two - busy
+        "{blocks} Inception-B blocks, {rounds} rounds of 5 runs: {}",
+        line(all)
     );
 }
