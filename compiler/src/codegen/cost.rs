@@ -185,15 +185,27 @@ pub fn winograd_parts(
         shape.out[1].div_ceil(tile[1]),
     ];
     let item_tiles = group * tw;
-    let fill = match register.isa {
-        Isa::Avx512 => tile::fill(register, item_tiles, shape.in_channels, shape.out_channels),
-        Isa::Sse | Isa::Avx2 | Isa::Amx => tile_fill(item_tiles, register.pixels),
+    // Tiles over their register tiles' fill, for an item of `count` tiles.
+    let filled = |count: usize| {
+        let fill = match register.isa {
+            Isa::Avx512 => tile::fill(register, count, shape.in_channels, shape.out_channels),
+            Isa::Sse | Isa::Avx2 | Isa::Amx => tile_fill(count, register.pixels),
+        };
+        count as f64 / fill
     };
-    let tiles = (shape.images * th.div_ceil(group) * item_tiles) as f64;
+    // An image's last group multiplies only the register tiles that hold its remaining rows.
+    let short = (th % group) * tw;
+    let per_image = (th / group) as f64 * filled(item_tiles)
+        + match short {
+            0 => 0.0,
+            _ => filled(short),
+        };
+    // The transforms run for the tiles there are.
+    let tiles = (shape.images * th * tw) as f64;
     let co = register.padded(shape.out_channels) as f64;
     let ci = shape.in_channels as f64;
-    let products =
-        2.0 * points * tiles * ci * co / (WINOGRAD_PRODUCT_EFFICIENCY * fill * peak(register));
+    let products = 2.0 * points * shape.images as f64 * per_image * ci * co
+        / (WINOGRAD_PRODUCT_EFFICIENCY * peak(register));
     // Per tile and 4 channels: input loads, both transform passes, stores; products stored and
     // loaded, both inverse passes, the epilogue.
     let input_ops = (ly * lx + ly * ly * lx + ly * lx * lx) as f64 + points;

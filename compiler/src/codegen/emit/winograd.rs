@@ -197,6 +197,13 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
         let first = share(e, part);
         let next = e.b.ins().iadd_imm_s(part, 1);
         let last = share(e, next);
+        // An image's last group has tiles for only its remaining tile rows: its products leave
+        // out the tiles past them (their results would never be read).
+        let short = (k.tiles()[0] % k.group) * x.tiles;
+        let last_group = (short > 0).then(|| {
+            e.b.ins()
+                .icmp_imm_u(IntCC::Equal, group, k.groups() as i64 - 1)
+        });
         for (range, start) in k.ranges.iter().zip(&starts) {
             let out_origin = e.map_origin(&range.out, n);
             let res_origin = k.residual.map(|r| e.map_origin(&r, n));
@@ -220,37 +227,58 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
                     for (call, first) in (0..tiles).step_by(step).enumerate() {
                         let pixels = step.min(tiles - first);
                         let vt = e.offset(vp, (first * ci) as i64 * F32);
-                        if k.register.isa == Isa::Avx512 {
-                            let rows: Vec<Value> = (0..pixels)
-                                .map(|p| e.offset(mp, ((first + p) * width) as i64 * F32))
-                                .collect();
-                            let epilogue = Epilogue {
-                                bias: None,
-                                outputs: pointer_table(e, &rows),
-                                residuals: None,
-                                relu: false,
-                            };
-                            let panel = ZmmPanel {
-                                weights: wptr,
-                                first: e.int(0),
-                                width: packed,
-                                channels: lanes,
-                                prefetch: (prefetch_step > 0).then(|| {
-                                    let at = (point_bytes + call * share) as i64;
-                                    (e.offset(wptr, at), prefetch_step)
-                                }),
-                            };
-                            zmm_call(e, &source, vt, &panel, &epilogue, pixels);
-                            continue;
-                        }
-                        let acc = conv_tile(e, &k.register, &source, vt, wptr, None, pixels, 2);
-                        for (p, row) in acc.iter().enumerate() {
-                            for (j, a) in row.iter().enumerate() {
-                                let v = e.b.use_var(*a);
-                                let at = ((first + p) * width + 4 * j) as i64 * F32;
-                                e.store(v, mp, at);
+                        // The register tile of this call's first `pixels` tiles.
+                        let product = |e: &mut Emitter, pixels: usize| {
+                            if k.register.isa == Isa::Avx512 {
+                                let rows: Vec<Value> = (0..pixels)
+                                    .map(|p| e.offset(mp, ((first + p) * width) as i64 * F32))
+                                    .collect();
+                                let epilogue = Epilogue {
+                                    bias: None,
+                                    outputs: pointer_table(e, &rows),
+                                    residuals: None,
+                                    relu: false,
+                                };
+                                let panel = ZmmPanel {
+                                    weights: wptr,
+                                    first: e.int(0),
+                                    width: packed,
+                                    channels: lanes,
+                                    prefetch: (prefetch_step > 0).then(|| {
+                                        let at = (point_bytes + call * share) as i64;
+                                        (e.offset(wptr, at), prefetch_step)
+                                    }),
+                                };
+                                zmm_call(e, &source, vt, &panel, &epilogue, pixels);
+                                return;
                             }
+                            let acc = conv_tile(e, &k.register, &source, vt, wptr, None, pixels, 2);
+                            for (p, row) in acc.iter().enumerate() {
+                                for (j, a) in row.iter().enumerate() {
+                                    let v = e.b.use_var(*a);
+                                    let at = ((first + p) * width + 4 * j) as i64 * F32;
+                                    e.store(v, mp, at);
+                                }
+                            }
+                        };
+                        // In the last group, a call past its tiles is skipped and one across
+                        // their end is narrowed to them.
+                        let Some(last) = last_group.filter(|_| first + pixels > short) else {
+                            product(e, pixels);
+                            continue;
+                        };
+                        let (full, narrow, after) =
+                            (e.b.create_block(), e.b.create_block(), e.b.create_block());
+                        e.b.ins().brif(last, narrow, &[], full, &[]);
+                        e.b.switch_to_block(full);
+                        product(e, pixels);
+                        e.b.ins().jump(after, &[]);
+                        e.b.switch_to_block(narrow);
+                        if first < short {
+                            product(e, short - first);
                         }
+                        e.b.ins().jump(after, &[]);
+                        e.b.switch_to_block(after);
                     }
                 });
                 let bbase = e.offset(e.weights, range.bias as i64);
