@@ -247,6 +247,11 @@ def main():
               f"{med['inceptc'] / med['onnxruntime']:.2f} | {med['inceptc'] / med['openvino']:.2f} | {f} | {r} | {e} |")
     if len(counts) > 1:
         first_count = counts[0]
+
+        def round_speedups(per_round, engine, t):
+            """Each round's own speed-up of `engine` from the first thread count to `t`."""
+            return [a1 / an for a1, an in zip(per_round[(engine, first_count)], per_round[(engine, t)])]
+
         print(f"\nMedians at each thread count, same interleaved rounds; speed-up over {first_count} thread(s) "
               f"from the medians, and each round's own speed-up (the round's {first_count}-thread median over its "
               f"N-thread median): their median and, in brackets, their middle half (25th–75th percentile), "
@@ -259,8 +264,7 @@ def main():
                 ms = [medians[(engine, t)] for t in counts]
                 cells = []
                 for t, m in zip(counts[1:], ms[1:]):
-                    ratios = [a1 / an for a1, an in zip(per_round[(engine, first_count)], per_round[(engine, t)])]
-                    q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+                    q1, q2, q3 = np.percentile(round_speedups(per_round, engine, t), [25, 50, 75])
                     cells.append(f"×{ms[0] / m:.2f} | ×{q2:.2f} [{q1:.2f}–{q3:.2f}]")
                 print(f"| {label} | {batch} | {engine} | " + " | ".join(f"{m:.1f}" for m in ms) + " | " +
                       " | ".join(cells) + " |")
@@ -272,8 +276,7 @@ def main():
                 best = ", ".join(f"{e} ×{fastest[(e, first_count)] / fastest[(e, t)]:.2f}"
                                  for e in ("inceptc", "onnxruntime", "openvino"))
                 print(f"{label} batch {batch}: speed-up {first_count}→{t} from each engine's fastest runs: {best}")
-                own = {e: [a1 / an for a1, an in zip(per_round[(e, first_count)], per_round[(e, t)])]
-                       for e in ("inceptc", "onnxruntime", "openvino")}
+                own = {e: round_speedups(per_round, e, t) for e in ("inceptc", "onnxruntime", "openvino")}
                 n = len(own["inceptc"])
                 wins = ", ".join(f"{peer}'s in {sum(o >= p for o, p in zip(own['inceptc'], own[peer]))} of {n}"
                                  for peer in ("onnxruntime", "openvino"))
