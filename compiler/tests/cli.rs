@@ -902,7 +902,7 @@ fn report_predicts_time_on_many_threads() {
     let ms = |text: &str| -> f64 { text.trim().trim_end_matches("ms").trim().parse().unwrap() };
     for row in &lines[1..111] {
         // `… 0.272 ms   0.2%   0.023 ms`: one-thread time, share, 16-thread time.
-        let one = ms(row.split(" ms").next().unwrap().rsplit(' ').next().unwrap());
+        let one = one_thread_ms(row);
         let many = ms(row.trim_end().rsplit("  ").next().unwrap());
         assert!(
             many <= one + 0.01 && many + 0.0005 >= one / 16.0,
@@ -928,6 +928,12 @@ fn report_predicts_time_on_many_threads() {
         .unwrap();
     assert!(efficiency > 0.0 && efficiency <= 1.0, "{last}");
     assert!(last.contains("on 16 threads against"), "{last}");
+}
+
+/// A `--report` row's predicted one-thread time in ms (the first `… ms` column).
+fn one_thread_ms(row: &str) -> f64 {
+    let before = row.split(" ms").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// `--report` for `--target-cpu tier` (compiling for a tier needs no CPU of that tier).
@@ -981,13 +987,7 @@ fn report_for(tier: &str) {
     assert!(rows.iter().any(|r| r.contains("max pool 3×3/2")));
     // Each row's share is its predicted time over the total, to the printed tenth of a percent
     // (summing the printed shares would add up 110 roundings).
-    let times: Vec<f64> = rows
-        .iter()
-        .map(|r| {
-            let before = r.split(" ms").next().unwrap();
-            before.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
-        })
-        .collect();
+    let times: Vec<f64> = rows.iter().map(|r| one_thread_ms(r)).collect();
     let all: f64 = times.iter().sum();
     for (r, ms) in rows.iter().zip(&times) {
         let share: f64 = r
