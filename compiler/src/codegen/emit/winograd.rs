@@ -199,8 +199,8 @@ pub(super) fn winograd(e: &mut Emitter, k: &WinogradKernel, begin: Value, end: V
         let last = share(e, next);
         // An image's last group has tiles for only its remaining tile rows: its products leave
         // out the tiles past them (their results would never be read).
-        let short = (k.tiles()[0] % k.group) * x.tiles;
-        let last_group = (short > 0).then(|| {
+        let short = k.last_item_tiles();
+        let last_group = (short < tiles).then(|| {
             e.b.ins()
                 .icmp_imm_u(IntCC::Equal, group, k.groups() as i64 - 1)
         });

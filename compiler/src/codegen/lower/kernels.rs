@@ -265,9 +265,17 @@ impl WinogradKernel {
         self.ranges.iter().map(|r| r.channels.div_ceil(width)).sum()
     }
 
-    /// Tiles one work item transforms (the last item of an image may use fewer).
+    /// Tiles one work item transforms (the last item of an image may use fewer:
+    /// [`Self::last_item_tiles`]).
     pub fn item_tiles(&self) -> usize {
         self.group * self.tiles()[1]
+    }
+
+    /// Tiles of an image's last work item: its remaining tile rows, [`Self::item_tiles`] when
+    /// the groups divide the rows.
+    pub fn last_item_tiles(&self) -> usize {
+        let [rows, columns] = self.tiles();
+        (rows - (self.groups() - 1) * self.group) * columns
     }
 
     /// Bytes of a work item's transformed input (points × tiles × input channels).
