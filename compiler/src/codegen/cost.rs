@@ -185,21 +185,10 @@ pub fn winograd_parts(
         shape.out[1].div_ceil(tile[1]),
     ];
     let item_tiles = group * tw;
-    // Tiles over their register tiles' fill, for an item of `count` tiles.
-    let filled = |count: usize| {
-        let fill = match register.isa {
-            Isa::Avx512 => tile::fill(register, count, shape.in_channels, shape.out_channels),
-            Isa::Sse | Isa::Avx2 | Isa::Amx => tile_fill(count, register.pixels),
-        };
-        count as f64 / fill
-    };
     // An image's last group multiplies only the register tiles that hold its remaining rows.
     let short = (th % group) * tw;
-    let per_image = (th / group) as f64 * filled(item_tiles)
-        + match short {
-            0 => 0.0,
-            _ => filled(short),
-        };
+    let per_image = (th / group) as f64 * filled_tiles(shape, register, item_tiles)
+        + filled_tiles(shape, register, short);
     // The transforms run for the tiles there are.
     let tiles = (shape.images * th * tw) as f64;
     let co = register.padded(shape.out_channels) as f64;
@@ -239,6 +228,57 @@ pub fn winograd_parts(
     }
 }
 
+/// `count` tiles over their register tiles' fill: what the point-wise products of a Winograd
+/// work item of `count` tiles cost, in tiles (0 for none).
+fn filled_tiles(shape: &ConvShape, register: &Tile, count: usize) -> f64 {
+    if count == 0 {
+        return 0.0;
+    }
+    let fill = match register.isa {
+        Isa::Avx512 => tile::fill(register, count, shape.in_channels, shape.out_channels),
+        Isa::Sse | Isa::Avx2 | Isa::Amx => tile_fill(count, register.pixels),
+    };
+    count as f64 / fill
+}
+
+/// The predicted one-core times of a Winograd convolution's work items (see
+/// [`winograd_split_time`], whose total they share out): an item of a full group of `group`
+/// tile rows, and an item of an image's last group, which holds fewer rows where `group` does
+/// not divide them (then it multiplies fewer register tiles and transforms fewer tiles; the
+/// same as a full one otherwise). Each of the `parts` items of a group transforms the group's
+/// input and its share of the output channels; every item streams an equal share of the
+/// weights.
+pub fn winograd_item_times(
+    shape: &ConvShape,
+    tile: [usize; 2],
+    group: usize,
+    parts: usize,
+    register: &Tile,
+) -> (f64, f64) {
+    let t = winograd_parts(shape, tile, group, register);
+    let [th, tw] = [
+        shape.out[0].div_ceil(tile[0]),
+        shape.out[1].div_ceil(tile[1]),
+    ];
+    let (images, parts) = (shape.images as f64, parts.max(1) as f64);
+    let items = images * th.div_ceil(group) as f64 * parts;
+    let last_tiles = match th % group {
+        0 => group * tw,
+        rows => rows * tw,
+    };
+    let per_image = (th / group) as f64 * filled_tiles(shape, register, group * tw)
+        + filled_tiles(shape, register, (th % group) * tw);
+    let output_transforms = t.transforms - t.input_transforms;
+    let item = |tiles: usize| {
+        let share = tiles as f64 / (images * (th * tw) as f64);
+        t.products * filled_tiles(shape, register, tiles) / (images * per_image * parts)
+            + t.input_transforms * share
+            + output_transforms * share / parts
+            + t.streaming / items
+    };
+    (item(group * tw), item(last_tiles))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +304,36 @@ mod tests {
         let one = winograd_time(&shape, [1, 4], 8, &register);
         let two = winograd_time(&shape, [1, 4], 4, &register);
         assert!(two > one + 4e-4, "{one} {two}");
+    }
+
+    #[test]
+    fn winograd_items_share_the_kernels_time_and_a_short_last_group_costs_less() {
+        let register = Tile {
+            isa: Isa::Avx512,
+            pixels: 12,
+            vectors: 4,
+        };
+        // Reduction-A's 3×3 256→256 at 35×35 in F(4,3): 9 tile rows, in groups of 5 (the last
+        // holds 4) and of 3 (all full); two images; one part and three.
+        let shape = ConvShape {
+            images: 2,
+            in_channels: 256,
+            out_channels: 256,
+            out: [35, 35],
+            kernel: [3, 3],
+            stride: [1, 1],
+        };
+        for parts in [1, 3] {
+            for (group, groups) in [(5, 2), (3, 3)] {
+                let (full, last) = winograd_item_times(&shape, [4, 4], group, parts, &register);
+                let total = winograd_split_time(&shape, [4, 4], group, parts, &register);
+                let sum = 2.0 * parts as f64 * ((groups - 1) as f64 * full + last);
+                assert!((sum - total).abs() < 1e-9 * total, "{sum} {total}");
+                match group {
+                    5 => assert!(last < 0.9 * full && last > 0.7 * full, "{full} {last}"),
+                    _ => assert_eq!(full, last),
+                }
+            }
+        }
     }
 }

@@ -3,8 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::cost::{direct_time, winograd_parts, winograd_split_time, ConvShape, CLOCK_GHZ};
+use super::cost::{
+    direct_time, winograd_item_times, winograd_parts, winograd_split_time, ConvShape, CLOCK_GHZ,
+};
 use super::lower::{ItemOrder, Kernel, Split};
+use super::tile::Tile;
 use super::Program;
 
 /// One kernel as the report shows it.
@@ -24,6 +27,8 @@ pub struct KernelReport {
     pub flops: u64,
     /// Predicted time on one core, in seconds.
     pub predicted: f64,
+    /// Its work items with their predicted one-core times.
+    pub work: Work,
     /// Predicted time on the report's thread count, in seconds: its share of its stage's
     /// [`stage_time`], in proportion to its one-thread time.
     pub parallel: f64,
@@ -37,31 +42,107 @@ pub struct KernelReport {
 /// more than one thread runs (`runtime/examples/pool_overhead.rs` measures it).
 const POOL_HANDOUT: f64 = 1.5e-6;
 
+/// A kernel's work items as the pool runs them: of equal cost, except the last `tail` of every
+/// `period` consecutive items (an image's last Winograd tile-row group, which may hold fewer
+/// rows).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Work {
+    /// The one-thread time of all items, in seconds.
+    pub one: f64,
+    /// Work items.
+    pub items: usize,
+    /// Items per run of consecutive items that ends with `tail` items of another cost.
+    pub period: usize,
+    /// Items at the end of each run that cost `tail_weight` times what another does.
+    pub tail: usize,
+    /// See `tail`.
+    pub tail_weight: f64,
+}
+
+impl Work {
+    /// `items` items of equal cost that take `one` seconds in all.
+    pub fn even(one: f64, items: usize) -> Work {
+        Work {
+            one,
+            items,
+            period: 1,
+            tail: 0,
+            tail_weight: 1.0,
+        }
+    }
+
+    /// The work of `kernel`, which takes `one` seconds on one thread.
+    pub fn of(kernel: &Kernel, one: f64) -> Work {
+        match kernel {
+            Kernel::Winograd(k) => Work {
+                one,
+                ..Work::winograd(&k.shape(), k.tile, k.group, k.parts, &k.register)
+            },
+            _ => Work::even(one, kernel.items()),
+        }
+    }
+
+    /// The work of a Winograd convolution of `shape` in tiles `tile`, `group` tile rows and
+    /// `parts` channel parts per item, its products in `register`, as [`super::cost`] predicts
+    /// it: an image's last group may cost less ([`winograd_item_times`]).
+    pub fn winograd(
+        shape: &ConvShape,
+        tile: [usize; 2],
+        group: usize,
+        parts: usize,
+        register: &Tile,
+    ) -> Work {
+        let groups = shape.out[0].div_ceil(tile[0]).div_ceil(group);
+        let (full, last) = winograd_item_times(shape, tile, group, parts, register);
+        Work {
+            one: winograd_split_time(shape, tile, group, parts, register),
+            items: shape.images * groups * parts,
+            period: groups * parts,
+            tail: parts,
+            tail_weight: last / full.max(f64::MIN_POSITIVE),
+        }
+    }
+
+    /// Its time on `threads` threads, alone in its stage ([`stage_time`]).
+    pub fn time(&self, threads: usize) -> f64 {
+        stage_time(&[*self], threads)
+    }
+
+    /// Each item's one-thread time, in order.
+    fn costs(&self) -> impl Iterator<Item = f64> + '_ {
+        let period = self.period.max(1);
+        let weight = move |i: usize| match i % period >= period - self.tail.min(period) {
+            true => self.tail_weight,
+            false => 1.0,
+        };
+        let total: f64 = (0..self.items).map(weight).sum();
+        let unit = self.one / total.max(f64::MIN_POSITIVE);
+        (0..self.items).map(move |i| unit * weight(i))
+    }
+}
+
 /// The time a kernel of `items` equal work items that takes `one` seconds on one thread takes on
 /// `threads` threads, as the runtime's pool runs it: each thread takes its own share of the items
 /// in chunks that halve as the share runs out, then chunks of what is left of the others' shares
 /// ([`inceptc_runtime::pool`]). Memory bandwidth shared by the threads is not modelled.
 pub fn parallel_time(one: f64, items: usize, threads: usize) -> f64 {
-    stage_time(&[(one, items)], threads)
+    stage_time(&[Work::even(one, items)], threads)
 }
 
-/// [`parallel_time`] of a stage: kernels, each `(one, items)`, that run together, their work
-/// items numbered one after another, each kernel's split into the threads' shares as if it ran
-/// alone ([`inceptc_runtime::pool::ThreadPool::run_segments`]).
-pub fn stage_time(kernels: &[(f64, usize)], threads: usize) -> f64 {
+/// [`parallel_time`] of a stage: kernels that run together, their work items numbered one after
+/// another, each kernel's split into the threads' shares as if it ran alone
+/// ([`inceptc_runtime::pool::ThreadPool::run_segments`]).
+pub fn stage_time(kernels: &[Work], threads: usize) -> f64 {
     use inceptc_runtime::pool;
-    let items: usize = kernels.iter().map(|(_, n)| n).sum();
-    let one: f64 = kernels.iter().map(|(t, _)| t).sum();
+    let items: usize = kernels.iter().map(|k| k.items).sum();
+    let one: f64 = kernels.iter().map(|k| k.one).sum();
     if threads <= 1 || items <= 1 {
         return one;
     }
     // Each item's cost, in order.
-    let costs: Vec<f64> = kernels
-        .iter()
-        .flat_map(|(t, n)| std::iter::repeat_n(t / *n.max(&1) as f64, *n))
-        .collect();
+    let costs: Vec<f64> = kernels.iter().flat_map(|k| k.costs()).collect();
     let shares = pool::shares(
-        &pool::segment_ends(kernels.iter().map(|(_, n)| *n)),
+        &pool::segment_ends(kernels.iter().map(|k| k.items)),
         threads,
     );
     let mut next: Vec<usize> = shares.iter().map(|r| r.start).collect();
@@ -109,6 +190,7 @@ pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
             items: kernel.items(),
             flops: kernel.flops(),
             predicted,
+            work: Work::of(kernel, predicted),
             parallel: 0.0,
             joins: step.joins,
             stage_items: 0,
@@ -116,10 +198,10 @@ pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
     }
     // Each stage's time, shared among its kernels as their one-thread times are.
     for stage in rows.chunk_by_mut(|_, next| next.joins) {
-        let kernels: Vec<(f64, usize)> = stage.iter().map(|r| (r.predicted, r.items)).collect();
+        let kernels: Vec<Work> = stage.iter().map(|r| r.work).collect();
         let time = stage_time(&kernels, threads);
-        let one: f64 = kernels.iter().map(|(t, _)| t).sum();
-        let items = kernels.iter().map(|(_, n)| n).sum();
+        let one: f64 = kernels.iter().map(|k| k.one).sum();
+        let items = kernels.iter().map(|k| k.items).sum();
         for r in stage {
             r.parallel = time * r.predicted / one.max(f64::MIN_POSITIVE);
             r.stage_items = items;
@@ -368,19 +450,53 @@ mod tests {
         // 2 costly items, then 40 cheap ones, on 2 threads: one costly item each, then 20 cheap
         // ones each.
         assert!(close(
-            stage_time(&[(2.0, 2), (0.4, 40)], 2),
+            stage_time(&[Work::even(2.0, 2), Work::even(0.4, 40)], 2),
             1.2 + POOL_HANDOUT
         ));
         // The same kernels one after another, each on both threads.
         let apart = parallel_time(2.0, 2, 2) + parallel_time(0.4, 40, 2);
         assert!(close(
-            apart - stage_time(&[(2.0, 2), (0.4, 40)], 2),
+            apart - stage_time(&[Work::even(2.0, 2), Work::even(0.4, 40)], 2),
             POOL_HANDOUT
         ));
         // 3 items of one kernel on 4 threads leave a thread idle that the next kernel fills.
-        assert!(stage_time(&[(3.0, 3), (1.0, 1)], 4) < parallel_time(3.0, 3, 4) + 1.0);
+        assert!(
+            stage_time(&[Work::even(3.0, 3), Work::even(1.0, 1)], 4)
+                < parallel_time(3.0, 3, 4) + 1.0
+        );
         // On one thread, the sum.
-        assert_eq!(stage_time(&[(3.0, 3), (1.0, 1)], 1), 4.0);
+        assert_eq!(
+            stage_time(&[Work::even(3.0, 3), Work::even(1.0, 1)], 1),
+            4.0
+        );
+    }
+
+    #[test]
+    fn an_images_cheaper_last_winograd_items_are_timed_as_such() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        // Two items, the second 0.8 of the first (a group of 5 tile rows and one of 4): on two
+        // threads the stage takes the first item's time, not half the total.
+        let short = Work {
+            one: 9.0,
+            items: 2,
+            period: 2,
+            tail: 1,
+            tail_weight: 0.8,
+        };
+        assert!(close(short.time(2), 5.0 + POOL_HANDOUT));
+        assert!(close(Work::even(9.0, 2).time(2), 4.5 + POOL_HANDOUT));
+        assert_eq!(short.time(1), 9.0);
+        // Two images of three groups in two parts: the last two items of each six are cheap.
+        let costs: Vec<f64> = Work {
+            one: 10.0,
+            items: 12,
+            period: 6,
+            tail: 2,
+            tail_weight: 0.5,
+        }
+        .costs()
+        .collect();
+        assert_eq!(costs, [1.0, 1.0, 1.0, 1.0, 0.5, 0.5].repeat(2));
     }
 
     #[test]

@@ -398,9 +398,8 @@ pub fn winograd_split(
             if scratch(group, parts) > WINOGRAD_SCRATCH && (group, parts) != (1, 1) {
                 continue;
             }
-            let one = cost::winograd_split_time(shape, tile, group, parts, register);
-            let items = shape.images * th.div_ceil(group) * parts;
-            let time = crate::codegen::report::parallel_time(one, items, threads);
+            let work = crate::codegen::report::Work::winograd(shape, tile, group, parts, register);
+            let time = work.time(threads);
             // A later candidate must be over 1 % faster: near-ties keep the earlier one, with
             // fewer tile rows a group (smaller scratch) and then fewer parts (fewer transforms
             // again).

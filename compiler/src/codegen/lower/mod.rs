@@ -640,12 +640,10 @@ impl Lowering<'_> {
                 ),
                 None => winograd_split(&shape, t, &register, panels, self.threads),
             };
-            let one = cost::winograd_split_time(&shape, t, group, parts, &register);
-            let [th, _] = [out.h.div_ceil(t[0]), out.w.div_ceil(t[1])];
-            let items = input.n * th.div_ceil(group) * parts;
+            let work = report::Work::winograd(&shape, t, group, parts, &register);
             let time = match threads > 2 {
-                true => report::parallel_time(one, items, threads),
-                false => one,
+                true => work.time(threads),
+                false => work.one,
             };
             let split = Winograd {
                 tile: t,

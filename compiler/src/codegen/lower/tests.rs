@@ -98,8 +98,7 @@ fn many_threads_split_small_kernels_into_more_items() {
         "{group} rows, {parts} parts"
     );
     let time = |(group, parts): (usize, usize)| {
-        let one = cost::winograd_split_time(&shape, tile, group, parts, &register);
-        report::parallel_time(one, items((group, parts)), 16)
+        report::Work::winograd(&shape, tile, group, parts, &register).time(16)
     };
     assert!(time((group, parts)) < 0.5 * time(two));
     let item_bytes = winograd_item_scratch(36, group * 9, 192, register.panel());
