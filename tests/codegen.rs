@@ -233,6 +233,19 @@ fn random_winograd_convolutions_match_the_interpreter() {
 /// same bits, under
 /// the bounds check, on every tier, for 1 to 3 threads; every part count from 2 to one per panel,
 /// with several ranges (sibling convolutions sharing the kernel) and partial last panels.
+/// The first output of `program` compiled in process, run on `x` with 1, 2 and 3 threads.
+fn first_output_on_1_to_3_threads(program: Program, x: &Tensor) -> Vec<Vec<f32>> {
+    let jit = JitProgram::new(program).unwrap();
+    let model = jit.model();
+    let mut arena = Arena::new(model.arena_bytes).unwrap();
+    (1..=3)
+        .map(|threads| {
+            let pool = ThreadPool::new(threads);
+            model.run(&mut arena, x.data(), &pool).unwrap().remove(0)
+        })
+        .collect()
+}
+
 #[test]
 fn winograd_channel_parts_give_the_bits_of_one_part() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1414);
@@ -271,17 +284,7 @@ fn winograd_channel_parts_give_the_bits_of_one_part() {
                     _ => None,
                 });
                 let (parts, panels) = split.unwrap_or_else(|| panic!("no Winograd\n{body}"));
-                let jit = JitProgram::new(program).unwrap();
-                let model = jit.model();
-                let mut arena = Arena::new(model.arena_bytes).unwrap();
-                let outputs: Vec<Vec<f32>> = (1..=3)
-                    .map(|threads| {
-                        let pool = ThreadPool::new(threads);
-                        let mut y = model.run(&mut arena, x.data(), &pool).unwrap();
-                        y.remove(0)
-                    })
-                    .collect();
-                (parts, panels, outputs)
+                (parts, panels, first_output_on_1_to_3_threads(program, &x))
             };
             let (_, panels, one) = run(None);
             let t = Tensor::new(want[0].shape().to_vec(), one[0].clone()).unwrap();
@@ -480,6 +483,55 @@ fn every_network_matches_the_interpreter() {
             eprintln!("{model} batch {batch}: error {err}");
             assert!(err.err <= TOLERANCE, "{model} batch {batch}: error {err}");
         }
+    }
+}
+
+/// The compile moves a kernel that can wait into a later stage where the cost model predicts
+/// it faster (Inception-v4's first reduction: the first branch's 3×3/2 beside the second
+/// branch's 3×3, whose two work items cannot fill two threads alone); every kernel computes
+/// what it did, so the outputs keep their bits, under the bounds check and on 1–3 threads.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "whole networks run in release mode: cargo test --release"
+)]
+fn kernels_moved_to_balance_the_stages_keep_the_outputs_bits() {
+    let mut g = load(Model::InceptionV4, Weights::Seeded(3), &Options::default()).unwrap();
+    run_pipeline(&mut g, None).unwrap();
+    let x = random_input(1, 299, 9);
+    let tier = *tiers().last().unwrap();
+    let run = |keep_levels: bool| {
+        let options = LowerOptions {
+            check_bounds: true,
+            tier,
+            threads: 2,
+            keep_levels,
+            ..LowerOptions::default()
+        };
+        let program = Program::with_options(&g, 1, 299, 299, &options).unwrap();
+        // Whether the reduction's first branch runs in the stage of the kernel before it.
+        let joins = program
+            .steps
+            .iter()
+            .find(|s| s.nodes[0] == "features.10.branch0.conv")
+            .map(|s| s.joins);
+        (joins, first_output_on_1_to_3_threads(program, &x))
+    };
+    let (moved, balanced) = run(false);
+    let (kept, levels) = run(true);
+    assert_eq!(kept, Some(false));
+    // The cost model's choice for the AVX-512 tiles (the AVX2 tier's costs differ).
+    match tier {
+        Tier::V4 => assert_eq!(moved, Some(true)),
+        _ => eprintln!("on {}: the first branch moved: {moved:?}", tier.name()),
+    }
+    for (threads, y) in balanced.iter().chain(&levels).enumerate() {
+        assert!(
+            y.iter()
+                .zip(&levels[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "run {threads} differs"
+        );
     }
 }
 

@@ -3,7 +3,9 @@
 //! and a small graph's plan is the one worked out by hand.
 
 use inceptc::passes::run_pipeline;
-use inceptc::plan::{plan, schedule, MemoryPlan};
+use std::collections::HashMap;
+
+use inceptc::plan::{plan, plan_deferred, schedule, MemoryPlan, Storage};
 use inceptc_graphs::{load, Model, Options, Weights};
 use inceptc_ir::op::Op;
 use inceptc_ir::{text, Graph, NodeId};
@@ -169,6 +171,81 @@ fn every_network_plans_within_slack_of_the_lower_bound() {
             );
         }
     }
+}
+
+/// Every value is computed at an earlier step than any step that reads it or writes into its
+/// buffer (a later tile), or at the same step (a shared kernel's members).
+fn check_order(graph: &Graph, p: &MemoryPlan) -> Result<(), String> {
+    let step_of = |id: NodeId| p.steps.iter().position(|s| s.contains(&id)).unwrap();
+    for id in graph.node_ids() {
+        for input in graph.inputs(id) {
+            let (a, b) = (step_of(input), step_of(id));
+            if a > b || (a == b && !p.steps[a].contains(&input)) {
+                return Err(format!(
+                    "`{}` runs at step {b}, before `{}` at step {a}",
+                    graph.node(id).name,
+                    graph.node(input).name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "whole networks run in release mode: cargo test --release"
+)]
+fn deferred_kernels_run_in_a_later_stage_and_still_plan() {
+    for model in Model::ALL {
+        let g = optimized(model);
+        let size = model.default_image_size();
+        let p = plan(&g, 1, size, size).unwrap();
+        check_order(&g, &p).unwrap();
+        // Every kernel that can wait goes as late as it can, without delaying another.
+        let defer: HashMap<NodeId, usize> = (0..p.steps.len())
+            .filter(|&s| p.latest[s] > p.levels[s])
+            .map(|s| (p.steps[s][0], p.latest[s]))
+            .collect();
+        assert!(
+            defer.len() >= 3,
+            "{model}: {} kernels can wait",
+            defer.len()
+        );
+        let q = plan_deferred(&g, 1, size, size, false, Storage::default(), &defer).unwrap();
+        let ctx = |e: String| format!("{model} deferred: {e}");
+        check(&g, &q).map_err(ctx).unwrap();
+        check_order(&g, &q).map_err(ctx).unwrap();
+        for (s, step) in q.steps.iter().enumerate() {
+            let before = p.steps.iter().position(|t| t == step).unwrap();
+            let wanted = defer.get(&step[0]).copied().unwrap_or(p.levels[before]);
+            assert_eq!(q.levels[s], wanted, "{model}: {}", g.node(step[0]).name);
+            // A deferred kernel runs after the kernels whose own level that is, but for those
+            // that wait for it (a later tile of its concatenation).
+            if defer.contains_key(&step[0]) && s + 1 < q.steps.len() {
+                let next = &q.steps[s + 1];
+                assert!(
+                    q.levels[s + 1] > q.levels[s]
+                        || defer.contains_key(&next[0])
+                        || g.inputs(next[0]).contains(&step[0]),
+                    "{model}: `{}` runs before `{}` of its level",
+                    g.node(step[0]).name,
+                    g.node(next[0]).name
+                );
+            }
+        }
+    }
+    // In Inception-v4's first reduction, the first branch's 3×3/2 can wait for the second
+    // branch's 3×3 (two work items on two threads) and run beside it.
+    let g = optimized(Model::InceptionV4);
+    let p = plan(&g, 1, 299, 299).unwrap();
+    let branch0 = p
+        .steps
+        .iter()
+        .position(|s| g.node(s[0]).name == "features.10.branch0.conv")
+        .unwrap();
+    assert!(p.latest[branch0] > p.levels[branch0]);
 }
 
 #[test]

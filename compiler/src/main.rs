@@ -83,6 +83,11 @@ enum Command {
     },
     /// Print the schedule's memory plan: every activation buffer with its arena offset, size and
     /// lifetime, the arena size and its lower bound, for batch 1 and --batch.
+    ///
+    /// The schedule runs the kernels level by level, each level's kernels of one block as a stage.
+    /// `compile` may move a kernel that can wait into a later stage of its block, where the cost
+    /// model predicts the stages faster (`compile --report` shows the stages it compiled); the
+    /// buffers it touches then live longer than this plan shows.
     #[command(after_help = "Example:\n  inceptc plan --model inception-resnet-v2 --batch 8")]
     Plan {
         #[command(flatten)]
@@ -310,6 +315,7 @@ fn run(command: Command, quiet: bool) -> Result<()> {
                 threads,
                 winograd_parts: None,
                 item_order: None,
+                keep_levels: false,
             };
             match (options.precision, &calibrate) {
                 (Precision::U8, None) => bail!(

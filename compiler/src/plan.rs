@@ -150,6 +150,11 @@ pub struct MemoryPlan {
     pub image: [usize; 2],
     /// The kernels in execution order; each step is one node or the members of a shared kernel.
     pub steps: Vec<Vec<NodeId>>,
+    /// Each step's level (see the module documentation).
+    pub levels: Vec<usize>,
+    /// Each step's latest level: the highest at which it could run without delaying a kernel
+    /// that reads it (its own level where nothing does, or where it is the graph's output).
+    pub latest: Vec<usize>,
     /// The stages: consecutive ranges of steps, covering them all in order, whose kernels run
     /// concurrently.
     pub stages: Vec<std::ops::Range<usize>>,
@@ -182,14 +187,18 @@ pub enum PlanError {
 
 /// The kernels of `graph` in execution order (see the module documentation).
 pub fn schedule(graph: &Graph) -> Result<Vec<Vec<NodeId>>, PlanError> {
-    Ok(leveled_schedule(graph)?
+    Ok(leveled_schedule(graph, &HashMap::new())?
         .into_iter()
         .map(|(_, s)| s)
         .collect())
 }
 
-/// [`schedule`], each step with its level.
-fn leveled_schedule(graph: &Graph) -> Result<Vec<(usize, Vec<NodeId>)>, PlanError> {
+/// [`schedule`], each step with its level; a unit (keyed by its first member) that `defer` names
+/// goes at that level if its inputs would let it run earlier.
+fn leveled_schedule(
+    graph: &Graph,
+    defer: &HashMap<NodeId, usize>,
+) -> Result<Vec<(usize, Vec<NodeId>)>, PlanError> {
     // A unit is a kernel: its members, keyed by the smallest member.
     let mut unit_of: HashMap<NodeId, NodeId> = HashMap::new();
     let mut members: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
@@ -219,14 +228,17 @@ fn leveled_schedule(graph: &Graph) -> Result<Vec<(usize, Vec<NodeId>)>, PlanErro
     // level of the tile whose buffer it writes into (a tile's destination operand is not read:
     // the tiles of a concatenation may run together). A unit becomes ready only once a unit of
     // its level or lower has run, so units run in order of level.
-    let mut ready: std::collections::BTreeSet<(usize, NodeId)> = pending
+    // A deferred unit goes after the other units of its level: its stage hands out their items
+    // first, and its own (a kernel with many items, where it is deferred to fill the threads
+    // beside one with few) fill what is left.
+    let mut ready: std::collections::BTreeSet<(usize, bool, NodeId)> = pending
         .iter()
         .filter(|(_, k)| **k == 0)
-        .map(|(u, _)| (0, *u))
+        .map(|(u, _)| (0, false, *u))
         .collect();
     let mut level: HashMap<NodeId, usize> = HashMap::new();
     let mut steps = Vec::with_capacity(members.len());
-    while let Some((l, unit)) = ready.pop_first() {
+    while let Some((l, _, unit)) = ready.pop_first() {
         let ms = members[&unit].clone();
         // Each later unit that takes a member's value, and whether it reads it (or only writes
         // into its buffer).
@@ -253,7 +265,11 @@ fn leveled_schedule(graph: &Graph) -> Result<Vec<(usize, Vec<NodeId>)>, PlanErro
             let lu = level.entry(u).or_default();
             *lu = (*lu).max(l + reads as usize);
             if *k == 0 {
-                ready.insert((*lu, u));
+                let deferred = defer.get(&u).is_some_and(|d| d > lu);
+                if deferred {
+                    *lu = defer[&u];
+                }
+                ready.insert((*lu, deferred, u));
             }
         }
         steps.push((l, ms));
@@ -285,8 +301,33 @@ pub fn plan_guarded(
     guarded: bool,
     storage: Storage,
 ) -> Result<MemoryPlan, PlanError> {
+    plan_deferred(
+        graph,
+        batch,
+        height,
+        width,
+        guarded,
+        storage,
+        &HashMap::new(),
+    )
+}
+
+/// [`plan_guarded`], with the kernels that `defer` names (by their first node) at the level it
+/// gives them, so that they run in that level's stage (see [`balance`]). A level past
+/// [`MemoryPlan::latest`] delays the kernels that read the deferred one.
+pub fn plan_deferred(
+    graph: &Graph,
+    batch: usize,
+    height: usize,
+    width: usize,
+    guarded: bool,
+    storage: Storage,
+    defer: &HashMap<NodeId, usize>,
+) -> Result<MemoryPlan, PlanError> {
     let shapes = infer_shapes(graph, batch, height, width)?;
-    let leveled = leveled_schedule(graph)?;
+    let leveled = leveled_schedule(graph, defer)?;
+    let levels: Vec<usize> = leveled.iter().map(|(l, _)| *l).collect();
+    let latest = latest_levels(graph, &leveled);
     let steps: Vec<Vec<NodeId>> = leveled.iter().map(|(_, s)| s.clone()).collect();
 
     let mut buffers: Vec<Buffer> = Vec::new();
@@ -410,6 +451,8 @@ pub fn plan_guarded(
         batch,
         image: [height, width],
         steps,
+        levels,
+        latest,
         stages,
         buffers,
         placements,
@@ -417,6 +460,93 @@ pub fn plan_guarded(
         arena_bytes,
         lower_bound,
     })
+}
+
+/// Each step's latest level (see [`MemoryPlan::latest`]): one below the lowest level of a later
+/// step that reads one of its members' values, or that level itself for a step that only
+/// writes into its buffer (a later tile of a concatenation); its own level if there is none,
+/// or if a member is an output of the graph.
+fn latest_levels(graph: &Graph, leveled: &[(usize, Vec<NodeId>)]) -> Vec<usize> {
+    let mut step_of: HashMap<NodeId, usize> = HashMap::new();
+    for (s, (_, members)) in leveled.iter().enumerate() {
+        for m in members {
+            step_of.insert(*m, s);
+        }
+    }
+    let outputs = graph.outputs();
+    leveled
+        .iter()
+        .enumerate()
+        .map(|(s, (level, members))| {
+            if members.iter().any(|m| outputs.contains(m)) {
+                return *level;
+            }
+            members
+                .iter()
+                .flat_map(|m| graph.users(*m).into_iter().map(move |u| (*m, u)))
+                .filter(|(_, u)| step_of[u] != s)
+                .map(|(m, u)| {
+                    let inputs = graph.inputs(u);
+                    let own = graph.node(u).own_operands(inputs.len());
+                    let reads = inputs[..own].contains(&m);
+                    leveled[step_of[&u]].0 - reads as usize
+                })
+                .min()
+                .unwrap_or(*level)
+                .max(*level)
+        })
+        .collect()
+}
+
+/// Kernels to run later than their level, within [`MemoryPlan::latest`], where that makes the
+/// stages faster: for each step in turn, the level of its block's steps (its own or a later one)
+/// whose stage `time` predicts fastest with it, taking the step out of its own (`time` gives a
+/// set of steps' time as one stage; where it is `None` for a step, the step stays). A move must
+/// gain over 1 % of the two stages' time. Returns the moved steps' first nodes and their levels,
+/// for [`plan_deferred`]. Stages are taken as the steps of one level and block: where the plan
+/// would split one (a hazard), the prediction is off, so a caller compares the plans it makes.
+pub fn balance(
+    plan: &MemoryPlan,
+    blocks: &[&str],
+    time: impl Fn(&[usize]) -> Option<f64>,
+) -> HashMap<NodeId, usize> {
+    let mut levels = plan.levels.clone();
+    let mut moved = HashMap::new();
+    let group = |levels: &[usize], level: usize, block: &str| -> Vec<usize> {
+        (0..levels.len())
+            .filter(|&t| levels[t] == level && blocks[t] == block)
+            .collect()
+    };
+    for s in 0..plan.steps.len() {
+        let (level, block) = (levels[s], blocks[s]);
+        if plan.latest[s] <= level || time(&[s]).is_none() {
+            continue;
+        }
+        let here = group(&levels, level, block);
+        let rest: Vec<usize> = here.iter().copied().filter(|&t| t != s).collect();
+        let mut best: Option<(f64, usize)> = None;
+        for later in level + 1..=plan.latest[s] {
+            let there = group(&levels, later, block);
+            if there.is_empty() {
+                continue;
+            }
+            let joined: Vec<usize> = there.iter().copied().chain([s]).collect();
+            let (Some(a), Some(b), Some(c), Some(d)) =
+                (time(&here), time(&there), time(&rest), time(&joined))
+            else {
+                continue;
+            };
+            let (before, after) = (a + b, c + d);
+            if after < 0.99 * before && best.is_none_or(|(gain, _)| before - after > gain) {
+                best = Some((before - after, later));
+            }
+        }
+        if let Some((_, later)) = best {
+            levels[s] = later;
+            moved.insert(plan.steps[s][0], later);
+        }
+    }
+    moved
 }
 
 /// Splits the leveled schedule into stages: maximal runs of consecutive steps of one level and

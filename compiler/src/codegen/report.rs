@@ -210,6 +210,11 @@ pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
     rows
 }
 
+/// The one-core time [`super::cost`] predicts for `kernel`, in seconds.
+pub fn predicted(kernel: &Kernel) -> f64 {
+    describe(kernel).2
+}
+
 fn describe(kernel: &Kernel) -> (String, String, f64) {
     match kernel {
         Kernel::Conv(k) => {

@@ -12,7 +12,7 @@ use inceptc_ir::{Graph, NodeId, Shape};
 use super::tile::{self, tile_fill, Tier, Tile, TileNeeds};
 use super::x86::AMX_CHANNELS;
 use super::{cost, report, winograd, CodegenError};
-use crate::plan::{plan_guarded, Buffer, MemoryPlan, Storage};
+use crate::plan::{balance, plan_deferred, plan_guarded, Buffer, MemoryPlan, Storage};
 use inceptc_runtime::desc::Guard;
 use inceptc_runtime::layout::{Layout, MapLayout, Precision, Quant, VecLayout};
 use inceptc_runtime::pack::{self, ConvPacking, Recipe, Segment};
@@ -132,6 +132,10 @@ pub struct LowerOptions {
     /// weights' size, see [`GROUP_MAJOR_WEIGHTS`]).
     #[doc(hidden)]
     pub item_order: Option<ItemOrder>,
+    /// Test-only: every kernel runs in the stage of its level, none is moved to balance the
+    /// stages (see [`crate::plan::balance`]).
+    #[doc(hidden)]
+    pub keep_levels: bool,
 }
 
 impl Program {
@@ -189,20 +193,76 @@ impl Program {
             _ => None,
         };
         let graph = separated.as_ref().unwrap_or(graph);
-        let plan = plan_guarded(
-            graph,
-            batch,
-            height,
-            width,
-            options.check_bounds,
-            Storage {
-                precision: options.precision,
-                granule: match amx {
-                    true => AMX_CHANNELS / 2 * options.precision.per_dword(),
-                    false => 1,
-                },
+        let storage = Storage {
+            precision: options.precision,
+            granule: match amx {
+                true => AMX_CHANNELS / 2 * options.precision.per_dword(),
+                false => 1,
             },
-        )?;
+        };
+        let plan = plan_guarded(graph, batch, height, width, options.check_bounds, storage)?;
+        // Kernels with slack move into a later stage of their block where the cost model
+        // predicts the stages faster on the threads the splits are for (two at least), and the
+        // plan that makes is kept if it predicts faster in all.
+        let threads = options.threads.max(2);
+        let works = |plan: &MemoryPlan| -> Result<Vec<Option<report::Work>>, CodegenError> {
+            let lowering = Lowering::new(graph, plan, options, amx);
+            let mut scratch = WeightBlob::default();
+            plan.steps
+                .iter()
+                .map(|members| match graph.node(members[0]).op {
+                    Op::Input(_) => Ok(None),
+                    _ => {
+                        let k = lowering.kernel(members, &mut scratch)?;
+                        Ok(Some(report::Work::of(&k, report::predicted(&k))))
+                    }
+                })
+                .collect()
+        };
+        let stage_time = |works: &[Option<report::Work>], steps: &[usize]| {
+            let stage: Option<Vec<report::Work>> = steps.iter().map(|s| works[*s]).collect();
+            stage.map(|stage| report::stage_time(&stage, threads))
+        };
+        let total = |plan: &MemoryPlan, works: &[Option<report::Work>]| -> f64 {
+            plan.stages
+                .iter()
+                .map(|stage| {
+                    let steps: Vec<usize> = stage.clone().collect();
+                    stage_time(works, &steps).unwrap_or(0.0)
+                })
+                .sum()
+        };
+        let plan = match options.keep_levels {
+            true => plan,
+            false => {
+                let before = works(&plan)?;
+                let blocks: Vec<&str> = plan
+                    .steps
+                    .iter()
+                    .map(|m| graph.node(m[0]).block.as_str())
+                    .collect();
+                let defer = balance(&plan, &blocks, |steps| stage_time(&before, steps));
+                match defer.is_empty() {
+                    true => plan,
+                    false => {
+                        let moved = plan_deferred(
+                            graph,
+                            batch,
+                            height,
+                            width,
+                            options.check_bounds,
+                            storage,
+                            &defer,
+                        )?;
+                        let after = works(&moved)?;
+                        match total(&moved, &after) < total(&plan, &before) {
+                            true => moved,
+                            false => plan,
+                        }
+                    }
+                }
+            }
+        };
         if let Some(name) = &options.inject_fault {
             let is_conv = |id: NodeId| matches!(graph.node(id).op, Op::FusedConv(_));
             if !graph
@@ -213,18 +273,8 @@ impl Program {
             }
         }
         let lowering = Lowering {
-            graph,
-            plan: &plan,
-            shapes: &plan.shapes,
             fault: options.inject_fault.as_deref(),
-            conv: options.conv,
-            tier: options.tier,
-            precision: options.precision,
-            amx,
-            int8: &options.int8,
-            threads: options.threads,
-            winograd_parts: options.winograd_parts,
-            item_order: options.item_order,
+            ..Lowering::new(graph, &plan, options, amx)
         };
         let halo_quants = halo_quants(graph, &plan, &options.int8, options.precision)?;
         let mut weights = WeightBlob::default();
@@ -467,6 +517,32 @@ struct Lowering<'a> {
     winograd_parts: Option<usize>,
     /// See [`LowerOptions::item_order`].
     item_order: Option<ItemOrder>,
+}
+
+impl<'a> Lowering<'a> {
+    /// The lowering of `graph`'s kernels in `plan` as `options` say, with AMX tiles where
+    /// `amx`; no fault injected.
+    fn new(
+        graph: &'a Graph,
+        plan: &'a MemoryPlan,
+        options: &'a LowerOptions,
+        amx: bool,
+    ) -> Lowering<'a> {
+        Lowering {
+            graph,
+            plan,
+            shapes: &plan.shapes,
+            fault: None,
+            conv: options.conv,
+            tier: options.tier,
+            precision: options.precision,
+            amx,
+            int8: &options.int8,
+            threads: options.threads,
+            winograd_parts: options.winograd_parts,
+            item_order: options.item_order,
+        }
+    }
 }
 
 impl Lowering<'_> {
