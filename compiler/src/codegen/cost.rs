@@ -89,6 +89,11 @@ impl ConvShape {
         let pixels = self.images * self.out[0] * self.out[1];
         2 * (pixels * self.out_channels * self.in_channels * self.kernel[0] * self.kernel[1]) as u64
     }
+
+    /// Rows and columns of Winograd tiles of `tile` outputs (y, x) over the output.
+    pub fn tiles(&self, tile: [usize; 2]) -> [usize; 2] {
+        [self.out[0].div_ceil(tile[0]), self.out[1].div_ceil(tile[1])]
+    }
 }
 
 /// FLOP per second of one core at `register`'s peak.
@@ -180,15 +185,8 @@ pub fn winograd_parts(
 ) -> WinogradParts {
     let [ly, lx] = [tile[0] + shape.kernel[0] - 1, tile[1] + shape.kernel[1] - 1];
     let points = (ly * lx) as f64;
-    let [th, tw] = [
-        shape.out[0].div_ceil(tile[0]),
-        shape.out[1].div_ceil(tile[1]),
-    ];
-    let item_tiles = group * tw;
-    // An image's last group multiplies only the register tiles that hold its remaining rows.
-    let short = (th % group) * tw;
-    let per_image = (th / group) as f64 * filled_tiles(shape, register, item_tiles)
-        + filled_tiles(shape, register, short);
+    let [th, tw] = shape.tiles(tile);
+    let per_image = image_product_tiles(shape, register, [th, tw], group);
     // The transforms run for the tiles there are.
     let tiles = (shape.images * th * tw) as f64;
     let co = register.padded(shape.out_channels) as f64;
@@ -228,6 +226,19 @@ pub fn winograd_parts(
     }
 }
 
+/// The products of one image's work items of `group` rows of its `th × tw` tiles, in
+/// [`filled_tiles`]: an image's last group multiplies only the register tiles that hold its
+/// remaining rows.
+fn image_product_tiles(
+    shape: &ConvShape,
+    register: &Tile,
+    [th, tw]: [usize; 2],
+    group: usize,
+) -> f64 {
+    (th / group) as f64 * filled_tiles(shape, register, group * tw)
+        + filled_tiles(shape, register, (th % group) * tw)
+}
+
 /// `count` tiles over their register tiles' fill: what the point-wise products of a Winograd
 /// work item of `count` tiles cost, in tiles (0 for none).
 fn filled_tiles(shape: &ConvShape, register: &Tile, count: usize) -> f64 {
@@ -256,18 +267,14 @@ pub fn winograd_item_times(
     register: &Tile,
 ) -> (f64, f64) {
     let t = winograd_parts(shape, tile, group, register);
-    let [th, tw] = [
-        shape.out[0].div_ceil(tile[0]),
-        shape.out[1].div_ceil(tile[1]),
-    ];
+    let [th, tw] = shape.tiles(tile);
     let (images, parts) = (shape.images as f64, parts.max(1) as f64);
     let items = images * th.div_ceil(group) as f64 * parts;
     let last_tiles = match th % group {
         0 => group * tw,
         rows => rows * tw,
     };
-    let per_image = (th / group) as f64 * filled_tiles(shape, register, group * tw)
-        + filled_tiles(shape, register, (th % group) * tw);
+    let per_image = image_product_tiles(shape, register, [th, tw], group);
     let output_transforms = t.transforms - t.input_transforms;
     let item = |tiles: usize| {
         let share = tiles as f64 / (images * (th * tw) as f64);

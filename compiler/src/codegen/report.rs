@@ -21,13 +21,9 @@ pub struct KernelReport {
     pub op: String,
     /// How: algorithm and register tile.
     pub algorithm: String,
-    /// Work items.
-    pub items: usize,
     /// Floating-point operations (2 per multiply-add).
     pub flops: u64,
-    /// Predicted time on one core, in seconds.
-    pub predicted: f64,
-    /// Its work items with their predicted one-core times.
+    /// Its work items and their predicted time on one core (`work.one`, in seconds).
     pub work: Work,
     /// Predicted time on the report's thread count, in seconds: its share of its stage's
     /// [`stage_time`], in proportion to its one-thread time.
@@ -92,7 +88,7 @@ impl Work {
         parts: usize,
         register: &Tile,
     ) -> Work {
-        let groups = shape.out[0].div_ceil(tile[0]).div_ceil(group);
+        let groups = shape.tiles(tile)[0].div_ceil(group);
         let (full, last) = winograd_item_times(shape, tile, group, parts, register);
         Work {
             one: winograd_split_time(shape, tile, group, parts, register),
@@ -187,9 +183,7 @@ pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
             block: program.blocks[step.block].clone(),
             op,
             algorithm,
-            items: kernel.items(),
             flops: kernel.flops(),
-            predicted,
             work: Work::of(kernel, predicted),
             parallel: 0.0,
             joins: step.joins,
@@ -203,7 +197,7 @@ pub fn report(program: &Program, threads: usize) -> Vec<KernelReport> {
         let one: f64 = kernels.iter().map(|k| k.one).sum();
         let items = kernels.iter().map(|k| k.items).sum();
         for r in stage {
-            r.parallel = time * r.predicted / one.max(f64::MIN_POSITIVE);
+            r.parallel = time * r.work.one / one.max(f64::MIN_POSITIVE);
             r.stage_items = items;
         }
     }
@@ -335,7 +329,7 @@ fn conv_op(shape: &ConvShape, ranges: usize) -> String {
 /// time / (threads × `threads`-thread time)).
 pub fn table(program: &Program, threads: usize) -> String {
     let rows = report(program, threads);
-    let total: f64 = rows.iter().map(|r| r.predicted).sum();
+    let total: f64 = rows.iter().map(|r| r.work.one).sum();
     let flops: u64 = rows.iter().map(|r| r.flops).sum();
     let parallel = threads > 1;
     let mut out = String::new();
@@ -362,10 +356,10 @@ pub fn table(program: &Program, threads: usize) -> String {
             r.block,
             r.op,
             r.algorithm,
-            r.items,
+            r.work.items,
             r.flops as f64 / 1e6,
-            r.predicted * 1e3,
-            100.0 * r.predicted / total.max(f64::MIN_POSITIVE)
+            r.work.one * 1e3,
+            100.0 * r.work.one / total.max(f64::MIN_POSITIVE)
         );
         match parallel {
             true => {
@@ -412,7 +406,7 @@ fn threads_summary(program: &Program, rows: &[KernelReport], threads: usize) -> 
         if of_block.is_empty() {
             continue;
         }
-        let one: f64 = of_block.iter().map(|r| r.predicted).sum();
+        let one: f64 = of_block.iter().map(|r| r.work.one).sum();
         let many: f64 = of_block.iter().map(|r| r.parallel).sum();
         let least = of_block.iter().map(|r| r.stage_items).min().unwrap_or(0);
         let _ = writeln!(
@@ -423,13 +417,13 @@ fn threads_summary(program: &Program, rows: &[KernelReport], threads: usize) -> 
             efficiency(one, many)
         );
     }
-    let one: f64 = rows.iter().map(|r| r.predicted).sum();
+    let one: f64 = rows.iter().map(|r| r.work.one).sum();
     let many: f64 = rows.iter().map(|r| r.parallel).sum();
     // A fold from +0 (an empty f64 sum is −0, which prints as "-0%").
     let starved = rows
         .iter()
         .filter(|r| r.stage_items < threads)
-        .map(|r| r.predicted)
+        .map(|r| r.work.one)
         .fold(0.0, |a, b| a + b);
     let _ = writeln!(
         out,

@@ -380,10 +380,7 @@ pub fn winograd_split(
     panels: usize,
     threads: usize,
 ) -> (usize, usize) {
-    let [th, tw] = [
-        shape.out[0].div_ceil(tile[0]),
-        shape.out[1].div_ceil(tile[1]),
-    ];
+    let [th, tw] = shape.tiles(tile);
     if threads <= 2 {
         return (winograd_group(shape.images, th, tw, register.pixels), 1);
     }
