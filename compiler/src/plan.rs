@@ -519,11 +519,15 @@ pub fn balance(
     };
     for s in 0..plan.steps.len() {
         let (level, block) = (levels[s], blocks[s]);
-        if plan.latest[s] <= level || time(&[s]).is_none() {
+        if plan.latest[s] <= level {
             continue;
         }
+        // Its stage with it and without it (`None` for a step without a kernel).
         let here = group(&levels, level, block);
         let rest: Vec<usize> = here.iter().copied().filter(|&t| t != s).collect();
+        let (Some(with), Some(without)) = (time(&here), time(&rest)) else {
+            continue;
+        };
         let mut best: Option<(f64, usize)> = None;
         for later in level + 1..=plan.latest[s] {
             let there = group(&levels, later, block);
@@ -531,12 +535,10 @@ pub fn balance(
                 continue;
             }
             let joined: Vec<usize> = there.iter().copied().chain([s]).collect();
-            let (Some(a), Some(b), Some(c), Some(d)) =
-                (time(&here), time(&there), time(&rest), time(&joined))
-            else {
+            let (Some(alone), Some(joined)) = (time(&there), time(&joined)) else {
                 continue;
             };
-            let (before, after) = (a + b, c + d);
+            let (before, after) = (with + alone, without + joined);
             if after < 0.99 * before && best.is_none_or(|(gain, _)| before - after > gain) {
                 best = Some((before - after, later));
             }
